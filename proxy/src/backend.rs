@@ -1,0 +1,171 @@
+//! Connecting and authenticating to a PostgreSQL server as a client (PostgreSQL docs 53.2.1
+//! "Start-up" and 53.3 "SASL Authentication").
+
+use crate::routing::BackendAddr;
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::auth::{md5_password, ScramClient, SCRAM_SHA_256};
+use wire::frame::header;
+use wire::msg::{self, AuthRequest, ErrorFields};
+
+/// Why a backend connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out after {0} ms connecting to {1}")]
+    Timeout(u64, String),
+    /// The server refused us with an ErrorResponse (bad password, no such database, too many connections, ...).
+    #[error("server {addr} refused the connection: {fields}")]
+    Refused { addr: String, fields: ErrorFields },
+    #[error("server {addr}: {why}")]
+    Protocol { addr: String, why: String },
+}
+
+impl BackendError {
+    /// SQLSTATE to give the client: the server's own when it sent one, else 08006/08001.
+    pub fn sqlstate(&self) -> String {
+        match self {
+            BackendError::Refused { fields, .. } if !fields.sqlstate.is_empty() => fields.sqlstate.clone(),
+            BackendError::Protocol { .. } => "08P01".into(),
+            _ => "08001".into(),
+        }
+    }
+}
+
+/// An authenticated backend connection, positioned after its first ReadyForQuery.
+pub struct BackendConn {
+    pub stream: TcpStream,
+    /// BackendKeyData of the server process.
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values the server reported at start-up, in order.
+    pub params: Vec<(String, String)>,
+}
+
+/// Connect to `addr`, log in as `user`, open `addr.dbname` with the client's other startup
+/// parameters (`extra`, without `user` and `database`).
+pub async fn connect(addr: &BackendAddr, user: &str, password: Option<&str>, extra: &[(String, String)], timeout_ms: u64) -> Result<BackendConn, BackendError> {
+    let a = format!("{}:{}", addr.host, addr.port);
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), connect_inner(addr, &a, user, password, extra)).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout(timeout_ms, a)),
+    }
+}
+
+async fn connect_inner(addr: &BackendAddr, a: &str, user: &str, password: Option<&str>, extra: &[(String, String)]) -> Result<BackendConn, BackendError> {
+    let proto = |why: String| BackendError::Protocol { addr: a.to_string(), why };
+    let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await.map_err(|source| BackendError::Connect { addr: a.to_string(), source })?;
+    let _ = stream.set_nodelay(true);
+    let mut out = BytesMut::with_capacity(256);
+    let mut params: Vec<(&str, &str)> = vec![("user", user), ("database", addr.dbname.as_str())];
+    for (k, v) in extra {
+        if k != "user" && k != "database" && k != "replication" {
+            params.push((k, v));
+        }
+    }
+    msg::startup_message(&mut out, &params);
+    write(&mut stream, &mut out, a).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramClient> = None;
+    let mut conn_params = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let (tag, body) = read_frame(&mut stream, &mut buf, a).await?;
+        match tag {
+            msg::AUTHENTICATION => match msg::parse_auth(&body).map_err(|e| proto(e.to_string()))? {
+                AuthRequest::Ok => {}
+                AuthRequest::Cleartext => {
+                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                    msg::password_message(&mut out, pw);
+                    write(&mut stream, &mut out, a).await?;
+                }
+                AuthRequest::Md5 { salt } => {
+                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                    msg::password_message(&mut out, &md5_password(user, pw, salt));
+                    write(&mut stream, &mut out, a).await?;
+                }
+                AuthRequest::Sasl { mechanisms } => {
+                    if !mechanisms.contains(&SCRAM_SHA_256) {
+                        return Err(proto(format!("server offers SASL mechanisms {mechanisms:?}; pgshift supports SCRAM-SHA-256")));
+                    }
+                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                    let mut c = ScramClient::new(pw);
+                    let first = c.client_first();
+                    msg::sasl_initial_response(&mut out, SCRAM_SHA_256, &first);
+                    write(&mut stream, &mut out, a).await?;
+                    scram = Some(c);
+                }
+                AuthRequest::SaslContinue { data } => {
+                    let c = scram.as_mut().ok_or_else(|| proto("SASLContinue before SASL".into()))?;
+                    let fin = c.server_first(data).map_err(|e| proto(format!("SCRAM: {e}")))?;
+                    msg::sasl_response(&mut out, &fin);
+                    write(&mut stream, &mut out, a).await?;
+                }
+                AuthRequest::SaslFinal { data } => {
+                    let c = scram.as_mut().ok_or_else(|| proto("SASLFinal before SASL".into()))?;
+                    c.server_final(data).map_err(|e| proto(format!("SCRAM: {e}")))?;
+                }
+                AuthRequest::Other(code) => return Err(proto(format!("unsupported authentication request {code} (pgshift supports trust, password, md5, SCRAM-SHA-256)"))),
+            },
+            msg::ERROR_RESPONSE => {
+                let fields = msg::parse_error(&body).map_err(|e| proto(e.to_string()))?;
+                return Err(BackendError::Refused { addr: a.to_string(), fields });
+            }
+            msg::PARAMETER_STATUS => {
+                let (k, v) = msg::parse_parameter_status(&body).map_err(|e| proto(e.to_string()))?;
+                conn_params.push((k.to_string(), v.to_string()));
+            }
+            msg::BACKEND_KEY_DATA => key = msg::parse_backend_key_data(&body).map_err(|e| proto(e.to_string()))?,
+            msg::READY_FOR_QUERY => {
+                if !buf.is_empty() {
+                    return Err(proto("unexpected data after ReadyForQuery".into()));
+                }
+                return Ok(BackendConn { stream, pid: key.0, secret: key.1, params: conn_params });
+            }
+            msg::NOTICE_RESPONSE | msg::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => return Err(proto(format!("unexpected message '{}' during start-up", other as char))),
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, out: &mut BytesMut, a: &str) -> Result<(), BackendError> {
+    let r = stream.write_all(out).await;
+    out.clear();
+    r.map_err(|source| BackendError::Connect { addr: a.to_string(), source })
+}
+
+/// Read one whole message (tag, body) from a backend.
+pub async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, a: &str) -> Result<(u8, BytesMut), BackendError> {
+    loop {
+        match header(buf, 1 << 30) {
+            Ok(Some((tag, total))) if buf.len() >= total => {
+                let mut f = buf.split_to(total);
+                let _ = f.split_to(5);
+                return Ok((tag, f));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(BackendError::Protocol { addr: a.to_string(), why: e.to_string() }),
+        }
+        buf.reserve(4096);
+        let n = stream.read_buf(buf).await.map_err(|source| BackendError::Connect { addr: a.to_string(), source })?;
+        if n == 0 {
+            return Err(BackendError::Protocol { addr: a.to_string(), why: "server closed the connection during start-up".into() });
+        }
+    }
+}
+
+/// Send a CancelRequest for backend `pid`/`secret` to `addr` (53.2.7 "Canceling Requests in Progress").
+pub async fn cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut s = TcpStream::connect((host, port)).await?;
+    let mut out = BytesMut::with_capacity(16);
+    msg::cancel_request(&mut out, pid, secret);
+    s.write_all(&out).await?;
+    // The server closes the connection when done; wait briefly for that.
+    let mut b = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await;
+    Ok(())
+}

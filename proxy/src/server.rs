@@ -1,0 +1,165 @@
+//! Shared proxy state, the listener and the cancel path.
+
+use crate::routing::Router;
+use crate::session;
+use config::{AuthMethod, Config, UserConfig};
+use control::{Controller, Side};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::net::TcpListener;
+use wire::auth::ScramVerifier;
+
+/// A configured login with its precomputed SCRAM verifier.
+pub struct UserEntry {
+    pub cfg: UserConfig,
+    pub verifier: Option<ScramVerifier>,
+}
+
+/// Session state visible to the admin console and the cancel path.
+pub struct SessionInfo {
+    /// pgshift's own BackendKeyData handed to the client.
+    pub pid: i32,
+    pub secret: i32,
+    pub user: String,
+    pub database: String,
+    pub client_addr: SocketAddr,
+    pub connected_at: SystemTime,
+    pub admin: bool,
+    /// 0 none, 1 source, 2 target.
+    pub side: AtomicU8,
+    pub backend_pid: AtomicI32,
+    pub backend_secret: AtomicI32,
+    /// [`STATE_IDLE`], [`STATE_ACTIVE`] or [`STATE_HELD`].
+    pub state: AtomicU8,
+    /// Backend switches made by this session.
+    pub switches: AtomicU64,
+}
+
+pub const STATE_IDLE: u8 = 0;
+pub const STATE_ACTIVE: u8 = 1;
+pub const STATE_HELD: u8 = 2;
+
+impl SessionInfo {
+    pub fn side(&self) -> Option<Side> {
+        match self.side.load(Ordering::Relaxed) {
+            1 => Some(Side::Source),
+            2 => Some(Side::Target),
+            _ => None,
+        }
+    }
+    pub fn set_backend(&self, side: Side, pid: i32, secret: i32) {
+        self.side.store(if side == Side::Source { 1 } else { 2 }, Ordering::Relaxed);
+        self.backend_pid.store(pid, Ordering::Relaxed);
+        self.backend_secret.store(secret, Ordering::Relaxed);
+    }
+}
+
+/// Everything sessions share.
+pub struct Proxy {
+    pub cfg: Arc<Config>,
+    pub users: HashMap<String, Arc<UserEntry>>,
+    /// Verifier of a random password, for unknown users (so that their exchange looks like a wrong password's).
+    pub mock_verifier: ScramVerifier,
+    pub router: Arc<Router>,
+    pub controller: Arc<Controller>,
+    pub sessions: Mutex<HashMap<i32, Arc<SessionInfo>>>,
+    next_pid: AtomicI32,
+}
+
+impl Proxy {
+    pub fn new(cfg: Arc<Config>, router: Arc<Router>, controller: Arc<Controller>) -> Arc<Proxy> {
+        let users = cfg
+            .users
+            .iter()
+            .map(|u| {
+                let verifier = match (u.auth, &u.password) {
+                    (AuthMethod::ScramSha256, Some(p)) => Some(ScramVerifier::generate(p)),
+                    _ => None,
+                };
+                (u.name.clone(), Arc::new(UserEntry { cfg: u.clone(), verifier }))
+            })
+            .collect();
+        let mock: String = (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
+        Arc::new(Proxy {
+            cfg,
+            users,
+            mock_verifier: ScramVerifier::generate(&mock),
+            router,
+            controller,
+            sessions: Mutex::new(HashMap::new()),
+            next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
+        })
+    }
+
+    /// Register a session; returns its info (with a fresh pid and secret).
+    pub fn register(&self, user: &str, database: &str, client_addr: SocketAddr, admin: bool) -> Arc<SessionInfo> {
+        let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+        let info = Arc::new(SessionInfo {
+            pid,
+            secret: rand::random::<i32>(),
+            user: user.to_string(),
+            database: database.to_string(),
+            client_addr,
+            connected_at: SystemTime::now(),
+            admin,
+            side: AtomicU8::new(0),
+            backend_pid: AtomicI32::new(0),
+            backend_secret: AtomicI32::new(0),
+            state: AtomicU8::new(STATE_IDLE),
+            switches: AtomicU64::new(0),
+        });
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, info.clone());
+        info
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    }
+
+    pub fn session_list(&self) -> Vec<Arc<SessionInfo>> {
+        let mut v: Vec<_> = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by_key(|s| s.pid);
+        v
+    }
+
+    /// Forward a client's CancelRequest to the backend now serving that session. Wrong keys
+    /// are ignored silently, as PostgreSQL does (53.2.7).
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let info = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&pid).cloned();
+        let Some(info) = info else {
+            tracing::debug!(pid, "cancel request for unknown session");
+            return;
+        };
+        if info.secret != secret {
+            tracing::warn!(pid, "cancel request with a wrong secret key ignored");
+            return;
+        }
+        let Some(side) = info.side() else { return };
+        let table = self.router.load();
+        let addr = table.addr(side).clone();
+        let (bpid, bsecret) = (info.backend_pid.load(Ordering::Relaxed), info.backend_secret.load(Ordering::Relaxed));
+        if let Err(e) = crate::backend::cancel(&addr.host, addr.port, bpid, bsecret).await {
+            tracing::warn!(pid, error = %e, "could not forward cancel request");
+        }
+    }
+}
+
+/// Accept clients until the process ends.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let p = proxy.clone();
+                tokio::spawn(async move { session::run(p, sock, peer).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
