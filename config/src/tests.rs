@@ -1,0 +1,790 @@
+//! Loader tests: every error is checked for its line, and secrets for their absence.
+
+use crate::*;
+use std::collections::HashMap;
+
+/// A complete, valid configuration. Line numbers below are relied on by tests that edit it.
+const FULL: &str = r#"# pgshift test config
+[proxy]
+listen = "0.0.0.0:6543"
+admin_database = "admin"
+workers = 4
+max_message_bytes = 1048576
+connect_timeout_ms = 1000
+client_login_timeout_ms = 2000
+
+[journal]
+path = "/var/lib/pgshift/state.db"
+
+[source]
+host = "old.db"
+port = 5433
+dbname = "shop"
+user = "upgrader"
+password = "src-Secret-1"
+replication_conninfo = "host=old.internal dbname=shop user=repl password='repl-Secret-2'"
+
+[target]
+host = "new.db"
+dbname = "shop"
+user = "upgrader"
+password = "tgt-Secret-3"
+
+[[users]]
+name = "app"
+password = "app-Secret-4"
+server_user = "app_backend"
+server_password = "backend-Secret-5"
+
+[[users]]
+name = "ops"
+password = "ops-Secret-6"
+auth = "md5"
+admin = true
+
+[[users]]
+name = "reporting"
+auth = "trust"
+
+[upgrade]
+drain_timeout_ms = 2000
+catchup_timeout_ms = 3000
+poll_interval_ms = 100
+auto_start = true
+
+[replication]
+driver = "logical"
+object_prefix = "pgs_1"
+copy_schema = false
+pg_dump = "/usr/lib/postgresql/17/bin/pg_dump"
+psql = "/usr/lib/postgresql/17/bin/psql"
+"#;
+
+const SECRETS: &[&str] = &[
+    "src-Secret-1",
+    "repl-Secret-2",
+    "tgt-Secret-3",
+    "app-Secret-4",
+    "backend-Secret-5",
+    "ops-Secret-6",
+    "Secret",
+];
+
+/// The smallest valid configuration.
+const MINIMAL: &str = r#"[source]
+host = "old"
+dbname = "db"
+user = "u"
+
+[target]
+host = "new"
+dbname = "db"
+user = "u"
+
+[[users]]
+name = "app"
+password = "pw"
+"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    load_str_with_env(text, "test.toml", no_env)
+}
+
+fn load_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load_str_with_env(text, "test.toml", move |k| map.get(k).cloned())
+}
+
+/// Loads `text`, expecting failure; returns the error's display.
+fn fail(text: &str) -> String {
+    match load(text) {
+        Ok(cfg) => panic!("expected an error, loaded {cfg:?}"),
+        Err(e) => {
+            let s = e.to_string();
+            assert_no_secret(&s);
+            s
+        }
+    }
+}
+
+fn assert_no_secret(s: &str) {
+    for secret in SECRETS {
+        assert!(!s.contains(secret), "secret {secret:?} leaked in: {s}");
+    }
+}
+
+/// `FULL` with line `line` (1-based) replaced by `with`.
+fn full_with_line(line: usize, with: &str) -> String {
+    let mut lines: Vec<&str> = FULL.lines().collect();
+    lines[line - 1] = with;
+    lines.join("\n") + "\n"
+}
+
+/// `FULL` with the first line equal to `old` replaced by `new`, asserting that it exists.
+fn full_replace(old: &str, new: &str) -> String {
+    let line = FULL
+        .lines()
+        .position(|l| l == old)
+        .unwrap_or_else(|| panic!("no line {old:?}"));
+    full_with_line(line + 1, new)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l == needle)
+        .map(|p| p + 1)
+        .unwrap_or_else(|| panic!("no line {needle:?}"))
+}
+
+/// Asserts that the error for `text` is exactly one problem at `line` whose message
+/// contains `fragment`.
+fn expect_one(text: &str, line: usize, fragment: &str) {
+    let err = load(text).expect_err("expected an error");
+    let shown = err.to_string();
+    assert_no_secret(&shown);
+    assert_eq!(err.problems().len(), 1, "{shown}");
+    let p = &err.problems()[0];
+    assert_eq!(p.line, Some(line), "{shown}");
+    assert!(p.message.contains(fragment), "{shown:?} lacks {fragment:?}");
+    assert!(shown.starts_with(&format!("test.toml:{line}:")), "{shown}");
+}
+
+#[test]
+fn full_example_loads() {
+    let c = load(FULL).unwrap();
+    assert_eq!(c.proxy.listen, "0.0.0.0:6543");
+    assert_eq!(c.proxy.admin_database, "admin");
+    assert_eq!(c.proxy.workers, 4);
+    assert_eq!(c.proxy.max_message_bytes, 1 << 20);
+    assert_eq!(c.proxy.connect_timeout_ms, 1000);
+    assert_eq!(c.proxy.client_login_timeout_ms, 2000);
+    assert_eq!(
+        c.journal.path,
+        std::path::PathBuf::from("/var/lib/pgshift/state.db")
+    );
+    assert_eq!(
+        (
+            c.source.host.as_str(),
+            c.source.port,
+            c.source.dbname.as_str()
+        ),
+        ("old.db", 5433, "shop")
+    );
+    assert_eq!(c.source.password.as_deref(), Some("src-Secret-1"));
+    assert!(c
+        .source
+        .replication_conninfo()
+        .contains("host=old.internal"));
+    assert_eq!(c.target.port, 5432);
+    assert!(c
+        .target
+        .replication_conninfo()
+        .contains("password='tgt-Secret-3'"));
+    assert_eq!(c.users.len(), 3);
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.users[0].server_user(), "app_backend");
+    assert_eq!(c.users[0].server_password(), Some("backend-Secret-5"));
+    assert!(!c.users[0].admin);
+    assert_eq!(c.users[1].auth, AuthMethod::Md5);
+    assert_eq!(c.users[1].server_user(), "ops");
+    assert_eq!(c.users[1].server_password(), Some("ops-Secret-6"));
+    assert!(c.users[1].admin);
+    assert_eq!(c.users[2].auth, AuthMethod::Trust);
+    assert_eq!(c.users[2].password, None);
+    assert_eq!(c.upgrade.drain_timeout_ms, 2000);
+    assert_eq!(c.upgrade.catchup_timeout_ms, 3000);
+    assert_eq!(c.upgrade.poll_interval_ms, 100);
+    assert!(c.upgrade.auto_start);
+    assert_eq!(c.replication.driver, Driver::Logical);
+    assert_eq!(c.replication.object_prefix, "pgs_1");
+    assert!(!c.replication.copy_schema);
+    assert_eq!(
+        c.replication.psql,
+        std::path::PathBuf::from("/usr/lib/postgresql/17/bin/psql")
+    );
+}
+
+#[test]
+fn inline_tables_and_dotted_keys_load() {
+    let text = r#"source = { host = "a", dbname = "d", user = "u" }
+target.host = "b"
+target.dbname = "d"
+target.user = "u"
+users = [{ name = "app", auth = "trust" }]
+"#;
+    let c = load(text).unwrap();
+    assert_eq!(c.source.host, "a");
+    assert_eq!(c.target.host, "b");
+    assert_eq!(c.users[0].name, "app");
+    // Validation still finds lines through inline tables and arrays.
+    let bad = text.replace("name = \"app\"", "name = \"\"");
+    expect_one(&bad, 5, "users[0].name: must not be empty");
+}
+
+#[test]
+fn defaults() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.proxy.listen, "127.0.0.1:6432");
+    assert_eq!(c.proxy.admin_database, "pgshift");
+    assert_eq!(c.proxy.workers, 0);
+    assert_eq!(c.proxy.max_message_bytes, 256 * 1024 * 1024);
+    assert_eq!(c.proxy.connect_timeout_ms, 5000);
+    assert_eq!(c.proxy.client_login_timeout_ms, 15000);
+    assert_eq!(
+        c.journal.path,
+        std::path::PathBuf::from("./data/pgshift.db")
+    );
+    assert_eq!(c.source.port, 5432);
+    assert_eq!(c.source.password, None);
+    assert_eq!(c.source.replication_conninfo, None);
+    assert_eq!(c.source.replication_conninfo(), c.source.conninfo());
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.users[0].server_user, None);
+    assert_eq!(c.users[0].server_user(), "app");
+    assert_eq!(c.users[0].server_password(), Some("pw"));
+    assert!(!c.users[0].admin);
+    assert_eq!(c.upgrade.drain_timeout_ms, 10000);
+    assert_eq!(c.upgrade.catchup_timeout_ms, 30000);
+    assert_eq!(c.upgrade.poll_interval_ms, 500);
+    assert!(!c.upgrade.auto_start);
+    assert_eq!(c.replication.driver, Driver::Logical);
+    assert_eq!(c.replication.object_prefix, "pgshift");
+    assert!(c.replication.copy_schema);
+    assert_eq!(c.replication.pg_dump, std::path::PathBuf::from("pg_dump"));
+    assert_eq!(c.replication.psql, std::path::PathBuf::from("psql"));
+}
+
+#[test]
+fn substitution_with_and_without_default_and_escape() {
+    let text = r#"[proxy]
+listen = "${LISTEN_HOST:-127.0.0.1}:${LISTEN_PORT:-7000}"
+admin_database = "lit$${NOT_A_VAR}"
+workers = ${WORKERS}
+# a comment mentioning ${UNSET_IN_COMMENT} is left alone
+
+[source]
+host = "${PGHOST}"
+dbname = '${PGDATABASE}'
+user = "u"
+password = "${PGPASSWORD}"
+
+[target]
+host = "new"
+dbname = "${EMPTY:-fallback}"
+user = "u"
+
+[[users]]
+name = "app"
+password = "${APP_PASSWORD:-default pw}"
+"#;
+    let c = load_env(
+        text,
+        &[
+            ("LISTEN_PORT", "7100"),
+            ("WORKERS", "3"),
+            ("PGHOST", "db.example"),
+            ("PGDATABASE", "shop"),
+            ("PGPASSWORD", "quo\"te\\back\nslash"),
+            ("EMPTY", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.proxy.listen, "127.0.0.1:7100");
+    assert_eq!(c.proxy.admin_database, "lit${NOT_A_VAR}");
+    assert_eq!(c.proxy.workers, 3);
+    assert_eq!(c.source.host, "db.example");
+    assert_eq!(c.source.dbname, "shop");
+    assert_eq!(c.source.password.as_deref(), Some("quo\"te\\back\nslash"));
+    assert_eq!(c.target.dbname, "fallback");
+    assert_eq!(c.users[0].password.as_deref(), Some("default pw"));
+}
+
+#[test]
+fn process_environment_is_used_by_load_str() {
+    // PATH is set in any test environment; its value must reach the config unchanged.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let text = MINIMAL.replace(
+        "host = \"old\"",
+        "host = \"old\"\nreplication_conninfo = \"${PATH}\"",
+    );
+    let c = load_str(&text, "env.toml").unwrap();
+    assert_eq!(
+        c.source.replication_conninfo.as_deref(),
+        Some(path.as_str())
+    );
+}
+
+#[test]
+fn unset_variable_is_an_error_with_its_line() {
+    let text = full_replace(
+        r#"host = "new.db""#,
+        r#"host = "${PGSHIFT_TEST_UNSET_HOST}""#,
+    );
+    let line = line_of(&text, r#"host = "${PGSHIFT_TEST_UNSET_HOST}""#);
+    let shown = fail(&text);
+    assert_eq!(shown, format!("test.toml:{line}:9: environment variable `PGSHIFT_TEST_UNSET_HOST` is not set (give a default with `${{PGSHIFT_TEST_UNSET_HOST:-default}}`)"));
+
+    // All unset variables are reported together.
+    let text = format!("a = '${{ONE}}'\n\nb = \"${{TWO}}\"\n{MINIMAL}");
+    let err = load(&text).unwrap_err();
+    let lines: Vec<_> = err
+        .problems()
+        .iter()
+        .map(|p| {
+            (
+                p.line,
+                p.message.contains("`ONE`") || p.message.contains("`TWO`"),
+            )
+        })
+        .collect();
+    assert_eq!(lines, vec![(Some(1), true), (Some(3), true)]);
+}
+
+#[test]
+fn bad_substitutions() {
+    expect_one(
+        &full_with_line(3, r#"listen = "${LISTEN"#),
+        3,
+        "unterminated `${`",
+    );
+    expect_one(
+        &full_with_line(3, r#"listen = "${9X}""#),
+        3,
+        "not a variable name",
+    );
+    // A value that cannot be inserted without changing the meaning is refused, unechoed.
+    let text = full_with_line(18, "password = '${PW}'");
+    let err = load_env(&text, &[("PW", "it's-Secret")]).unwrap_err();
+    assert_eq!(err.problems()[0].line, Some(18));
+    assert!(!err.to_string().contains("it's-Secret"), "{err}");
+    let err = load_env(&full_with_line(15, "port = ${PORT}"), &[("PORT", "54\n32")]).unwrap_err();
+    assert_eq!(err.problems()[0].line, Some(15));
+}
+
+#[test]
+fn parse_errors_use_original_columns_after_substitution() {
+    // The substituted value is much longer than `${H}`; the column still points at the
+    // original text (the `x` after the string).
+    let text = full_with_line(14, r#"host = "${H}" x"#);
+    let err = load_env(&text, &[("H", "a-very-long-host-name.example.com")]).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!((p.line, p.column), (Some(14), Some(15)), "{err}");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let shown = fail(&full_with_line(24, "dbname = \"shop"));
+    assert!(shown.starts_with("test.toml:24:"), "{shown}");
+    let shown = fail(&full_with_line(30, "name = app"));
+    assert!(shown.starts_with("test.toml:30:8: "), "{shown}");
+    assert_eq!(shown.lines().count(), 1);
+    // Duplicate keys are syntax errors too.
+    let shown = fail(&full_with_line(
+        6,
+        "max_message_bytes = 1\nmax_message_bytes = 2",
+    ));
+    assert!(shown.starts_with("test.toml:7:1: duplicate key"), "{shown}");
+}
+
+#[test]
+fn unknown_key_has_its_line() {
+    expect_one(
+        &full_with_line(5, "wokers = 4"),
+        5,
+        "unknown field `wokers`",
+    );
+    let text = full_with_line(42, "admn = true");
+    let shown = fail(&text);
+    assert!(
+        shown.starts_with("test.toml:42:1: unknown field `admn`, expected one of"),
+        "{shown}"
+    );
+    expect_one(&full_with_line(1, "[proxi]"), 1, "unknown field `proxi`");
+}
+
+#[test]
+fn wrong_type_and_missing_field_have_lines() {
+    expect_one(&full_with_line(15, r#"port = "5433""#), 15, "invalid type");
+    expect_one(&full_with_line(15, "port = 70000"), 15, "expected u16");
+    expect_one(
+        &full_with_line(36, r#"auth = "password""#),
+        36,
+        "unknown variant `password`",
+    );
+    // Missing `host` in [target]: reported at the table header.
+    expect_one(&full_with_line(22, ""), 21, "missing field `host`");
+    // Missing a whole required section.
+    let text: String = MINIMAL.lines().skip(5).collect::<Vec<_>>().join("\n");
+    let shown = fail(&text);
+    assert_eq!(shown, "test.toml:1:1: missing required section [source]");
+}
+
+#[test]
+fn passwords_are_never_echoed() {
+    // A password of the wrong type: the value must not appear.
+    for line in [18, 25, 29, 31] {
+        let key = FULL
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split(' ').next())
+            .unwrap();
+        let text = full_with_line(line, &format!("{key} = 987654321"));
+        let err = load(&text).unwrap_err();
+        let shown = err.to_string();
+        assert!(!shown.contains("987654321"), "{shown}");
+        assert_eq!(
+            shown,
+            format!(
+                "test.toml:{line}:{}: `{key}` must be a string (the value is not shown)",
+                key.len() + 4
+            )
+        );
+    }
+    // A conninfo of the wrong type.
+    let text = full_with_line(19, "replication_conninfo = 123456789");
+    assert!(!load(&text).unwrap_err().to_string().contains("123456789"));
+    // A value from the environment in a wrong-typed place is not echoed either.
+    let text = full_with_line(15, "port = ${PGPORT}");
+    let err = load_env(&text, &[("PGPORT", "424242")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains("424242") && err.contains("PGPORT") && err.starts_with("test.toml:15:8:"),
+        "{err}"
+    );
+    // Validation errors about users and servers carry no passwords (checked by `fail`).
+    fail(&full_replace(r#"name = "ops""#, r#"name = "app""#));
+    fail(&full_replace(r#"host = "new.db""#, r#"host = """#));
+}
+
+#[test]
+fn debug_hides_passwords() {
+    let c = load(FULL).unwrap();
+    let dbg = format!("{c:?}");
+    assert_no_secret(&dbg);
+    assert!(dbg.contains(r#"password: Some("***")"#), "{dbg}");
+    assert!(dbg.contains(r#"server_password: Some("***")"#), "{dbg}");
+    assert!(dbg.contains("password='***'"), "{dbg}");
+    assert!(dbg.contains("password: None"), "{dbg}"); // the trust user
+    let pretty = format!("{c:#?}");
+    assert_no_secret(&pretty);
+}
+
+/// Each semantic check, alone, at the line of the offending key.
+#[test]
+fn each_semantic_check_has_its_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"listen = "0.0.0.0:6543""#,
+            r#"listen = "6543""#,
+            "proxy.listen: `6543` is not host:port",
+        ),
+        (
+            r#"listen = "0.0.0.0:6543""#,
+            r#"listen = "db host:1""#,
+            "proxy.listen:",
+        ),
+        (
+            r#"listen = "0.0.0.0:6543""#,
+            r#"listen = "::1:6543""#,
+            "IPv6",
+        ),
+        (
+            r#"admin_database = "admin""#,
+            r#"admin_database = """#,
+            "proxy.admin_database: must not be empty",
+        ),
+        (
+            "max_message_bytes = 1048576",
+            "max_message_bytes = 1023",
+            "proxy.max_message_bytes: 1023 is out of range",
+        ),
+        (
+            "max_message_bytes = 1048576",
+            "max_message_bytes = 1073741824",
+            "1073741823 (1 GiB - 1)",
+        ),
+        (
+            "connect_timeout_ms = 1000",
+            "connect_timeout_ms = 0",
+            "proxy.connect_timeout_ms: must be greater than 0",
+        ),
+        (
+            "client_login_timeout_ms = 2000",
+            "client_login_timeout_ms = 0",
+            "proxy.client_login_timeout_ms",
+        ),
+        (
+            r#"path = "/var/lib/pgshift/state.db""#,
+            r#"path = """#,
+            "journal.path: must not be empty",
+        ),
+        (
+            r#"host = "old.db""#,
+            r#"host = "  ""#,
+            "source.host: must not be empty",
+        ),
+        (
+            "port = 5433",
+            "port = 0",
+            "source.port: must be between 1 and 65535",
+        ),
+        (
+            r#"user = "upgrader""#,
+            r#"user = """#,
+            "source.user: must not be empty",
+        ),
+        (
+            r#"replication_conninfo = "host=old.internal dbname=shop user=repl password='repl-Secret-2'""#,
+            r#"replication_conninfo = "" "#,
+            "source.replication_conninfo: must not be empty",
+        ),
+        (
+            r#"host = "new.db""#,
+            r#"host = """#,
+            "target.host: must not be empty",
+        ),
+        (
+            r#"name = "app""#,
+            r#"name = """#,
+            "users[0].name: must not be empty",
+        ),
+        (
+            r#"password = "ops-Secret-6""#,
+            r#"password = """#,
+            "users[1].password: must not be empty",
+        ),
+        (
+            r#"server_user = "app_backend""#,
+            r#"server_user = """#,
+            "users[0].server_user: must not be empty",
+        ),
+        (
+            "drain_timeout_ms = 2000",
+            "drain_timeout_ms = 0",
+            "upgrade.drain_timeout_ms: must be greater than 0",
+        ),
+        (
+            "catchup_timeout_ms = 3000",
+            "catchup_timeout_ms = 0",
+            "upgrade.catchup_timeout_ms",
+        ),
+        (
+            "poll_interval_ms = 100",
+            "poll_interval_ms = 0",
+            "upgrade.poll_interval_ms",
+        ),
+        (
+            r#"object_prefix = "pgs_1""#,
+            r#"object_prefix = "Pgs""#,
+            "replication.object_prefix: `Pgs` is not a valid prefix",
+        ),
+        (
+            r#"object_prefix = "pgs_1""#,
+            r#"object_prefix = "1pgs""#,
+            "replication.object_prefix",
+        ),
+        (
+            r#"object_prefix = "pgs_1""#,
+            r#"object_prefix = "pg-s""#,
+            "replication.object_prefix",
+        ),
+        (
+            r#"object_prefix = "pgs_1""#,
+            r#"object_prefix = "a_prefix_that_is_much_longer_than_forty_chars""#,
+            "at most 40 characters",
+        ),
+        (
+            r#"pg_dump = "/usr/lib/postgresql/17/bin/pg_dump""#,
+            r#"pg_dump = """#,
+            "replication.pg_dump",
+        ),
+        (
+            r#"psql = "/usr/lib/postgresql/17/bin/psql""#,
+            r#"psql = """#,
+            "replication.psql",
+        ),
+    ];
+    for (old, new, fragment) in cases {
+        let text = full_replace(old, new);
+        expect_one(&text, line_of(&text, new), fragment);
+    }
+
+    // The second of two users with one name; the message names the first one's line.
+    let text = full_replace(r#"name = "ops""#, r#"name = "app""#);
+    expect_one(
+        &text,
+        34,
+        "users[1].name: duplicate user `app` (see users[0].name, line 28)",
+    );
+
+    // Lines that occur twice in FULL (first occurrence is in [source]).
+    let text = full_with_line(23, r#"dbname = """#);
+    expect_one(&text, 23, "target.dbname: must not be empty");
+    let text = full_with_line(24, r#"user = """#);
+    expect_one(&text, 24, "target.user: must not be empty");
+}
+
+#[test]
+fn missing_password_without_the_key_points_at_the_user() {
+    // users[0] without a `password` line: the problem is at its [[users]] header.
+    let text = full_with_line(29, "");
+    expect_one(
+        &text,
+        27,
+        "users[0].password: is required unless auth = \"trust\" (user `app`)",
+    );
+    // Same when a trust user is switched to md5.
+    let text = full_with_line(41, r#"auth = "md5""#);
+    expect_one(
+        &text,
+        39,
+        "users[2].password: is required unless auth = \"trust\" (user `reporting`)",
+    );
+}
+
+#[test]
+fn source_and_target_must_differ() {
+    let text = full_with_line(22, r#"host = "OLD.db""#);
+    let text = text.replace("[target]\n", "[target]\nport = 5433\n");
+    let err = load(&text).unwrap_err();
+    assert_eq!(err.to_string(), "test.toml:21: target: is the same database as [source] (OLD.db:5433/shop); the target must be another server or database (see source, line 13)");
+    // Another database on the same server is fine.
+    let text = text.replace(
+        "dbname = \"shop\"\nuser = \"upgrader\"\npassword = \"tgt",
+        "dbname = \"shop2\"\nuser = \"upgrader\"\npassword = \"tgt",
+    );
+    load(&text).unwrap();
+}
+
+#[test]
+fn at_least_one_user() {
+    let text: String = MINIMAL.lines().take(9).collect::<Vec<_>>().join("\n");
+    expect_one(&text, 1, "users: no [[users]] entry");
+    let text = format!("users = []\n{text}");
+    expect_one(&text, 1, "users: no [[users]] entry");
+    let text = text.replace("users = []\n", "# c\n\nusers = []\n");
+    expect_one(&text, 3, "users: no [[users]] entry");
+}
+
+#[test]
+fn all_semantic_errors_reported_together_in_file_order() {
+    let text = full_replace(r#"object_prefix = "pgs_1""#, r#"object_prefix = "X""#);
+    let text = text.replace(r#"listen = "0.0.0.0:6543""#, r#"listen = "nope""#);
+    let text = text.replace("port = 5433", "port = 0");
+    let text = text.replace(r#"name = "reporting""#, r#"name = "app""#);
+    let err = load(&text).unwrap_err();
+    let shown = err.to_string();
+    assert_no_secret(&shown);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    assert!(
+        lines[0].starts_with("test.toml:3: proxy.listen:"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("test.toml:15: source.port:"),
+        "{shown}"
+    );
+    assert!(
+        lines[2].starts_with("test.toml:40: users[2].name: duplicate user `app`"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].starts_with("test.toml:51: replication.object_prefix:"),
+        "{shown}"
+    );
+    assert_eq!(
+        err.problems().iter().map(|p| p.line).collect::<Vec<_>>(),
+        vec![Some(3), Some(15), Some(40), Some(51)]
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let err = load_file(std::path::Path::new("/nonexistent/pgshift.toml")).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("/nonexistent/pgshift.toml: cannot read the configuration file:"),
+        "{shown}"
+    );
+    assert_eq!(err.problems()[0].line, None);
+}
+
+const EXAMPLE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/pgshift.example.toml");
+
+#[test]
+fn example_file_loads() {
+    let c = load_file(std::path::Path::new(EXAMPLE_PATH)).unwrap_or_else(|e| panic!("{e}"));
+    // Without any environment the documented defaults are what loads.
+    let text = std::fs::read_to_string(EXAMPLE_PATH).unwrap();
+    let d = load_str_with_env(&text, EXAMPLE_PATH, no_env).unwrap_or_else(|e| panic!("{e}"));
+    // The optional sections are written out with their defaults.
+    assert_eq!(
+        format!("{:?}", d.proxy),
+        format!("{:?}", ProxyConfig::default())
+    );
+    assert_eq!(
+        format!("{:?}", d.journal),
+        format!("{:?}", JournalConfig::default())
+    );
+    assert_eq!(
+        format!("{:?}", d.upgrade),
+        format!("{:?}", UpgradeConfig::default())
+    );
+    assert_eq!(
+        format!("{:?}", d.replication),
+        format!("{:?}", ReplicationConfig::default())
+    );
+    assert!(!c.users.is_empty());
+}
+
+/// Every key the types accept appears in the example (set, or commented out as `# key =`).
+/// The accepted keys are read from the parser's own "expected one of" list, so a field
+/// added later without documentation fails here.
+#[test]
+fn example_file_documents_every_key() {
+    let example = std::fs::read_to_string(EXAMPLE_PATH).unwrap();
+    let documented = |key: &str| {
+        example.lines().any(|l| {
+            let l = l.trim_start().trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{key} ="))
+                || l.starts_with(&format!("[{key}]"))
+                || l.starts_with(&format!("[[{key}]]"))
+        })
+    };
+    let probes = [
+        format!("zz_probe = 1\n{MINIMAL}"),
+        MINIMAL.replace("[source]\n", "[source]\nzz_probe = 1\n"),
+        MINIMAL.replace("[[users]]\n", "[[users]]\nzz_probe = 1\n"),
+        format!("[proxy]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[journal]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[upgrade]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[replication]\nzz_probe = 1\n{MINIMAL}"),
+    ];
+    let mut checked = 0;
+    for probe in probes {
+        let msg = load(&probe).unwrap_err().to_string();
+        // "unknown field `zz_probe`, expected one of `a`, `b`" (or "expected `a`" for one).
+        let list = msg
+            .split(", expected ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{msg}"));
+        let list = list.trim_start_matches("one of ");
+        for key in list.split(", ").map(|k| k.trim_matches('`')) {
+            assert!(
+                documented(key),
+                "pgshift.example.toml does not document `{key}`"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
+}

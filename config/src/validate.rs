@@ -1,0 +1,341 @@
+//! Semantic checks on a parsed [`Config`]. Each finding names the key it is about, as a
+//! path that the loader resolves to a line of the file.
+
+use crate::{AuthMethod, Config, ServerConfig};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Smallest accepted `proxy.max_message_bytes`: 1 KiB.
+pub(crate) const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest accepted `proxy.max_message_bytes`: PostgreSQL's own limit, 1 GiB - 1.
+pub(crate) const MAX_MESSAGE_BYTES: usize = (1 << 30) - 1;
+/// Longest accepted `replication.object_prefix`.
+pub(crate) const MAX_PREFIX_CHARS: usize = 40;
+
+/// One step of a key path: `users[2].auth` is `[Key("users"), Index(2), Key("auth")]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// A key path into the configuration document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    fn key(mut self, k: &'static str) -> KeyPath {
+        self.0.push(Seg::Key(k));
+        self
+    }
+    fn index(mut self, i: usize) -> KeyPath {
+        self.0.push(Seg::Index(i));
+        self
+    }
+}
+
+fn at(k: &'static str) -> KeyPath {
+    KeyPath(vec![Seg::Key(k)])
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if n == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One finding: the key it concerns, and what is wrong (never containing a password).
+/// `also` is a second place worth naming in the message (e.g. the first of two duplicates).
+#[derive(Debug, Clone)]
+pub(crate) struct Issue {
+    pub path: KeyPath,
+    pub message: String,
+    pub also: Option<KeyPath>,
+}
+
+struct Findings(Vec<Issue>);
+
+impl Findings {
+    fn add(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.0.push(Issue {
+            path,
+            message: message.into(),
+            also: None,
+        });
+    }
+}
+
+/// Runs every check and returns all findings, in file order of the sections.
+pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
+    let mut f = Findings(Vec::new());
+
+    // [proxy]
+    let p = &cfg.proxy;
+    if let Err(why) = check_listen(&p.listen) {
+        f.add(at("proxy").key("listen"), format!("`{}` {why}", p.listen));
+    }
+    if p.admin_database.is_empty() {
+        f.add(at("proxy").key("admin_database"), "must not be empty");
+    }
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&p.max_message_bytes) {
+        f.add(
+            at("proxy").key("max_message_bytes"),
+            format!(
+                "{} is out of range: must be between {MIN_MESSAGE_BYTES} (1 KiB) and {MAX_MESSAGE_BYTES} (1 GiB - 1) bytes",
+                p.max_message_bytes
+            ),
+        );
+    }
+    positive(&mut f, "proxy", "connect_timeout_ms", p.connect_timeout_ms);
+    positive(
+        &mut f,
+        "proxy",
+        "client_login_timeout_ms",
+        p.client_login_timeout_ms,
+    );
+
+    // [journal]
+    if cfg.journal.path.as_os_str().is_empty() {
+        f.add(at("journal").key("path"), "must not be empty");
+    }
+
+    // [source], [target]
+    check_server(&mut f, "source", &cfg.source);
+    check_server(&mut f, "target", &cfg.target);
+    let (s, t) = (&cfg.source, &cfg.target);
+    if !s.host.is_empty()
+        && s.host.eq_ignore_ascii_case(&t.host)
+        && s.port == t.port
+        && s.dbname == t.dbname
+    {
+        f.0.push(Issue {
+            path: at("target"),
+            message: format!(
+                "is the same database as [source] ({}:{}/{}); the target must be another server or database",
+                t.host, t.port, t.dbname
+            ),
+            also: Some(at("source")),
+        });
+    }
+
+    // [[users]]
+    if cfg.users.is_empty() {
+        f.add(
+            at("users"),
+            "no [[users]] entry: at least one user is required for clients to log in",
+        );
+    }
+    for (i, u) in cfg.users.iter().enumerate() {
+        let base = at("users").index(i);
+        if u.name.is_empty() {
+            f.add(base.clone().key("name"), "must not be empty");
+        } else if let Some(first) = cfg.users[..i].iter().position(|o| o.name == u.name) {
+            f.0.push(Issue {
+                path: base.clone().key("name"),
+                message: format!("duplicate user `{}`", u.name),
+                also: Some(at("users").index(first).key("name")),
+            });
+        }
+        let who = if u.name.is_empty() {
+            String::new()
+        } else {
+            format!(" (user `{}`)", u.name)
+        };
+        match (&u.password, u.auth) {
+            (_, AuthMethod::Trust) => {}
+            (None, _) => f.add(
+                base.clone().key("password"),
+                format!("is required unless auth = \"trust\"{who}"),
+            ),
+            (Some(pw), _) if pw.is_empty() => f.add(
+                base.clone().key("password"),
+                format!("must not be empty unless auth = \"trust\"{who}"),
+            ),
+            _ => {}
+        }
+        if u.server_user.as_deref() == Some("") {
+            f.add(
+                base.clone().key("server_user"),
+                format!("must not be empty; omit it to use `name`{who}"),
+            );
+        }
+    }
+
+    // [upgrade]
+    let up = &cfg.upgrade;
+    positive(&mut f, "upgrade", "drain_timeout_ms", up.drain_timeout_ms);
+    positive(
+        &mut f,
+        "upgrade",
+        "catchup_timeout_ms",
+        up.catchup_timeout_ms,
+    );
+    positive(&mut f, "upgrade", "poll_interval_ms", up.poll_interval_ms);
+
+    // [replication]
+    let r = &cfg.replication;
+    if !is_prefix(&r.object_prefix) {
+        f.add(
+            at("replication").key("object_prefix"),
+            format!(
+                "`{}` is not a valid prefix: it must be a lower-case SQL identifier matching [a-z_][a-z0-9_]*, at most {MAX_PREFIX_CHARS} characters",
+                r.object_prefix
+            ),
+        );
+    }
+    if r.pg_dump.as_os_str().is_empty() {
+        f.add(at("replication").key("pg_dump"), "must not be empty");
+    }
+    if r.psql.as_os_str().is_empty() {
+        f.add(at("replication").key("psql"), "must not be empty");
+    }
+
+    f.0
+}
+
+fn positive(f: &mut Findings, section: &'static str, key: &'static str, value: u64) {
+    if value == 0 {
+        f.add(
+            at(section).key(key),
+            "must be greater than 0 (milliseconds)",
+        );
+    }
+}
+
+fn check_server(f: &mut Findings, side: &'static str, s: &ServerConfig) {
+    if s.host.trim().is_empty() {
+        f.add(at(side).key("host"), "must not be empty");
+    }
+    if s.port == 0 {
+        f.add(at(side).key("port"), "must be between 1 and 65535");
+    }
+    if s.dbname.is_empty() {
+        f.add(at(side).key("dbname"), "must not be empty");
+    }
+    if s.user.is_empty() {
+        f.add(at(side).key("user"), "must not be empty");
+    }
+    if s.replication_conninfo
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        f.add(
+            at(side).key("replication_conninfo"),
+            "must not be empty; omit it to build one from host, port, dbname, user and password",
+        );
+    }
+}
+
+/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS host name, and port
+/// is 0-65535. Returns why not.
+pub(crate) fn check_listen(listen: &str) -> Result<(), String> {
+    if listen.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return Err("is not host:port (e.g. 127.0.0.1:6432 or localhost:6432)".into());
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "has no valid port: `{port}` is not a number between 0 and 65535"
+        ));
+    }
+    if host.starts_with('[') || host.contains(':') {
+        return Err(
+            "is not a valid address: an IPv6 address goes in brackets, e.g. [::1]:6432".into(),
+        );
+    }
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "is not a valid address: `{host}` is not an IPv4 address"
+        ));
+    }
+    if !is_host_name(host) {
+        return Err(format!(
+            "is not a valid address: `{host}` is neither an IP address nor a host name"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS host name (RFC 1123): dot-separated labels of 1-63 letters, digits and `-`, not
+/// starting or ending with `-`; at most 253 characters.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// `[a-z_][a-z0-9_]*`, 1 to [`MAX_PREFIX_CHARS`] characters.
+fn is_prefix(p: &str) -> bool {
+    let mut chars = p.chars();
+    p.len() <= MAX_PREFIX_CHARS
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        for ok in [
+            "127.0.0.1:6432",
+            "0.0.0.0:0",
+            "[::1]:6432",
+            "localhost:6432",
+            "pgshift-1.svc.cluster.local:5432",
+        ] {
+            assert!(check_listen(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "6432",
+            "localhost",
+            "localhost:",
+            "localhost:99999",
+            "::1:6432",
+            "[::1:6432",
+            "300.1.1.1:5",
+            "-x:1",
+            "a b:1",
+            ":6432",
+        ] {
+            assert!(check_listen(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        for ok in ["pgshift", "_x", "a1_b2", &"a".repeat(40)] {
+            assert!(is_prefix(ok), "{ok}");
+        }
+        for bad in ["", "1x", "Pg", "pg-shift", "pg shift", &"a".repeat(41), "é"] {
+            assert!(!is_prefix(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_path_display() {
+        assert_eq!(
+            at("users").index(2).key("auth").to_string(),
+            "users[2].auth"
+        );
+    }
+}
