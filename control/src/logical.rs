@@ -1,0 +1,1543 @@
+//! The `logical` replication driver: native PostgreSQL logical replication (publications,
+//! subscriptions, replication slots) between the source and the target, plus the schema copy
+//! (`pg_dump | psql`) and the sequence sync that logical replication does not do.
+//!
+//! Objects (all named from `replication.object_prefix`, `<p>` below, default `pgshift`):
+//!
+//! | direction | publication (on publisher) | subscription (on subscriber) | slot (on publisher) |
+//! |-----------|----------------------------|------------------------------|---------------------|
+//! | forward: source → target | `<p>_pub` on source | `<p>_fwd` on target | `<p>_fwd` on source |
+//! | reverse: target → source | `<p>_rev_pub` on target | `<p>_rev` on source | `<p>_rev` on target |
+//!
+//! Every operation looks first (`pg_publication`, `pg_subscription`, `pg_replication_slots`), so
+//! repeating it after a crash does no harm and never meets a duplicate-object error.
+//!
+//! Forward and reverse replication never run at the same time: PostgreSQL 13 cannot filter
+//! changes by origin, so a change applied by one subscription would be sent back by the other.
+//!
+//! Connections: tokio-postgres over TCP without TLS, as the control-plane user of
+//! [`config::ServerConfig`] (a superuser: publications `FOR ALL TABLES`, subscriptions and
+//! `pg_terminate_backend` of replication workers need it).
+
+use crate::Side;
+use config::{Config, ServerConfig};
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, NoTls};
+
+/// A driver failure. `transient` marks failures worth retrying unchanged (lost connection,
+/// server starting or shutting down, an object briefly in use); the rest need a change first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    /// What failed, naming the server and the object.
+    pub message: String,
+    /// Retrying the same operation later may succeed.
+    pub transient: bool,
+}
+
+impl DriverError {
+    /// A permanent failure.
+    pub fn new(message: impl Into<String>) -> DriverError {
+        DriverError {
+            message: message.into(),
+            transient: false,
+        }
+    }
+    fn transient(message: impl Into<String>) -> DriverError {
+        DriverError {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+/// Formats a tokio-postgres error with the server's message, SQLSTATE, detail and hint, and
+/// classifies it (see [`DriverError::transient`]).
+pub fn pg_error(context: &str, e: &tokio_postgres::Error) -> DriverError {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!(
+                "{context}: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            );
+            if let Some(d) = db.detail() {
+                m.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!("; hint: {h}"));
+            }
+            let code = db.code().code();
+            // Class 08 connection exception, 57P01-57P03 shutdown/cannot connect now,
+            // 53300 too many connections, 55006 object in use (e.g. a slot still held by an
+            // exiting walsender), 40001/40P01 serialization failure/deadlock.
+            let transient = code.starts_with("08")
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "55006" | "40001" | "40P01"
+                );
+            DriverError {
+                message: m,
+                transient,
+            }
+        }
+        None => {
+            let mut m = format!("{context}: {e}");
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                m.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            DriverError::transient(m)
+        }
+    }
+}
+
+/// Replication direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Source → target (before cutover).
+    Forward,
+    /// Target → source (after cutover, so a rollback loses nothing).
+    Reverse,
+}
+
+impl Direction {
+    /// The side whose changes are sent (holds the publication and the slot).
+    pub fn publisher(self) -> Side {
+        match self {
+            Direction::Forward => Side::Source,
+            Direction::Reverse => Side::Target,
+        }
+    }
+    /// The side that applies them (holds the subscription).
+    pub fn subscriber(self) -> Side {
+        self.publisher().other()
+    }
+    /// The other direction.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Forward => Direction::Reverse,
+            Direction::Reverse => Direction::Forward,
+        }
+    }
+    /// The journal's spelling: `forward` / `reverse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+    /// Parses the journal's spelling; `none` and anything else give `None`.
+    pub fn parse(s: &str) -> Option<Direction> {
+        match s {
+            "forward" => Some(Direction::Forward),
+            "reverse" => Some(Direction::Reverse),
+            _ => None,
+        }
+    }
+}
+
+/// Names of the objects pgshift creates, from `replication.object_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// `<p>_pub`: publication FOR ALL TABLES on the source.
+    pub publication: String,
+    /// `<p>_fwd`: subscription on the target, and its slot on the source.
+    pub forward: String,
+    /// `<p>_rev_pub`: publication FOR ALL TABLES on the target.
+    pub reverse_publication: String,
+    /// `<p>_rev`: subscription on the source, and its slot on the target.
+    pub reverse: String,
+}
+
+impl Names {
+    /// Names for `prefix`.
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            publication: format!("{prefix}_pub"),
+            forward: format!("{prefix}_fwd"),
+            reverse_publication: format!("{prefix}_rev_pub"),
+            reverse: format!("{prefix}_rev"),
+        }
+    }
+    /// Subscription (and slot) name of a direction.
+    pub fn subscription(&self, d: Direction) -> &str {
+        match d {
+            Direction::Forward => &self.forward,
+            Direction::Reverse => &self.reverse,
+        }
+    }
+    /// Publication name of a direction.
+    pub fn publication(&self, d: Direction) -> &str {
+        match d {
+            Direction::Forward => &self.publication,
+            Direction::Reverse => &self.reverse_publication,
+        }
+    }
+}
+
+/// SQL identifier quoting (PostgreSQL docs 4.1.1, "Identifiers and Key Words").
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// SQL string literal quoting for a server with `standard_conforming_strings = on` (the
+/// driver sets it on every connection). PostgreSQL docs 4.1.2.1.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Result of the preflight checks.
+#[derive(Debug, Clone, Default)]
+pub struct Preflight {
+    /// Every problem found, each saying what to change. Empty = good to go.
+    pub failures: Vec<String>,
+    /// Facts worth recording (versions, sequences to sync at cutover).
+    pub notes: Vec<String>,
+    /// Source major version (e.g. 13), if reachable.
+    pub source_major: Option<u32>,
+    /// Target major version, if reachable.
+    pub target_major: Option<u32>,
+    /// Sequences of the source (`schema.name`), synced to the target at cutover.
+    pub sequences: Vec<String>,
+}
+
+/// Replication lag as seen on the publisher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lag {
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn` of the slot on the publisher, in bytes: WAL
+    /// the subscriber has not yet confirmed as applied and flushed (PostgreSQL docs, "pg_replication_slots").
+    pub bytes: Option<i64>,
+    /// `pg_stat_replication.replay_lag` of the walsender serving the subscription
+    /// (`application_name` = subscription name), in seconds (PostgreSQL docs 28.2.3 /
+    /// "pg_stat_replication"): time between a commit on the publisher and the subscriber's
+    /// report that it applied it. PostgreSQL shows NULL there once an idle subscriber has caught
+    /// up; that is reported as 0.0. `None` when no walsender streams for the subscription.
+    pub seconds: Option<f64>,
+}
+
+/// Initial-copy progress of a subscription (`pg_subscription_rel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Tables in state `r` (ready) or `s` (synchronised).
+    pub ready: u64,
+    /// Tables of the subscription.
+    pub total: u64,
+    /// Up to 10 tables still copying, as `schema.table (state)`.
+    pub pending: Vec<String>,
+}
+
+impl SyncProgress {
+    /// Every table is synchronised.
+    pub fn done(&self) -> bool {
+        self.ready == self.total
+    }
+}
+
+/// What the catch-up barrier saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The slot's `confirmed_flush_lsn` on the publisher (applied and flushed on the subscriber).
+    pub confirmed_flush: Option<u64>,
+    /// `pg_stat_replication.replay_lsn` of the walsender (applied on the subscriber; the apply
+    /// worker commits with `synchronous_commit = off`, so this runs ahead of `confirmed_flush`).
+    pub replay: Option<u64>,
+}
+
+impl Applied {
+    /// The furthest position known applied.
+    pub fn position(&self) -> Option<u64> {
+        match (self.confirmed_flush, self.replay) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Formats an LSN as PostgreSQL does (`X/XXXXXXXX`).
+pub fn fmt_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
+
+/// The logical replication driver for one source/target pair.
+#[derive(Clone)]
+pub struct Logical {
+    source: ServerConfig,
+    target: ServerConfig,
+    names: Names,
+    pg_dump: std::path::PathBuf,
+    psql: std::path::PathBuf,
+    copy_schema: bool,
+    server_users: Vec<(String, String)>,
+    connect_timeout: Duration,
+}
+
+impl Logical {
+    /// A driver for the servers, names and tools of `cfg`.
+    pub fn new(cfg: &Config) -> Logical {
+        Logical {
+            source: cfg.source.clone(),
+            target: cfg.target.clone(),
+            names: Names::new(&cfg.replication.object_prefix),
+            pg_dump: cfg.replication.pg_dump.clone(),
+            psql: cfg.replication.psql.clone(),
+            copy_schema: cfg.replication.copy_schema,
+            server_users: cfg
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.server_user().to_string()))
+                .collect(),
+            connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms.max(1000)),
+        }
+    }
+
+    /// Object names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Whether the plan copies the schema (`replication.copy_schema`).
+    pub fn copy_schema_enabled(&self) -> bool {
+        self.copy_schema
+    }
+
+    fn server(&self, side: Side) -> &ServerConfig {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+
+    /// `source (host:port/db)`, for messages. Never includes the password.
+    pub fn label(&self, side: Side) -> String {
+        let s = self.server(side);
+        format!("{} ({}:{}/{})", side.as_str(), s.host, s.port, s.dbname)
+    }
+
+    /// Opens a control-plane connection to `side` (TCP, no TLS, `application_name =
+    /// pgshift-control`, `standard_conforming_strings = on`).
+    pub async fn connect(&self, side: Side) -> Result<Client> {
+        let s = self.server(side);
+        let mut c = tokio_postgres::Config::new();
+        c.host(&s.host)
+            .port(s.port)
+            .dbname(&s.dbname)
+            .user(&s.user)
+            .application_name("pgshift-control")
+            .options("-c standard_conforming_strings=on")
+            .connect_timeout(self.connect_timeout);
+        if let Some(p) = &s.password {
+            c.password(p.as_bytes());
+        }
+        let (client, conn) = c.connect(NoTls).await.map_err(|e| {
+            pg_error(
+                &format!("{}: cannot connect as {}", self.label(side), s.user),
+                &e,
+            )
+        })?;
+        let label = self.label(side);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(server = %label, error = %e, "control connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Preflight
+    // ----------------------------------------------------------------------------------
+
+    /// Checks everything the plan needs on both servers and collects every failure (not only
+    /// the first). See the module docs of [`crate::controller`] for the list.
+    pub async fn preflight(&self) -> Preflight {
+        let mut out = Preflight::default();
+        let ours: Vec<String> = vec![self.names.forward.clone(), self.names.reverse.clone()];
+
+        let src = match self.connect(Side::Source).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                out.failures.push(format!(
+                    "{}; check [source] host, port, dbname, user and password",
+                    e.message
+                ));
+                None
+            }
+        };
+        let tgt = match self.connect(Side::Target).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                out.failures.push(format!(
+                    "{}; check [target] host, port, dbname, user and password",
+                    e.message
+                ));
+                None
+            }
+        };
+
+        // The target's max_sync_workers_per_subscription decides how many extra slots and
+        // walsenders the initial copy takes on the source (PostgreSQL docs 31.10, "Configuration Settings").
+        let mut sync_workers: i64 = 2;
+        let mut src_sysid: Option<(String, String)> = None;
+        let mut source_tables: Vec<String> = Vec::new();
+        if let Some(t) = &tgt {
+            if let Ok(r) = t
+                .query_one(
+                    "SELECT current_setting('max_sync_workers_per_subscription')::int8",
+                    &[],
+                )
+                .await
+            {
+                sync_workers = r.get(0);
+            }
+        }
+
+        if let Some(c) = &src {
+            if let Err(e) = self
+                .preflight_source(
+                    c,
+                    &ours,
+                    sync_workers,
+                    &mut out,
+                    &mut src_sysid,
+                    &mut source_tables,
+                )
+                .await
+            {
+                out.failures.push(e.message);
+            }
+        }
+        if let Some(c) = &tgt {
+            if let Err(e) = self
+                .preflight_target(c, src.as_ref(), &ours, sync_workers, &src_sysid, &mut out)
+                .await
+            {
+                out.failures.push(e.message);
+            }
+        }
+        if let (Some(s), Some(t)) = (out.source_major, out.target_major) {
+            if t < s {
+                out.failures.push(format!(
+                    "target: major version {t} is older than the source's {s}; the target must run the same or a newer major"
+                ));
+            }
+        }
+        if self.copy_schema {
+            self.preflight_tools(out.source_major, &mut out).await;
+        }
+        out
+    }
+
+    async fn preflight_source(
+        &self,
+        c: &Client,
+        ours: &[String],
+        sync_workers: i64,
+        out: &mut Preflight,
+        sysid: &mut Option<(String, String)>,
+        tables: &mut Vec<String>,
+    ) -> Result<()> {
+        let ctx = |what: &str| format!("source: {what}");
+        let r = c
+            .query_one(
+                "SELECT current_setting('server_version_num')::int4,
+                        current_setting('wal_level'),
+                        current_setting('max_replication_slots')::int8,
+                        current_setting('max_wal_senders')::int8,
+                        (SELECT count(*) FROM pg_replication_slots
+                          WHERE slot_name <> ALL($1::text[]) AND slot_name !~ '^pg_[0-9]+_sync_'),
+                        (SELECT count(*) FROM pg_stat_replication r
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid
+                                  AND (s.slot_name = ANY($1::text[]) OR s.slot_name ~ '^pg_[0-9]+_sync_'))),
+                        current_setting('max_logical_replication_workers')::int8,
+                        (SELECT system_identifier::text FROM pg_control_system()),
+                        current_database()::text",
+                &[&ours],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
+        let version: i32 = r.get(0);
+        let major = (version / 10000) as u32;
+        out.source_major = Some(major);
+        out.notes.push(format!(
+            "source: PostgreSQL {major} (server_version_num {version})"
+        ));
+        let wal_level: String = r.get(1);
+        if wal_level != "logical" {
+            out.failures.push(format!(
+                "source: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the source server"
+            ));
+        }
+        let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
+            (r.get(2), r.get(4), r.get(3), r.get(5));
+        let need = 1 + sync_workers;
+        if max_slots - used_slots < need {
+            out.failures.push(format!(
+                "source: max_replication_slots is {max_slots} with {used_slots} in use by others; pgshift needs {need} \
+                 (slot {} + {sync_workers} for the initial table copy, max_sync_workers_per_subscription on the target); \
+                 set max_replication_slots >= {} in postgresql.conf and restart",
+                self.names.forward,
+                used_slots + need
+            ));
+        }
+        if max_senders - used_senders < need {
+            out.failures.push(format!(
+                "source: max_wal_senders is {max_senders} with {used_senders} in use by others; pgshift needs {need}; \
+                 set max_wal_senders >= {} in postgresql.conf and restart",
+                used_senders + need
+            ));
+        }
+        let lrw: i64 = r.get(6);
+        if lrw < 1 {
+            out.failures.push(
+                "source: max_logical_replication_workers is 0; the reverse subscription (after cutover) needs 1; \
+                 set max_logical_replication_workers >= 1 in postgresql.conf and restart"
+                    .to_string(),
+            );
+        }
+        *sysid = Some((r.get(7), r.get(8)));
+
+        // Replica identity: UPDATE and DELETE of a published table need a primary key or a
+        // replica identity (PostgreSQL docs 31.1, "Publication"; ALTER TABLE ... REPLICA IDENTITY).
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relreplident::text,
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND {USER_SCHEMA}
+                      ORDER BY 1, 2"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("listing tables"), &e))?;
+        let mut no_identity = 0;
+        for row in &rows {
+            let (schema, name, kind, ident): (String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let (has_pk, has_ri): (bool, bool) = (row.get(4), row.get(5));
+            let q = format!("{}.{}", quote_ident_min(&schema), quote_ident_min(&name));
+            tables.push(q.clone());
+            if kind != "r" {
+                continue; // partitioned parents hold no rows; their partitions are checked
+            }
+            let bad = match ident.as_str() {
+                "d" => !has_pk,
+                "n" => true,
+                "i" => !has_ri,
+                _ => false, // 'f' = FULL
+            };
+            if bad {
+                no_identity += 1;
+                let why = match ident.as_str() {
+                    "n" => "has REPLICA IDENTITY NOTHING",
+                    "i" => "has REPLICA IDENTITY USING INDEX but that index is gone",
+                    _ => "has no primary key",
+                };
+                out.failures.push(format!(
+                    "source: table {q} {why}; add a primary key, or ALTER TABLE {q} REPLICA IDENTITY USING INDEX <unique index on NOT NULL columns> (or REPLICA IDENTITY FULL)"
+                ));
+            }
+        }
+        out.notes.push(format!(
+            "source: {} tables, {no_identity} without a usable replica identity",
+            tables.len()
+        ));
+
+        let seqs = c
+            .query(
+                "SELECT schemaname::text, sequencename::text FROM pg_sequences ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("listing sequences"), &e))?;
+        out.sequences = seqs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}.{}",
+                    quote_ident_min(&r.get::<_, String>(0)),
+                    quote_ident_min(&r.get::<_, String>(1))
+                )
+            })
+            .collect();
+        if !out.sequences.is_empty() {
+            out.notes.push(format!(
+                "source: {} sequences, synced to the target at cutover: {}",
+                out.sequences.len(),
+                out.sequences.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    async fn preflight_target(
+        &self,
+        t: &Client,
+        src: Option<&Client>,
+        ours: &[String],
+        sync_workers: i64,
+        src_sysid: &Option<(String, String)>,
+        out: &mut Preflight,
+    ) -> Result<()> {
+        let ctx = |what: &str| format!("target: {what}");
+        let r = t
+            .query_one(
+                "SELECT current_setting('server_version_num')::int4,
+                        current_setting('wal_level'),
+                        current_setting('max_replication_slots')::int8,
+                        current_setting('max_wal_senders')::int8,
+                        (SELECT count(*) FROM pg_replication_slots WHERE slot_name <> ALL($1::text[])),
+                        (SELECT count(*) FROM pg_stat_replication r
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                                             WHERE s.active_pid = r.pid AND s.slot_name = ANY($1::text[]))),
+                        current_setting('max_logical_replication_workers')::int8,
+                        (SELECT system_identifier::text FROM pg_control_system()),
+                        current_database()::text",
+                &[&ours],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
+        let version: i32 = r.get(0);
+        let major = (version / 10000) as u32;
+        out.target_major = Some(major);
+        out.notes.push(format!(
+            "target: PostgreSQL {major} (server_version_num {version})"
+        ));
+        let wal_level: String = r.get(1);
+        if wal_level != "logical" {
+            out.failures.push(format!(
+                "target: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the target server \
+                 (reverse replication target → source after cutover needs it)"
+            ));
+        }
+        let (max_slots, max_senders, used_slots, used_senders): (i64, i64, i64, i64) =
+            (r.get(2), r.get(3), r.get(4), r.get(5));
+        if max_slots - used_slots < 1 {
+            out.failures.push(format!(
+                "target: max_replication_slots is {max_slots} with {used_slots} in use; the reverse slot {} needs 1 more; \
+                 raise max_replication_slots in postgresql.conf and restart",
+                self.names.reverse
+            ));
+        }
+        if max_senders - used_senders < 1 {
+            out.failures.push(format!(
+                "target: max_wal_senders is {max_senders} with {used_senders} in use; reverse replication needs 1 more; \
+                 raise max_wal_senders in postgresql.conf and restart"
+            ));
+        }
+        let lrw: i64 = r.get(6);
+        if lrw < 1 + sync_workers {
+            out.failures.push(format!(
+                "target: max_logical_replication_workers is {lrw}; the subscription needs {} (1 apply + {sync_workers} table sync workers); \
+                 raise it in postgresql.conf and restart",
+                1 + sync_workers
+            ));
+        }
+        if let Some((sid, sdb)) = src_sysid {
+            let (tid, tdb): (String, String) = (r.get(7), r.get(8));
+            if *sid == tid && *sdb == tdb {
+                out.failures.push(format!(
+                    "source and target are the same database ({tdb} on the server with system identifier {tid}); point [target] at the new server"
+                ));
+            }
+        }
+
+        // Roles: owners and grantees of the source's objects (the schema copy assigns them),
+        // and the server users that clients log in as.
+        let mut needed: Vec<(String, String)> = Vec::new();
+        if let Some(s) = src {
+            let rows = s
+                .query(
+                    &format!(
+                        "SELECT DISTINCT r.rolname::text FROM pg_roles r WHERE r.oid IN (
+                           SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMA}
+                           UNION SELECT n.nspowner FROM pg_namespace n WHERE {USER_SCHEMA}
+                           UNION SELECT p.proowner FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMA}
+                           UNION SELECT t.typowner FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE {USER_SCHEMA}
+                           UNION SELECT (aclexplode(c.relacl)).grantee FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                  WHERE c.relacl IS NOT NULL AND {USER_SCHEMA}
+                           UNION SELECT (aclexplode(n.nspacl)).grantee FROM pg_namespace n WHERE n.nspacl IS NOT NULL AND {USER_SCHEMA})
+                         ORDER BY 1"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("source: listing object owners", &e))?;
+            for r in rows {
+                needed.push((
+                    r.get(0),
+                    "owns or is granted objects in the source database".into(),
+                ));
+            }
+        }
+        for (name, server_user) in &self.server_users {
+            needed.push((
+                server_user.clone(),
+                format!("server_user of configured user {name}"),
+            ));
+        }
+        let names: Vec<String> = needed.iter().map(|(n, _)| n.clone()).collect();
+        let rows = t
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1::text[])",
+                &[&names],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("listing roles"), &e))?;
+        let present: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut reported = HashSet::new();
+        for (role, why) in needed {
+            if !present.contains(&role) && reported.insert(role.clone()) {
+                out.failures.push(format!(
+                    "target: role {} does not exist ({why}); create it on the target first \
+                     (pg_dumpall --roles-only on the source prints the definitions)",
+                    quote_ident_min(&role)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn preflight_tools(&self, source_major: Option<u32>, out: &mut Preflight) {
+        match tool_major(&self.pg_dump).await {
+            Ok(m) => {
+                out.notes.push(format!("pg_dump {} is major {m}", self.pg_dump.display()));
+                if let Some(s) = source_major {
+                    if m < s {
+                        out.failures.push(format!(
+                            "replication.pg_dump: {} is major {m} and cannot dump a major {s} source; set replication.pg_dump to a pg_dump of major {s} or newer",
+                            self.pg_dump.display()
+                        ));
+                    }
+                }
+            }
+            Err(e) => out.failures.push(format!(
+                "replication.pg_dump: {e}; install the PostgreSQL client tools or set replication.pg_dump (or set replication.copy_schema = false and create the schema on the target yourself)"
+            )),
+        }
+        if let Err(e) = tool_major(&self.psql).await {
+            out.failures.push(format!("replication.psql: {e}; install the PostgreSQL client tools or set replication.psql"));
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Schema copy
+    // ----------------------------------------------------------------------------------
+
+    async fn user_tables(&self, c: &Client, side: Side) -> Result<BTreeSet<String>> {
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND {USER_SCHEMA}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: listing tables", self.label(side)), &e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Copies the source's schema to the target: `pg_dump --schema-only --no-publications
+    /// --no-subscriptions` piped into `psql -X -q -v ON_ERROR_STOP=1 --single-transaction`
+    /// (passwords through `PGPASSWORD`, never on a command line).
+    ///
+    /// Idempotent: skipped when every user table of the source already exists on the target.
+    /// The restore is one transaction, so an interrupted copy leaves all or nothing; a target
+    /// holding some but not all of the source's tables is refused with the list.
+    /// Returns what was done.
+    pub async fn copy_schema(&self) -> Result<String> {
+        let src = self.connect(Side::Source).await?;
+        let tgt = self.connect(Side::Target).await?;
+        let s = self.user_tables(&src, Side::Source).await?;
+        let t = self.user_tables(&tgt, Side::Target).await?;
+        drop((src, tgt));
+        let missing: Vec<&String> = s.iter().filter(|x| !t.contains(*x)).collect();
+        if !s.is_empty() && missing.is_empty() {
+            return Ok(format!(
+                "skipped: all {} source tables already exist on the target",
+                s.len()
+            ));
+        }
+        if missing.len() < s.len() {
+            let shown: Vec<&str> = missing.iter().take(20).map(|x| x.as_str()).collect();
+            return Err(DriverError::new(format!(
+                "schema copy: the target already holds {} of the source's {} tables but not {}{}; \
+                 the copy is all or nothing: drop those tables on the target, or create the missing ones and retry",
+                s.len() - missing.len(),
+                s.len(),
+                shown.join(", "),
+                if missing.len() > shown.len() { ", ..." } else { "" }
+            )));
+        }
+
+        let mut dump = tokio::process::Command::new(&self.pg_dump);
+        dump.args([
+            "--schema-only",
+            "--no-publications",
+            "--no-subscriptions",
+            "--no-password",
+        ]);
+        pg_env(&mut dump, &self.source);
+        dump.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut dump = dump.spawn().map_err(|e| {
+            DriverError::new(format!(
+                "schema copy: cannot run {}: {e}",
+                self.pg_dump.display()
+            ))
+        })?;
+        let dump_out = dump
+            .stdout
+            .take()
+            .ok_or_else(|| DriverError::new("schema copy: pg_dump has no stdout"))?;
+        let dump_in: Stdio = dump_out.try_into().map_err(|e| {
+            DriverError::new(format!("schema copy: cannot pipe pg_dump into psql: {e}"))
+        })?;
+        let mut restore = tokio::process::Command::new(&self.psql);
+        restore.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "--no-password",
+        ]);
+        pg_env(&mut restore, &self.target);
+        restore
+            .stdin(dump_in)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut restore = restore.spawn().map_err(|e| {
+            DriverError::new(format!(
+                "schema copy: cannot run {}: {e}",
+                self.psql.display()
+            ))
+        })?;
+        let dump_err = read_all(dump.stderr.take());
+        let restore_err = read_all(restore.stderr.take());
+        let (dump_status, restore_status, dump_err, restore_err) =
+            tokio::join!(dump.wait(), restore.wait(), dump_err, restore_err);
+        let dump_status = dump_status
+            .map_err(|e| DriverError::new(format!("schema copy: waiting for pg_dump: {e}")))?;
+        let restore_status = restore_status
+            .map_err(|e| DriverError::new(format!("schema copy: waiting for psql: {e}")))?;
+        if !dump_status.success() {
+            return Err(DriverError::new(format!(
+                "schema copy: pg_dump of {} failed ({dump_status}): {}",
+                self.label(Side::Source),
+                tail(&dump_err, 10)
+            )));
+        }
+        if !restore_status.success() {
+            return Err(DriverError::new(format!(
+                "schema copy: psql restore into {} failed ({restore_status}), nothing was kept (single transaction): {}",
+                self.label(Side::Target),
+                tail(&restore_err, 10)
+            )));
+        }
+        Ok(format!("copied the schema of {} tables", s.len()))
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Objects
+    // ----------------------------------------------------------------------------------
+
+    /// Creates publication `name` FOR ALL TABLES on `side` unless it exists. Returns whether it
+    /// was created.
+    pub async fn ensure_publication(&self, side: Side, name: &str) -> Result<bool> {
+        let c = self.connect(side).await?;
+        let ctx = format!("{}: publication {name}", self.label(side));
+        let n = c
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?;
+        if n.is_some() {
+            return Ok(false);
+        }
+        c.batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR ALL TABLES",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(|e| pg_error(&format!("{ctx}: create"), &e))?;
+        Ok(true)
+    }
+
+    /// Drops publication `name` on `side` if it exists. Returns whether it existed.
+    pub async fn drop_publication(&self, side: Side, name: &str) -> Result<bool> {
+        let c = self.connect(side).await?;
+        let ctx = format!("{}: publication {name}", self.label(side));
+        let n = c
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?;
+        if n.is_none() {
+            return Ok(false);
+        }
+        c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+            .await
+            .map_err(|e| pg_error(&format!("{ctx}: drop"), &e))?;
+        Ok(true)
+    }
+
+    /// `Some(enabled)` when subscription `name` exists in the connected database.
+    pub async fn subscription_state(
+        &self,
+        c: &Client,
+        side: Side,
+        name: &str,
+    ) -> Result<Option<bool>> {
+        let r = c
+            .query_opt(
+                "SELECT subenabled FROM pg_subscription
+                  WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading subscription {name}", self.label(side)), &e))?;
+        Ok(r.map(|r| r.get(0)))
+    }
+
+    /// `Some(active)` when replication slot `name` exists on the connected server.
+    pub async fn slot_state(&self, c: &Client, side: Side, name: &str) -> Result<Option<bool>> {
+        let r = c
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: reading replication slot {name}", self.label(side)),
+                    &e,
+                )
+            })?;
+        Ok(r.map(|r| r.get(0)))
+    }
+
+    /// Drops replication slot `name` on `side` if it exists, first ending a walsender that
+    /// still holds it. Returns whether it existed.
+    pub async fn drop_slot(&self, c: &Client, side: Side, name: &str) -> Result<bool> {
+        let ctx = format!("{}: dropping replication slot {name}", self.label(side));
+        for attempt in 0..200 {
+            let Some(active) = self.slot_state(c, side, name).await? else {
+                return Ok(attempt > 0);
+            };
+            if active {
+                c.query(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                      WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| pg_error(&ctx, &e))?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            match c
+                .query("SELECT pg_drop_replication_slot($1)", &[&name])
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    let err = pg_error(&ctx, &e);
+                    // 42704: dropped meanwhile; 55006: taken meanwhile.
+                    match e.as_db_error().map(|d| d.code().code()) {
+                        Some("42704") => return Ok(true),
+                        Some("55006") => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        _ => return Err(err),
+                    }
+                }
+            }
+        }
+        Err(DriverError::transient(format!(
+            "{ctx}: still in use after 2 s"
+        )))
+    }
+
+    /// Creates logical slot `name` (plugin `pgoutput`) on `side`, dropping a slot of that name
+    /// first: a leftover slot would start at an older position and send changes from before
+    /// this call. Returns the slot's starting LSN.
+    ///
+    /// Creating a logical slot waits for the transactions running on that server to end, and
+    /// flushes that server's WAL (PostgreSQL's `ReplicationSlotReserveWal`), which also makes
+    /// commits made with `synchronous_commit = off` (apply workers) durable.
+    pub async fn recreate_slot(&self, c: &Client, side: Side, name: &str) -> Result<u64> {
+        self.drop_slot(c, side, name).await?;
+        let r = c
+            .query_one(
+                "SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&name],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: creating replication slot {name}", self.label(side)),
+                    &e,
+                )
+            })?;
+        let lsn: PgLsn = r.get(0);
+        Ok(u64::from(lsn))
+    }
+
+    /// Empties the target's copies of the source's tables (one `TRUNCATE`), before a fresh
+    /// subscription copies them again: a restarted upgrade finds rows of the earlier attempt
+    /// there, and the initial copy would stop on duplicate keys. Returns the number of tables.
+    pub async fn truncate_target_tables(&self) -> Result<usize> {
+        let src = self.connect(Side::Source).await?;
+        let tgt = self.connect(Side::Target).await?;
+        let s = self.user_tables(&src, Side::Source).await?;
+        let t = self.user_tables(&tgt, Side::Target).await?;
+        let both: Vec<&String> = s.iter().filter(|x| t.contains(*x)).collect();
+        if both.is_empty() {
+            return Ok(0);
+        }
+        let list: Vec<&str> = both.iter().map(|x| x.as_str()).collect();
+        tgt.batch_execute(&format!("TRUNCATE TABLE {}", list.join(", ")))
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: truncating the copied tables", self.label(Side::Target)),
+                    &e,
+                )
+            })?;
+        Ok(both.len())
+    }
+
+    /// Creates the forward subscription on the target with the initial copy (`copy_data = true`),
+    /// unless it exists (then it is enabled if disabled). Before creating it, empties the
+    /// target's copies of the tables and drops a leftover slot `<p>_fwd` on the source.
+    /// Returns what was done.
+    pub async fn ensure_forward_subscription(&self) -> Result<String> {
+        let tgt = self.connect(Side::Target).await?;
+        let name = self.names.forward.clone();
+        match self.subscription_state(&tgt, Side::Target, &name).await? {
+            Some(true) => return Ok(format!("subscription {name} exists")),
+            Some(false) => {
+                self.enable_subscription(&tgt, Side::Target, &name).await?;
+                return Ok(format!("subscription {name} existed disabled; enabled"));
+            }
+            None => {}
+        }
+        let src = self.connect(Side::Source).await?;
+        let leftover = self.drop_slot(&src, Side::Source, &name).await?;
+        let truncated = self.truncate_target_tables().await?;
+        let sql = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)",
+            quote_ident(&name),
+            quote_literal(&self.source.replication_conninfo()),
+            quote_ident(&self.names.publication)
+        );
+        tgt.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                &format!("{}: creating subscription {name}", self.label(Side::Target)),
+                &e,
+            )
+        })?;
+        Ok(format!(
+            "created subscription {name} (copy_data = true){}; emptied {truncated} target tables first",
+            if leftover { ", after dropping a leftover slot on the source" } else { "" }
+        ))
+    }
+
+    /// Creates the subscription of direction `d` on an existing slot, without initial copy
+    /// (`copy_data = false, create_slot = false`), unless it exists (then it is enabled).
+    pub async fn ensure_subscription_on_slot(&self, d: Direction) -> Result<String> {
+        let side = d.subscriber();
+        let c = self.connect(side).await?;
+        let name = self.names.subscription(d).to_string();
+        match self.subscription_state(&c, side, &name).await? {
+            Some(true) => return Ok(format!("subscription {name} exists")),
+            Some(false) => {
+                self.enable_subscription(&c, side, &name).await?;
+                return Ok(format!("subscription {name} existed disabled; enabled"));
+            }
+            None => {}
+        }
+        let publisher = self.server(d.publisher());
+        let sql = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {})",
+            quote_ident(&name),
+            quote_literal(&publisher.replication_conninfo()),
+            quote_ident(self.names.publication(d)),
+            quote_literal(&name)
+        );
+        c.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                &format!("{}: creating subscription {name}", self.label(side)),
+                &e,
+            )
+        })?;
+        Ok(format!(
+            "created subscription {name} on slot {name} (copy_data = false)"
+        ))
+    }
+
+    /// `ALTER SUBSCRIPTION .. ENABLE` if it exists and is disabled.
+    pub async fn enable_subscription(&self, c: &Client, side: Side, name: &str) -> Result<bool> {
+        if self.subscription_state(c, side, name).await? != Some(false) {
+            return Ok(false);
+        }
+        c.batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", quote_ident(name)))
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: enabling subscription {name}", self.label(side)),
+                    &e,
+                )
+            })?;
+        Ok(true)
+    }
+
+    /// Stops subscription `name` on the connected server: `ALTER SUBSCRIPTION .. DISABLE`, then
+    /// ends its workers (`pg_terminate_backend`; a disabled subscription's apply worker would
+    /// otherwise notice only at its next wake-up, up to a second later) and waits until
+    /// `pg_stat_subscription` shows none, at most `deadline`. Returns whether it existed.
+    pub async fn stop_subscription(
+        &self,
+        c: &Client,
+        side: Side,
+        name: &str,
+        deadline: Duration,
+    ) -> Result<bool> {
+        let ctx = format!("{}: stopping subscription {name}", self.label(side));
+        match self.subscription_state(c, side, name).await? {
+            None => return Ok(false),
+            Some(true) => c
+                .batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", quote_ident(name)))
+                .await
+                .map_err(|e| pg_error(&ctx, &e))?,
+            Some(false) => {}
+        }
+        let start = tokio::time::Instant::now();
+        loop {
+            let r = c
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_subscription
+                      WHERE subname = $1 AND pid IS NOT NULL",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| pg_error(&ctx, &e))?;
+            let n: i64 = r.get(0);
+            if n == 0 {
+                return Ok(true);
+            }
+            if start.elapsed() > deadline {
+                return Err(DriverError::transient(format!(
+                    "{ctx}: {n} worker(s) still running after {} ms",
+                    deadline.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Drops subscription `name` of direction `d` (on its subscriber) if it exists. Its slot
+    /// on the publisher goes with it; when that slot is already gone or the publisher cannot
+    /// be reached, the subscription is detached from it first (`SET (slot_name = NONE)`), and a
+    /// reachable publisher's leftover slot is then dropped directly. Returns what was done.
+    pub async fn drop_subscription(&self, d: Direction) -> Result<String> {
+        let side = d.subscriber();
+        let name = self.names.subscription(d).to_string();
+        let c = self.connect(side).await?;
+        let ctx = format!("{}: dropping subscription {name}", self.label(side));
+        if self.subscription_state(&c, side, &name).await?.is_none() {
+            return Ok(format!("subscription {name} absent"));
+        }
+        let publisher = match self.connect(d.publisher()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "publisher unreachable; dropping the subscription without its slot");
+                None
+            }
+        };
+        let slot_there = match &publisher {
+            Some(p) => self.slot_state(p, d.publisher(), &name).await?.is_some(),
+            None => false,
+        };
+        if slot_there {
+            self.stop_subscription(&c, side, &name, Duration::from_secs(5))
+                .await?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match c
+                    .batch_execute(&format!(
+                        "DROP SUBSCRIPTION IF EXISTS {}",
+                        quote_ident(&name)
+                    ))
+                    .await
+                {
+                    Ok(()) => return Ok(format!("dropped subscription {name} and its slot")),
+                    Err(e) => {
+                        let err = pg_error(&ctx, &e);
+                        // The slot may still be held for a moment by the walsender of the
+                        // worker just stopped (55006, or an error relayed from the publisher).
+                        if attempt < 100 {
+                            tracing::debug!(error = %err.message, "retrying DROP SUBSCRIPTION");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        self.stop_subscription(&c, side, &name, Duration::from_secs(5))
+            .await?;
+        c.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {n} SET (slot_name = NONE); DROP SUBSCRIPTION IF EXISTS {n}",
+            n = quote_ident(&name)
+        ))
+        .await
+        .map_err(|e| pg_error(&ctx, &e))?;
+        Ok(match publisher {
+            Some(_) => format!("dropped subscription {name} (its slot was already gone)"),
+            None => format!(
+                "dropped subscription {name}; its slot {name} on the unreachable {} remains",
+                d.publisher().as_str()
+            ),
+        })
+    }
+
+    /// Removes every replication object pgshift made, in both directions: subscriptions,
+    /// publications and slots. Idempotent. Returns what was done.
+    pub async fn teardown(&self) -> Result<Vec<String>> {
+        let mut done = vec![];
+        done.push(self.drop_subscription(Direction::Forward).await?);
+        done.push(self.drop_subscription(Direction::Reverse).await?);
+        let src = self.connect(Side::Source).await?;
+        let tgt = self.connect(Side::Target).await?;
+        if self
+            .drop_slot(&src, Side::Source, &self.names.forward)
+            .await?
+        {
+            done.push(format!("dropped slot {} on source", self.names.forward));
+        }
+        if self
+            .drop_slot(&tgt, Side::Target, &self.names.reverse)
+            .await?
+        {
+            done.push(format!("dropped slot {} on target", self.names.reverse));
+        }
+        if self
+            .drop_publication(Side::Source, &self.names.publication)
+            .await?
+        {
+            done.push(format!(
+                "dropped publication {} on source",
+                self.names.publication
+            ));
+        }
+        if self
+            .drop_publication(Side::Target, &self.names.reverse_publication)
+            .await?
+        {
+            done.push(format!(
+                "dropped publication {} on target",
+                self.names.reverse_publication
+            ));
+        }
+        Ok(done)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Progress, lag, barriers
+    // ----------------------------------------------------------------------------------
+
+    /// Initial-copy progress of the forward subscription, from `pg_subscription_rel` on the
+    /// target (PostgreSQL docs, "pg_subscription_rel": `i` init, `d` copying, `f` copy done,
+    /// `s` synchronised, `r` ready).
+    pub async fn sync_progress(&self, tgt: &Client) -> Result<SyncProgress> {
+        let name = &self.names.forward;
+        let ctx = format!(
+            "{}: reading the state of subscription {name}",
+            self.label(Side::Target)
+        );
+        if self
+            .subscription_state(tgt, Side::Target, name)
+            .await?
+            .is_none()
+        {
+            return Err(DriverError::new(format!(
+                "{}: subscription {name} is gone; ROLLBACK UPGRADE and START UPGRADE again",
+                self.label(Side::Target)
+            )));
+        }
+        let rows = tgt
+            .query(
+                "SELECT sr.srrelid::regclass::text, sr.srsubstate::text
+                   FROM pg_subscription s JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
+                  WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  ORDER BY 1",
+                &[name],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?;
+        let mut p = SyncProgress {
+            ready: 0,
+            total: rows.len() as u64,
+            pending: vec![],
+        };
+        for r in rows {
+            let (rel, state): (String, String) = (r.get(0), r.get(1));
+            if state == "r" || state == "s" {
+                p.ready += 1;
+            } else if p.pending.len() < 10 {
+                p.pending.push(format!("{rel} ({state})"));
+            }
+        }
+        Ok(p)
+    }
+
+    /// `pg_current_wal_lsn()` of the connected server.
+    pub async fn current_lsn(&self, c: &Client, side: Side) -> Result<u64> {
+        let r = c
+            .query_one("SELECT pg_current_wal_lsn()", &[])
+            .await
+            .map_err(|e| pg_error(&format!("{}: pg_current_wal_lsn()", self.label(side)), &e))?;
+        let lsn: PgLsn = r.get(0);
+        Ok(u64::from(lsn))
+    }
+
+    /// How far the subscriber of `d` has applied, read on the publisher (`c`): the slot's
+    /// `confirmed_flush_lsn` and the walsender's `replay_lsn`.
+    pub async fn applied(&self, c: &Client, d: Direction) -> Result<Applied> {
+        let name = self.names.subscription(d);
+        let r = c
+            .query_opt(
+                "SELECT s.confirmed_flush_lsn,
+                        (SELECT max(r.replay_lsn) FROM pg_stat_replication r WHERE r.application_name = $1)
+                   FROM pg_replication_slots s WHERE s.slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading slot {name}", self.label(d.publisher())), &e))?;
+        let Some(r) = r else {
+            return Err(DriverError::new(format!(
+                "{}: replication slot {name} is missing",
+                self.label(d.publisher())
+            )));
+        };
+        let cf: Option<PgLsn> = r.get(0);
+        let rp: Option<PgLsn> = r.get(1);
+        Ok(Applied {
+            confirmed_flush: cf.map(u64::from),
+            replay: rp.map(u64::from),
+        })
+    }
+
+    /// Lag of direction `d`, read on its publisher (`c`); `None` when the slot is missing.
+    pub async fn lag(&self, c: &Client, d: Direction) -> Result<Option<Lag>> {
+        let name = self.names.subscription(d);
+        let r = c
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
+                        (SELECT extract(epoch FROM r.replay_lag)::float8 FROM pg_stat_replication r
+                          WHERE r.application_name = $1 ORDER BY r.backend_start DESC LIMIT 1),
+                        EXISTS (SELECT 1 FROM pg_stat_replication r WHERE r.application_name = $1 AND r.state = 'streaming')
+                   FROM pg_replication_slots s WHERE s.slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading lag of {name}", self.label(d.publisher())), &e))?;
+        Ok(r.map(|r| {
+            let bytes: Option<i64> = r.get(0);
+            let secs: Option<f64> = r.get(1);
+            let streaming: bool = r.get(2);
+            Lag {
+                bytes,
+                seconds: secs.or(if streaming { Some(0.0) } else { None }),
+            }
+        }))
+    }
+
+    /// Copies every used sequence's position from `from` to `to`: reads `pg_sequences`
+    /// (schemaname, sequencename, last_value; serial and identity sequences included, NULL
+    /// `last_value` = never used or no privilege: skipped) in one query, and applies all with
+    /// `setval(.., last_value, true)` in one statement. Returns the number set.
+    pub async fn sync_sequences(
+        &self,
+        from: &Client,
+        from_side: Side,
+        to: &Client,
+        to_side: Side,
+    ) -> Result<usize> {
+        let rows = from
+            .query(
+                "SELECT schemaname::text, sequencename::text, last_value FROM pg_sequences
+                  WHERE last_value IS NOT NULL ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: reading pg_sequences", self.label(from_side)),
+                    &e,
+                )
+            })?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut schemas = Vec::with_capacity(rows.len());
+        let mut names = Vec::with_capacity(rows.len());
+        let mut values = Vec::with_capacity(rows.len());
+        for r in &rows {
+            schemas.push(r.get::<_, String>(0));
+            names.push(r.get::<_, String>(1));
+            values.push(r.get::<_, i64>(2));
+        }
+        let r = to
+            .query_one(
+                "SELECT count(pg_catalog.setval(format('%I.%I', s, n)::regclass, v, true))
+                   FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(s, n, v)",
+                &[&schemas, &names, &values],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!(
+                        "{}: setting sequences from the {}",
+                        self.label(to_side),
+                        from_side.as_str()
+                    ),
+                    &e,
+                )
+            })?;
+        let n: i64 = r.get(0);
+        Ok(n as usize)
+    }
+}
+
+/// Quotes an identifier only when needed (for messages).
+fn quote_ident_min(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_string()
+    } else {
+        quote_ident(s)
+    }
+}
+
+fn pg_env(cmd: &mut tokio::process::Command, s: &ServerConfig) {
+    cmd.env("PGHOST", &s.host)
+        .env("PGPORT", s.port.to_string())
+        .env("PGDATABASE", &s.dbname)
+        .env("PGUSER", &s.user)
+        .env("PGAPPNAME", "pgshift-schema-copy")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSERVICE")
+        .env_remove("PGOPTIONS");
+    match &s.password {
+        Some(p) => cmd.env("PGPASSWORD", p),
+        None => cmd.env_remove("PGPASSWORD"),
+    };
+}
+
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> String {
+    let mut buf = Vec::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_end(&mut buf).await;
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    let t = lines[start..].join(" | ");
+    if t.is_empty() {
+        "(no output)".into()
+    } else {
+        t
+    }
+}
+
+/// Runs `<tool> --version` and returns the major version it prints
+/// (`pg_dump (PostgreSQL) 15.14 (Debian ...)` → 15).
+async fn tool_major(tool: &Path) -> Result<u32, String> {
+    let out = tokio::process::Command::new(tool)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    parse_tool_major(&text).ok_or_else(|| {
+        format!(
+            "{} --version printed {:?}, not a PostgreSQL version",
+            tool.display(),
+            text.trim()
+        )
+    })
+}
+
+fn parse_tool_major(text: &str) -> Option<u32> {
+    let after = text.split(')').nth(1)?.trim_start();
+    let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_quoting() {
+        let n = Names::new("pgshift");
+        assert_eq!(n.publication(Direction::Forward), "pgshift_pub");
+        assert_eq!(n.subscription(Direction::Forward), "pgshift_fwd");
+        assert_eq!(n.publication(Direction::Reverse), "pgshift_rev_pub");
+        assert_eq!(n.subscription(Direction::Reverse), "pgshift_rev");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("pass'word"), "'pass''word'");
+        assert_eq!(quote_ident_min("public"), "public");
+        assert_eq!(quote_ident_min("Mixed"), "\"Mixed\"");
+        assert_eq!(fmt_lsn(0x1_0000_00A0), "1/A0");
+    }
+
+    #[test]
+    fn tool_versions() {
+        assert_eq!(
+            parse_tool_major("pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_tool_major("psql (PostgreSQL) 17.2\n"), Some(17));
+        assert_eq!(parse_tool_major("garbage"), None);
+    }
+
+    #[test]
+    fn directions() {
+        assert_eq!(Direction::Forward.publisher(), Side::Source);
+        assert_eq!(Direction::Forward.subscriber(), Side::Target);
+        assert_eq!(Direction::Reverse.publisher(), Side::Target);
+        assert_eq!(Direction::parse("reverse"), Some(Direction::Reverse));
+        assert_eq!(Direction::parse("none"), None);
+    }
+}
