@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::codec::Decoder;
@@ -294,10 +295,12 @@ struct Relay<'p> {
     user: Arc<UserEntry>,
     /// Client start-up parameters other than user and database, replayed on every backend.
     params: Vec<(String, String)>,
-    client: TcpStream,
+    c_rd: OwnedReadHalf,
+    c_wr: OwnedWriteHalf,
     cbuf: BytesMut,
     to_server: Bytes,
-    backend: Option<BackendConn>,
+    /// The backend connection, split; `None` after it was lost while idle.
+    backend: Option<(OwnedReadHalf, OwnedWriteHalf)>,
     sbuf: BytesMut,
     to_client: Bytes,
     side: Side,
@@ -352,15 +355,16 @@ async fn relay(proxy: &Proxy, mut c: ClientConn, info: &SessionInfo, user: Arc<U
             return Ok(());
         }
     };
-    let b = match connect_backend(proxy, &user, side, &params).await {
+    let mut b = match connect_backend(proxy, &user, side, &params).await {
         Ok(b) => b,
         Err(e) => return Err((c, e)),
     };
     info.set_backend(side, b.pid, b.secret);
     info.state.store(STATE_IDLE, Ordering::Relaxed);
+    let b_params = std::mem::take(&mut b.params);
     msg::auth_ok(&mut c.out);
     let mut client_params = HashMap::new();
-    for (k, v) in &b.params {
+    for (k, v) in &b_params {
         msg::parameter_status(&mut c.out, k, v);
         client_params.insert(k.clone(), v.clone());
     }
@@ -370,15 +374,17 @@ async fn relay(proxy: &Proxy, mut c: ClientConn, info: &SessionInfo, user: Arc<U
         return Err((c, e));
     }
     let c_rescan = !c.buf.is_empty();
+    let (c_rd, c_wr) = c.stream.into_split();
     let mut r = Relay {
         proxy,
         info,
         user,
         params,
-        client: c.stream,
+        c_rd,
+        c_wr,
         cbuf: c.buf,
         to_server: Bytes::new(),
-        backend: Some(b),
+        backend: Some(b.stream.into_split()),
         sbuf: BytesMut::with_capacity(16 * 1024),
         to_client: Bytes::new(),
         side,
@@ -405,23 +411,26 @@ async fn relay(proxy: &Proxy, mut c: ClientConn, info: &SessionInfo, user: Arc<U
     if r.busy {
         proxy.router.leave();
     }
-    if let Some(b) = r.backend.take() {
+    if let Some((_, wr)) = r.backend.take() {
         let mut out = BytesMut::new();
         msg::terminate(&mut out);
-        let _ = b.stream.try_write(&out);
+        let _ = wr.try_write(&out);
     }
     match res {
         Ok(()) | Err(End::Closed) => Ok(()),
-        Err(e) => Err((ClientConn { stream: r.client, buf: BytesMut::new(), out: BytesMut::new() }, e)),
+        Err(e) => match r.c_rd.reunite(r.c_wr) {
+            Ok(stream) => Err((ClientConn { stream, buf: BytesMut::new(), out: BytesMut::new() }, e)),
+            Err(_) => Ok(()),
+        },
     }
 }
 
 enum Ev {
-    ClientReadable,
-    ServerReadable,
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
     Writable,
     RouteChanged,
-    Io(std::io::Error),
+    ClientGone,
 }
 
 impl Relay<'_> {
@@ -443,49 +452,38 @@ impl Relay<'_> {
             }
             let want_client = self.to_server.is_empty() && !self.held && !self.closing;
             let want_server = self.to_client.is_empty() && self.backend.is_some();
+            // read_buf on a full buffer would read 0 bytes and look like EOF.
+            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                self.cbuf.reserve(16 * 1024);
+            }
+            if self.sbuf.capacity() - self.sbuf.len() < 4096 {
+                self.sbuf.reserve(16 * 1024);
+            }
+            let write_server = !self.to_server.is_empty() && self.backend.is_some();
             let ev = {
-                let bs = self.backend.as_ref().map(|b| &b.stream);
+                let (b_rd, b_wr) = match self.backend.as_mut() {
+                    Some((r, w)) => (Some(r), Some(&*w)),
+                    None => (None, None),
+                };
                 tokio::select! {
-                    r = self.client.readable(), if want_client => r.map_or_else(Ev::Io, |_| Ev::ClientReadable),
-                    r = async { bs.expect("guarded").readable().await }, if want_server => r.map_or_else(Ev::Io, |_| Ev::ServerReadable),
-                    r = async { bs.expect("guarded").writable().await }, if !self.to_server.is_empty() && bs.is_some() => r.map_or_else(Ev::Io, |_| Ev::Writable),
-                    r = self.client.writable(), if !self.to_client.is_empty() => r.map_or_else(Ev::Io, |_| Ev::Writable),
-                    r = self.rx.changed(), if self.held => r.map_or(Ev::Writable, |_| Ev::RouteChanged),
+                    r = self.c_rd.read_buf(&mut self.cbuf), if want_client => Ev::ClientRead(r),
+                    r = async { b_rd.expect("guarded").read_buf(&mut self.sbuf).await }, if want_server => Ev::ServerRead(r),
+                    r = async { b_wr.expect("guarded").writable().await }, if write_server => r.map_or(Ev::Writable, |_| Ev::Writable),
+                    r = self.c_wr.writable(), if !self.to_client.is_empty() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
+                    r = self.rx.changed(), if self.held => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
                 }
             };
             match ev {
-                Ev::ClientReadable => {
-                    if self.cbuf.capacity() - self.cbuf.len() < 4096 {
-                        self.cbuf.reserve(16 * 1024);
-                    }
-                    match self.client.try_read_buf(&mut self.cbuf) {
-                        Ok(0) => return Err(End::Closed),
-                        Ok(_) => self.scan_client().await?,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(End::Closed),
-                    }
-                }
-                Ev::ServerReadable => {
-                    if self.sbuf.capacity() - self.sbuf.len() < 4096 {
-                        self.sbuf.reserve(16 * 1024);
-                    }
-                    let r = match &self.backend {
-                        Some(b) => b.stream.try_read_buf(&mut self.sbuf),
-                        None => continue,
-                    };
-                    match r {
-                        Ok(0) => self.backend_lost("closed the connection")?,
-                        Ok(_) => self.scan_server()?,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => self.backend_lost(&e.to_string())?,
-                    }
-                }
+                Ev::ClientRead(Ok(0)) | Ev::ClientRead(Err(_)) | Ev::ClientGone => return Err(End::Closed),
+                Ev::ClientRead(Ok(_)) => self.scan_client().await?,
+                Ev::ServerRead(Ok(0)) => self.backend_lost("closed the connection")?,
+                Ev::ServerRead(Err(e)) => self.backend_lost(&e.to_string())?,
+                Ev::ServerRead(Ok(_)) => self.scan_server()?,
                 Ev::Writable => {}
                 Ev::RouteChanged => {
                     self.held = false;
                     self.c_rescan = true;
                 }
-                Ev::Io(_) => return Err(End::Closed),
             }
         }
     }
@@ -493,8 +491,8 @@ impl Relay<'_> {
     /// Write what is pending without waiting.
     fn flush_some(&mut self) -> Result<(), End> {
         if !self.to_server.is_empty() {
-            if let Some(b) = &self.backend {
-                match b.stream.try_write(&self.to_server) {
+            if let Some((_, wr)) = &self.backend {
+                match wr.try_write(&self.to_server) {
                     Ok(n) => self.to_server.advance(n),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => self.backend_lost(&e.to_string())?,
@@ -502,7 +500,7 @@ impl Relay<'_> {
             }
         }
         if !self.to_client.is_empty() {
-            match self.client.try_write(&self.to_client) {
+            match self.c_wr.try_write(&self.to_client) {
                 Ok(n) => self.to_client.advance(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(_) => return Err(End::Closed),
@@ -698,15 +696,15 @@ impl Relay<'_> {
             }
             self.to_client = note.freeze();
         }
-        if let Some(old) = self.backend.take() {
+        if let Some((_, old)) = self.backend.take() {
             let mut t = BytesMut::new();
             msg::terminate(&mut t);
-            let _ = old.stream.try_write(&t);
+            let _ = old.try_write(&t);
         }
         self.info.set_backend(side, b.pid, b.secret);
         self.info.switches.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pid = self.info.pid, from = self.side.as_str(), to = side.as_str(), ms = started.elapsed().as_millis() as u64, "session switched backend");
-        self.backend = Some(b);
+        self.backend = Some(b.stream.into_split());
         self.side = side;
         self.epoch = epoch;
         self.sbuf.clear();
