@@ -57,7 +57,9 @@
 //! walsender whose `application_name` is the subscription (PostgreSQL docs, "pg_stat_replication";
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
-use crate::journal::{now_rfc3339, Event, Journal, JournalError, StepRow, StepStatus, UpgradeRow};
+use crate::journal::{
+    now_rfc3339, Durability, Event, Journal, JournalError, StepRow, StepStatus, UpgradeRow,
+};
 use crate::logical::{fmt_lsn, Direction, DriverError, Lag, Logical, Preflight, SyncProgress};
 use crate::{Side, Traffic};
 use config::Config;
@@ -546,7 +548,11 @@ impl Controller {
                 Some((actor.to_string(), kind.to_string(), message.to_string())),
             )
             .await?;
-        tracing::info!(actor, phase = %row.phase, state = %row.state, side = %row.serving_side, epoch = row.epoch, "{message}");
+        if row.state == ERROR {
+            tracing::error!(actor, phase = %row.phase, side = %row.serving_side, epoch = row.epoch, "{message}");
+        } else {
+            tracing::info!(actor, phase = %row.phase, state = %row.state, side = %row.serving_side, epoch = row.epoch, "{message}");
+        }
         lock(&self.inner).row = row.clone();
         Ok(row)
     }
@@ -580,7 +586,6 @@ impl Controller {
 
     /// Records a failure: state `error`, `last_error`, optionally a phase to return to.
     async fn fail(&self, actor: &str, phase: Option<Phase>, message: &str) {
-        tracing::error!(actor, "{message}");
         let res = self
             .save(actor, "error", message, |r| {
                 if let Some(p) = phase {
@@ -644,6 +649,10 @@ impl Controller {
     // ------------------------------------------------------------------------------------
 
     fn spawn_plan(self: &Arc<Self>, actor: &str) {
+        let mut slot = lock(&self.plan);
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
         let this = self.clone();
         let actor = actor.to_string();
         let h = tokio::spawn(async move {
@@ -651,7 +660,7 @@ impl Controller {
                 this.fail(&actor, None, &e.0).await;
             }
         });
-        *lock(&self.plan) = Some(h);
+        *slot = Some(h);
     }
 
     async fn plan_steps(&self, actor: &str) -> Result<(), ControlError> {
@@ -844,14 +853,9 @@ impl Controller {
         let d = &self.driver;
         let from = dir.publisher();
         let to = dir.subscriber();
-        let (kp, what, busy_phase, done_phase) = match dir {
-            Direction::Forward => ("cutover", "cutover", Phase::CuttingOver, Phase::CutOver),
-            Direction::Reverse => (
-                "switchback",
-                "rollback",
-                Phase::RollingBack,
-                Phase::RolledBack,
-            ),
+        let (kp, what, busy_phase) = match dir {
+            Direction::Forward => ("cutover", "cutover", Phase::CuttingOver),
+            Direction::Reverse => ("switchback", "rollback", Phase::RollingBack),
         };
         let prev = self.row();
         let prev_phase = Phase::parse(&prev.phase);
@@ -897,12 +901,14 @@ impl Controller {
             .unwrap_or(0)
             .max(prev.epoch)
             + 1;
-        let mut timings = (0u128, 0u128);
+        // Where the pause goes, in ms: each protocol step, and the journal writes.
+        let mut laps = Laps::default();
 
         self.journal
             .step(id, &key("drain"), StepStatus::Started, None, actor)
             .await?;
         let paused_at = Instant::now();
+        laps.start(paused_at);
         traffic.pause();
         let pre_swap: Result<(), Abandon> = async {
             // a. drain
@@ -923,9 +929,10 @@ impl Controller {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            timings.0 = paused_at.elapsed().as_millis();
-            self.transition(id, actor, &key("drain"), format!("drained in {} ms", timings.0), &key("catchup"))
+            let drained = laps.lap("drain");
+            self.transition(id, actor, &key("drain"), format!("drained in {drained:.1} ms"), &key("catchup"))
                 .await?;
+            laps.lap("journal");
 
             // b. catch-up
             let x = d.current_lsn(&pub_c, from).await.map_err(abandon)?;
@@ -955,27 +962,33 @@ impl Controller {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            timings.1 = started.elapsed().as_millis();
+            let caught = laps.lap("catch-up");
             self.transition(
                 id,
                 actor,
                 &key("catchup"),
-                format!("{} applied {} in {} ms", to.as_str(), fmt_lsn(x), timings.1),
+                format!("{} applied {} in {caught:.1} ms", to.as_str(), fmt_lsn(x)),
                 &key("stop_apply"),
             )
             .await?;
+            laps.lap("journal");
 
             // c. stop the running direction's apply
             d.stop_subscription(&sub_c, to, &sub, Duration::from_secs(5)).await.map_err(abandon)?;
+            laps.lap("stop apply");
             self.transition(id, actor, &key("stop_apply"), format!("subscription {sub} disabled"), &key("sequences"))
                 .await?;
+            laps.lap("journal");
 
             // d. sequences
             let n = d.sync_sequences(&pub_c, from, &sub_c, to).await.map_err(abandon)?;
+            laps.lap("sequences");
             self.transition(id, actor, &key("sequences"), format!("{n} sequences set"), &key("slot")).await?;
+            laps.lap("journal");
 
             // e. the reverse slot, fresh
             let lsn = d.recreate_slot(&sub_c, to, &new_slot).await.map_err(abandon)?;
+            laps.lap("slot");
             // f. journal the swap (slot done + swap started + new side/epoch in one transaction) ...
             let mut row = self.row();
             row.serving_side = to.as_str().into();
@@ -991,10 +1004,12 @@ impl Controller {
                     ],
                     Some(row.clone()),
                     actor,
+                    Durability::Full,
                 )
                 .await
                 .map_err(|e| Abandon { reason: format!("journal: {e}"), resumed: false })?;
             lock(&self.inner).row = row;
+            laps.lap("journal");
             Ok(())
         }
         .await;
@@ -1012,11 +1027,10 @@ impl Controller {
         // ... then switch (this also unpauses).
         traffic.switch_to(to, u64::try_from(new_epoch).unwrap_or(1));
         let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
+        let breakdown = laps.summary();
         let swap_msg = format!(
-            "swapped to {}, epoch {new_epoch}: pause {pause_ms:.1} ms (drain {} ms, catch-up {} ms)",
-            to.as_str(),
-            timings.0,
-            timings.1
+            "swapped to {}, epoch {new_epoch}: pause {pause_ms:.1} ms ({breakdown})",
+            to.as_str()
         );
         tracing::info!("{swap_msg}");
         let _ = self
@@ -1033,9 +1047,10 @@ impl Controller {
         drop((pub_c, sub_c));
 
         let fin = self.finish_switch(dir, actor).await?;
-        let _ = done_phase;
-        Ok(format!("{what} done: traffic on the {} at epoch {new_epoch}; pause {pause_ms:.1} ms (drain {} ms, catch-up {} ms); {fin}",
-            to.as_str(), timings.0, timings.1))
+        Ok(format!(
+            "{what} done: traffic on the {} at epoch {new_epoch}; pause {pause_ms:.1} ms ({breakdown}); {fin}",
+            to.as_str()
+        ))
     }
 
     async fn transition(
@@ -1055,6 +1070,7 @@ impl Controller {
                 ],
                 None,
                 actor,
+                Durability::Process,
             )
             .await
             .map_err(|e| Abandon {
@@ -1243,7 +1259,7 @@ impl Controller {
         let actor = "resume";
         let r: Result<(), ControlError> = async {
             match phase {
-                p if p.is_plan() && row.state == RUNNING => {
+                p if p.is_plan() && row.state == RUNNING && !self.plan_running() => {
                     let _ = self.journal.event(actor, "info", &format!("resuming the plan at phase {}", p.as_str())).await;
                     self.spawn_plan(actor);
                 }
@@ -1293,6 +1309,41 @@ impl Controller {
         if let Err(e) = r {
             tracing::error!(error = %e, "resuming the upgrade failed");
         }
+    }
+}
+
+/// Splits the cutover pause into named laps (ms); repeated names add up.
+#[derive(Default)]
+struct Laps {
+    last: Option<Instant>,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Laps {
+    /// Ends the current lap under `name` and returns its length in ms.
+    fn lap(&mut self, name: &'static str) -> f64 {
+        let now = Instant::now();
+        let ms = self
+            .last
+            .map(|t| (now - t).as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        self.last = Some(now);
+        match self.laps.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v += ms,
+            None => self.laps.push((name, ms)),
+        }
+        ms
+    }
+    fn start(&mut self, at: Instant) {
+        self.last = Some(at);
+    }
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .laps
+            .iter()
+            .map(|(n, v)| format!("{n} {v:.1}"))
+            .collect();
+        format!("{} ms", parts.join(", "))
     }
 }
 
