@@ -30,9 +30,9 @@
 //! # Cutover (and rollback after cutover, the same protocol the other way)
 //!
 //! Step keys `cutover.*` (to the target) / `switchback.*` (back to the source):
-//! `drain` (pause, wait for busy sessions to reach 0, at most `drain_timeout_ms`),
-//! `catchup` (X = the serving side's `pg_current_wal_lsn()`; wait until the other side has
-//! applied X, polling every 2 ms, at most `catchup_timeout_ms`), `stop_apply` (disable the
+//! `precatchup` (before the pause, see below), `drain` (pause, wait for busy sessions to reach
+//! 0, at most `drain_timeout_ms`), `catchup` (X = barrier on the serving side, see below; wait
+//! until the other side has applied X, polling every 2 ms, at most `catchup_timeout_ms`), `stop_apply` (disable the
 //! running subscription and end its worker), `sequences` (copy every used sequence),
 //! `slot` (create the reverse slot fresh), `swap` (journal side + epoch, then
 //! [`TrafficControl::switch_to`](crate::TrafficControl::switch_to)), then after the pause
@@ -40,14 +40,23 @@
 //! `drop_old_sub`. Any failure before `swap` resumes traffic on the side it was on, re-enables
 //! the running subscription, drops the new slot, and reports the error.
 //!
-//! The catch-up barrier: the other side has applied X when the walsender's
-//! `pg_stat_replication.replay_lsn` (apply position reported by the subscriber) or the slot's
-//! `confirmed_flush_lsn` (applied and flushed) is >= X. `replay_lsn` is used because the apply
-//! worker commits with `synchronous_commit = off`, so `confirmed_flush_lsn` trails by up to
-//! `wal_writer_delay` plus the worker's feedback interval; the `slot` step that follows flushes
-//! the subscriber's WAL (logical slot creation does), so what was applied is durable before the
-//! swap. On an idle server the walsender confirms the current position by keepalive; measured
-//! between an idle 13 and 17 the barrier passes in about a millisecond.
+//! Before the pause, `precatchup` waits (at most `catchup_timeout_ms`, traffic flowing) until
+//! the other side has applied the serving side's current position, so the pause covers only
+//! the last stretch; then the running subscription is set to `synchronous_commit = on`.
+//!
+//! The catch-up barrier: X comes from a tiny transaction on the serving side that writes WAL
+//! and commits with `synchronous_commit = on` (so every commit record inserted before it,
+//! including asynchronously committed ones that `pg_current_wal_lsn()` may not cover yet, is
+//! flushed), X = `pg_current_wal_flush_lsn()` after it ([`Logical::barrier_lsn`]). The other
+//! side has applied X when the walsender's `pg_stat_replication.replay_lsn` (apply position the
+//! subscriber reports) or the slot's `confirmed_flush_lsn` is >= X. The subscriber reports an
+//! apply position beyond its last applied transaction only once its own commits are flushed;
+//! with the apply worker's default `synchronous_commit = off` that waits for its walwriter
+//! (`wal_writer_delay`, 200 ms), hence the switch to `on` for the cutover. The `slot` step
+//! flushes the new side's WAL (logical slot creation does), so what was applied is durable
+//! before the swap. Measured on 13 <-> 17: about 1-10 ms idle or under write load; a
+//! subscription created less than `wal_retrieve_retry_interval` (5 s) earlier may not have an
+//! apply worker yet, which `precatchup` waits out before pausing.
 //!
 //! # Lag
 //!
@@ -864,9 +873,20 @@ impl Controller {
         let new_slot = d.names().subscription(dir.reverse()).to_string();
         let key = |k: &str| format!("{kp}.{k}");
 
-        // Connections and checks before the pause.
+        // Connections and checks before the pause. Every statement inside the pause is bounded
+        // by statement_timeout (= catchup_timeout_ms): e.g. creating the slot waits for every
+        // transaction running on that server, including ones opened outside pgshift.
         let pub_c = d.connect(from).await?;
         let sub_c = d.connect(to).await?;
+        let bound = format!(
+            "SET statement_timeout = {}",
+            self.cfg.upgrade.catchup_timeout_ms.max(1000)
+        );
+        for (c, side) in [(&pub_c, from), (&sub_c, to)] {
+            c.batch_execute(&bound).await.map_err(|e| {
+                crate::logical::pg_error(&format!("{}: SET statement_timeout", d.label(side)), &e)
+            })?;
+        }
         match d.subscription_state(&sub_c, to, &sub).await? {
             None => {
                 let msg = format!(
@@ -897,6 +917,74 @@ impl Controller {
 
         let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
         let catchup_timeout = Duration::from_millis(self.cfg.upgrade.catchup_timeout_ms);
+
+        // Before the pause: let the subscriber apply the publisher's current position, so the
+        // pause covers only what is written meanwhile. This also waits out an apply worker that
+        // has not started yet (the launcher starts at most one per wal_retrieve_retry_interval,
+        // 5 s by default, e.g. right after the previous switch created the subscription).
+        self.journal
+            .step(id, &key("precatchup"), StepStatus::Started, None, actor)
+            .await?;
+        let pre: Result<String, DriverError> = async {
+            let x0 = d.current_lsn(&pub_c, from).await?;
+            let started = Instant::now();
+            loop {
+                let a = d.applied(&pub_c, dir).await?;
+                if a.position().is_some_and(|p| p >= x0) {
+                    return Ok(format!(
+                        "{} applied {} in {} ms (before the pause)",
+                        to.as_str(),
+                        fmt_lsn(x0),
+                        started.elapsed().as_millis()
+                    ));
+                }
+                if started.elapsed() >= catchup_timeout {
+                    let at = a.position();
+                    return Err(DriverError::new(format!(
+                        "the {} has not applied the {}'s position {} within {} ms (applied up to {}, {} bytes behind); \
+                         {what} not started, traffic stays on the {}; check replication (SHOW UPGRADE STATUS, the servers' logs)",
+                        to.as_str(),
+                        from.as_str(),
+                        fmt_lsn(x0),
+                        catchup_timeout.as_millis(),
+                        at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
+                        at.map(|p| x0.saturating_sub(p).to_string()).unwrap_or_else(|| "?".into()),
+                        from.as_str()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        .await;
+        match pre {
+            Ok(detail) => {
+                self.journal
+                    .step(
+                        id,
+                        &key("precatchup"),
+                        StepStatus::Done,
+                        Some(detail),
+                        actor,
+                    )
+                    .await?
+            }
+            Err(e) => {
+                let _ = self
+                    .journal
+                    .step(
+                        id,
+                        &key("precatchup"),
+                        StepStatus::Failed,
+                        Some(e.message.clone()),
+                        actor,
+                    )
+                    .await;
+                let msg = self
+                    .abandon_switch(dir, actor, prev_phase, &e.message)
+                    .await;
+                return Err(ControlError(msg));
+            }
+        }
         let new_epoch = i64::try_from(traffic.route().epoch)
             .unwrap_or(0)
             .max(prev.epoch)
@@ -907,6 +995,13 @@ impl Controller {
         self.journal
             .step(id, &key("drain"), StepStatus::Started, None, actor)
             .await?;
+        // Apply synchronously from now on, so the subscriber reports its position at once.
+        if let Err(e) = d.set_subscription_sync_commit(&sub_c, to, &sub, true).await {
+            let msg = self
+                .abandon_switch(dir, actor, prev_phase, &e.message)
+                .await;
+            return Err(ControlError(msg));
+        }
         let paused_at = Instant::now();
         laps.start(paused_at);
         traffic.pause();
@@ -935,7 +1030,7 @@ impl Controller {
             laps.lap("journal");
 
             // b. catch-up
-            let x = d.current_lsn(&pub_c, from).await.map_err(abandon)?;
+            let x = d.barrier_lsn(&pub_c, from).await.map_err(abandon)?;
             let started = Instant::now();
             loop {
                 let a = d.applied(&pub_c, dir).await.map_err(abandon)?;
@@ -1095,6 +1190,7 @@ impl Controller {
         let mut msg = reason.to_string();
         let cleanup: Result<(), DriverError> = async {
             let c = d.connect(to).await?;
+            d.set_subscription_sync_commit(&c, to, &sub, false).await?;
             d.enable_subscription(&c, to, &sub).await?;
             // No subscription of the other direction exists before the swap: the slot is unused.
             if d.subscription_state(

@@ -992,7 +992,11 @@ impl Logical {
             .await
             .map_err(|e| {
                 pg_error(
-                    &format!("{}: creating replication slot {name}", self.label(side)),
+                    &format!(
+                        "{}: creating replication slot {name} (this waits for every transaction running on that server to end; \
+                         see pg_stat_activity for one left open)",
+                        self.label(side)
+                    ),
                     &e,
                 )
             })?;
@@ -1311,6 +1315,77 @@ impl Logical {
         Ok(p)
     }
 
+    /// The cutover's catch-up target on the publisher, after its clients stopped: commits
+    /// one tiny transaction that writes WAL (a transactional logical decoding message, prefix
+    /// `pgshift`, which pgoutput does not send) with `synchronous_commit = on`, which flushes all
+    /// WAL before it, then returns `pg_current_wal_flush_lsn()`. One round trip.
+    ///
+    /// Why not `pg_current_wal_lsn()`: a transaction committed with `synchronous_commit = off`
+    /// (a server default, or any session's SET) returns before its commit record is written,
+    /// so the write position can be behind commits already acknowledged to clients; waiting for
+    /// it would cut over without them. The flush position after the barrier commit covers every
+    /// commit record inserted before it.
+    pub async fn barrier_lsn(&self, c: &Client, side: Side) -> Result<u64> {
+        let msgs = c
+            .simple_query(
+                "BEGIN; SET LOCAL synchronous_commit = on; \
+                 SELECT pg_catalog.pg_logical_emit_message(true, 'pgshift', 'cutover barrier'); COMMIT; \
+                 SELECT pg_catalog.pg_current_wal_flush_lsn()::text",
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: cutover barrier", self.label(side)), &e))?;
+        let text = msgs
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                DriverError::new(format!(
+                    "{}: cutover barrier returned no position",
+                    self.label(side)
+                ))
+            })?;
+        parse_lsn(&text).ok_or_else(|| {
+            DriverError::new(format!(
+                "{}: cutover barrier: bad LSN {text:?}",
+                self.label(side)
+            ))
+        })
+    }
+
+    /// `ALTER SUBSCRIPTION .. SET (synchronous_commit = ..)` on the connected subscriber. The
+    /// cutover sets `on` just before its pause: an apply worker committing asynchronously
+    /// (the default, `off`) reports its apply position only once its own WAL is flushed (up to
+    /// `wal_writer_delay`, 200 ms, later); committing synchronously it reports at once.
+    pub async fn set_subscription_sync_commit(
+        &self,
+        c: &Client,
+        side: Side,
+        name: &str,
+        on: bool,
+    ) -> Result<()> {
+        if self.subscription_state(c, side, name).await?.is_none() {
+            return Ok(());
+        }
+        c.batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} SET (synchronous_commit = {})",
+            quote_ident(name),
+            if on { "on" } else { "off" }
+        ))
+        .await
+        .map_err(|e| {
+            pg_error(
+                &format!(
+                    "{}: setting synchronous_commit of subscription {name}",
+                    self.label(side)
+                ),
+                &e,
+            )
+        })
+    }
+
     /// `pg_current_wal_lsn()` of the connected server.
     pub async fn current_lsn(&self, c: &Client, side: Side) -> Result<u64> {
         let r = c
@@ -1430,6 +1505,17 @@ impl Logical {
     }
 }
 
+/// Parses PostgreSQL's text form of an LSN (`16/B374D848`).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
+        return None;
+    }
+    Some((hi << 32) | lo)
+}
+
 /// Quotes an identifier only when needed (for messages).
 fn quote_ident_min(s: &str) -> String {
     let plain = !s.is_empty()
@@ -1520,6 +1606,9 @@ mod tests {
         assert_eq!(quote_ident_min("public"), "public");
         assert_eq!(quote_ident_min("Mixed"), "\"Mixed\"");
         assert_eq!(fmt_lsn(0x1_0000_00A0), "1/A0");
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn(&fmt_lsn(0x1_0000_00A0)), Some(0x1_0000_00A0));
+        assert_eq!(parse_lsn("nope"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use config::{Config, JournalConfig, ReplicationConfig, ServerConfig, UpgradeConfig};
 use control::{Controller, RouteState, Side, TrafficControl, UpgradeStatus};
 use integration::{client_bin, PgServer, ServerOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +16,11 @@ use tokio_postgres::Client;
 // ------------------------------------------------------------------------------------------
 
 /// The proxy's routing table reduced to atomics, plus a record of what the controller did.
+/// Side, epoch and the paused flag live in one `AtomicU64` so that a reader gets a consistent
+/// snapshot (as the proxy's `ArcSwap<RoutingTable>` gives).
 struct FakeTraffic {
-    target: AtomicBool,
-    epoch: AtomicU64,
-    paused: AtomicBool,
+    /// bit 0: on target; bit 1: paused; bits 2..: epoch.
+    state: AtomicU64,
     busy: AtomicUsize,
     pauses: AtomicUsize,
     resumes: AtomicUsize,
@@ -29,12 +30,30 @@ struct FakeTraffic {
     die_on_switch: AtomicBool,
 }
 
+fn pack(r: RouteState) -> u64 {
+    (r.epoch << 2) | (u64::from(r.paused) << 1) | u64::from(r.side == Side::Target)
+}
+
+fn unpack(v: u64) -> RouteState {
+    RouteState {
+        side: if v & 1 == 1 {
+            Side::Target
+        } else {
+            Side::Source
+        },
+        paused: v & 2 == 2,
+        epoch: v >> 2,
+    }
+}
+
 impl FakeTraffic {
     fn new(side: Side, epoch: u64) -> Arc<FakeTraffic> {
         Arc::new(FakeTraffic {
-            target: AtomicBool::new(side == Side::Target),
-            epoch: AtomicU64::new(epoch),
-            paused: AtomicBool::new(false),
+            state: AtomicU64::new(pack(RouteState {
+                side,
+                epoch,
+                paused: false,
+            })),
             busy: AtomicUsize::new(0),
             pauses: AtomicUsize::new(0),
             resumes: AtomicUsize::new(0),
@@ -46,40 +65,87 @@ impl FakeTraffic {
         let (side, epoch) = ctl.serving_side();
         FakeTraffic::new(side, epoch)
     }
+    fn set_paused(&self, paused: bool) {
+        let mut r = self.route();
+        r.paused = paused;
+        self.state.store(pack(r), Ordering::SeqCst);
+    }
 }
 
 impl TrafficControl for FakeTraffic {
     fn route(&self) -> RouteState {
-        RouteState {
-            side: if self.target.load(Ordering::SeqCst) {
-                Side::Target
-            } else {
-                Side::Source
-            },
-            epoch: self.epoch.load(Ordering::SeqCst),
-            paused: self.paused.load(Ordering::SeqCst),
-        }
+        unpack(self.state.load(Ordering::SeqCst))
     }
     fn pause(&self) {
         self.pauses.fetch_add(1, Ordering::SeqCst);
-        self.paused.store(true, Ordering::SeqCst);
+        self.set_paused(true);
     }
     fn resume(&self) {
         self.resumes.fetch_add(1, Ordering::SeqCst);
-        self.paused.store(false, Ordering::SeqCst);
+        self.set_paused(false);
     }
     fn switch_to(&self, side: Side, epoch: u64) {
         self.switches.lock().unwrap().push((side, epoch));
         if self.die_on_switch.load(Ordering::SeqCst) {
             panic!("simulated crash in switch_to");
         }
-        self.target.store(side == Side::Target, Ordering::SeqCst);
-        self.epoch.store(epoch, Ordering::SeqCst);
-        self.paused.store(false, Ordering::SeqCst);
+        self.state.store(
+            pack(RouteState {
+                side,
+                epoch,
+                paused: false,
+            }),
+            Ordering::SeqCst,
+        );
     }
     fn busy_sessions(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
     }
+}
+
+/// A client session behind the fake proxy: marks itself busy BEFORE it reads the routing table
+/// (so the controller's drain, which pauses and then reads the busy count, either sees it or is
+/// seen by it), holds while paused, and runs each transaction on the side the table names.
+/// Returns the number of rows it inserted on each side.
+async fn writer(
+    traffic: Arc<FakeTraffic>,
+    src: Client,
+    tgt: Client,
+    id: i32,
+    stop: Arc<AtomicBool>,
+) -> (i64, i64) {
+    let (mut on_src, mut on_tgt) = (0, 0);
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        traffic.busy.fetch_add(1, Ordering::SeqCst);
+        let r = traffic.route();
+        if r.paused {
+            traffic.busy.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        let c = if r.side == Side::Source { &src } else { &tgt };
+        n += 1;
+        let res = c
+            .execute(
+                "INSERT INTO load (writer, n, side, epoch) VALUES ($1, $2, $3, $4)",
+                &[&id, &n, &r.side.as_str(), &(r.epoch as i64)],
+            )
+            .await;
+        traffic.busy.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = res {
+            panic!(
+                "writer {id}: insert {n} on {} failed: {e:?}",
+                r.side.as_str()
+            );
+        }
+        if r.side == Side::Source {
+            on_src += 1;
+        } else {
+            on_tgt += 1;
+        }
+    }
+    (on_src, on_tgt)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -125,11 +191,11 @@ fn journal_path(name: &str) -> PathBuf {
     dir.join("state").join("pgshift.db")
 }
 
-fn make_config(src: &PgServer, tgt: &PgServer, journal: &PathBuf) -> Config {
+fn make_config(src: &PgServer, tgt: &PgServer, journal: &Path) -> Config {
     Config {
         proxy: Default::default(),
         journal: JournalConfig {
-            path: journal.clone(),
+            path: journal.to_path_buf(),
         },
         source: server_config(src),
         target: server_config(tgt),
@@ -644,6 +710,7 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
     let journal = journal_path("drain");
     let mut cfg = make_config(&src, &tgt, &journal);
     cfg.upgrade.drain_timeout_ms = 300;
+    cfg.upgrade.catchup_timeout_ms = 1500;
     let cfg = Arc::new(cfg);
     let ctl = Controller::open(cfg.clone()).expect("open");
     let traffic = FakeTraffic::from(&ctl);
@@ -680,7 +747,51 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
         vec!["pub:pgshift_rev_pub", "sub:pgshift_fwd"]
     );
 
+    // 1b. A transaction left open on the target (outside pgshift) blocks the reverse slot's
+    //     creation: statement_timeout ends it, the cutover is abandoned and everything is as before.
+    traffic.busy.store(0, Ordering::SeqCst);
+    let t2 = connect(&tgt).await;
+    t2.batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let e = ctl
+        .initiate_cutover()
+        .await
+        .expect_err("slot creation must time out");
+    eprintln!("abandoned after {:?}: {e}", t0.elapsed());
+    assert!(
+        e.0.contains("creating replication slot pgshift_rev") && e.0.contains("statement timeout"),
+        "{e}"
+    );
+    assert!(e.0.contains("cutover") || e.0.contains("slot"), "{e}");
+    assert_eq!(
+        traffic.route(),
+        RouteState {
+            side: Side::Source,
+            epoch: 1,
+            paused: false
+        }
+    );
+    t2.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        objects(&t).await,
+        vec!["pub:pgshift_rev_pub", "sub:pgshift_fwd"],
+        "forward re-enabled, no reverse slot"
+    );
+    s.batch_execute("INSERT INTO t (v) VALUES ('after timeout')")
+        .await
+        .unwrap();
+    wait_count(
+        &t,
+        "SELECT count(*) FROM t",
+        2,
+        "forward replication after the abandoned cutover",
+    )
+    .await;
+
     // 2. A crash inside the pause (before the swap): the process dies while draining.
+    traffic.busy.store(1, Ordering::SeqCst);
     let c2 = ctl.clone();
     let task = tokio::spawn(async move { c2.initiate_cutover().await });
     wait_status(&ctl, "cutting_over", Duration::from_secs(10), |s| {
@@ -730,8 +841,8 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
     wait_count(
         &t,
         "SELECT count(*) FROM t",
-        2,
-        "forward replication after the abandoned cutover",
+        3,
+        "forward replication after the crash",
     )
     .await;
 
@@ -774,7 +885,7 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
     wait_count(
         &s,
         "SELECT count(*) FROM t",
-        3,
+        4,
         "reverse replication after the resumed cutover",
     )
     .await;
@@ -890,5 +1001,107 @@ async fn resume_mid_sync_then_rollback_and_restart() {
     assert!(msg.contains("removed"), "{msg}");
     assert!(objects(&s).await.is_empty(), "{:?}", objects(&s).await);
     assert!(objects(&t).await.is_empty(), "{:?}", objects(&t).await);
+    ctl.shutdown();
+}
+
+/// Cutover and rollback while two sessions write continuously through the fake proxy: every
+/// row written on either side ends up on both, ids from the synced sequences never collide, and
+/// the pause stays short. `PGSHIFT_DURABLE=1` runs the servers with fsync and synchronous_commit
+/// on (the harness turns them off for speed) to measure a realistic pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_under_write_load_loses_nothing() {
+    init_tracing();
+    let durable = std::env::var("PGSHIFT_DURABLE").is_ok_and(|v| v == "1");
+    let opts = || {
+        let o = ServerOptions::default();
+        if durable {
+            o.setting("fsync", "on").setting("synchronous_commit", "on")
+        } else {
+            o
+        }
+    };
+    let (src, tgt) = pair(opts(), opts()).await;
+    let s = connect(&src).await;
+    let t = connect(&tgt).await;
+    s.batch_execute(
+        "CREATE TABLE load (id bigserial PRIMARY KEY, writer int NOT NULL, n int NOT NULL, side text, epoch int8,
+                            UNIQUE (writer, n, epoch));
+         INSERT INTO load (writer, n) SELECT 0, g FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .expect("schema");
+    let journal = journal_path("load");
+    let cfg = Arc::new(make_config(&src, &tgt, &journal));
+    let ctl = Controller::open(cfg).expect("open");
+    let traffic = FakeTraffic::from(&ctl);
+    ctl.attach(traffic.clone());
+    ctl.start_upgrade().await.expect("start");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = vec![];
+    for id in 1..=2 {
+        let (a, b) = (connect(&src).await, connect(&tgt).await);
+        writers.push(tokio::spawn(writer(
+            traffic.clone(),
+            a,
+            b,
+            id,
+            stop.clone(),
+        )));
+    }
+    wait_phase(&ctl, "replicating", 120).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cut = ctl
+        .initiate_cutover()
+        .await
+        .unwrap_or_else(|e| panic!("cutover under load: {e}"));
+    eprintln!("CUTOVER UNDER LOAD (durable={durable}): {cut}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = ctl
+        .rollback()
+        .await
+        .unwrap_or_else(|e| panic!("rollback under load: {e}"));
+    eprintln!("ROLLBACK UNDER LOAD (durable={durable}): {back}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut on_src, mut on_tgt) = (0, 0);
+    for w in writers {
+        let (a, b) = w.await.expect("writer");
+        on_src += a;
+        on_tgt += b;
+    }
+    eprintln!("rows written: {on_src} while on the source, {on_tgt} while on the target");
+    assert!(on_tgt > 0 && on_src > 0, "both sides took writes");
+    let total = 1000 + on_src + on_tgt;
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM load").await,
+        total,
+        "every row is on the source"
+    );
+    wait_count(
+        &t,
+        "SELECT count(*) FROM load",
+        total,
+        "every row reaches the target again",
+    )
+    .await;
+    let ids = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect::<std::collections::BTreeSet<i64>>()
+    };
+    let on_s = ids(s.query("SELECT id FROM load", &[]).await.unwrap());
+    let on_t = ids(t.query("SELECT id FROM load", &[]).await.unwrap());
+    let missing_s: Vec<_> = on_t.difference(&on_s).take(20).collect();
+    let missing_t: Vec<_> = on_s.difference(&on_t).take(20).collect();
+    assert!(
+        missing_s.is_empty() && missing_t.is_empty(),
+        "ids missing on the source {missing_s:?}, on the target {missing_t:?}"
+    );
+    assert_eq!(
+        count(&t, "SELECT count(*) FROM load WHERE side = 'target'").await,
+        on_tgt,
+        "rows written on the target"
+    );
     ctl.shutdown();
 }
