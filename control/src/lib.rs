@@ -2,6 +2,16 @@
 //!
 //! `control` never sees the proxy's types. It steers traffic only through
 //! [`TrafficControl`], which the proxy implements over its routing table.
+//!
+//! * [`controller`]: [`Controller`], the plan (preflight, schema copy, replication setup, sync),
+//!   the cutover and rollback protocol, resume after restart, the in-memory status.
+//! * [`journal`]: the SQLite journal every step transition is written to before it takes effect.
+//! * [`logical`]: the native logical replication driver (publications, subscriptions, slots,
+//!   schema copy, sequences, lag).
+//!
+//! Use from the proxy: [`Controller::open`] at start-up, build the routing table from
+//! [`Controller::serving_side`], start accepting clients, then [`Controller::attach`] the
+//! proxy's [`TrafficControl`] (inside the tokio runtime).
 
 use std::sync::Arc;
 
@@ -15,18 +25,21 @@ pub enum Side {
 }
 
 impl Side {
+    /// `source` / `target` (the journal's and the status's spelling).
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Source => "source",
             Side::Target => "target",
         }
     }
+    /// The other side.
     pub fn other(self) -> Side {
         match self {
             Side::Source => Side::Target,
             Side::Target => Side::Source,
         }
     }
+    /// Parses [`as_str`](Self::as_str).
     pub fn parse(s: &str) -> Option<Side> {
         match s {
             "source" => Some(Side::Source),
@@ -51,6 +64,16 @@ pub struct RouteState {
 ///
 /// All methods are cheap and non-blocking: they publish a new routing table or read
 /// counters. Waiting (drain, catch-up) is the control plane's job.
+///
+/// The drain is only sound if a session that is about to start a transaction is counted by
+/// [`busy_sessions`](Self::busy_sessions) *before* it reads the routing table for it (or both
+/// happen under the lock that [`pause`](Self::pause) takes): the control plane calls `pause()`
+/// and then reads `busy_sessions()`, so either it sees the session busy and waits for it, or
+/// the session sees `paused` and holds. A session that read "not paused, source" and became
+/// busy only afterwards could commit on the source after the catch-up barrier, and that write
+/// would not reach the target. (With sequentially consistent atomics: increment the busy
+/// counter, then load the table; decrement when the transaction ends, i.e. at
+/// `ReadyForQuery` `I`.)
 pub trait TrafficControl: Send + Sync + 'static {
     /// The routing table in force.
     fn route(&self) -> RouteState;
@@ -60,15 +83,17 @@ pub trait TrafficControl: Send + Sync + 'static {
     fn pause(&self);
     /// Publish `paused = false` with the same side and epoch.
     fn resume(&self);
-    /// Publish a new table: `side`, `epoch + 1`, not paused. Each session moves to `side` at
-    /// its next transaction boundary, replaying its startup parameters, SETs and prepared
-    /// statements there.
+    /// Publish a new table: `side`, epoch `epoch`, not paused. `epoch` is the new table's epoch
+    /// (the control plane passes the current epoch + 1, after journaling it). Each session moves
+    /// to `side` at its next transaction boundary, replaying its startup parameters, SETs and
+    /// prepared statements there.
     fn switch_to(&self, side: Side, epoch: u64);
     /// Number of client sessions inside a transaction or with a message in flight to a backend.
     /// After `pause`, the cutover waits for this to reach 0.
     fn busy_sessions(&self) -> usize;
 }
 
+/// The proxy's traffic control, as handed to [`Controller::attach`].
 pub type Traffic = Arc<dyn TrafficControl>;
 
 pub mod controller;

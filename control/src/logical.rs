@@ -48,7 +48,7 @@ impl DriverError {
             transient: false,
         }
     }
-    fn transient(message: impl Into<String>) -> DriverError {
+    fn temporary(message: impl Into<String>) -> DriverError {
         DriverError {
             message: message.into(),
             transient: true,
@@ -95,7 +95,7 @@ pub fn pg_error(context: &str, e: &tokio_postgres::Error) -> DriverError {
                 m.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            DriverError::transient(m)
+            DriverError::temporary(m)
         }
     }
 }
@@ -398,7 +398,7 @@ impl Logical {
                 )
                 .await
             {
-                sync_workers = r.get(0);
+                sync_workers = r.col(0).unwrap_or(sync_workers);
             }
         }
 
@@ -466,20 +466,20 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
-        let version: i32 = r.get(0);
+        let version: i32 = r.col(0)?;
         let major = (version / 10000) as u32;
         out.source_major = Some(major);
         out.notes.push(format!(
             "source: PostgreSQL {major} (server_version_num {version})"
         ));
-        let wal_level: String = r.get(1);
+        let wal_level: String = r.col(1)?;
         if wal_level != "logical" {
             out.failures.push(format!(
                 "source: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the source server"
             ));
         }
         let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
-            (r.get(2), r.get(4), r.get(3), r.get(5));
+            (r.col(2)?, r.col(4)?, r.col(3)?, r.col(5)?);
         let need = 1 + sync_workers;
         if max_slots - used_slots < need {
             out.failures.push(format!(
@@ -497,7 +497,7 @@ impl Logical {
                 used_senders + need
             ));
         }
-        let lrw: i64 = r.get(6);
+        let lrw: i64 = r.col(6)?;
         if lrw < 1 {
             out.failures.push(
                 "source: max_logical_replication_workers is 0; the reverse subscription (after cutover) needs 1; \
@@ -505,7 +505,7 @@ impl Logical {
                     .to_string(),
             );
         }
-        *sysid = Some((r.get(7), r.get(8)));
+        *sysid = Some((r.col(7)?, r.col(8)?));
 
         // Replica identity: UPDATE and DELETE of a published table need a primary key or a
         // replica identity (PostgreSQL docs 31.1, "Publication"; ALTER TABLE ... REPLICA IDENTITY).
@@ -526,8 +526,8 @@ impl Logical {
         let mut no_identity = 0;
         for row in &rows {
             let (schema, name, kind, ident): (String, String, String, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            let (has_pk, has_ri): (bool, bool) = (row.get(4), row.get(5));
+                (row.col(0)?, row.col(1)?, row.col(2)?, row.col(3)?);
+            let (has_pk, has_ri): (bool, bool) = (row.col(4)?, row.col(5)?);
             let q = format!("{}.{}", quote_ident_min(&schema), quote_ident_min(&name));
             tables.push(q.clone());
             if kind != "r" {
@@ -566,13 +566,13 @@ impl Logical {
         out.sequences = seqs
             .iter()
             .map(|r| {
-                format!(
+                Ok(format!(
                     "{}.{}",
-                    quote_ident_min(&r.get::<_, String>(0)),
-                    quote_ident_min(&r.get::<_, String>(1))
-                )
+                    quote_ident_min(&r.col::<String>(0)?),
+                    quote_ident_min(&r.col::<String>(1)?)
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         if !out.sequences.is_empty() {
             out.notes.push(format!(
                 "source: {} sequences, synced to the target at cutover: {}",
@@ -610,13 +610,13 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
-        let version: i32 = r.get(0);
+        let version: i32 = r.col(0)?;
         let major = (version / 10000) as u32;
         out.target_major = Some(major);
         out.notes.push(format!(
             "target: PostgreSQL {major} (server_version_num {version})"
         ));
-        let wal_level: String = r.get(1);
+        let wal_level: String = r.col(1)?;
         if wal_level != "logical" {
             out.failures.push(format!(
                 "target: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the target server \
@@ -624,7 +624,7 @@ impl Logical {
             ));
         }
         let (max_slots, max_senders, used_slots, used_senders): (i64, i64, i64, i64) =
-            (r.get(2), r.get(3), r.get(4), r.get(5));
+            (r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?);
         if max_slots - used_slots < 1 {
             out.failures.push(format!(
                 "target: max_replication_slots is {max_slots} with {used_slots} in use; the reverse slot {} needs 1 more; \
@@ -638,7 +638,7 @@ impl Logical {
                  raise max_wal_senders in postgresql.conf and restart"
             ));
         }
-        let lrw: i64 = r.get(6);
+        let lrw: i64 = r.col(6)?;
         if lrw < 1 + sync_workers {
             out.failures.push(format!(
                 "target: max_logical_replication_workers is {lrw}; the subscription needs {} (1 apply + {sync_workers} table sync workers); \
@@ -647,7 +647,7 @@ impl Logical {
             ));
         }
         if let Some((sid, sdb)) = src_sysid {
-            let (tid, tdb): (String, String) = (r.get(7), r.get(8));
+            let (tid, tdb): (String, String) = (r.col(7)?, r.col(8)?);
             if *sid == tid && *sdb == tdb {
                 out.failures.push(format!(
                     "source and target are the same database ({tdb} on the server with system identifier {tid}); point [target] at the new server"
@@ -678,7 +678,7 @@ impl Logical {
                 .map_err(|e| pg_error("source: listing object owners", &e))?;
             for r in rows {
                 needed.push((
-                    r.get(0),
+                    r.col(0)?,
                     "owns or is granted objects in the source database".into(),
                 ));
             }
@@ -697,7 +697,7 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&ctx("listing roles"), &e))?;
-        let present: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        let present: HashSet<String> = rows.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
         let mut reported = HashSet::new();
         for (role, why) in needed {
             if !present.contains(&role) && reported.insert(role.clone()) {
@@ -748,7 +748,7 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&format!("{}: listing tables", self.label(side)), &e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter().map(|r| r.col(0)).collect()
     }
 
     /// Copies the source's schema to the target: `pg_dump --schema-only --no-publications
@@ -912,7 +912,7 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&format!("{}: reading subscription {name}", self.label(side)), &e))?;
-        Ok(r.map(|r| r.get(0)))
+        r.map(|r| r.col(0)).transpose()
     }
 
     /// `Some(active)` when replication slot `name` exists on the connected server.
@@ -929,7 +929,7 @@ impl Logical {
                     &e,
                 )
             })?;
-        Ok(r.map(|r| r.get(0)))
+        r.map(|r| r.col(0)).transpose()
     }
 
     /// Drops replication slot `name` on `side` if it exists, first ending a walsender that
@@ -970,7 +970,7 @@ impl Logical {
                 }
             }
         }
-        Err(DriverError::transient(format!(
+        Err(DriverError::temporary(format!(
             "{ctx}: still in use after 2 s"
         )))
     }
@@ -1000,7 +1000,7 @@ impl Logical {
                     &e,
                 )
             })?;
-        let lsn: PgLsn = r.get(0);
+        let lsn: PgLsn = r.col(0)?;
         Ok(u64::from(lsn))
     }
 
@@ -1143,12 +1143,12 @@ impl Logical {
                 )
                 .await
                 .map_err(|e| pg_error(&ctx, &e))?;
-            let n: i64 = r.get(0);
+            let n: i64 = r.col(0)?;
             if n == 0 {
                 return Ok(true);
             }
             if start.elapsed() > deadline {
-                return Err(DriverError::transient(format!(
+                return Err(DriverError::temporary(format!(
                     "{ctx}: {n} worker(s) still running after {} ms",
                     deadline.as_millis()
                 )));
@@ -1305,7 +1305,7 @@ impl Logical {
             pending: vec![],
         };
         for r in rows {
-            let (rel, state): (String, String) = (r.get(0), r.get(1));
+            let (rel, state): (String, String) = (r.col(0)?, r.col(1)?);
             if state == "r" || state == "s" {
                 p.ready += 1;
             } else if p.pending.len() < 10 {
@@ -1338,7 +1338,9 @@ impl Logical {
             .iter()
             .rev()
             .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.try_get(0).ok().flatten().map(str::to_string)
+                }
                 _ => None,
             })
             .ok_or_else(|| {
@@ -1392,7 +1394,7 @@ impl Logical {
             .query_one("SELECT pg_current_wal_lsn()", &[])
             .await
             .map_err(|e| pg_error(&format!("{}: pg_current_wal_lsn()", self.label(side)), &e))?;
-        let lsn: PgLsn = r.get(0);
+        let lsn: PgLsn = r.col(0)?;
         Ok(u64::from(lsn))
     }
 
@@ -1415,8 +1417,8 @@ impl Logical {
                 self.label(d.publisher())
             )));
         };
-        let cf: Option<PgLsn> = r.get(0);
-        let rp: Option<PgLsn> = r.get(1);
+        let cf: Option<PgLsn> = r.col(0)?;
+        let rp: Option<PgLsn> = r.col(1)?;
         Ok(Applied {
             confirmed_flush: cf.map(u64::from),
             replay: rp.map(u64::from),
@@ -1437,15 +1439,16 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&format!("{}: reading lag of {name}", self.label(d.publisher())), &e))?;
-        Ok(r.map(|r| {
-            let bytes: Option<i64> = r.get(0);
-            let secs: Option<f64> = r.get(1);
-            let streaming: bool = r.get(2);
-            Lag {
+        r.map(|r| {
+            let bytes: Option<i64> = r.col(0)?;
+            let secs: Option<f64> = r.col(1)?;
+            let streaming: bool = r.col(2)?;
+            Ok(Lag {
                 bytes,
                 seconds: secs.or(if streaming { Some(0.0) } else { None }),
-            }
-        }))
+            })
+        })
+        .transpose()
     }
 
     /// Copies every used sequence's position from `from` to `to`: reads `pg_sequences`
@@ -1479,9 +1482,9 @@ impl Logical {
         let mut names = Vec::with_capacity(rows.len());
         let mut values = Vec::with_capacity(rows.len());
         for r in &rows {
-            schemas.push(r.get::<_, String>(0));
-            names.push(r.get::<_, String>(1));
-            values.push(r.get::<_, i64>(2));
+            schemas.push(r.col::<String>(0)?);
+            names.push(r.col::<String>(1)?);
+            values.push(r.col::<i64>(2)?);
         }
         let r = to
             .query_one(
@@ -1500,7 +1503,7 @@ impl Logical {
                     &e,
                 )
             })?;
-        let n: i64 = r.get(0);
+        let n: i64 = r.col(0)?;
         Ok(n as usize)
     }
 }
@@ -1514,6 +1517,27 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
         return None;
     }
     Some((hi << 32) | lo)
+}
+
+/// Typed column access that reports, instead of panicking on, a value of an unexpected type
+/// or an unexpected NULL in a server reply.
+trait RowExt {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, idx: usize) -> Result<T>;
+}
+
+impl RowExt for tokio_postgres::Row {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, idx: usize) -> Result<T> {
+        self.try_get(idx).map_err(|e| {
+            let name = self
+                .columns()
+                .get(idx)
+                .map(|c| c.name().to_string())
+                .unwrap_or_else(|| idx.to_string());
+            DriverError::new(format!(
+                "unexpected value in column {name} of a server reply: {e}"
+            ))
+        })
+    }
 }
 
 /// Quotes an identifier only when needed (for messages).

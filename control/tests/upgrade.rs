@@ -162,7 +162,18 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn start(major: u32, opts: ServerOptions) -> PgServer {
+/// `PGSHIFT_DURABLE=1`: servers with fsync and synchronous_commit on (the harness turns them off
+/// for speed), to measure realistic pauses.
+fn durable() -> bool {
+    std::env::var("PGSHIFT_DURABLE").is_ok_and(|v| v == "1")
+}
+
+async fn start(major: u32, mut opts: ServerOptions) -> PgServer {
+    if durable() {
+        opts = opts
+            .setting("fsync", "on")
+            .setting("synchronous_commit", "on");
+    }
     tokio::task::spawn_blocking(move || PgServer::start_with(major, opts))
         .await
         .expect("join")
@@ -1011,16 +1022,8 @@ async fn resume_mid_sync_then_rollback_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_under_write_load_loses_nothing() {
     init_tracing();
-    let durable = std::env::var("PGSHIFT_DURABLE").is_ok_and(|v| v == "1");
-    let opts = || {
-        let o = ServerOptions::default();
-        if durable {
-            o.setting("fsync", "on").setting("synchronous_commit", "on")
-        } else {
-            o
-        }
-    };
-    let (src, tgt) = pair(opts(), opts()).await;
+    let durable = durable();
+    let (src, tgt) = pair(ServerOptions::default(), ServerOptions::default()).await;
     let s = connect(&src).await;
     let t = connect(&tgt).await;
     s.batch_execute(
