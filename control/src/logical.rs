@@ -1225,10 +1225,59 @@ impl Logical {
         })
     }
 
+    /// Ends pgshift's own other backends on `side` that are still executing a statement
+    /// (`application_name` `pgshift-control` or `pgshift-schema-copy`): a plan task stopped by a
+    /// rollback leaves its statement running on the server (e.g. `CREATE SUBSCRIPTION`, which
+    /// could commit after the teardown looked). Waits up to 5 s for them to exit. Returns how
+    /// many were ended.
+    pub async fn end_own_backends(&self, c: &Client, side: Side) -> Result<i64> {
+        let ctx = format!("{}: ending pgshift's running statements", self.label(side));
+        let r = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name IN ('pgshift-control', 'pgshift-schema-copy')
+                    AND pid <> pg_backend_pid() AND state <> 'idle'",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?;
+        let n: i64 = r.col(0)?;
+        let start = tokio::time::Instant::now();
+        while n > 0 && start.elapsed() < Duration::from_secs(5) {
+            let r = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE application_name IN ('pgshift-control', 'pgshift-schema-copy')
+                        AND pid <> pg_backend_pid() AND state <> 'idle'",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&ctx, &e))?;
+            if r.col::<i64>(0)? == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(n)
+    }
+
     /// Removes every replication object pgshift made, in both directions: subscriptions,
     /// publications and slots. Idempotent. Returns what was done.
+    ///
+    /// Only for a rollback before the cutover (traffic on the source): first ends pgshift's own
+    /// statements still running on either server (see [`end_own_backends`](Self::end_own_backends)).
     pub async fn teardown(&self) -> Result<Vec<String>> {
         let mut done = vec![];
+        for side in [Side::Target, Side::Source] {
+            let c = self.connect(side).await?;
+            let n = self.end_own_backends(&c, side).await?;
+            if n > 0 {
+                done.push(format!(
+                    "ended {n} running pgshift statement(s) on {}",
+                    side.as_str()
+                ));
+            }
+        }
         done.push(self.drop_subscription(Direction::Forward).await?);
         done.push(self.drop_subscription(Direction::Reverse).await?);
         let src = self.connect(Side::Source).await?;

@@ -1012,6 +1012,27 @@ async fn resume_mid_sync_then_rollback_and_restart() {
     assert!(msg.contains("removed"), "{msg}");
     assert!(objects(&s).await.is_empty(), "{:?}", objects(&s).await);
     assert!(objects(&t).await.is_empty(), "{:?}", objects(&t).await);
+
+    // Rollback while the plan is creating the objects (its CREATE SUBSCRIPTION may still be
+    // running on the target when the plan task is stopped): nothing may appear afterwards.
+    for attempt in 0..2 {
+        ctl.start_upgrade().await.expect("start 4");
+        wait_status(&ctl, "init_replication", Duration::from_secs(60), |s| {
+            s.phase == "init_replication" || s.phase == "synchronizing"
+        })
+        .await;
+        if attempt == 1 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let msg = ctl
+            .rollback()
+            .await
+            .expect("rollback during init_replication");
+        eprintln!("rollback during init_replication: {msg}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(objects(&s).await.is_empty(), "{:?}", objects(&s).await);
+        assert!(objects(&t).await.is_empty(), "{:?}", objects(&t).await);
+    }
     ctl.shutdown();
 }
 
