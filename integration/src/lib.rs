@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub use binaries::{binaries, client_bin, PgBinaries, NPM_PACKAGE};
 pub use pgshift::{pgbench, pgshift_bin, Pgshift};
 pub use server::{free_port, PgServer, ServerOptions};
+pub mod stack;
+pub use stack::{Stack, StackOptions};
 
 /// The unprivileged system user that servers run as when the harness runs as root.
 pub const PG_OS_USER: &str = "pgshift-pg";
