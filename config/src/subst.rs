@@ -245,9 +245,11 @@ fn expand(
         (Lookup::Set(v), Some(d)) if v.is_empty() => return Ok((d.to_string(), None)),
         (Lookup::Set(v), _) => v,
         (Lookup::Unset, Some(d)) => return Ok((d.to_string(), None)),
-        (Lookup::Unset, None) => return Err(format!(
+        (Lookup::Unset, None) => {
+            return Err(format!(
             "environment variable `{name}` is not set (give a default with `${{{name}:-default}}`)"
-        )),
+        ))
+        }
         (Lookup::NotUnicode, _) => {
             return Err(format!("environment variable `{name}` is not valid UTF-8"))
         }

@@ -350,6 +350,24 @@ impl Controller {
                 "traffic is on the target; an upgrade starts only from the source".into(),
             ));
         }
+        if fresh {
+            // Check before anything is made, so the operator gets every problem at once,
+            // as the answer to START UPGRADE.
+            let pf = self.driver.preflight().await;
+            if !pf.failures.is_empty() {
+                let list: Vec<String> = pf
+                    .failures
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| format!("{}) {f}", i + 1))
+                    .collect();
+                return Err(ControlError(format!(
+                    "preflight found {} problem(s); nothing was changed:\n{}",
+                    list.len(),
+                    list.join("\n")
+                )));
+            }
+        }
         let msg = if fresh {
             let now = now_rfc3339();
             let id = row.id + 1;

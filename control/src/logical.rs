@@ -292,9 +292,11 @@ impl Logical {
             pg_dump: cfg.replication.pg_dump.clone(),
             psql: cfg.replication.psql.clone(),
             copy_schema: cfg.replication.copy_schema,
+            // Admin users only open the console: they never log in to a server.
             server_users: cfg
                 .users
                 .iter()
+                .filter(|u| !u.admin)
                 .map(|u| (u.name.clone(), u.server_user().to_string()))
                 .collect(),
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms.max(1000)),

@@ -31,7 +31,12 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { source_major: 13, target_major: 17, pgbench_scale: 1, extra_config: String::new() }
+        StackOptions {
+            source_major: 13,
+            target_major: 17,
+            pgbench_scale: 1,
+            extra_config: String::new(),
+        }
     }
 }
 
@@ -49,22 +54,47 @@ impl Stack {
         let source = PgServer::start(opts.source_major)?;
         let target = PgServer::start(opts.target_major)?;
         for s in [&source, &target] {
-            s.psql("postgres", &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"))?;
-            s.psql("postgres", &format!("CREATE DATABASE {DB} OWNER {APP_USER}"))?;
+            s.psql(
+                "postgres",
+                &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+            )?;
+            s.psql(
+                "postgres",
+                &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
+            )?;
         }
         if opts.pgbench_scale > 0 {
-            let out = crate::pgbench(&["-i", "-q", "-s", &opts.pgbench_scale.to_string(), "-h", &source.host, "-p", &source.port.to_string(), "-U", APP_USER, DB])
-                .env("PGPASSWORD", APP_PASSWORD)
-                .stdin(Stdio::null())
-                .output()
-                .context("running pgbench -i")?;
+            let out = crate::pgbench(&[
+                "-i",
+                "-q",
+                "-s",
+                &opts.pgbench_scale.to_string(),
+                "-h",
+                &source.host,
+                "-p",
+                &source.port.to_string(),
+                "-U",
+                APP_USER,
+                DB,
+            ])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .context("running pgbench -i")?;
             if !out.status.success() {
-                bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "pgbench -i failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         let config = stack_config(&source, &target, free_port(), &opts.extra_config);
         let pgshift = Pgshift::start(&config)?;
-        Ok(Stack { source, target, pgshift })
+        Ok(Stack {
+            source,
+            target,
+            pgshift,
+        })
     }
 
     /// libpq conninfo of the application through pgshift.
@@ -85,17 +115,28 @@ impl Stack {
     /// Run one admin command; rows as column → value maps. The error is the console's message.
     pub async fn admin(&self, command: &str) -> Result<Vec<HashMap<String, Option<String>>>> {
         let c = self.admin_client().await?;
-        let msgs = c.simple_query(command).await.map_err(|e| anyhow!("{command}: {}", db_error(&e)))?;
+        let msgs = c
+            .simple_query(command)
+            .await
+            .map_err(|e| anyhow!("{command}: {}", db_error(&e)))?;
         Ok(rows(msgs))
     }
 
     /// `SHOW UPGRADE STATUS` as a map.
     pub async fn status(&self) -> Result<HashMap<String, Option<String>>> {
-        self.admin("SHOW UPGRADE STATUS").await?.into_iter().next().ok_or_else(|| anyhow!("SHOW UPGRADE STATUS returned no row"))
+        self.admin("SHOW UPGRADE STATUS")
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("SHOW UPGRADE STATUS returned no row"))
     }
 
     /// Wait until `SHOW UPGRADE STATUS` reports `phase`; fail early on state `error`.
-    pub async fn wait_phase(&self, phase: &str, timeout: Duration) -> Result<HashMap<String, Option<String>>> {
+    pub async fn wait_phase(
+        &self,
+        phase: &str,
+        timeout: Duration,
+    ) -> Result<HashMap<String, Option<String>>> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status().await?;
@@ -112,7 +153,16 @@ impl Stack {
     /// A pgbench command aimed at pgshift as the application user.
     pub fn pgbench(&self, args: &[&str]) -> Command {
         let mut c = crate::pgbench(args);
-        c.args(["-h", &self.pgshift.host, "-p", &self.pgshift.port.to_string(), "-U", APP_USER, DB]).env("PGPASSWORD", APP_PASSWORD);
+        c.args([
+            "-h",
+            &self.pgshift.host,
+            "-p",
+            &self.pgshift.port.to_string(),
+            "-U",
+            APP_USER,
+            DB,
+        ])
+        .env("PGPASSWORD", APP_PASSWORD);
         c
     }
 }
@@ -138,7 +188,9 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
 
 /// Connect with tokio-postgres and spawn the connection task.
 pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.map_err(|e| anyhow!("connect: {}", db_error(&e)))?;
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .map_err(|e| anyhow!("connect: {}", db_error(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -148,7 +200,12 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
 /// The server's message of a tokio-postgres error, or the error itself.
 pub fn db_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(d) => format!("{}: {} (SQLSTATE {})", d.severity(), d.message(), d.code().code()),
+        Some(d) => format!(
+            "{}: {} (SQLSTATE {})",
+            d.severity(),
+            d.message(),
+            d.code().code()
+        ),
         None => e.to_string(),
     }
 }
@@ -157,7 +214,13 @@ pub fn db_error(e: &tokio_postgres::Error) -> String {
 pub fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<HashMap<String, Option<String>>> {
     msgs.into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.columns().iter().enumerate().map(|(i, c)| (c.name().to_string(), r.get(i).map(str::to_string))).collect()),
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_string(), r.get(i).map(str::to_string)))
+                    .collect(),
+            ),
             _ => None,
         })
         .collect()

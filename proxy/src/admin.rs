@@ -57,7 +57,14 @@ pub async fn run(proxy: &Proxy, c: &mut ClientConn, info: &SessionInfo) {
                         let sql = sql.to_string();
                         execute(proxy, &mut c.out, &sql).await;
                     }
-                    Err(e) => msg::error_response(&mut c.out, "ERROR", "08P01", &e.to_string(), None, None),
+                    Err(e) => msg::error_response(
+                        &mut c.out,
+                        "ERROR",
+                        "08P01",
+                        &e.to_string(),
+                        None,
+                        None,
+                    ),
                 }
                 msg::ready_for_query(&mut c.out, msg::TX_IDLE);
             }
@@ -69,7 +76,14 @@ pub async fn run(proxy: &Proxy, c: &mut ClientConn, info: &SessionInfo) {
             msg::FLUSH => {}
             _ => {
                 if !skip_to_sync {
-                    msg::error_response(&mut c.out, "ERROR", "0A000", "the pgshift admin console supports only the simple query protocol", None, Some("use psql, or simple_query in a driver"));
+                    msg::error_response(
+                        &mut c.out,
+                        "ERROR",
+                        "0A000",
+                        "the pgshift admin console supports only the simple query protocol",
+                        None,
+                        Some("use psql, or simple_query in a driver"),
+                    );
                     skip_to_sync = true;
                 }
             }
@@ -82,13 +96,20 @@ pub async fn run(proxy: &Proxy, c: &mut ClientConn, info: &SessionInfo) {
 
 /// Run every statement of one Query message.
 async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
-    let stmts: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let stmts: Vec<&str> = sql
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if stmts.is_empty() {
         msg::empty_query_response(out);
         return;
     }
     for s in stmts {
-        let words: Vec<String> = s.split_whitespace().map(|w| w.to_ascii_uppercase()).collect();
+        let words: Vec<String> = s
+            .split_whitespace()
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
         let cmd = words.join(" ");
         let ok = match cmd.as_str() {
             "SHOW UPGRADE STATUS" => {
@@ -112,11 +133,23 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 true
             }
             "START UPGRADE" => reply(out, "START UPGRADE", proxy.controller.start_upgrade().await),
-            "INITIATE CUTOVER" => reply(out, "INITIATE CUTOVER", proxy.controller.initiate_cutover().await),
+            "INITIATE CUTOVER" => reply(
+                out,
+                "INITIATE CUTOVER",
+                proxy.controller.initiate_cutover().await,
+            ),
             "ROLLBACK UPGRADE" => reply(out, "ROLLBACK UPGRADE", proxy.controller.rollback().await),
             "PAUSE" => {
                 proxy.router.pause();
-                msg::notice_response(out, "NOTICE", "00000", &format!("traffic paused; {} sessions still inside a transaction", proxy.router.busy_sessions()));
+                msg::notice_response(
+                    out,
+                    "NOTICE",
+                    "00000",
+                    &format!(
+                        "traffic paused; {} sessions still inside a transaction",
+                        proxy.router.busy_sessions()
+                    ),
+                );
                 msg::command_complete(out, "PAUSE");
                 true
             }
@@ -127,7 +160,14 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
             }
             _ => {
                 let hint = format!("valid commands: {}", COMMANDS.join(", "));
-                msg::error_response(out, "ERROR", "42601", &format!("unknown admin command \"{s}\""), None, Some(&hint));
+                msg::error_response(
+                    out,
+                    "ERROR",
+                    "42601",
+                    &format!("unknown admin command \"{s}\""),
+                    None,
+                    Some(&hint),
+                );
                 false
             }
         };
@@ -153,21 +193,62 @@ fn reply(out: &mut BytesMut, tag: &str, r: Result<String, control::ControlError>
 
 fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
     let s = proxy.controller.status();
-    let cols = ["phase", "state", "replication_lag_bytes", "lag_seconds", "source_weight", "target_weight", "epoch", "last_error", "updated_at"];
+    let cols = [
+        "phase",
+        "state",
+        "replication_lag_bytes",
+        "lag_seconds",
+        "source_weight",
+        "target_weight",
+        "epoch",
+        "last_error",
+        "updated_at",
+    ];
     msg::row_description_text(out, &cols);
     let lag_b = s.replication_lag_bytes.map(|v| v.to_string());
     let lag_s = s.lag_seconds.map(|v| format!("{v:.3}"));
-    let (sw, tw, ep) = (s.source_weight.to_string(), s.target_weight.to_string(), s.epoch.to_string());
-    msg::data_row(out, &[Some(&s.phase), Some(&s.state), lag_b.as_deref(), lag_s.as_deref(), Some(&sw), Some(&tw), Some(&ep), s.last_error.as_deref(), Some(&s.updated_at)]);
+    let (sw, tw, ep) = (
+        s.source_weight.to_string(),
+        s.target_weight.to_string(),
+        s.epoch.to_string(),
+    );
+    msg::data_row(
+        out,
+        &[
+            Some(&s.phase),
+            Some(&s.state),
+            lag_b.as_deref(),
+            lag_s.as_deref(),
+            Some(&sw),
+            Some(&tw),
+            Some(&ep),
+            s.last_error.as_deref(),
+            Some(&s.updated_at),
+        ],
+    );
     msg::command_complete(out, "SHOW 1");
 }
 
 fn clients(proxy: &Proxy, out: &mut BytesMut) {
-    let cols = ["pid", "user", "database", "client_addr", "side", "state", "backend_pid", "switches", "connected_at"];
+    let cols = [
+        "pid",
+        "user",
+        "database",
+        "client_addr",
+        "side",
+        "state",
+        "backend_pid",
+        "switches",
+        "connected_at",
+    ];
     msg::row_description_text(out, &cols);
     let list = proxy.session_list();
     for s in &list {
-        let side = if s.admin { "admin".to_string() } else { s.side().map_or("none", Side::as_str).to_string() };
+        let side = if s.admin {
+            "admin".to_string()
+        } else {
+            s.side().map_or("none", Side::as_str).to_string()
+        };
         let state = match s.state.load(std::sync::atomic::Ordering::Relaxed) {
             STATE_ACTIVE => "active",
             STATE_HELD => "held",
@@ -180,8 +261,12 @@ fn clients(proxy: &Proxy, out: &mut BytesMut) {
             s.client_addr.to_string(),
             side,
             state.to_string(),
-            s.backend_pid.load(std::sync::atomic::Ordering::Relaxed).to_string(),
-            s.switches.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+            s.backend_pid
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+            s.switches
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
             rfc3339(s.connected_at),
         ];
         let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
@@ -193,13 +278,24 @@ fn clients(proxy: &Proxy, out: &mut BytesMut) {
 fn servers(proxy: &Proxy, out: &mut BytesMut) {
     let t = proxy.router.load();
     let list = proxy.session_list();
-    let cols = ["side", "host", "port", "dbname", "role", "epoch", "paused", "clients"];
+    let cols = [
+        "side", "host", "port", "dbname", "role", "epoch", "paused", "clients",
+    ];
     msg::row_description_text(out, &cols);
     for side in [Side::Source, Side::Target] {
         let a = t.addr(side);
         let role = if t.side == side { "serving" } else { "standby" };
         let n = list.iter().filter(|s| s.side() == Some(side)).count();
-        let vals = [side.as_str().to_string(), a.host.clone(), a.port.to_string(), a.dbname.clone(), role.to_string(), t.epoch.to_string(), t.paused.to_string(), n.to_string()];
+        let vals = [
+            side.as_str().to_string(),
+            a.host.clone(),
+            a.port.to_string(),
+            a.dbname.clone(),
+            role.to_string(),
+            t.epoch.to_string(),
+            t.paused.to_string(),
+            n.to_string(),
+        ];
         let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
         msg::data_row(out, &refs);
     }
@@ -222,7 +318,13 @@ pub fn rfc3339(t: SystemTime) -> String {
     let dd = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+    format!(
+        "{y:04}-{m:02}-{dd:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
 
 #[cfg(test)]
@@ -231,6 +333,9 @@ mod tests {
     fn rfc3339_known_values() {
         use std::time::{Duration, UNIX_EPOCH};
         assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)), "2026-11-18T11:06:40.123Z");
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
+            "2026-11-18T11:06:40.123Z"
+        );
     }
 }

@@ -14,7 +14,10 @@ use wire::msg::{self, AuthRequest, ErrorFields};
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("could not connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out after {0} ms connecting to {1}")]
     Timeout(u64, String),
     /// The server refused us with an ErrorResponse (bad password, no such database, too many connections, ...).
@@ -28,7 +31,9 @@ impl BackendError {
     /// SQLSTATE to give the client: the server's own when it sent one, else 08006/08001.
     pub fn sqlstate(&self) -> String {
         match self {
-            BackendError::Refused { fields, .. } if !fields.sqlstate.is_empty() => fields.sqlstate.clone(),
+            BackendError::Refused { fields, .. } if !fields.sqlstate.is_empty() => {
+                fields.sqlstate.clone()
+            }
             BackendError::Protocol { .. } => "08P01".into(),
             _ => "08001".into(),
         }
@@ -47,17 +52,42 @@ pub struct BackendConn {
 
 /// Connect to `addr`, log in as `user`, open `addr.dbname` with the client's other startup
 /// parameters (`extra`, without `user` and `database`).
-pub async fn connect(addr: &BackendAddr, user: &str, password: Option<&str>, extra: &[(String, String)], timeout_ms: u64) -> Result<BackendConn, BackendError> {
+pub async fn connect(
+    addr: &BackendAddr,
+    user: &str,
+    password: Option<&str>,
+    extra: &[(String, String)],
+    timeout_ms: u64,
+) -> Result<BackendConn, BackendError> {
     let a = format!("{}:{}", addr.host, addr.port);
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), connect_inner(addr, &a, user, password, extra)).await {
+    match tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        connect_inner(addr, &a, user, password, extra),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout(timeout_ms, a)),
     }
 }
 
-async fn connect_inner(addr: &BackendAddr, a: &str, user: &str, password: Option<&str>, extra: &[(String, String)]) -> Result<BackendConn, BackendError> {
-    let proto = |why: String| BackendError::Protocol { addr: a.to_string(), why };
-    let mut stream = TcpStream::connect((addr.host.as_str(), addr.port)).await.map_err(|source| BackendError::Connect { addr: a.to_string(), source })?;
+async fn connect_inner(
+    addr: &BackendAddr,
+    a: &str,
+    user: &str,
+    password: Option<&str>,
+    extra: &[(String, String)],
+) -> Result<BackendConn, BackendError> {
+    let proto = |why: String| BackendError::Protocol {
+        addr: a.to_string(),
+        why,
+    };
+    let mut stream = TcpStream::connect((addr.host.as_str(), addr.port))
+        .await
+        .map_err(|source| BackendError::Connect {
+            addr: a.to_string(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", user), ("database", addr.dbname.as_str())];
@@ -135,11 +165,18 @@ async fn connect_inner(addr: &BackendAddr, a: &str, user: &str, password: Option
 async fn write(stream: &mut TcpStream, out: &mut BytesMut, a: &str) -> Result<(), BackendError> {
     let r = stream.write_all(out).await;
     out.clear();
-    r.map_err(|source| BackendError::Connect { addr: a.to_string(), source })
+    r.map_err(|source| BackendError::Connect {
+        addr: a.to_string(),
+        source,
+    })
 }
 
 /// Read one whole message (tag, body) from a backend.
-pub async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, a: &str) -> Result<(u8, BytesMut), BackendError> {
+pub async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    a: &str,
+) -> Result<(u8, BytesMut), BackendError> {
     loop {
         match header(buf, 1 << 30) {
             Ok(Some((tag, total))) if buf.len() >= total => {
@@ -148,12 +185,26 @@ pub async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, a: &str) -> 
                 return Ok((tag, f));
             }
             Ok(_) => {}
-            Err(e) => return Err(BackendError::Protocol { addr: a.to_string(), why: e.to_string() }),
+            Err(e) => {
+                return Err(BackendError::Protocol {
+                    addr: a.to_string(),
+                    why: e.to_string(),
+                })
+            }
         }
         buf.reserve(4096);
-        let n = stream.read_buf(buf).await.map_err(|source| BackendError::Connect { addr: a.to_string(), source })?;
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|source| BackendError::Connect {
+                addr: a.to_string(),
+                source,
+            })?;
         if n == 0 {
-            return Err(BackendError::Protocol { addr: a.to_string(), why: "server closed the connection during start-up".into() });
+            return Err(BackendError::Protocol {
+                addr: a.to_string(),
+                why: "server closed the connection during start-up".into(),
+            });
         }
     }
 }

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "pgshift", version, about = "Zero-downtime PostgreSQL major upgrades through a wire-protocol proxy")]
+#[command(
+    name = "pgshift",
+    version,
+    about = "Zero-downtime PostgreSQL major upgrades through a wire-protocol proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -74,7 +78,9 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGSHIFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("PGSHIFT_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -85,8 +91,15 @@ fn init_logging() {
 async fn serve(cfg: Arc<config::Config>) -> anyhow::Result<()> {
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
-    let router = routing::Router::new(side, epoch, routing::BackendAddr::from_config(&cfg.source), routing::BackendAddr::from_config(&cfg.target));
-    let listener = tokio::net::TcpListener::bind(&cfg.proxy.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
+    let router = routing::Router::new(
+        side,
+        epoch,
+        routing::BackendAddr::from_config(&cfg.source),
+        routing::BackendAddr::from_config(&cfg.target),
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.proxy.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
     tracing::info!(listen = %cfg.proxy.listen, serving = side.as_str(), epoch, "pgshift listening");
     let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone());
     controller.attach(router);

@@ -17,7 +17,11 @@ pub struct BackendAddr {
 
 impl BackendAddr {
     pub fn from_config(c: &config::ServerConfig) -> Self {
-        BackendAddr { host: c.host.clone(), port: c.port, dbname: c.dbname.clone() }
+        BackendAddr {
+            host: c.host.clone(),
+            port: c.port,
+            dbname: c.dbname.clone(),
+        }
     }
 }
 
@@ -58,9 +62,20 @@ pub struct Router {
 
 impl Router {
     pub fn new(side: Side, epoch: u64, source: BackendAddr, target: BackendAddr) -> Arc<Router> {
-        let t = RoutingTable { epoch, side, paused: false, source: Arc::new(source), target: Arc::new(target) };
+        let t = RoutingTable {
+            epoch,
+            side,
+            paused: false,
+            source: Arc::new(source),
+            target: Arc::new(target),
+        };
         let (changes, _) = watch::channel(0);
-        Arc::new(Router { table: ArcSwap::from_pointee(t), paused: AtomicBool::new(false), busy: AtomicUsize::new(0), changes })
+        Arc::new(Router {
+            table: ArcSwap::from_pointee(t),
+            paused: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            changes,
+        })
     }
 
     /// The table in force (lock-free).
@@ -104,16 +119,31 @@ impl Router {
 impl TrafficControl for Router {
     fn route(&self) -> RouteState {
         let t = self.table.load();
-        RouteState { side: t.side, epoch: t.epoch, paused: t.paused }
+        RouteState {
+            side: t.side,
+            epoch: t.epoch,
+            paused: t.paused,
+        }
     }
     fn pause(&self) {
-        self.publish(|t| RoutingTable { paused: true, ..t.clone() });
+        self.publish(|t| RoutingTable {
+            paused: true,
+            ..t.clone()
+        });
     }
     fn resume(&self) {
-        self.publish(|t| RoutingTable { paused: false, ..t.clone() });
+        self.publish(|t| RoutingTable {
+            paused: false,
+            ..t.clone()
+        });
     }
     fn switch_to(&self, side: Side, epoch: u64) {
-        self.publish(|t| RoutingTable { side, epoch, paused: false, ..t.clone() });
+        self.publish(|t| RoutingTable {
+            side,
+            epoch,
+            paused: false,
+            ..t.clone()
+        });
     }
     fn busy_sessions(&self) -> usize {
         self.busy.load(Ordering::SeqCst)

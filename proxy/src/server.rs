@@ -51,7 +51,8 @@ impl SessionInfo {
         }
     }
     pub fn set_backend(&self, side: Side, pid: i32, secret: i32) {
-        self.side.store(if side == Side::Source { 1 } else { 2 }, Ordering::Relaxed);
+        self.side
+            .store(if side == Side::Source { 1 } else { 2 }, Ordering::Relaxed);
         self.backend_pid.store(pid, Ordering::Relaxed);
         self.backend_secret.store(secret, Ordering::Relaxed);
     }
@@ -79,10 +80,18 @@ impl Proxy {
                     (AuthMethod::ScramSha256, Some(p)) => Some(ScramVerifier::generate(p)),
                     _ => None,
                 };
-                (u.name.clone(), Arc::new(UserEntry { cfg: u.clone(), verifier }))
+                (
+                    u.name.clone(),
+                    Arc::new(UserEntry {
+                        cfg: u.clone(),
+                        verifier,
+                    }),
+                )
             })
             .collect();
-        let mock: String = (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
+        let mock: String = (0..24)
+            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
+            .collect();
         Arc::new(Proxy {
             cfg,
             users,
@@ -95,7 +104,13 @@ impl Proxy {
     }
 
     /// Register a session; returns its info (with a fresh pid and secret).
-    pub fn register(&self, user: &str, database: &str, client_addr: SocketAddr, admin: bool) -> Arc<SessionInfo> {
+    pub fn register(
+        &self,
+        user: &str,
+        database: &str,
+        client_addr: SocketAddr,
+        admin: bool,
+    ) -> Arc<SessionInfo> {
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
         let info = Arc::new(SessionInfo {
             pid,
@@ -111,16 +126,28 @@ impl Proxy {
             state: AtomicU8::new(STATE_IDLE),
             switches: AtomicU64::new(0),
         });
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, info.clone());
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, info.clone());
         info
     }
 
     pub fn unregister(&self, pid: i32) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
     }
 
     pub fn session_list(&self) -> Vec<Arc<SessionInfo>> {
-        let mut v: Vec<_> = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v: Vec<_> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|s| s.pid);
         v
     }
@@ -128,7 +155,12 @@ impl Proxy {
     /// Forward a client's CancelRequest to the backend now serving that session. Wrong keys
     /// are ignored silently, as PostgreSQL does (53.2.7).
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let info = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(&pid).cloned();
+        let info = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned();
         let Some(info) = info else {
             tracing::debug!(pid, "cancel request for unknown session");
             return;
@@ -140,7 +172,10 @@ impl Proxy {
         let Some(side) = info.side() else { return };
         let table = self.router.load();
         let addr = table.addr(side).clone();
-        let (bpid, bsecret) = (info.backend_pid.load(Ordering::Relaxed), info.backend_secret.load(Ordering::Relaxed));
+        let (bpid, bsecret) = (
+            info.backend_pid.load(Ordering::Relaxed),
+            info.backend_secret.load(Ordering::Relaxed),
+        );
         if let Err(e) = crate::backend::cancel(&addr.host, addr.port, bpid, bsecret).await {
             tracing::warn!(pid, error = %e, "could not forward cancel request");
         }

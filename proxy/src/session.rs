@@ -36,7 +36,10 @@ pub enum End {
 
 impl End {
     pub fn fatal(sqlstate: &str, message: impl Into<String>) -> End {
-        End::Fatal { sqlstate: sqlstate.to_string(), message: message.into() }
+        End::Fatal {
+            sqlstate: sqlstate.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -114,7 +117,11 @@ impl ClientConn {
 /// Entry point for an accepted connection.
 pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let mut c = ClientConn { stream, buf: BytesMut::with_capacity(8192), out: BytesMut::with_capacity(1024) };
+    let mut c = ClientConn {
+        stream,
+        buf: BytesMut::with_capacity(8192),
+        out: BytesMut::with_capacity(1024),
+    };
     let login_timeout = Duration::from_millis(proxy.cfg.proxy.client_login_timeout_ms);
     let login = match tokio::time::timeout(login_timeout, login(&proxy, &mut c)).await {
         Ok(Ok(l)) => l,
@@ -125,7 +132,8 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
         Err(_) => {
-            c.fatal("08006", "canceling authentication due to timeout").await;
+            c.fatal("08006", "canceling authentication due to timeout")
+                .await;
             return;
         }
     };
@@ -136,7 +144,11 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             crate::admin::run(&proxy, &mut c, &info).await;
             proxy.unregister(info.pid);
         }
-        Login::Data { user, database, params } => {
+        Login::Data {
+            user,
+            database,
+            params,
+        } => {
             let info = proxy.register(&user.cfg.name, &database, peer, false);
             let end = relay(&proxy, c, &info, user, params).await;
             if let Err((mut c, End::Fatal { sqlstate, message })) = end {
@@ -149,9 +161,18 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
 }
 
 enum Login {
-    Cancel { pid: i32, secret: i32 },
-    Admin { user: Arc<UserEntry> },
-    Data { user: Arc<UserEntry>, database: String, params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    Admin {
+        user: Arc<UserEntry>,
+    },
+    Data {
+        user: Arc<UserEntry>,
+        database: String,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Start-up and authentication (53.2.1), up to but not including AuthenticationOk.
@@ -160,7 +181,10 @@ async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, End> {
         match c.read_startup().await? {
             StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
                 if !c.buf.is_empty() {
-                    return Err(End::fatal("08P01", "received unencrypted data after SSL request"));
+                    return Err(End::fatal(
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    ));
                 }
                 c.stream.write_all(b"N").await?;
             }
@@ -169,20 +193,40 @@ async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, End> {
         }
     };
     // Newer minor protocol versions or `_pq_.` options: say what we speak (53.2.1).
-    let unknown: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    let unknown: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
     if version != PROTOCOL_3_0 || !unknown.is_empty() {
         msg::negotiate_protocol_version(&mut c.out, 0, &unknown);
     }
     let Some(user_name) = StartupFrame::param(&params, "user").filter(|u| !u.is_empty()) else {
-        return Err(End::fatal("28000", "no PostgreSQL user name specified in startup packet"));
+        return Err(End::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        ));
     };
-    let database = StartupFrame::param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(user_name).to_string();
-    if StartupFrame::param(&params, "replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        return Err(End::fatal("0A000", "pgshift does not proxy replication connections"));
+    let database = StartupFrame::param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user_name)
+        .to_string();
+    if StartupFrame::param(&params, "replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        return Err(End::fatal(
+            "0A000",
+            "pgshift does not proxy replication connections",
+        ));
     }
     let user = proxy.users.get(user_name).cloned();
     authenticate(proxy, c, user_name, user.as_deref()).await?;
-    let user = user.ok_or_else(|| End::fatal("28P01", format!("password authentication failed for user \"{user_name}\"")))?;
+    let user = user.ok_or_else(|| {
+        End::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+    })?;
     let admin_db = &proxy.cfg.proxy.admin_database;
     if &database == admin_db {
         if !user.cfg.admin {
@@ -195,16 +239,36 @@ async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, End> {
     }
     let (src, tgt) = (&proxy.cfg.source.dbname, &proxy.cfg.target.dbname);
     if &database != src && &database != tgt {
-        return Err(End::fatal("3D000", format!("database \"{database}\" is not served by pgshift (it serves \"{src}\")")));
+        return Err(End::fatal(
+            "3D000",
+            format!("database \"{database}\" is not served by pgshift (it serves \"{src}\")"),
+        ));
     }
-    let params = params.into_iter().filter(|(k, _)| k != "user" && k != "database").collect();
-    Ok(Login::Data { user, database, params })
+    let params = params
+        .into_iter()
+        .filter(|(k, _)| k != "user" && k != "database")
+        .collect();
+    Ok(Login::Data {
+        user,
+        database,
+        params,
+    })
 }
 
 /// Authenticate the client per its configured method. Unknown users go through a mock
 /// SCRAM exchange and fail like a wrong password, so their existence is not revealed.
-async fn authenticate(proxy: &Proxy, c: &mut ClientConn, name: &str, user: Option<&UserEntry>) -> Result<(), End> {
-    let failed = || End::fatal("28P01", format!("password authentication failed for user \"{name}\""));
+async fn authenticate(
+    proxy: &Proxy,
+    c: &mut ClientConn,
+    name: &str,
+    user: Option<&UserEntry>,
+) -> Result<(), End> {
+    let failed = || {
+        End::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{name}\""),
+        )
+    };
     let method = user.map(|u| u.cfg.auth).unwrap_or(AuthMethod::ScramSha256);
     const AUTH_MSG_MAX: usize = 10_000;
     match method {
@@ -215,7 +279,9 @@ async fn authenticate(proxy: &Proxy, c: &mut ClientConn, name: &str, user: Optio
             c.flush().await?;
             let body = expect_password(c, AUTH_MSG_MAX).await?;
             let resp = msg::parse_password(&body)?;
-            let pw = user.and_then(|u| u.cfg.password.as_deref()).ok_or_else(failed)?;
+            let pw = user
+                .and_then(|u| u.cfg.password.as_deref())
+                .ok_or_else(failed)?;
             if md5_verify(name, pw, salt, resp) {
                 Ok(())
             } else {
@@ -223,13 +289,17 @@ async fn authenticate(proxy: &Proxy, c: &mut ClientConn, name: &str, user: Optio
             }
         }
         AuthMethod::ScramSha256 => {
-            let verifier = user.and_then(|u| u.verifier.clone()).unwrap_or_else(|| proxy.mock_verifier.clone());
+            let verifier = user
+                .and_then(|u| u.verifier.clone())
+                .unwrap_or_else(|| proxy.mock_verifier.clone());
             let mut server = ScramServer::new(verifier);
             msg::auth_sasl(&mut c.out, &[SCRAM_SHA_256]);
             c.flush().await?;
             let body = expect_password(c, AUTH_MSG_MAX).await?;
             let (mech, data) = msg::parse_sasl_initial(&body)?;
-            let first = server.client_first(mech, data).map_err(|e| End::fatal("28000", format!("SCRAM authentication failed: {e}")))?;
+            let first = server
+                .client_first(mech, data)
+                .map_err(|e| End::fatal("28000", format!("SCRAM authentication failed: {e}")))?;
             msg::auth_sasl_continue(&mut c.out, &first);
             c.flush().await?;
             let body = expect_password(c, AUTH_MSG_MAX).await?;
@@ -246,27 +316,58 @@ async fn authenticate(proxy: &Proxy, c: &mut ClientConn, name: &str, user: Optio
 async fn expect_password(c: &mut ClientConn, max: usize) -> Result<Bytes, End> {
     let (tag, body) = c.read_msg(max).await?;
     if tag != msg::PASSWORD {
-        return Err(End::fatal("08P01", format!("expected password response, got message type '{}'", tag as char)));
+        return Err(End::fatal(
+            "08P01",
+            format!(
+                "expected password response, got message type '{}'",
+                tag as char
+            ),
+        ));
     }
     Ok(body)
 }
 
 /// Connect to the side the routing table names, retrying until the connect timeout.
-async fn connect_backend(proxy: &Proxy, user: &UserEntry, side: Side, params: &[(String, String)]) -> Result<BackendConn, End> {
+async fn connect_backend(
+    proxy: &Proxy,
+    user: &UserEntry,
+    side: Side,
+    params: &[(String, String)],
+) -> Result<BackendConn, End> {
     let addr = proxy.router.load().addr(side).clone();
     let timeout = proxy.cfg.proxy.connect_timeout_ms;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut wait = 10;
     loop {
-        match backend::connect(&addr, user.cfg.server_user(), user.cfg.server_password(), params, timeout).await {
+        match backend::connect(
+            &addr,
+            user.cfg.server_user(),
+            user.cfg.server_password(),
+            params,
+            timeout,
+        )
+        .await
+        {
             Ok(b) => return Ok(b),
             // The server said no for a reason of its own: retrying will not help.
             Err(e @ BackendError::Refused { .. }) if !is_transient(&e) => {
-                return Err(End::Fatal { sqlstate: e.sqlstate(), message: format!("pgshift could not log in to the {} server: {e}", side.as_str()) })
+                return Err(End::Fatal {
+                    sqlstate: e.sqlstate(),
+                    message: format!(
+                        "pgshift could not log in to the {} server: {e}",
+                        side.as_str()
+                    ),
+                })
             }
             Err(e) => {
                 if tokio::time::Instant::now() + Duration::from_millis(wait) >= deadline {
-                    return Err(End::Fatal { sqlstate: e.sqlstate(), message: format!("pgshift could not reach the {} server: {e}", side.as_str()) });
+                    return Err(End::Fatal {
+                        sqlstate: e.sqlstate(),
+                        message: format!(
+                            "pgshift could not reach the {} server: {e}",
+                            side.as_str()
+                        ),
+                    });
                 }
                 tracing::debug!(side = side.as_str(), error = %e, "backend connect failed; retrying");
                 tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -341,7 +442,13 @@ enum SessionChange {
     Deallocate(Option<String>),
 }
 
-async fn relay(proxy: &Proxy, mut c: ClientConn, info: &SessionInfo, user: Arc<UserEntry>, params: Vec<(String, String)>) -> Result<(), (ClientConn, End)> {
+async fn relay(
+    proxy: &Proxy,
+    mut c: ClientConn,
+    info: &SessionInfo,
+    user: Arc<UserEntry>,
+    params: Vec<(String, String)>,
+) -> Result<(), (ClientConn, End)> {
     let mut rx = proxy.router.subscribe();
     // New sessions wait while traffic is paused, then open the side in force.
     let (side, epoch) = loop {
@@ -419,7 +526,14 @@ async fn relay(proxy: &Proxy, mut c: ClientConn, info: &SessionInfo, user: Arc<U
     match res {
         Ok(()) | Err(End::Closed) => Ok(()),
         Err(e) => match r.c_rd.reunite(r.c_wr) {
-            Ok(stream) => Err((ClientConn { stream, buf: BytesMut::new(), out: BytesMut::new() }, e)),
+            Ok(stream) => Err((
+                ClientConn {
+                    stream,
+                    buf: BytesMut::new(),
+                    out: BytesMut::new(),
+                },
+                e,
+            )),
             Err(_) => Ok(()),
         },
     }
@@ -474,7 +588,9 @@ impl Relay<'_> {
                 }
             };
             match ev {
-                Ev::ClientRead(Ok(0)) | Ev::ClientRead(Err(_)) | Ev::ClientGone => return Err(End::Closed),
+                Ev::ClientRead(Ok(0)) | Ev::ClientRead(Err(_)) | Ev::ClientGone => {
+                    return Err(End::Closed)
+                }
                 Ev::ClientRead(Ok(_)) => self.scan_client().await?,
                 Ev::ServerRead(Ok(0)) => self.backend_lost("closed the connection")?,
                 Ev::ServerRead(Err(e)) => self.backend_lost(&e.to_string())?,
@@ -516,7 +632,12 @@ impl Relay<'_> {
     /// The backend went away. Idle: drop it, the next transaction reconnects. Busy: the
     /// client loses its connection, as it would have with PostgreSQL directly.
     fn backend_lost(&mut self, why: &str) -> Result<(), End> {
-        tracing::warn!(pid = self.info.pid, side = self.side.as_str(), idle = self.idle(), "backend {why}");
+        tracing::warn!(
+            pid = self.info.pid,
+            side = self.side.as_str(),
+            idle = self.idle(),
+            "backend {why}"
+        );
         self.backend = None;
         self.sbuf.clear();
         self.s_skip = 0;
@@ -540,7 +661,9 @@ impl Relay<'_> {
                     fwd += n;
                     continue;
                 }
-                let Some((tag, total)) = header(&self.cbuf[fwd..], self.max_msg)? else { break };
+                let Some((tag, total)) = header(&self.cbuf[fwd..], self.max_msg)? else {
+                    break;
+                };
                 if !self.busy || self.backend.is_none() {
                     debug_assert_eq!(fwd, 0);
                     if let Some(s) = self.boundary() {
@@ -557,7 +680,9 @@ impl Relay<'_> {
                     msg::QUERY => {
                         self.in_flight += 1;
                         self.unit_open = false;
-                        if let Some(ch) = session_change(msg::parse_query(&self.cbuf[fwd + 5..fwd + total])?) {
+                        if let Some(ch) =
+                            session_change(msg::parse_query(&self.cbuf[fwd + 5..fwd + total])?)
+                        {
                             self.pending.push(ch);
                         }
                     }
@@ -665,16 +790,29 @@ impl Relay<'_> {
         }
         if expected > 0 {
             let a = format!("{} server", side.as_str());
-            b.stream.write_all(&out).await.map_err(|e| End::fatal("08006", format!("lost the {a} while restoring session state: {e}")))?;
+            b.stream.write_all(&out).await.map_err(|e| {
+                End::fatal(
+                    "08006",
+                    format!("lost the {a} while restoring session state: {e}"),
+                )
+            })?;
             let mut buf = BytesMut::new();
             let mut done = 0;
             while done < expected {
-                let (tag, body) = backend::read_frame(&mut b.stream, &mut buf, &a).await.map_err(|e| End::fatal("08006", format!("restoring session state: {e}")))?;
+                let (tag, body) = backend::read_frame(&mut b.stream, &mut buf, &a)
+                    .await
+                    .map_err(|e| End::fatal("08006", format!("restoring session state: {e}")))?;
                 match tag {
                     msg::READY_FOR_QUERY => done += 1,
                     msg::ERROR_RESPONSE => {
-                        let e = msg::parse_error(&body).map(|e| e.to_string()).unwrap_or_default();
-                        tracing::warn!(pid = self.info.pid, side = side.as_str(), "replaying session state failed: {e}");
+                        let e = msg::parse_error(&body)
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!(
+                            pid = self.info.pid,
+                            side = side.as_str(),
+                            "replaying session state failed: {e}"
+                        );
                     }
                     _ => {}
                 }
@@ -703,7 +841,13 @@ impl Relay<'_> {
         }
         self.info.set_backend(side, b.pid, b.secret);
         self.info.switches.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(pid = self.info.pid, from = self.side.as_str(), to = side.as_str(), ms = started.elapsed().as_millis() as u64, "session switched backend");
+        tracing::debug!(
+            pid = self.info.pid,
+            from = self.side.as_str(),
+            to = side.as_str(),
+            ms = started.elapsed().as_millis() as u64,
+            "session switched backend"
+        );
         self.backend = Some(b.stream.into_split());
         self.side = side;
         self.epoch = epoch;
@@ -726,7 +870,15 @@ impl Relay<'_> {
             }
             let h = match header(&self.sbuf[fwd..], usize::MAX) {
                 Ok(h) => h,
-                Err(e) => return Err(End::fatal("08P01", format!("invalid message from the {} server: {e}", self.side.as_str()))),
+                Err(e) => {
+                    return Err(End::fatal(
+                        "08P01",
+                        format!(
+                            "invalid message from the {} server: {e}",
+                            self.side.as_str()
+                        ),
+                    ))
+                }
             };
             let Some((tag, total)) = h else { break };
             let avail = self.sbuf.len() - fwd;
@@ -747,8 +899,14 @@ impl Relay<'_> {
                     if avail < total {
                         break;
                     }
-                    let e = msg::parse_error(&self.sbuf[fwd + 5..fwd + total]).map(|e| e.to_string()).unwrap_or_default();
-                    tracing::warn!(pid = self.info.pid, side = self.side.as_str(), "idle backend said: {e}");
+                    let e = msg::parse_error(&self.sbuf[fwd + 5..fwd + total])
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        pid = self.info.pid,
+                        side = self.side.as_str(),
+                        "idle backend said: {e}"
+                    );
                     drop = total;
                     break;
                 }
@@ -757,7 +915,9 @@ impl Relay<'_> {
                     if avail < total {
                         break;
                     }
-                    if let Ok((k, v)) = msg::parse_parameter_status(&self.sbuf[fwd + 5..fwd + total]) {
+                    if let Ok((k, v)) =
+                        msg::parse_parameter_status(&self.sbuf[fwd + 5..fwd + total])
+                    {
                         self.client_params.insert(k.to_string(), v.to_string());
                     }
                 }
@@ -835,7 +995,10 @@ fn session_change(sql: &str) -> Option<SessionChange> {
                     return None;
                 }
             }
-            if matches!(w1.as_str(), "local" | "transaction" | "constraints" | "role" | "authorization") {
+            if matches!(
+                w1.as_str(),
+                "local" | "transaction" | "constraints" | "role" | "authorization"
+            ) {
                 return None;
             }
             let var = w1.split(['=', ' ']).next()?.to_string();
@@ -861,7 +1024,9 @@ fn session_change(sql: &str) -> Option<SessionChange> {
             if w1.eq_ignore_ascii_case("all") {
                 Some(SessionChange::Deallocate(None))
             } else {
-                Some(SessionChange::Deallocate(Some(w1.trim_matches('"').to_string())))
+                Some(SessionChange::Deallocate(Some(
+                    w1.trim_matches('"').to_string(),
+                )))
             }
         }
         _ => None,
@@ -874,15 +1039,31 @@ mod tests {
 
     #[test]
     fn recognises_session_changes() {
-        assert!(matches!(session_change("SET search_path = a, b"), Some(SessionChange::Set(v, _)) if v == "search_path"));
-        assert!(matches!(session_change("set application_name='x';"), Some(SessionChange::Set(v, _)) if v == "application_name='x'" || v == "application_name"));
-        assert!(matches!(session_change("SET SESSION work_mem TO '64MB'"), Some(SessionChange::Set(v, _)) if v == "work_mem"));
+        assert!(
+            matches!(session_change("SET search_path = a, b"), Some(SessionChange::Set(v, _)) if v == "search_path")
+        );
+        assert!(
+            matches!(session_change("set application_name='x';"), Some(SessionChange::Set(v, _)) if v == "application_name='x'" || v == "application_name")
+        );
+        assert!(
+            matches!(session_change("SET SESSION work_mem TO '64MB'"), Some(SessionChange::Set(v, _)) if v == "work_mem")
+        );
         assert!(session_change("SET LOCAL work_mem = 1").is_none());
         assert!(session_change("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_none());
-        assert!(matches!(session_change("reset all"), Some(SessionChange::ResetAll)));
-        assert!(matches!(session_change("RESET work_mem"), Some(SessionChange::Reset(v)) if v == "work_mem"));
-        assert!(matches!(session_change("DISCARD ALL"), Some(SessionChange::DiscardAll)));
-        assert!(matches!(session_change("DEALLOCATE PREPARE s1"), Some(SessionChange::Deallocate(Some(n))) if n == "s1"));
+        assert!(matches!(
+            session_change("reset all"),
+            Some(SessionChange::ResetAll)
+        ));
+        assert!(
+            matches!(session_change("RESET work_mem"), Some(SessionChange::Reset(v)) if v == "work_mem")
+        );
+        assert!(matches!(
+            session_change("DISCARD ALL"),
+            Some(SessionChange::DiscardAll)
+        ));
+        assert!(
+            matches!(session_change("DEALLOCATE PREPARE s1"), Some(SessionChange::Deallocate(Some(n))) if n == "s1")
+        );
         assert!(session_change("SELECT 1").is_none());
         assert!(session_change("SET a = 1; SELECT 2").is_none());
     }

@@ -47,7 +47,10 @@ impl WireError {
         }
     }
     pub fn malformed(what: &'static str, why: impl Into<String>) -> WireError {
-        WireError::Malformed { what, why: why.into() }
+        WireError::Malformed {
+            what,
+            why: why.into(),
+        }
     }
 }
 
@@ -61,13 +64,19 @@ pub enum StartupFrame {
     /// CancelRequest with the key the client was given in `BackendKeyData`.
     Cancel { pid: i32, secret: i32 },
     /// StartupMessage: protocol version code and the parameters (`user`, `database`, ...), in order.
-    Startup { version: i32, params: Vec<(String, String)> },
+    Startup {
+        version: i32,
+        params: Vec<(String, String)>,
+    },
 }
 
 impl StartupFrame {
     /// Value of a startup parameter.
     pub fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-        params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -100,14 +109,23 @@ impl Decoder for StartupCodec {
             GSSENC_REQUEST_CODE => Ok(Some(StartupFrame::GssEncRequest)),
             CANCEL_REQUEST_CODE => {
                 if pkt.len() != 8 {
-                    return Err(WireError::malformed("CancelRequest", format!("{} key bytes, expected 8", pkt.len())));
+                    return Err(WireError::malformed(
+                        "CancelRequest",
+                        format!("{} key bytes, expected 8", pkt.len()),
+                    ));
                 }
-                Ok(Some(StartupFrame::Cancel { pid: pkt.get_i32(), secret: pkt.get_i32() }))
+                Ok(Some(StartupFrame::Cancel {
+                    pid: pkt.get_i32(),
+                    secret: pkt.get_i32(),
+                }))
             }
             version => {
                 let major = version >> 16;
                 if major != 3 {
-                    return Err(WireError::UnsupportedProtocol { major, minor: version & 0xffff });
+                    return Err(WireError::UnsupportedProtocol {
+                        major,
+                        minor: version & 0xffff,
+                    });
                 }
                 let mut params = Vec::new();
                 let mut rest: &[u8] = &pkt;
@@ -120,7 +138,10 @@ impl Decoder for StartupCodec {
                     params.push((key.to_string(), val.to_string()));
                 }
                 if !rest.is_empty() {
-                    return Err(WireError::malformed("StartupMessage", "trailing bytes after the terminator"));
+                    return Err(WireError::malformed(
+                        "StartupMessage",
+                        "trailing bytes after the terminator",
+                    ));
                 }
                 Ok(Some(StartupFrame::Startup { version, params }))
             }
@@ -158,11 +179,18 @@ pub fn header(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, WireErr
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     if len < 4 {
-        return Err(WireError::BadLength { tag: buf[0] as char, len: len as i64 });
+        return Err(WireError::BadLength {
+            tag: buf[0] as char,
+            len: len as i64,
+        });
     }
     let len = len as usize;
     if len > max_len {
-        return Err(WireError::TooLarge { tag: buf[0] as char, len, max: max_len });
+        return Err(WireError::TooLarge {
+            tag: buf[0] as char,
+            len,
+            max: max_len,
+        });
     }
     Ok(Some((buf[0], len + 1)))
 }
@@ -181,7 +209,10 @@ impl Decoder for FrameCodec {
         }
         let mut f = src.split_to(total);
         f.advance(5);
-        Ok(Some(Frame { tag, body: f.freeze() }))
+        Ok(Some(Frame {
+            tag,
+            body: f.freeze(),
+        }))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
@@ -209,7 +240,8 @@ pub fn take_cstr<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a str, 
     let Some(nul) = buf.iter().position(|&b| b == 0) else {
         return Err(WireError::malformed(what, "string without terminating NUL"));
     };
-    let s = std::str::from_utf8(&buf[..nul]).map_err(|_| WireError::malformed(what, "string is not valid UTF-8"))?;
+    let s = std::str::from_utf8(&buf[..nul])
+        .map_err(|_| WireError::malformed(what, "string is not valid UTF-8"))?;
     *buf = &buf[nul + 1..];
     Ok(s)
 }
@@ -265,7 +297,10 @@ mod tests {
             f,
             StartupFrame::Startup {
                 version: PROTOCOL_3_0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             }
         );
         assert!(b.is_empty());
@@ -274,11 +309,17 @@ mod tests {
     #[test]
     fn startup_rejects_garbage() {
         let mut b = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0][..]);
-        assert!(matches!(StartupCodec.decode(&mut b), Err(WireError::BadStartupLength(_))));
+        assert!(matches!(
+            StartupCodec.decode(&mut b),
+            Err(WireError::BadStartupLength(_))
+        ));
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         assert!(StartupCodec.decode(&mut b).is_err());
         let mut b = BytesMut::from(&[0, 0, 0, 8, 0, 2, 0, 0][..]);
-        assert!(matches!(StartupCodec.decode(&mut b), Err(WireError::UnsupportedProtocol { major: 2, .. })));
+        assert!(matches!(
+            StartupCodec.decode(&mut b),
+            Err(WireError::UnsupportedProtocol { major: 2, .. })
+        ));
         // missing terminator
         let mut b = BytesMut::from(&[0, 0, 0, 12, 0, 3, 0, 0, b'u', b's', b'e', b'r'][..]);
         assert!(StartupCodec.decode(&mut b).is_err());
@@ -293,8 +334,14 @@ mod tests {
         b.extend_from_slice(&9i32.to_be_bytes());
         b.extend_from_slice(&8i32.to_be_bytes());
         b.extend_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
-        assert_eq!(StartupCodec.decode(&mut b).unwrap(), Some(StartupFrame::Cancel { pid: 7, secret: 9 }));
-        assert_eq!(StartupCodec.decode(&mut b).unwrap(), Some(StartupFrame::SslRequest));
+        assert_eq!(
+            StartupCodec.decode(&mut b).unwrap(),
+            Some(StartupFrame::Cancel { pid: 7, secret: 9 })
+        );
+        assert_eq!(
+            StartupCodec.decode(&mut b).unwrap(),
+            Some(StartupFrame::SslRequest)
+        );
     }
 
     #[test]
@@ -311,7 +358,14 @@ mod tests {
         assert_eq!(c.decode(&mut b).unwrap(), None);
         assert!(matches!(c.decode_eof(&mut b), Err(WireError::Truncated)));
         let mut out = BytesMut::new();
-        c.encode(Frame { tag: b'Q', body: Bytes::from_static(b"select 1\0") }, &mut out).unwrap();
+        c.encode(
+            Frame {
+                tag: b'Q',
+                body: Bytes::from_static(b"select 1\0"),
+            },
+            &mut out,
+        )
+        .unwrap();
         let back = c.decode(&mut out).unwrap().unwrap();
         assert_eq!(&back.body[..], b"select 1\0");
     }

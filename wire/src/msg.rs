@@ -2,7 +2,7 @@
 //! "Message Formats"). Builders append one complete message to a `BytesMut`; parsers take a
 //! message body (without tag and length) and borrow from it.
 
-use crate::frame::{take_cstr, take_i16, take_i32, WireError, PROTOCOL_3_0, CANCEL_REQUEST_CODE};
+use crate::frame::{take_cstr, take_i16, take_i32, WireError, CANCEL_REQUEST_CODE, PROTOCOL_3_0};
 use bytes::{BufMut, BytesMut};
 
 // ---- backend message tags (53.7) ----
@@ -123,14 +123,45 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognized: 
 
 /// ErrorResponse (E) or NoticeResponse (N) with severity, SQLSTATE, message and optional
 /// detail and hint (53.8 "Error and Notice Message Fields").
-pub fn error_response(buf: &mut BytesMut, severity: &str, sqlstate: &str, message: &str, detail: Option<&str>, hint: Option<&str>) {
-    notice_or_error(buf, ERROR_RESPONSE, severity, sqlstate, message, detail, hint)
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: &str,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    notice_or_error(
+        buf,
+        ERROR_RESPONSE,
+        severity,
+        sqlstate,
+        message,
+        detail,
+        hint,
+    )
 }
 /// NoticeResponse (N); fields as in [`error_response`].
 pub fn notice_response(buf: &mut BytesMut, severity: &str, sqlstate: &str, message: &str) {
-    notice_or_error(buf, NOTICE_RESPONSE, severity, sqlstate, message, None, None)
+    notice_or_error(
+        buf,
+        NOTICE_RESPONSE,
+        severity,
+        sqlstate,
+        message,
+        None,
+        None,
+    )
 }
-fn notice_or_error(buf: &mut BytesMut, tag: u8, severity: &str, sqlstate: &str, message: &str, detail: Option<&str>, hint: Option<&str>) {
+fn notice_or_error(
+    buf: &mut BytesMut,
+    tag: u8,
+    severity: &str,
+    sqlstate: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
     put_msg(buf, tag, |b| {
         b.put_u8(b'S');
         put_cstr(b, severity);
@@ -249,10 +280,18 @@ pub fn terminate(buf: &mut BytesMut) {
 pub enum AuthRequest<'a> {
     Ok,
     Cleartext,
-    Md5 { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<&'a str> },
-    SaslContinue { data: &'a [u8] },
-    SaslFinal { data: &'a [u8] },
+    Md5 {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<&'a str>,
+    },
+    SaslContinue {
+        data: &'a [u8],
+    },
+    SaslFinal {
+        data: &'a [u8],
+    },
     /// Kerberos, GSS, SSPI: not supported by pgshift toward a backend.
     Other(i32),
 }
@@ -266,9 +305,14 @@ pub fn parse_auth(body: &[u8]) -> Result<AuthRequest<'_>, WireError> {
         3 => AuthRequest::Cleartext,
         5 => {
             if b.len() != 4 {
-                return Err(WireError::malformed("AuthenticationMD5Password", "salt is not 4 bytes"));
+                return Err(WireError::malformed(
+                    "AuthenticationMD5Password",
+                    "salt is not 4 bytes",
+                ));
             }
-            AuthRequest::Md5 { salt: [b[0], b[1], b[2], b[3]] }
+            AuthRequest::Md5 {
+                salt: [b[0], b[1], b[2], b[3]],
+            }
         }
         10 => {
             let mut mechanisms = Vec::new();
@@ -296,7 +340,10 @@ pub fn parse_sasl_initial(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
         return Ok((mech, &[]));
     }
     if len < 0 || len as usize != b.len() {
-        return Err(WireError::malformed("SASLInitialResponse", format!("data length {len} does not match the message")));
+        return Err(WireError::malformed(
+            "SASLInitialResponse",
+            format!("data length {len} does not match the message"),
+        ));
     }
     Ok((mech, b))
 }
@@ -321,7 +368,10 @@ pub fn parse_parse(body: &[u8]) -> Result<(&str, &str), WireError> {
     let q = take_cstr(&mut b, "Parse")?;
     let n = take_i16(&mut b, "Parse")?;
     if n < 0 || b.len() != n as usize * 4 {
-        return Err(WireError::malformed("Parse", "parameter type count does not match the message"));
+        return Err(WireError::malformed(
+            "Parse",
+            "parameter type count does not match the message",
+        ));
     }
     Ok((name, q))
 }
@@ -366,7 +416,11 @@ pub struct ErrorFields {
 
 impl std::fmt::Display for ErrorFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.sqlstate)?;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.sqlstate
+        )?;
         if let Some(d) = &self.detail {
             write!(f, " DETAIL: {d}")?;
         }
@@ -410,7 +464,14 @@ mod tests {
     #[test]
     fn error_roundtrip() {
         let mut b = BytesMut::new();
-        error_response(&mut b, "FATAL", "28P01", "password authentication failed for user \"x\"", Some("d"), None);
+        error_response(
+            &mut b,
+            "FATAL",
+            "28P01",
+            "password authentication failed for user \"x\"",
+            Some("d"),
+            None,
+        );
         let f = FrameCodec::new(1 << 20).decode(&mut b).unwrap().unwrap();
         assert_eq!(f.tag, b'E');
         let e = parse_error(&f.body).unwrap();
@@ -445,10 +506,16 @@ mod tests {
         sasl.extend_from_slice(b"SCRAM-SHA-256\0");
         sasl.extend_from_slice(&3i32.to_be_bytes());
         sasl.extend_from_slice(b"abc");
-        assert_eq!(parse_sasl_initial(&sasl).unwrap(), ("SCRAM-SHA-256", &b"abc"[..]));
+        assert_eq!(
+            parse_sasl_initial(&sasl).unwrap(),
+            ("SCRAM-SHA-256", &b"abc"[..])
+        );
         sasl.push(b'x');
         assert!(parse_sasl_initial(&sasl).is_err());
-        assert_eq!(parse_auth(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(), AuthRequest::Md5 { salt: [1, 2, 3, 4] });
+        assert_eq!(
+            parse_auth(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(),
+            AuthRequest::Md5 { salt: [1, 2, 3, 4] }
+        );
         assert!(parse_auth(&[0, 0]).is_err());
     }
 }
