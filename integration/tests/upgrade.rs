@@ -64,7 +64,7 @@ async fn live_upgrade_13_to_17_under_pgbench_with_cutover_and_rollback() {
 
     // pgbench through pgshift for the whole upgrade.
     let mut pgbench = stack
-        .pgbench(&["-n", "-c", "16", "-j", "2", "-T", "100", "-M", "prepared"])
+        .pgbench(&["-n", "-c", "16", "-j", "2", "-T", "120", "-M", "prepared"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
