@@ -67,7 +67,9 @@ pub struct ProxyConfig {
     pub listen: String,
     /// Database name that opens the admin console instead of a backend. Default `pgshift`.
     pub admin_database: String,
-    /// Tokio worker threads; 0 = one per core. Default 0.
+    /// I/O threads serving client sessions (each a single-threaded runtime; a session stays
+    /// on one thread); 0 = half the CPU cores, at least 1 (the proxy usually shares the host
+    /// with its clients or a server). Default 0.
     pub workers: usize,
     /// Largest client message accepted, in bytes (PostgreSQL's own limit is 1 GiB - 1).
     /// Larger ones get SQLSTATE 08P01 and the connection closes. Default 256 MiB.

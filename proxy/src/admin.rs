@@ -132,13 +132,25 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, &format!("SHOW {}", COMMANDS.len()));
                 true
             }
-            "START UPGRADE" => reply(out, "START UPGRADE", proxy.controller.start_upgrade().await),
-            "INITIATE CUTOVER" => reply(
-                out,
-                "INITIATE CUTOVER",
-                proxy.controller.initiate_cutover().await,
-            ),
-            "ROLLBACK UPGRADE" => reply(out, "ROLLBACK UPGRADE", proxy.controller.rollback().await),
+            "START UPGRADE" | "INITIATE CUTOVER" | "ROLLBACK UPGRADE" => {
+                let c = proxy.controller.clone();
+                let which = cmd.clone();
+                // On the control plane's runtime: what it spawns must not live on an I/O thread.
+                let r = proxy
+                    .control_rt
+                    .spawn(async move {
+                        match which.as_str() {
+                            "START UPGRADE" => c.start_upgrade().await,
+                            "INITIATE CUTOVER" => c.initiate_cutover().await,
+                            _ => c.rollback().await,
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(control::ControlError(format!("the command failed: {e}")))
+                    });
+                reply(out, &cmd, r)
+            }
             "PAUSE" => {
                 proxy.router.pause();
                 msg::notice_response(

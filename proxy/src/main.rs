@@ -54,11 +54,14 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration is valid", path.display());
         return std::process::ExitCode::SUCCESS;
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.proxy.workers > 0 {
-        rt.worker_threads(cfg.proxy.workers);
-    }
-    let rt = match rt.enable_all().build() {
+    // The control plane, accept loop and journal run on a small runtime of their own; client
+    // sessions on the I/O threads (server::Shards).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pgshift-control")
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgshift: cannot start the runtime: {e}");
@@ -101,10 +104,12 @@ async fn serve(cfg: Arc<config::Config>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
     tracing::info!(listen = %cfg.proxy.listen, serving = side.as_str(), epoch, "pgshift listening");
+    let shards = server::Shards::start(cfg.proxy.workers)
+        .map_err(|e| anyhow::anyhow!("cannot start I/O threads: {e}"))?;
     let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone());
     controller.attach(router);
     tokio::select! {
-        _ = server::serve(proxy, listener) => Ok(()),
+        _ = server::serve(proxy, listener, shards) => Ok(()),
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())

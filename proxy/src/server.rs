@@ -66,6 +66,8 @@ pub struct Proxy {
     pub mock_verifier: ScramVerifier,
     pub router: Arc<Router>,
     pub controller: Arc<Controller>,
+    /// Runtime of the control plane: admin commands run there, not on the I/O threads.
+    pub control_rt: tokio::runtime::Handle,
     pub sessions: Mutex<HashMap<i32, Arc<SessionInfo>>>,
     next_pid: AtomicI32,
 }
@@ -98,6 +100,7 @@ impl Proxy {
             mock_verifier: ScramVerifier::generate(&mock),
             router,
             controller,
+            control_rt: tokio::runtime::Handle::current(),
             sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
         })
@@ -182,13 +185,78 @@ impl Proxy {
     }
 }
 
+/// Client sessions run on `n` single-threaded runtimes, one thread each (a session never
+/// migrates between threads: no work-stealing wake-ups on the relay path). Sessions are
+/// handed out round-robin at accept.
+pub struct Shards {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Shards {
+    /// Start `n` I/O threads (0: half the cores, at least 1).
+    pub fn start(n: usize) -> std::io::Result<Shards> {
+        let n = if n == 0 {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        } else {
+            n
+        };
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("pgshift-io-{i}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            let _ = tx.send(Ok(rt.handle().clone()));
+                            rt.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                })?;
+            let h = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("I/O thread died at start"))??;
+            handles.push(h);
+        }
+        Ok(Shards {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn pick(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        &self.handles[i]
+    }
+}
+
 /// Accept clients until the process ends.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shards: Shards) {
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let p = proxy.clone();
-                tokio::spawn(async move { session::run(p, sock, peer).await });
+                // Move the socket to the chosen I/O thread's reactor.
+                match sock.into_std() {
+                    Ok(std_sock) => {
+                        shards.pick().spawn(async move {
+                            match tokio::net::TcpStream::from_std(std_sock) {
+                                Ok(sock) => session::run(p, sock, peer).await,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot register client socket")
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot hand over client socket"),
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
