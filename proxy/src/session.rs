@@ -693,9 +693,7 @@ impl Relay<'_> {
                     msg::PARSE => {
                         self.unit_open = true;
                         let (name, sql) = msg::parse_parse(&self.cbuf[fwd + 5..fwd + total])?;
-                        if let Some(ch) = session_change(sql) {
-                            self.pending.push(ch);
-                        }
+                        session_changes(sql, &mut self.pending);
                         if !name.is_empty() {
                             let name = name.to_string();
                             let frame = Bytes::copy_from_slice(&self.cbuf[fwd..fwd + total]);
@@ -972,17 +970,95 @@ impl Relay<'_> {
     }
 }
 
-/// Recognise statements that change replayable session state. Cheap: looks at the first
-/// words only, and only when the text starts with one of the keywords.
-fn session_change(sql: &str) -> Option<SessionChange> {
-    let s = sql.trim_start();
-    let first = s.as_bytes().first()?.to_ascii_uppercase();
-    if !matches!(first, b'S' | b'R' | b'D') {
-        return None;
+/// Note the statements of `sql` that change replayable session state (SET, RESET, DISCARD
+/// ALL, DEALLOCATE). Cheap on the hot path: only a text starting with S, R or D is looked at;
+/// then it is split into statements (quotes, dollar quotes and comments respected).
+fn session_changes(sql: &str, out: &mut Vec<SessionChange>) {
+    let first = sql
+        .trim_start()
+        .as_bytes()
+        .first()
+        .map(u8::to_ascii_uppercase);
+    if !matches!(first, Some(b'S' | b'R' | b'D')) {
+        return;
     }
-    let s = s.trim_end().trim_end_matches(';').trim_end();
-    if s.contains(';') {
-        return None; // several statements: not tracked
+    for stmt in split_statements(sql) {
+        if let Some(ch) = session_change(stmt) {
+            out.push(ch);
+        }
+    }
+}
+
+/// Split SQL text on top-level semicolons, skipping those inside '…', "…", $tag$…$tag$,
+/// -- comments and /* */ comments (PostgreSQL docs 4.1 "Lexical Structure").
+fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ … $tag$ (tag: letters, digits, underscores; not starting with a digit).
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+                    .map(|p| i + 1 + p);
+                if let Some(e) = tag_end
+                    .filter(|&e| b[e] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit))
+                {
+                    let tag = &sql[i..=e];
+                    match sql[e + 1..].find(tag) {
+                        Some(p) => i = e + 1 + p + tag.len() - 1,
+                        None => i = b.len(),
+                    }
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < b.len() {
+        out.push(&sql[start..]);
+    }
+    out.retain(|s| !s.trim().is_empty());
+    out
+}
+
+/// Recognise one statement that changes replayable session state.
+fn session_change(stmt: &str) -> Option<SessionChange> {
+    let mut s = stmt.trim();
+    // Leading comments.
+    loop {
+        if let Some(r) = s.strip_prefix("--") {
+            s = r.split_once('\n').map_or("", |(_, rest)| rest).trim_start();
+        } else if let Some(r) = s.strip_prefix("/*") {
+            s = r.split_once("*/").map_or("", |(_, rest)| rest).trim_start();
+        } else {
+            break;
+        }
     }
     let mut words = s.split_whitespace();
     let w0 = words.next()?.to_ascii_uppercase();
@@ -1065,6 +1141,29 @@ mod tests {
             matches!(session_change("DEALLOCATE PREPARE s1"), Some(SessionChange::Deallocate(Some(n))) if n == "s1")
         );
         assert!(session_change("SELECT 1").is_none());
-        assert!(session_change("SET a = 1; SELECT 2").is_none());
+        let mut v = Vec::new();
+        session_changes(
+            "SET a = 1; SELECT ';'; set b to 'x;y' ; -- c;\n RESET c",
+            &mut v,
+        );
+        assert_eq!(v.len(), 3, "two SETs and a RESET");
+        assert!(matches!(&v[1], SessionChange::Set(n, t) if n == "b" && t == "set b to 'x;y'"));
+        let mut v = Vec::new();
+        session_changes("SELECT 1; SET a = 1", &mut v);
+        assert_eq!(v.len(), 1, "SELECT is no change, the SET is");
+        let mut v = Vec::new();
+        session_changes("COMMIT; SET a = 1", &mut v);
+        assert!(
+            v.is_empty(),
+            "only texts starting with S, R or D are looked at (documented limit)"
+        );
+        assert_eq!(
+            split_statements("DO $x$ a; b $x$; SET c = 1"),
+            vec!["DO $x$ a; b $x$", " SET c = 1"]
+        );
+        assert_eq!(
+            split_statements("/* ; */ SET a = '1'"),
+            vec!["/* ; */ SET a = '1'"]
+        );
     }
 }
