@@ -1,7 +1,7 @@
 //! The main job end to end on real servers: PostgreSQL 13 → 17 through pgshift under load
 //! (issue 2, tests a, b, c and e).
 
-use integration::stack::{db_error, rows};
+use integration::stack::db_error;
 use integration::{Stack, StackOptions};
 use std::collections::HashSet;
 use std::process::Stdio;
