@@ -1,0 +1,176 @@
+//! A pgbouncer (Debian's `/usr/sbin/pgbouncer`) in front of one server, session pooling, on a
+//! port of its own, with its configuration in a directory of its own.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::CString;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pgbench::Endpoint;
+
+/// Where Debian installs pgbouncer.
+pub const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
+
+/// A running pgbouncer; dropping it stops it.
+pub struct Pgbouncer {
+    child: Option<Child>,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// Its directory: configuration, auth file, log.
+    pub dir: PathBuf,
+    backend: Endpoint,
+}
+
+impl Pgbouncer {
+    /// Start pgbouncer in `dir` (created) in front of `backend`'s database, letting in
+    /// `backend`'s user with its password (`auth_type = scram-sha-256`, the plain password in
+    /// the auth file, which pgbouncer also uses to log in to the server). PgBouncer refuses to
+    /// run as root: as root it runs as the harness's server user
+    /// ([`integration::PG_OS_USER`]).
+    pub fn start(backend: &Endpoint, dir: &Path) -> Result<Pgbouncer> {
+        if !Path::new(PGBOUNCER_BIN).exists() {
+            bail!("{PGBOUNCER_BIN} not found: apt-get install pgbouncer");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = integration::free_port();
+        let auth_file = dir.join("userlist.txt");
+        std::fs::write(
+            &auth_file,
+            format!("\"{}\" \"{}\"\n", backend.user, backend.password),
+        )
+        .context("writing the pgbouncer auth file")?;
+        let config = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &config,
+            format!(
+                "[databases]\n\
+                 {db} = host={host} port={bport} dbname={db}\n\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = scram-sha-256\n\
+                 auth_file = {auth}\n\
+                 pool_mode = session\n\
+                 max_client_conn = 200\n\
+                 default_pool_size = 60\n\
+                 ignore_startup_parameters = extra_float_digits\n\
+                 logfile = {log}\n\
+                 pidfile = {pid}\n",
+                db = backend.dbname,
+                host = backend.host,
+                bport = backend.port,
+                auth = auth_file.display(),
+                log = dir.join("pgbouncer.log").display(),
+                pid = dir.join("pgbouncer.pid").display(),
+            ),
+        )
+        .context("writing pgbouncer.ini")?;
+
+        let mut cmd = Command::new(PGBOUNCER_BIN);
+        cmd.arg(&config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("pgbouncer.stderr"))?);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) = lookup_user(integration::PG_OS_USER)?;
+            for p in [dir, auth_file.as_path(), config.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {}", p.display()))?;
+            }
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {PGBOUNCER_BIN}"))?;
+        let mut b = Pgbouncer {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+            backend: backend.clone(),
+        };
+        b.wait_listening(Duration::from_secs(10))?;
+        Ok(b)
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "pgbouncer exited at start ({status}):\n{}\n{}",
+                        integration::tail_file(&self.dir.join("pgbouncer.stderr"), 20),
+                        integration::tail_file(&self.dir.join("pgbouncer.log"), 20)
+                    );
+                }
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pgbouncer does not listen on {addr} after {timeout:?}:\n{}",
+                    integration::tail_file(&self.dir.join("pgbouncer.log"), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The endpoint of the backend's database through pgbouncer.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            name: "pgbouncer".into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+            ..self.backend.clone()
+        }
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// (uid, gid) of a local user.
+fn lookup_user(name: &str) -> Result<(u32, u32)> {
+    let cname = CString::new(name)?;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both live and sized as passed.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc)).context("getpwnam_r");
+        }
+        if result.is_null() {
+            bail!("no user {name} (the harness creates it when it starts a server as root)");
+        }
+        Ok((pwd.pw_uid, pwd.pw_gid))
+    }
+}
