@@ -91,6 +91,37 @@ pub trait TrafficControl: Send + Sync + 'static {
     /// Number of client sessions inside a transaction or with a message in flight to a backend.
     /// After `pause`, the cutover waits for this to reach 0.
     fn busy_sessions(&self) -> usize;
+    /// Percentage (0..=100) of eligible traffic to send to the side that is *not* serving,
+    /// ahead of a cutover (DESIGN.md "Weighted shift"). With one-way replication only
+    /// transactions the classifier proves read-only are eligible; with bidirectional
+    /// replication whole sessions are. 0 (the default) = everything on the serving side.
+    fn set_weight(&self, _percent: u8) {}
+    /// The weight in force (see [`set_weight`](Self::set_weight)).
+    fn weight(&self) -> u8 {
+        0
+    }
+    /// Cumulative client traffic counters per side, for health checks (which take deltas).
+    fn stats(&self) -> TrafficStats {
+        TrafficStats::default()
+    }
+}
+
+/// Client traffic through the proxy to one side, counted since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SideStats {
+    /// Units of work completed (ReadyForQuery with nothing in flight).
+    pub transactions: u64,
+    /// Units that ended with an ErrorResponse from the server.
+    pub errors: u64,
+    /// 99th percentile of unit latency over the recent window, in ms (0 when no traffic).
+    pub p99_ms: f64,
+}
+
+/// [`SideStats`] of both sides.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TrafficStats {
+    pub source: SideStats,
+    pub target: SideStats,
 }
 
 /// The proxy's traffic control, as handed to [`Controller::attach`].
