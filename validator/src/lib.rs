@@ -1,0 +1,1 @@
+//! Statement classification and result comparison.
