@@ -104,6 +104,33 @@ pub fn switch_pause_ms(txns: &[Txn], command: Span) -> f64 {
     longest_overlapping(txns, command.widened(SWITCH_MARGIN_US)).map_or(0.0, |(ms, _)| ms)
 }
 
+/// The transactions in progress during a server-side pause (the ones it held).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// How many.
+    pub count: usize,
+    /// The longest of them, in milliseconds.
+    pub max_ms: f64,
+    /// How long after the pause's end the last of them completed, in milliseconds: the time
+    /// the proxy took to move their sessions to the new side and run what it had held.
+    pub done_after_ms: f64,
+}
+
+/// The transactions that overlap `pause`; `None` without any.
+pub fn held_by(txns: &[Txn], pause: Span) -> Option<Held> {
+    let held: Vec<&Txn> = txns
+        .iter()
+        .filter(|t| t.latency_us.is_some() && pause.overlaps(t.start_us(), t.end_us))
+        .collect();
+    let max_us = held.iter().filter_map(|t| t.latency_us).max()?;
+    let last_end = held.iter().map(|t| t.end_us).max()?;
+    Some(Held {
+        count: held.len(),
+        max_ms: max_us as f64 / 1000.0,
+        done_after_ms: (last_end - pause.end_us) as f64 / 1000.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +197,16 @@ mod tests {
             }
         )
         .is_none());
+        let h = held_by(
+            &txns,
+            Span {
+                start_us: 2_150_000,
+                end_us: 2_300_000,
+            },
+        )
+        .unwrap();
+        assert_eq!(h.count, 2);
+        assert_eq!(h.max_ms, 1800.0);
+        assert_eq!(h.done_after_ms, 800.0);
     }
 }

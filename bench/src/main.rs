@@ -15,6 +15,7 @@ mod latency;
 mod load;
 mod pgbench;
 mod pgbouncer;
+mod pgshift_log;
 mod report;
 mod scenario;
 mod scene;

@@ -116,6 +116,12 @@ pub async fn run(o: Opts) -> Result<Outcome> {
 
     let txns = pgbench::read_logs(&prefix)?;
     let m = Measures::compute(&txns, started_us, &cut, &rollback)?;
+    // Transactions held by each server-side pause, located through pgshift's log.
+    let held = |sw: &Switch| {
+        s.swap_of(sw)
+            .and_then(|e| latency::held_by(&txns, e.pause_span()))
+    };
+    let (cut_held, rb_held) = (held(&cut), held(&rollback));
     let failed_transactions = out.summary.failures() + sync.load.failures;
     let lost_writes = writer.missing.len() as u64;
     let writer_errors = writer.report.errors.len() as u64;
@@ -137,6 +143,10 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         "cutover: longest txn, from command start",
         Offsets::text(&m.cutover_longest),
     );
+    add(
+        "cutover: held txns, max / done after swap (ms)",
+        held_text(&cut_held),
+    );
     add("rollback: client pause (ms)", num(m.rollback_pause_ms, 1));
     add(
         "rollback: server pause (ms)",
@@ -146,6 +156,10 @@ pub async fn run(o: Opts) -> Result<Outcome> {
     add(
         "rollback: longest txn, from command start",
         Offsets::text(&m.rollback_longest),
+    );
+    add(
+        "rollback: held txns, max / done after swap (ms)",
+        held_text(&rb_held),
     );
     add(
         "latency p50 / p99 / max (ms)",
@@ -208,6 +222,10 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         "writer_rollback_max_ms": writer.report.longest_overlapping_ms(rollback.reply.span.widened(latency::SWITCH_MARGIN_US)).map(|v| json_num(v, 1)),
         "cutover_pause_txn_at_ms": Offsets::json(&m.cutover_longest),
         "rollback_pause_txn_at_ms": Offsets::json(&m.rollback_longest),
+        "cutover_held_max_ms": cut_held.as_ref().map(|h| json_num(h.max_ms, 1)),
+        "cutover_held_done_after_swap_ms": cut_held.as_ref().map(|h| json_num(h.done_after_ms, 1)),
+        "rollback_held_max_ms": rb_held.as_ref().map(|h| json_num(h.max_ms, 1)),
+        "rollback_held_done_after_swap_ms": rb_held.as_ref().map(|h| json_num(h.done_after_ms, 1)),
         "p50_ms": json_num(m.all.quantile_ms(0.5), 2),
         "p99_ms": json_num(m.all.quantile_ms(0.99), 2),
         "max_ms": json_num(m.all.max_ms(), 1),
@@ -218,6 +236,18 @@ pub async fn run(o: Opts) -> Result<Outcome> {
     Ok(Outcome {
         json,
         ok: failed_transactions == 0 && lost_writes == 0 && writer_errors == 0,
+    })
+}
+
+/// `max / done-after` of the transactions a pause held, or `-`.
+fn held_text(h: &Option<latency::Held>) -> String {
+    h.as_ref().map_or("-".into(), |h| {
+        format!(
+            "{} txns: {} / {}",
+            h.count,
+            num(h.max_ms, 1),
+            num(h.done_after_ms, 1)
+        )
     })
 }
 

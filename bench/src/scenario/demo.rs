@@ -157,7 +157,18 @@ pub async fn run(o: Opts) -> Result<Outcome> {
     );
     println!();
     println!("=== switches ===");
-    print!("{}", switch_table(&switches, &txns).render());
+    println!(
+        "client pause: longest pgbench transaction within 1 s of the command; held: the ones in\n\
+         progress during the server-side pause (max latency; last one done this long after the swap)"
+    );
+    let held: Vec<Option<latency::Held>> = switches
+        .iter()
+        .map(|sw| {
+            s.swap_of(sw)
+                .and_then(|e| latency::held_by(&txns, e.pause_span()))
+        })
+        .collect();
+    print!("{}", switch_table(&switches, &held, &txns).render());
     println!();
     println!("=== result ===");
     println!("failed transactions: {failed}");
@@ -182,10 +193,13 @@ pub async fn run(o: Opts) -> Result<Outcome> {
 
     let pauses: Vec<_> = switches
         .iter()
-        .map(|sw| {
+        .zip(&held)
+        .map(|(sw, h)| {
             json!({
                 "command": sw.command,
                 "client_pause_ms": json_num(latency::switch_pause_ms(&txns, sw.reply.span), 1),
+                "held_max_ms": h.as_ref().map(|h| json_num(h.max_ms, 1)),
+                "held_done_after_swap_ms": h.as_ref().map(|h| json_num(h.done_after_ms, 1)),
                 "server_pause_ms": sw.server_pause_ms,
                 "command_ms": json_num(sw.reply.span.ms(), 1),
             })
@@ -220,19 +234,27 @@ async fn switch_and_show(s: &mut Session, command: &str) -> Result<Switch> {
     Ok(sw)
 }
 
-fn switch_table(switches: &[Switch], txns: &[Txn]) -> Table {
+/// Per switch: the command's duration, the longest transaction around it, the transactions its
+/// pause held (the longest, and when the last of them completed after the swap), and the
+/// server's own account of the pause.
+fn switch_table(switches: &[Switch], held: &[Option<latency::Held>], txns: &[Txn]) -> Table {
     let mut t = Table::new(&[
         "command",
         "command ms",
         "client pause ms",
+        "held max ms",
+        "held done ms",
         "server pause ms",
         "server pause split",
     ]);
-    for sw in switches {
+    for (sw, held) in switches.iter().zip(held) {
         t.row(vec![
             sw.command.clone(),
             num(sw.reply.span.ms(), 0),
             num(latency::switch_pause_ms(txns, sw.reply.span), 1),
+            held.as_ref().map_or("-".into(), |h| num(h.max_ms, 1)),
+            held.as_ref()
+                .map_or("-".into(), |h| num(h.done_after_ms, 1)),
             sw.server_pause_ms.map_or("-".into(), |v| num(v, 1)),
             sw.server_split.clone().unwrap_or_default(),
         ]);

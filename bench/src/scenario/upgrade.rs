@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::console::{self, Console, Reply};
 use crate::load::{self, LoadTotals};
 use crate::pgbench::{Endpoint, Spec};
+use crate::pgshift_log::{self, SwapEvent};
 use crate::report::say;
 use crate::scene::{self, WorkDir};
 use crate::writer::{Writer, WriterReport};
@@ -196,6 +197,14 @@ impl Session {
             server_split: console::server_pause_split(&msg),
             reply,
         })
+    }
+
+    /// The swap that `sw` made, from pgshift's log: the one logged during the command.
+    pub fn swap_of(&self, sw: &Switch) -> Option<SwapEvent> {
+        let span = sw.reply.span;
+        pgshift_log::swaps(&self.stack.pgshift.log())
+            .into_iter()
+            .find(|e| e.at_us >= span.start_us && e.at_us <= span.end_us)
     }
 
     /// `server_version` as the application sees it through pgshift (a fresh connection).
