@@ -1,6 +1,22 @@
 //! `cutover`: the pause that clients see when pgshift cuts over to the new major and rolls
 //! back, under pgbench TPC-B-like load and a unique-id writer (the end-to-end test of
 //! integration/tests/upgrade.rs, as a measurement).
+//!
+//! Timeline: the stack (13 → 17, pgbench scale 10), the writer, START UPGRADE with pgbench
+//! running in 5 s runs until phase `replicating`; then one pgbench run with per-transaction
+//! logs: 11 s on the source, INITIATE CUTOVER, 20 s on the target, ROLLBACK UPGRADE, then
+//! what remains of pgbench's `-T` (at least 20 s unless the switches took long).
+//!
+//! Figures, from the per-transaction logs and the wall-clock span of each admin command:
+//! * `tps_before`: transactions completed in the 10 s before the cutover command;
+//!   `tps_after`: between the cutover's reply and the rollback command (20 s, on the target).
+//! * `cutover_pause_ms` / `rollback_pause_ms`: the longest transaction in progress at any
+//!   time within `[command start - 1 s, command end + 1 s]`.
+//! * `*_held_*`: the transactions in progress during the server-side pause (located through
+//!   the `swapped to` line of pgshift's log): their longest latency, and how long after the
+//!   swap the last of them completed (the sessions' move to the other backend).
+//! * `failed_transactions`: pgbench's failed transactions plus aborted clients, over every run;
+//!   `lost_writes`: acknowledged ids of the writer missing on the serving side at the end.
 
 use anyhow::{bail, Result};
 use serde_json::json;
