@@ -156,9 +156,30 @@ fn sha256(data: &[u8]) -> Key {
 }
 
 /// `Hi(Normalize(password), salt, i)` of RFC 5802, i.e. PBKDF2-HMAC-SHA-256.
+///
+/// Memoised per process: a PostgreSQL role keeps its salt and iteration count until its
+/// password changes, and PBKDF2 with 4096 iterations costs about a millisecond of CPU. A
+/// cutover opens a new backend connection for every client session at once; without the
+/// memo each one pays that on the proxy's I/O thread and the pause grows with the number of
+/// sessions. Keyed by SHA-256 of the password (the password itself is not kept), salt and
+/// iterations; at most 1024 entries.
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Key {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type MemoKey = (Key, Vec<u8>, u32);
+    static MEMO: OnceLock<Mutex<HashMap<MemoKey, Key>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (sha256(password.as_bytes()), salt.to_vec(), iterations);
+    if let Some(k) = memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return *k;
+    }
     let mut out = [0u8; KEY_LEN];
     pbkdf2::pbkdf2_hmac::<Sha256>(saslprep(password), salt, iterations, &mut out);
+    let mut m = memo.lock().unwrap_or_else(|e| e.into_inner());
+    if m.len() >= 1024 {
+        m.clear();
+    }
+    m.insert(key, out);
     out
 }
 
