@@ -49,9 +49,12 @@ pub struct Config {
     /// Users that clients log in as. At least one; admin users may open the admin console.
     #[serde(default)]
     pub users: Vec<UserConfig>,
-    /// `[upgrade]`: timing of the cutover protocol.
+    /// `[upgrade]`: the plan (shift steps, approvals, retries, timeouts) and the cutover protocol.
     #[serde(default)]
     pub upgrade: UpgradeConfig,
+    /// `[health]`: the checks that guard the weighted shift and the time after cutover.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// `[replication]`: how data moves between source and target.
     #[serde(default)]
     pub replication: ReplicationConfig,
@@ -133,6 +136,75 @@ pub struct ServerConfig {
     /// (subscriptions are made from it). Default: built from host, port, dbname, user, password.
     #[serde(default)]
     pub replication_conninfo: Option<String>,
+    /// `[target.provision]`: pgshift makes this server (initdb, pg_ctl) before the upgrade.
+    /// `[source.provision]`: where the source's data directory and binaries are, so that
+    /// DecommissionSource can stop it. Default none.
+    #[serde(default)]
+    pub provision: Option<ProvisionConfig>,
+}
+
+/// Server providers (TOML: lower-case name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// `initdb` / `pg_ctl` on this machine, with the binaries of the requested major.
+    #[default]
+    Local,
+}
+
+/// One `postgresql.conf` value in `[*.provision] settings`: a string, an integer, a float or a
+/// boolean (written to the file as PostgreSQL reads them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    /// `on` / `off`.
+    Bool(bool),
+    /// A number without unit.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// Anything else (`'256MB'`, `'pgoutput'`...), quoted in the file.
+    Text(String),
+}
+
+impl SettingValue {
+    /// The value as a `postgresql.conf` right-hand side (strings quoted, `'` doubled).
+    pub fn to_conf(&self) -> String {
+        match self {
+            SettingValue::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+            SettingValue::Int(i) => i.to_string(),
+            SettingValue::Float(f) => f.to_string(),
+            SettingValue::Text(t) => format!("'{}'", t.replace('\\', "\\\\").replace('\'', "''")),
+        }
+    }
+}
+
+/// `[target.provision]` / `[source.provision]`: a server pgshift makes or manages on this
+/// machine with the `local` provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// Default `local`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// PostgreSQL major version of the server, 10 to 18. Required.
+    pub major: u32,
+    /// Directory of `initdb`, `pg_ctl` and `postgres`. Default: the first of `PATH`,
+    /// `/usr/lib/postgresql/<major>/bin`, `/usr/pgsql-<major>/bin` whose `postgres --version`
+    /// is of `major`.
+    #[serde(default)]
+    pub bindir: Option<PathBuf>,
+    /// Data directory. For `[target.provision]` pgshift creates it (it must not exist, or be
+    /// one pgshift made earlier); for `[source.provision]` it is the running source's. Required.
+    pub data_dir: PathBuf,
+    /// Operating-system user the server runs as (`initdb`, `pg_ctl`). Required when pgshift
+    /// runs as root (PostgreSQL refuses root); otherwise default: pgshift's own user.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Extra `postgresql.conf` settings for a provisioned server, applied after pgshift's own
+    /// (`listen_addresses`, `port`, `wal_level = logical`...). Default none.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, SettingValue>,
 }
 
 fn default_pg_port() -> u16 {
@@ -183,7 +255,9 @@ fn default_auth() -> AuthMethod {
     AuthMethod::ScramSha256
 }
 
-/// `[upgrade]`: timing of the cutover protocol.
+/// `[upgrade]`: the plan (ValidateInput → ProvisionTarget → ConfigureParams →
+/// InstallExtension → InitReplication → WaitForSync → (ShiftTraffic n → HealthCheck n)* →
+/// Cutover → DetachOld → DecommissionSource) and the cutover protocol.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeConfig {
@@ -197,6 +271,35 @@ pub struct UpgradeConfig {
     pub poll_interval_ms: u64,
     /// Start the upgrade (replication setup) as soon as `pgshift serve` starts. Default false.
     pub auto_start: bool,
+    /// Weighted shift steps before the cutover, in percent of eligible traffic; each step adds
+    /// to the previous (`[25, 25, 50]` = 25, 50, then 100 % on the target). Each 1-100, sum at
+    /// most 100. Default `[]`: no shift steps.
+    pub shift: Vec<u32>,
+    /// How long each shift step holds (health checks running) before its HealthCheck passes,
+    /// in ms. Also the time after the cutover during which a failing check rolls back to the
+    /// source. Default 60000.
+    pub shift_hold_ms: u64,
+    /// Stop before the Cutover step until `INITIATE CUTOVER`. Default false: the plan runs to
+    /// the end unattended.
+    pub approve_cutover: bool,
+    /// DecommissionSource stops the source server (`pg_ctl stop`, needs `[source.provision]`).
+    /// Never deletes data. Default false: the step records that it skipped.
+    pub decommission_source: bool,
+    /// Where DecommissionSource writes a `pg_dump -Fc` of the source before stopping it.
+    /// Default none.
+    pub final_dump: Option<PathBuf>,
+    /// Days the upgrade history (steps, signals, errors) is kept in the journal. Default 90.
+    pub history_retention_days: u32,
+    /// Attempts of a plan step whose failure may pass (lost connection, timeout) before the
+    /// plan stops in state `error`. Default 5.
+    pub max_attempts: u32,
+    /// First retry delay, in ms; doubled per attempt (with jitter) up to `backoff_max_ms`.
+    /// Default 1000.
+    pub backoff_initial_ms: u64,
+    /// Largest retry delay, in ms. Default 60000.
+    pub backoff_max_ms: u64,
+    /// `[upgrade.timeouts]`: how long each plan step may take.
+    pub timeouts: StepTimeouts,
 }
 
 impl Default for UpgradeConfig {
@@ -206,6 +309,119 @@ impl Default for UpgradeConfig {
             catchup_timeout_ms: 30000,
             poll_interval_ms: 500,
             auto_start: false,
+            shift: Vec::new(),
+            shift_hold_ms: 60000,
+            approve_cutover: false,
+            decommission_source: false,
+            final_dump: None,
+            history_retention_days: 90,
+            max_attempts: 5,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60000,
+            timeouts: StepTimeouts::default(),
+        }
+    }
+}
+
+/// `[upgrade.timeouts]`: the longest each plan step may take, in ms, retries included.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StepTimeouts {
+    /// ValidateInput. Default 30000 (30 s).
+    pub validate_input_ms: u64,
+    /// ProvisionTarget. Default 900000 (15 min).
+    pub provision_target_ms: u64,
+    /// ConfigureParams. Default 300000 (5 min).
+    pub configure_params_ms: u64,
+    /// InstallExtension. Default 180000 (3 min).
+    pub install_extension_ms: u64,
+    /// InitReplication (schema copy, publications, subscription). Default 1800000 (30 min).
+    pub init_replication_ms: u64,
+    /// WaitForSync (initial copy). Default 86400000 (24 h).
+    pub wait_for_sync_ms: u64,
+    /// One ShiftTraffic step. Default 600000 (10 min).
+    pub shift_traffic_ms: u64,
+    /// One HealthCheck step (on top of its hold). Default 300000 (5 min).
+    pub health_check_ms: u64,
+    /// Cutover. Default 60000 (1 min).
+    pub cutover_ms: u64,
+    /// DetachOld. Default 300000 (5 min).
+    pub detach_old_ms: u64,
+    /// DecommissionSource (final dump included). Default 600000 (10 min).
+    pub decommission_source_ms: u64,
+}
+
+impl Default for StepTimeouts {
+    fn default() -> Self {
+        StepTimeouts {
+            validate_input_ms: 30_000,
+            provision_target_ms: 900_000,
+            configure_params_ms: 300_000,
+            install_extension_ms: 180_000,
+            init_replication_ms: 1_800_000,
+            wait_for_sync_ms: 86_400_000,
+            shift_traffic_ms: 600_000,
+            health_check_ms: 300_000,
+            cutover_ms: 60_000,
+            detach_old_ms: 300_000,
+            decommission_source_ms: 600_000,
+        }
+    }
+}
+
+/// What a failing health check does to traffic before the cutover (TOML: `"previous"`,
+/// `"source"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Back to the previous shift step's weight.
+    #[default]
+    Previous,
+    /// Everything back on the source (weight 0).
+    Source,
+}
+
+/// `[health]`: checks run while traffic is shifted to the target and for `shift_hold_ms`
+/// after the cutover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the checks run, in ms. Default 1000.
+    pub interval_ms: u64,
+    /// Window the rates are computed over, in ms. Default 10000.
+    pub window_ms: u64,
+    /// Fewer target transactions than this in the window: no verdict on rates. Default 20.
+    pub min_transactions: u64,
+    /// Largest fraction (0-1) of target transactions ending in an error. Default 0.01.
+    pub max_error_rate: f64,
+    /// Largest target p99 latency / source p99 latency (judged only with at least 100
+    /// transactions per side in the window). Default 3.0.
+    pub max_p99_ratio: f64,
+    /// Largest replication lag in bytes. Default 67108864 (64 MiB).
+    pub max_lag_bytes: u64,
+    /// Largest replication lag in seconds. Default 30.0.
+    pub max_lag_seconds: f64,
+    /// How long the lag may stay above a limit before the plan stops shifting (state
+    /// `alert`), in ms. Default 30000.
+    pub lag_grace_ms: u64,
+    /// Where traffic goes when a check fails before the cutover: `previous` step's weight
+    /// (default) or all on the `source`. After the cutover a failing check rolls back to the
+    /// source.
+    pub on_failure: OnFailure,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 1000,
+            window_ms: 10000,
+            min_transactions: 20,
+            max_error_rate: 0.01,
+            max_p99_ratio: 3.0,
+            max_lag_bytes: 67_108_864,
+            max_lag_seconds: 30.0,
+            lag_grace_ms: 30000,
+            on_failure: OnFailure::Previous,
         }
     }
 }
@@ -307,6 +523,7 @@ impl fmt::Debug for ServerConfig {
                 "replication_conninfo",
                 &self.replication_conninfo.as_deref().map(redact_conninfo),
             )
+            .field("provision", &self.provision)
             .finish()
     }
 }

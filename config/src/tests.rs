@@ -743,6 +743,11 @@ fn example_file_loads() {
         format!("{:?}", d.replication),
         format!("{:?}", ReplicationConfig::default())
     );
+    assert_eq!(
+        format!("{:?}", d.health),
+        format!("{:?}", HealthConfig::default())
+    );
+    assert!(d.source.provision.is_none() && d.target.provision.is_none());
     assert!(!c.users.is_empty());
 }
 
@@ -758,6 +763,7 @@ fn example_file_documents_every_key() {
             l.starts_with(&format!("{key} ="))
                 || l.starts_with(&format!("[{key}]"))
                 || l.starts_with(&format!("[[{key}]]"))
+                || (l.starts_with('[') && l.contains(&format!(".{key}]")))
         })
     };
     let probes = [
@@ -768,6 +774,9 @@ fn example_file_documents_every_key() {
         format!("[journal]\nzz_probe = 1\n{MINIMAL}"),
         format!("[upgrade]\nzz_probe = 1\n{MINIMAL}"),
         format!("[replication]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[upgrade.timeouts]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[health]\nzz_probe = 1\n{MINIMAL}"),
+        format!("{MINIMAL}\n[target.provision]\nzz_probe = 1\n"),
     ];
     let mut checked = 0;
     for probe in probes {
@@ -787,4 +796,163 @@ fn example_file_documents_every_key() {
         }
     }
     assert!(checked >= 30, "{checked}");
+}
+
+#[test]
+fn plan_health_and_provision_keys() {
+    let c = load(MINIMAL).unwrap();
+    assert!(c.upgrade.shift.is_empty());
+    assert_eq!(c.upgrade.shift_hold_ms, 60000);
+    assert!(!c.upgrade.approve_cutover && !c.upgrade.decommission_source);
+    assert_eq!(c.upgrade.final_dump, None);
+    assert_eq!(
+        (
+            c.upgrade.history_retention_days,
+            c.upgrade.max_attempts,
+            c.upgrade.backoff_initial_ms,
+            c.upgrade.backoff_max_ms
+        ),
+        (90, 5, 1000, 60000)
+    );
+    let t = &c.upgrade.timeouts;
+    assert_eq!(
+        [
+            t.validate_input_ms,
+            t.provision_target_ms,
+            t.configure_params_ms,
+            t.install_extension_ms,
+            t.init_replication_ms,
+            t.wait_for_sync_ms,
+            t.shift_traffic_ms,
+            t.health_check_ms,
+            t.cutover_ms,
+            t.detach_old_ms,
+            t.decommission_source_ms
+        ],
+        [30000, 900000, 300000, 180000, 1800000, 86400000, 600000, 300000, 60000, 300000, 600000]
+    );
+    let h = &c.health;
+    assert_eq!(
+        (h.interval_ms, h.window_ms, h.min_transactions),
+        (1000, 10000, 20)
+    );
+    assert_eq!((h.max_error_rate, h.max_p99_ratio), (0.01, 3.0));
+    assert_eq!(
+        (h.max_lag_bytes, h.max_lag_seconds, h.lag_grace_ms),
+        (67108864, 30.0, 30000)
+    );
+    assert_eq!(h.on_failure, OnFailure::Previous);
+    assert!(c.target.provision.is_none());
+
+    let text = MINIMAL.replace(
+        "[target]\nhost = \"new\"\ndbname = \"db\"\nuser = \"u\"\n",
+        "[target]\nhost = \"new\"\ndbname = \"db\"\nuser = \"u\"\npassword = \"tgt-Secret-3\"\n",
+    ) + r#"
+[upgrade]
+shift = [25, 25, 50]
+shift_hold_ms = 500
+approve_cutover = true
+decommission_source = true
+final_dump = "/tmp/final.dump"
+max_attempts = 2
+
+[upgrade.timeouts]
+cutover_ms = 5000
+
+[health]
+interval_ms = 100
+on_failure = "source"
+
+[target.provision]
+major = 17
+data_dir = "/var/lib/pgshift/t17"
+run_as = "postgres"
+settings = { shared_buffers = "256MB", max_connections = 300, jit = false, random_page_cost = 1.1 }
+
+[source.provision]
+major = 13
+data_dir = "/var/lib/postgresql/13/main"
+"#;
+    let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.upgrade.shift, vec![25, 25, 50]);
+    assert!(c.upgrade.approve_cutover && c.upgrade.decommission_source);
+    assert_eq!(c.upgrade.timeouts.cutover_ms, 5000);
+    assert_eq!(c.upgrade.timeouts.detach_old_ms, 300000);
+    assert_eq!(c.health.on_failure, OnFailure::Source);
+    let p = c.target.provision.as_ref().unwrap();
+    assert_eq!(
+        (p.provider, p.major, p.run_as.as_deref()),
+        (Provider::Local, 17, Some("postgres"))
+    );
+    assert_eq!(p.settings["shared_buffers"].to_conf(), "'256MB'");
+    assert_eq!(p.settings["max_connections"].to_conf(), "300");
+    assert_eq!(p.settings["jit"].to_conf(), "off");
+    assert_eq!(p.settings["random_page_cost"].to_conf(), "1.1");
+    assert_eq!(c.source.provision.as_ref().unwrap().major, 13);
+    let shown = format!("{:?}", c.target);
+    assert!(
+        shown.contains("provision") && !shown.contains("tgt-Secret-3"),
+        "{shown}"
+    );
+
+    // Each check, alone, at its line.
+    let cases: &[(&str, &str, &str)] = &[
+        ("shift = [25, 25, 50]", "shift = [25, 0, 50]", "upgrade.shift[1]: 0 is out of range"),
+        ("shift = [25, 25, 50]", "shift = [60, 50]", "upgrade.shift: [60, 50] adds up to 110 %"),
+        ("shift_hold_ms = 500", "shift_hold_ms = 0", "upgrade.shift_hold_ms: must be greater than 0"),
+        ("final_dump = \"/tmp/final.dump\"", "final_dump = \"\"", "upgrade.final_dump: must not be empty"),
+        ("max_attempts = 2", "max_attempts = 0", "upgrade.max_attempts: must be at least 1"),
+        ("max_attempts = 2", "backoff_max_ms = 10", "upgrade.backoff_max_ms: 10 is below backoff_initial_ms (1000)"),
+        ("cutover_ms = 5000", "cutover_ms = 0", "upgrade.timeouts.cutover_ms: must be greater than 0"),
+        ("interval_ms = 100", "interval_ms = 0", "health.interval_ms: must be greater than 0"),
+        ("interval_ms = 100", "window_ms = 10", "health.window_ms: 10 is shorter than interval_ms (1000)"),
+        ("on_failure = \"source\"", "max_error_rate = 1.5", "health.max_error_rate: 1.5 is out of range"),
+        ("on_failure = \"source\"", "max_p99_ratio = 0.0", "health.max_p99_ratio"),
+        ("on_failure = \"source\"", "max_lag_bytes = 0", "health.max_lag_bytes: must be greater than 0"),
+        ("on_failure = \"source\"", "max_lag_seconds = -1.0", "health.max_lag_seconds"),
+        ("major = 17", "major = 9", "target.provision.major: 9 is not a PostgreSQL major"),
+        ("data_dir = \"/var/lib/pgshift/t17\"", "data_dir = \"\"", "target.provision.data_dir: must not be empty"),
+        ("run_as = \"postgres\"", "run_as = \" \"", "target.provision.run_as: must not be empty"),
+        ("run_as = \"postgres\"", "bindir = \"\"", "target.provision.bindir: must not be empty"),
+        (
+            "settings = { shared_buffers = \"256MB\", max_connections = 300, jit = false, random_page_cost = 1.1 }",
+            "settings = { port = 5999 }",
+            "target.provision.settings: `port` is [target] port (5432)",
+        ),
+        (
+            "settings = { shared_buffers = \"256MB\", max_connections = 300, jit = false, random_page_cost = 1.1 }",
+            "settings = { wal_level = \"replica\" }",
+            "needs wal_level = logical",
+        ),
+        (
+            "settings = { shared_buffers = \"256MB\", max_connections = 300, jit = false, random_page_cost = 1.1 }",
+            "settings = { \"bad name\" = 1 }",
+            "invalid setting(s) bad name",
+        ),
+        ("major = 13", "major = 19", "source.provision.major: 19 is not"),
+    ];
+    for (old, new, fragment) in cases {
+        let line = line_of(&text, old);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[line - 1] = new;
+        let edited = lines.join("\n") + "\n";
+        expect_one(&edited, line, fragment);
+    }
+    // [target.provision] needs the target's password; the problem points at [target].
+    let edited = text.replace("password = \"tgt-Secret-3\"\n", "");
+    expect_one(
+        &edited,
+        line_of(&edited, "[target]"),
+        "target.password: is required with [target.provision]",
+    );
+    // Unknown provider: a parse error at its line.
+    let edited = text.replace("major = 17", "provider = \"rds2\"\nmajor = 17");
+    let err = fail(&edited);
+    assert!(
+        err.starts_with(&format!(
+            "test.toml:{}:",
+            line_of(&edited, "provider = \"rds2\"")
+        )),
+        "{err}"
+    );
 }

@@ -109,6 +109,8 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
     // [source], [target]
     check_server(&mut f, "source", &cfg.source);
     check_server(&mut f, "target", &cfg.target);
+    check_provision(&mut f, "source", &cfg.source);
+    check_provision(&mut f, "target", &cfg.target);
     let (s, t) = (&cfg.source, &cfg.target);
     if !s.host.is_empty()
         && s.host.eq_ignore_ascii_case(&t.host)
@@ -178,6 +180,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         up.catchup_timeout_ms,
     );
     positive(&mut f, "upgrade", "poll_interval_ms", up.poll_interval_ms);
+    check_plan(&mut f, cfg);
+
+    // [health]
+    check_health(&mut f, &cfg.health);
 
     // [replication]
     let r = &cfg.replication;
@@ -230,6 +236,230 @@ fn check_server(f: &mut Findings, side: &'static str, s: &ServerConfig) {
             at(side).key("replication_conninfo"),
             "must not be empty; omit it to build one from host, port, dbname, user and password",
         );
+    }
+}
+
+/// A finding when `value` is 0, at `path` (a duration in ms).
+fn positive_at(f: &mut Findings, path: KeyPath, value: u64) {
+    if value == 0 {
+        f.add(path, "must be greater than 0 (milliseconds)");
+    }
+}
+
+/// Smallest and largest PostgreSQL major a provider handles.
+pub(crate) const MIN_MAJOR: u32 = 10;
+pub(crate) const MAX_MAJOR: u32 = 18;
+
+/// `[upgrade]` keys of the plan, and `[upgrade.timeouts]`.
+fn check_plan(f: &mut Findings, cfg: &Config) {
+    let up = &cfg.upgrade;
+    let mut sum = 0u64;
+    for (i, pct) in up.shift.iter().enumerate() {
+        if !(1..=100).contains(pct) {
+            f.add(
+                at("upgrade").key("shift").index(i),
+                format!("{pct} is out of range: each shift step is 1 to 100 (percent of eligible traffic added)"),
+            );
+        }
+        sum += u64::from(*pct);
+    }
+    if sum > 100 {
+        let steps: Vec<String> = up.shift.iter().map(|p| p.to_string()).collect();
+        f.add(
+            at("upgrade").key("shift"),
+            format!(
+                "[{}] adds up to {sum} %; the steps add to the previous weight and may sum to at most 100",
+                steps.join(", ")
+            ),
+        );
+    }
+    positive(f, "upgrade", "shift_hold_ms", up.shift_hold_ms);
+    if up
+        .final_dump
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        f.add(
+            at("upgrade").key("final_dump"),
+            "must not be empty; omit it to skip the final dump",
+        );
+    }
+    if up.history_retention_days == 0 {
+        f.add(
+            at("upgrade").key("history_retention_days"),
+            "must be at least 1 (days)",
+        );
+    }
+    if up.max_attempts == 0 {
+        f.add(
+            at("upgrade").key("max_attempts"),
+            "must be at least 1 (1 = no retry)",
+        );
+    }
+    positive(f, "upgrade", "backoff_initial_ms", up.backoff_initial_ms);
+    positive(f, "upgrade", "backoff_max_ms", up.backoff_max_ms);
+    if up.backoff_initial_ms > 0
+        && up.backoff_max_ms > 0
+        && up.backoff_max_ms < up.backoff_initial_ms
+    {
+        f.add(
+            at("upgrade").key("backoff_max_ms"),
+            format!(
+                "{} is below backoff_initial_ms ({}); the largest retry delay cannot be smaller than the first",
+                up.backoff_max_ms, up.backoff_initial_ms
+            ),
+        );
+    }
+    let t = &up.timeouts;
+    let tp = |k: &'static str| at("upgrade").key("timeouts").key(k);
+    for (k, v) in [
+        ("validate_input_ms", t.validate_input_ms),
+        ("provision_target_ms", t.provision_target_ms),
+        ("configure_params_ms", t.configure_params_ms),
+        ("install_extension_ms", t.install_extension_ms),
+        ("init_replication_ms", t.init_replication_ms),
+        ("wait_for_sync_ms", t.wait_for_sync_ms),
+        ("shift_traffic_ms", t.shift_traffic_ms),
+        ("health_check_ms", t.health_check_ms),
+        ("cutover_ms", t.cutover_ms),
+        ("detach_old_ms", t.detach_old_ms),
+        ("decommission_source_ms", t.decommission_source_ms),
+    ] {
+        positive_at(f, tp(k), v);
+    }
+}
+
+/// `[health]`.
+fn check_health(f: &mut Findings, h: &crate::HealthConfig) {
+    positive(f, "health", "interval_ms", h.interval_ms);
+    positive(f, "health", "window_ms", h.window_ms);
+    if h.interval_ms > 0 && h.window_ms > 0 && h.window_ms < h.interval_ms {
+        f.add(
+            at("health").key("window_ms"),
+            format!(
+                "{} is shorter than interval_ms ({}); the window must hold at least one check",
+                h.window_ms, h.interval_ms
+            ),
+        );
+    }
+    if !(0.0..=1.0).contains(&h.max_error_rate) {
+        f.add(
+            at("health").key("max_error_rate"),
+            format!(
+                "{} is out of range: a fraction between 0 and 1 (0.01 = 1 % of transactions)",
+                h.max_error_rate
+            ),
+        );
+    }
+    if !(h.max_p99_ratio.is_finite() && h.max_p99_ratio > 0.0) {
+        f.add(
+            at("health").key("max_p99_ratio"),
+            format!(
+                "{} is out of range: must be greater than 0 (3.0 = the target may be 3 times slower)",
+                h.max_p99_ratio
+            ),
+        );
+    }
+    if h.max_lag_bytes == 0 {
+        f.add(
+            at("health").key("max_lag_bytes"),
+            "must be greater than 0 (bytes)",
+        );
+    }
+    if !(h.max_lag_seconds.is_finite() && h.max_lag_seconds > 0.0) {
+        f.add(
+            at("health").key("max_lag_seconds"),
+            format!("{} must be greater than 0 (seconds)", h.max_lag_seconds),
+        );
+    }
+}
+
+/// `[source.provision]` / `[target.provision]`.
+fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
+    let Some(p) = &s.provision else { return };
+    let base = || at(side).key("provision");
+    if !(MIN_MAJOR..=MAX_MAJOR).contains(&p.major) {
+        f.add(
+            base().key("major"),
+            format!(
+                "{} is not a PostgreSQL major pgshift provisions: must be between {MIN_MAJOR} and {MAX_MAJOR}",
+                p.major
+            ),
+        );
+    }
+    if p.bindir.as_ref().is_some_and(|b| b.as_os_str().is_empty()) {
+        f.add(
+            base().key("bindir"),
+            "must not be empty; omit it to search PATH and /usr/lib/postgresql/<major>/bin",
+        );
+    }
+    if p.data_dir.as_os_str().is_empty() {
+        f.add(base().key("data_dir"), "must not be empty");
+    } else if p.data_dir.parent().is_none() {
+        f.add(
+            base().key("data_dir"),
+            format!(
+                "`{}` is not a directory pgshift can create",
+                p.data_dir.display()
+            ),
+        );
+    }
+    if p.run_as.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        f.add(
+            base().key("run_as"),
+            "must not be empty; omit it to run the server as pgshift's own user",
+        );
+    }
+    if side == "target" && s.password.as_deref().is_none_or(str::is_empty) {
+        f.add(
+            at(side).key("password"),
+            "is required with [target.provision]: pgshift creates the server with this password for `user` (SCRAM-SHA-256 over TCP)",
+        );
+    }
+    let mut bad = Vec::new();
+    let mut conflicts = Vec::new();
+    for (name, value) in &p.settings {
+        let ok_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        let ok_value = match value {
+            crate::SettingValue::Text(t) => !t.contains(['\n', '\r', '\0']),
+            crate::SettingValue::Float(x) => x.is_finite(),
+            _ => true,
+        };
+        if !ok_name || !ok_value {
+            bad.push(name.clone());
+        }
+        let lower = name.to_ascii_lowercase();
+        match (lower.as_str(), value) {
+            ("port", _) => conflicts.push(format!(
+                "`port` is [{side}] port ({}); set it there, not in settings",
+                s.port
+            )),
+            ("wal_level", crate::SettingValue::Text(v)) if v != "logical" => conflicts.push(
+                format!("`wal_level = {v}`: logical replication (both directions) needs wal_level = logical"),
+            ),
+            ("data_directory" | "hba_file" | "ident_file" | "config_file", _) => conflicts.push(
+                format!("`{name}` is decided by pgshift (data_dir); remove it from settings"),
+            ),
+            _ => {}
+        }
+    }
+    if !bad.is_empty() {
+        f.add(
+            base().key("settings"),
+            format!(
+                "invalid setting(s) {}: names are PostgreSQL parameter names ([A-Za-z_][A-Za-z0-9_.]*), values one line",
+                bad.join(", ")
+            ),
+        );
+    }
+    for c in conflicts {
+        f.add(base().key("settings"), c);
     }
 }
 

@@ -1,19 +1,70 @@
 //! The upgrade controller: runs the plan, the cutover and the rollback, journals every step
-//! before it takes effect, resumes after a restart, and keeps the in-memory status that
-//! `SHOW UPGRADE STATUS` reads.
+//! before it takes effect, resumes after a restart, watches health while traffic is shifted,
+//! and keeps the in-memory status that `SHOW UPGRADE STATUS` reads.
 //!
-//! # Phases
+//! # The plan
 //!
-//! `idle` → `preflight` → `schema_copy` → `init_replication` → `synchronizing` → `replicating`
-//! → (`INITIATE CUTOVER`) `cutting_over` → `cut_over` → (`ROLLBACK UPGRADE`) `rolling_back` →
-//! `rolled_back` (forward replication running again: `INITIATE CUTOVER` allowed again; a second
-//! `ROLLBACK UPGRADE` removes replication). `ROLLBACK UPGRADE` before the cutover stops the plan
-//! and removes every replication object (`rolled_back`, nothing running; `START UPGRADE` then
-//! starts afresh, emptying the target's copies of the tables before the new initial copy).
+//! `validate_input` → `provision_target` → `configure_params` → `install_extension` →
+//! `init_replication` → `wait_for_sync` → (`shift_traffic:n` → `health_check:n`)* → `cutover`
+//! → `health_check:cutover` → `detach_old` → `decommission_source` (step keys, as journaled).
+//! START UPGRADE (or `upgrade.auto_start`) runs it in the background; with
+//! `upgrade.approve_cutover` it stops before `cutover` (phase `replicating`, state `waiting`)
+//! until INITIATE CUTOVER, which cuts over and lets the plan go on. Each step:
 //!
-//! States: `idle` (nothing started), `running` (a step is under way), `waiting` (for the operator:
-//! replication synchronised, ready for cutover), `done` (cut over, or rolled back), `error` (the
-//! last step failed: `last_error` says why and what to do).
+//! * is journaled `started` before its first effect and `done` after its last, so a restarted
+//!   pgshift skips what is done and repeats the step it stood on; every step looks before it
+//!   acts, so a repeat does no harm;
+//! * runs under its `[upgrade.timeouts]` deadline (retries included) and is retried after a
+//!   failure that may pass (lost connection, timeout, an abandoned cutover) up to
+//!   `max_attempts`, waiting `backoff_initial_ms` doubled per attempt up to `backoff_max_ms`
+//!   with jitter (half fixed, half random); other failures stop the plan in state `error`
+//!   with the reason in `last_error` (START UPGRADE / RESUME UPGRADE retries);
+//! * is cancelled at a safe point by ROLLBACK UPGRADE, PAUSE UPGRADE or a failing health
+//!   check. The cutover itself is never cut short: it is bounded by `drain_timeout_ms` and
+//!   `catchup_timeout_ms` instead, and a stop waits for it.
+//!
+//! What the steps do with the `logical` driver: `validate_input` = preflight (below; only the
+//! source and the tools when the target is to be provisioned, plus the provider's checks);
+//! `provision_target` = the local provider ([`crate::provider`]) or a recorded skip;
+//! `configure_params` and `install_extension` = recorded no-ops (native logical replication
+//! needs no server parameter change beyond what preflight checks, and no extension);
+//! `init_replication` = preflight of the provisioned target, schema copy, publications, the
+//! forward subscription; `wait_for_sync` = the initial copy (heartbeat journaled every 10 s);
+//! `shift_traffic:n` = journal then publish the cumulative weight
+//! ([`TrafficControl::set_weight`](crate::TrafficControl::set_weight)); `health_check:n` = hold
+//! `shift_hold_ms` while the health checks run (passes when none failed); `cutover` = the
+//! cutover protocol below; `health_check:cutover` = hold `shift_hold_ms` with the checks
+//! guarding the target (a failure rolls back to the source); `detach_old` = remove every
+//! replication object (no way back after it); `decommission_source` = optional final
+//! `pg_dump`, then `pg_ctl stop` of the source when `decommission_source` and
+//! `[source.provision]` say so (never deletes data).
+//!
+//! # Phases and states
+//!
+//! Phases: `idle`, `preflight`, `provisioning`, `init_replication` (also for the no-op steps),
+//! `schema_copy`, `synchronizing`, `replicating`, `shifting`, `health_check`, `cutting_over`,
+//! `cut_over`, `detaching`, `decommissioning`, `done`; `rolling_back` → `rolled_back`.
+//! `ROLLBACK UPGRADE` after the cutover (until `detach_old`) moves traffic back with the
+//! cutover protocol (`rolled_back`, forward replication running again: INITIATE CUTOVER
+//! allowed again; a second ROLLBACK UPGRADE removes replication). Before the cutover it stops
+//! the plan, sets the weight to 0, removes every replication object and a target pgshift
+//! provisioned (stopped, its data directory deleted: only when pgshift's marker is in it).
+//!
+//! States: `idle` (nothing started), `running` (the plan is under way), `waiting` (for
+//! INITIATE CUTOVER), `paused` (PAUSE UPGRADE, or a failed health check: RESUME UPGRADE goes
+//! on), `alert` (replication lag above its limits for longer than `lag_grace_ms`: shifting
+//! stopped, nothing rolled back; RESUME UPGRADE goes on), `done` (the plan finished, or rolled
+//! back), `error` (a step failed: `last_error` says why and what to do).
+//!
+//! # Health (see [`crate::health`])
+//!
+//! A task checks every `health.interval_ms` while traffic is shifted to the target (weight >
+//! 0, or phase `shifting`/`health_check`) and during `health_check:cutover`. A failing check
+//! stops the plan and, before the cutover, journals and publishes the new weight at once
+//! (`on_failure`: the previous step's weight, or 0; always 0 when the target cannot be
+//! reached), then pauses the plan (state `paused`, the reason in `last_error`, a `health`
+//! history entry with the reaction time: detection → weight published); after the cutover it
+//! rolls back to the source. [`Controller::last_health_reaction`] returns the latest.
 //!
 //! # Preflight
 //!
@@ -34,7 +85,8 @@
 //! 0, at most `drain_timeout_ms`), `catchup` (X = barrier on the serving side, see below; wait
 //! until the other side has applied X, polling every 2 ms, at most `catchup_timeout_ms`), `stop_apply` (disable the
 //! running subscription and end its worker), `sequences` (copy every used sequence),
-//! `slot` (create the reverse slot fresh), `swap` (journal side + epoch, then
+//! `slot` (create the reverse slot fresh), `swap` (journal side + epoch + weight 0, then
+//! [`TrafficControl::set_weight`](crate::TrafficControl::set_weight)`(0)` if needed and
 //! [`TrafficControl::switch_to`](crate::TrafficControl::switch_to)), then after the pause
 //! `new_sub` (subscription of the other direction on that slot, `copy_data = false`) and
 //! `drop_old_sub`. Any failure before `swap` resumes traffic on the side it was on, re-enables
@@ -58,6 +110,15 @@
 //! subscription created less than `wal_retrieve_retry_interval` (5 s) earlier may not have an
 //! apply worker yet, which `precatchup` waits out before pausing.
 //!
+//! # Resume after a restart
+//!
+//! [`Controller::attach`] publishes the journaled weight, then: a plan in state `running`
+//! goes on from its first step not done; a cutover or rollback interrupted before its swap was
+//! journaled is abandoned (running subscription re-enabled, new slot dropped; an unattended
+//! plan then retries the cutover, an approved one waits for the next INITIATE CUTOVER); one
+//! whose swap was journaled is finished (and the plan goes on after a cutover); states
+//! `paused`, `alert`, `waiting` and `error` stay as they are.
+//!
 //! # Lag
 //!
 //! A collector task refreshes, every `poll_interval_ms`, while replication objects exist:
@@ -66,17 +127,25 @@
 //! walsender whose `application_name` is the subscription (PostgreSQL docs, "pg_stat_replication";
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
+mod plan;
+mod watch;
+
 use crate::journal::{
-    now_rfc3339, Durability, Event, Journal, JournalError, StepRow, StepStatus, UpgradeRow,
+    now_rfc3339, Durability, Event, HistoryEntry, Journal, JournalError, StepRow, StepStatus,
+    UpgradeRow,
 };
 use crate::logical::{fmt_lsn, Direction, DriverError, Lag, Logical, Preflight, SyncProgress};
 use crate::{Side, Traffic};
 use config::Config;
+use plan::{Cancel, PlanStep, PlanTask};
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+
+pub use plan::StepKind;
 
 /// An error of an upgrade command or step; the message says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -98,18 +167,20 @@ impl From<JournalError> for ControlError {
 /// What `SHOW UPGRADE STATUS` shows. Read from memory: never waits on I/O.
 #[derive(Debug, Clone)]
 pub struct UpgradeStatus {
-    /// Plan phase: `idle`, `preflight`, `schema_copy`, `init_replication`, `synchronizing`,
-    /// `replicating`, `cutting_over`, `cut_over`, `rolling_back`, `rolled_back`.
+    /// Plan phase: `idle`, `preflight`, `provisioning`, `init_replication`, `schema_copy`,
+    /// `synchronizing`, `replicating`, `shifting`, `health_check`, `cutting_over`, `cut_over`,
+    /// `detaching`, `decommissioning`, `done`, `rolling_back`, `rolled_back`.
     pub phase: String,
-    /// `idle`, `running`, `waiting`, `done` or `error`.
+    /// `idle`, `running`, `waiting`, `paused`, `alert`, `done` or `error`.
     pub state: String,
     /// WAL bytes the subscriber of the running direction has not yet confirmed (see module docs).
     pub replication_lag_bytes: Option<i64>,
     /// Replay lag of the running direction in seconds (see module docs).
     pub lag_seconds: Option<f64>,
-    /// Percentage of new transactions routed to the source (100 or 0 with the logical driver).
+    /// Percentage of eligible traffic routed to the source (100 - target_weight before the
+    /// cutover; 0 after).
     pub source_weight: u32,
-    /// Percentage routed to the target.
+    /// Percentage routed to the target (the shift weight before the cutover; 100 after).
     pub target_weight: u32,
     /// Routing epoch (1 at the start, +1 per switch).
     pub epoch: u64,
@@ -117,6 +188,30 @@ pub struct UpgradeStatus {
     pub last_error: Option<String>,
     /// Last change of phase or state, RFC 3339 UTC.
     pub updated_at: String,
+    /// Progress of the plan, 0-100 (100 when done; 0 when idle or rolled back).
+    pub percent: u8,
+    /// Plan step under way or waited at (e.g. `shift_traffic:2`, `cutover`), if any.
+    pub step: Option<String>,
+    /// Latest health check verdict (`ok: ...` / `failing (...): ...`), while checks run.
+    pub health: Option<String>,
+}
+
+/// What a failed health check did (see [`Controller::last_health_reaction`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReaction {
+    /// When it was detected (RFC 3339 UTC).
+    pub at: String,
+    /// Why.
+    pub reason: String,
+    /// Target weight before and after (before the cutover), in percent.
+    pub from_weight: u8,
+    /// See `from_weight`.
+    pub to_weight: u8,
+    /// Milliseconds from the failing verdict to the new weight published (before the
+    /// cutover) or to traffic back on the source (after it).
+    pub reaction_ms: f64,
+    /// `true` after the cutover (a rollback to the source).
+    pub rolled_back: bool,
 }
 
 /// Plan phase.
@@ -124,20 +219,32 @@ pub struct UpgradeStatus {
 pub enum Phase {
     /// No upgrade started.
     Idle,
-    /// Checking both servers.
+    /// ValidateInput: checking both servers (or the source and the provider).
     Preflight,
+    /// ProvisionTarget: making the target server.
+    Provisioning,
     /// `pg_dump | psql` of the schema.
     SchemaCopy,
-    /// Creating publications and the subscription.
+    /// ConfigureParams, InstallExtension, InitReplication: publications, subscription.
     InitReplication,
     /// Initial table copy under way.
     Synchronizing,
-    /// Every table synchronised; forward replication streaming; ready for cutover.
+    /// Every table synchronised; forward replication streaming.
     Replicating,
+    /// ShiftTraffic n: publishing a weight.
+    Shifting,
+    /// HealthCheck n: holding a weight while the checks run.
+    HealthCheck,
     /// Cutover under way (or its post-swap steps unfinished).
     CuttingOver,
     /// Traffic on the target; reverse replication target → source running.
     CutOver,
+    /// DetachOld: removing replication (no way back afterwards).
+    Detaching,
+    /// DecommissionSource.
+    Decommissioning,
+    /// The plan finished: traffic on the target, the source detached.
+    Done,
     /// Rollback under way.
     RollingBack,
     /// Traffic on the source (after a cutover: forward replication running again;
@@ -151,12 +258,18 @@ impl Phase {
         match self {
             Phase::Idle => "idle",
             Phase::Preflight => "preflight",
+            Phase::Provisioning => "provisioning",
             Phase::SchemaCopy => "schema_copy",
             Phase::InitReplication => "init_replication",
             Phase::Synchronizing => "synchronizing",
             Phase::Replicating => "replicating",
+            Phase::Shifting => "shifting",
+            Phase::HealthCheck => "health_check",
             Phase::CuttingOver => "cutting_over",
             Phase::CutOver => "cut_over",
+            Phase::Detaching => "detaching",
+            Phase::Decommissioning => "decommissioning",
+            Phase::Done => "done",
             Phase::RollingBack => "rolling_back",
             Phase::RolledBack => "rolled_back",
         }
@@ -165,35 +278,82 @@ impl Phase {
     pub fn parse(s: &str) -> Phase {
         match s {
             "preflight" => Phase::Preflight,
+            "provisioning" => Phase::Provisioning,
             "schema_copy" => Phase::SchemaCopy,
             "init_replication" => Phase::InitReplication,
             "synchronizing" => Phase::Synchronizing,
             "replicating" => Phase::Replicating,
+            "shifting" => Phase::Shifting,
+            "health_check" => Phase::HealthCheck,
             "cutting_over" => Phase::CuttingOver,
             "cut_over" => Phase::CutOver,
+            "detaching" => Phase::Detaching,
+            "decommissioning" => Phase::Decommissioning,
+            "done" => Phase::Done,
             "rolling_back" => Phase::RollingBack,
             "rolled_back" => Phase::RolledBack,
             _ => Phase::Idle,
         }
     }
-    fn is_plan(self) -> bool {
+    /// Before the target has everything (the cutover is refused).
+    fn before_sync(self) -> bool {
         matches!(
             self,
-            Phase::Preflight | Phase::SchemaCopy | Phase::InitReplication | Phase::Synchronizing
+            Phase::Preflight
+                | Phase::Provisioning
+                | Phase::SchemaCopy
+                | Phase::InitReplication
+                | Phase::Synchronizing
         )
+    }
+    /// A phase the plan can go on from (RESUME UPGRADE, or a restart in state `running`).
+    fn continues(self) -> bool {
+        self.before_sync()
+            || matches!(
+                self,
+                Phase::Replicating
+                    | Phase::Shifting
+                    | Phase::HealthCheck
+                    | Phase::CutOver
+                    | Phase::Detaching
+                    | Phase::Decommissioning
+            )
     }
 }
 
 const IDLE: &str = "idle";
 const RUNNING: &str = "running";
 const WAITING: &str = "waiting";
+const PAUSED: &str = "paused";
+const ALERT: &str = "alert";
 const DONE: &str = "done";
 const ERROR: &str = "error";
+
+/// Health figures the plan's holds read.
+#[derive(Default)]
+struct HealthView {
+    /// Latest verdict summary, while checks run.
+    summary: Option<String>,
+    /// Rounds of checks run, and rounds that failed, since start.
+    checks: u64,
+    failed: u64,
+    /// The latest reaction.
+    reaction: Option<HealthReaction>,
+}
 
 struct Inner {
     row: UpgradeRow,
     lag: Option<Lag>,
     progress: Option<SyncProgress>,
+    /// Plan steps done in the current upgrade.
+    done: HashSet<String>,
+    /// Plan step under way (or waited at), and how far it is (0-1).
+    current: Option<(String, f64)>,
+    /// The post-cutover hold is on: health checks guard the target.
+    post_watch: bool,
+    /// When the latest switch published its new side.
+    swapped_at: Option<Instant>,
+    health: HealthView,
 }
 
 /// The upgrade controller. One per pgshift process; see the module docs.
@@ -201,11 +361,17 @@ pub struct Controller {
     cfg: Arc<Config>,
     journal: Journal,
     driver: Logical,
+    plan_steps: Vec<PlanStep>,
     inner: Mutex<Inner>,
-    /// Serialises commands (start, cutover, rollback, resume).
+    /// Serialises commands (start, cutover, rollback, pause, resume) and the plan's cutover.
     op: tokio::sync::Mutex<()>,
+    /// Serialises read-modify-write of the upgrade row (journal, then memory) and the weight
+    /// published with it.
+    row_write: tokio::sync::Mutex<()>,
     traffic: OnceLock<Traffic>,
-    plan: Mutex<Option<JoinHandle<()>>>,
+    /// A switch under way will be retried by the plan (an abandon is not an `error`).
+    retrying_switch: AtomicBool,
+    plan: Mutex<Option<PlanTask>>,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -233,23 +399,33 @@ impl Controller {
             epoch: 1,
             direction: "none".into(),
             last_error: None,
+            weight: 0,
             started_at: now.clone(),
             updated_at: now,
         });
         tracing::info!(journal = %cfg.journal.path.display(), phase = %row.phase, state = %row.state,
-            side = %row.serving_side, epoch = row.epoch, "upgrade journal opened");
+            side = %row.serving_side, epoch = row.epoch, weight = row.weight, "upgrade journal opened");
         let driver = Logical::new(&cfg);
+        let plan_steps = plan::plan_of(&cfg);
         Ok(Arc::new(Controller {
             cfg,
             journal,
             driver,
+            plan_steps,
             inner: Mutex::new(Inner {
                 row,
                 lag: None,
                 progress: None,
+                done: HashSet::new(),
+                current: None,
+                post_watch: false,
+                swapped_at: None,
+                health: HealthView::default(),
             }),
             op: tokio::sync::Mutex::new(()),
+            row_write: tokio::sync::Mutex::new(()),
             traffic: OnceLock::new(),
+            retrying_switch: AtomicBool::new(false),
             plan: Mutex::new(None),
             background: Mutex::new(Vec::new()),
         }))
@@ -265,12 +441,18 @@ impl Controller {
         )
     }
 
-    /// Hands the controller the proxy's traffic control. Then (in tokio tasks; call inside a
-    /// runtime) it starts the lag collector and resumes whatever the journal shows in progress:
-    /// a plan keeps going from the step it stood on; a cutover or rollback interrupted before
-    /// its swap was journaled is abandoned (the running subscription is re-enabled, the new slot
-    /// dropped, `last_error` says so); one whose swap was journaled is finished. With
-    /// `upgrade.auto_start` and no upgrade yet, the upgrade starts. A second call is ignored.
+    /// The weighted share of eligible traffic for the side that is not serving, as journaled
+    /// (0-100). [`attach`](Self::attach) publishes it with
+    /// [`TrafficControl::set_weight`](crate::TrafficControl::set_weight).
+    pub fn journaled_weight(&self) -> u8 {
+        lock(&self.inner).row.weight.clamp(0, 100) as u8
+    }
+
+    /// Hands the controller the proxy's traffic control. Publishes the journaled weight, then
+    /// (in tokio tasks; call inside a runtime) starts the lag collector and the health checks
+    /// and resumes whatever the journal shows in progress (module docs, "Resume after a
+    /// restart"). With `upgrade.auto_start` and no upgrade yet, the upgrade starts. A second
+    /// call is ignored.
     pub fn attach(self: &Arc<Self>, traffic: Traffic) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!(
@@ -279,7 +461,7 @@ impl Controller {
             return;
         };
         let route = traffic.route();
-        if self.traffic.set(traffic).is_err() {
+        if self.traffic.set(traffic.clone()).is_err() {
             tracing::warn!("Controller::attach called twice; ignored");
             return;
         }
@@ -293,15 +475,22 @@ impl Controller {
                 "the proxy's routing table differs from the journal; build it from serving_side()"
             );
         }
+        let w = self.journaled_weight();
+        if traffic.weight() != w {
+            traffic.set_weight(w);
+            tracing::info!(weight = w, "published the journaled traffic weight");
+        }
         let collector = rt.spawn(collect(Arc::downgrade(self)));
+        let health = rt.spawn(watch::health_loop(Arc::downgrade(self)));
         let this = self.clone();
         let resume = rt.spawn(async move { this.resume().await });
-        lock(&self.background).extend([collector, resume]);
+        lock(&self.background).extend([collector, health, resume]);
     }
 
     /// START UPGRADE: starts the plan in the background and returns at once. Allowed with no
-    /// upgrade, after a rollback that removed replication (starts afresh), or to retry a plan
-    /// step that failed (resumes there).
+    /// upgrade, after a rollback that removed replication (starts afresh: preflight problems
+    /// are the answer, and nothing is changed), or to go on with a plan that stopped (state
+    /// `error`, `paused` or `alert`: as RESUME UPGRADE).
     pub async fn start_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         self.start_locked("operator").await
@@ -319,16 +508,22 @@ impl Controller {
         let fresh = match phase {
             Phase::Idle => true,
             Phase::RolledBack if row.direction == "none" => true,
-            p if p.is_plan() => false,
-            Phase::Replicating => {
+            p if p.continues() && row.state != WAITING && row.state != DONE => false,
+            Phase::Replicating | Phase::Shifting | Phase::HealthCheck => {
                 return Err(ControlError(
-                    "the upgrade is already replicating and synchronised; INITIATE CUTOVER, or ROLLBACK UPGRADE".into(),
+                    "the upgrade is replicating and waits for INITIATE CUTOVER (or ROLLBACK UPGRADE)".into(),
                 ))
             }
             Phase::CutOver => {
                 return Err(ControlError(
-                    "the upgrade is done: traffic is on the target; ROLLBACK UPGRADE to go back to the source".into(),
+                    "traffic is on the target; ROLLBACK UPGRADE to go back to the source".into(),
                 ))
+            }
+            Phase::Done => {
+                return Err(ControlError(format!(
+                    "upgrade {} is done: traffic is on the target and the source was detached",
+                    row.id
+                )))
             }
             Phase::RolledBack => {
                 return Err(ControlError(
@@ -350,132 +545,215 @@ impl Controller {
                 "traffic is on the target; an upgrade starts only from the source".into(),
             ));
         }
-        if fresh {
-            // Check before anything is made, so the operator gets every problem at once,
-            // as the answer to START UPGRADE.
-            let pf = self.driver.preflight().await;
-            if !pf.failures.is_empty() {
-                let list: Vec<String> = pf
-                    .failures
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| format!("{}) {f}", i + 1))
-                    .collect();
-                return Err(ControlError(format!(
-                    "preflight found {} problem(s); nothing was changed:\n{}",
-                    list.len(),
-                    list.join("\n")
-                )));
+        if !fresh {
+            return self.resume_locked(actor, "START UPGRADE").await;
+        }
+        // Check before anything is made, so the operator gets every problem at once, as the
+        // answer to START UPGRADE.
+        let t0 = Instant::now();
+        let (failures, notes) = self.validate().await;
+        if !failures.is_empty() {
+            let list: Vec<String> = failures
+                .iter()
+                .enumerate()
+                .map(|(i, f)| format!("{}) {f}", i + 1))
+                .collect();
+            return Err(ControlError(format!(
+                "preflight found {} problem(s); nothing was changed:\n{}",
+                list.len(),
+                list.join("\n")
+            )));
+        }
+        let now = now_rfc3339();
+        let id = row.id + 1;
+        if let Ok(n) = self
+            .journal
+            .prune(self.cfg.upgrade.history_retention_days)
+            .await
+        {
+            if n > 0 {
+                tracing::info!(entries = n, "pruned the upgrade history");
             }
         }
-        let msg = if fresh {
-            let now = now_rfc3339();
-            let id = row.id + 1;
-            self.save_row(
-                UpgradeRow {
-                    id,
-                    phase: Phase::Preflight.as_str().into(),
-                    state: RUNNING.into(),
-                    serving_side: row.serving_side.clone(),
-                    epoch: row.epoch,
-                    direction: "none".into(),
-                    last_error: None,
-                    started_at: now.clone(),
-                    updated_at: now,
-                },
+        self.save_row(
+            UpgradeRow {
+                id,
+                phase: Phase::Preflight.as_str().into(),
+                state: RUNNING.into(),
+                serving_side: row.serving_side.clone(),
+                epoch: row.epoch,
+                direction: "none".into(),
+                last_error: None,
+                weight: 0,
+                started_at: now.clone(),
+                updated_at: now,
+            },
+            actor,
+            "phase",
+            &format!("upgrade {id} started"),
+        )
+        .await?;
+        {
+            let mut g = lock(&self.inner);
+            g.done.clear();
+            g.current = None;
+            g.progress = None;
+        }
+        let key = StepKind::ValidateInput.key();
+        self.journal
+            .step(id, &key, StepStatus::Started, None, actor)
+            .await?;
+        self.journal
+            .step(
+                id,
+                &key,
+                StepStatus::Done,
+                Some(format!(
+                    "passed in {} ms: {}",
+                    t0.elapsed().as_millis(),
+                    notes.join("; ")
+                )),
                 actor,
-                "phase",
-                &format!("upgrade {id} started"),
             )
             .await?;
-            format!("upgrade started (upgrade {id})")
-        } else {
-            self.save(
-                actor,
-                "phase",
-                &format!("upgrade resumed at phase {}", phase.as_str()),
-                |r| {
-                    r.state = RUNNING.into();
-                    r.last_error = None;
-                },
-            )
-            .await?;
-            format!("upgrade resumed at phase {}", phase.as_str())
-        };
+        lock(&self.inner).done.insert(key);
         self.spawn_plan(actor);
-        Ok(msg)
+        let mode = if self.cfg.upgrade.approve_cutover {
+            "it stops before the cutover until INITIATE CUTOVER"
+        } else {
+            "it runs to the end unattended"
+        };
+        Ok(format!("upgrade started (upgrade {id}); {mode}"))
     }
 
     /// INITIATE CUTOVER: runs the cutover protocol (module docs) and returns when traffic is on
     /// the target, with the pause in ms, or with the error (traffic then stays on the source).
-    /// Allowed in phase `replicating`, or `rolled_back` after a rollback from the target; in
-    /// `cutting_over` after the swap it finishes the post-swap steps.
+    /// Allowed once the initial copy is done (phases `replicating`, `shifting`,
+    /// `health_check`: a running plan is stopped first and remaining shift steps are
+    /// skipped), in `rolled_back` after a rollback from the target, and in `cutting_over`
+    /// after the swap (finishes the post-swap steps). After it the plan goes on
+    /// (`health_check:cutover`, `detach_old`, `decommission_source`).
     pub async fn initiate_cutover(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         let row = self.row();
         let phase = Phase::parse(&row.phase);
         let side = Side::parse(&row.serving_side).unwrap_or(Side::Source);
         let dir = Direction::parse(&row.direction);
-        match phase {
-            Phase::Replicating | Phase::RolledBack | Phase::CuttingOver
-                if side == Side::Source && dir == Some(Direction::Forward) =>
-            {
-                self.switch(Direction::Forward, "operator").await
-            }
-            Phase::CuttingOver if side == Side::Target => {
-                self.finish_switch(Direction::Forward, "operator").await
-            }
-            Phase::CutOver => Err(ControlError(format!(
-                "already cut over: traffic is on the target (epoch {})",
-                row.epoch
-            ))),
-            Phase::Idle => Err(ControlError(
-                "no upgrade in progress; START UPGRADE first".into(),
-            )),
-            Phase::RolledBack => Err(ControlError(
-                "replication was removed by the rollback; START UPGRADE again before a cutover"
-                    .into(),
-            )),
-            p if p.is_plan() => {
-                let progress = lock(&self.inner).progress.clone();
-                let extra = match (p, progress) {
-                    (Phase::Synchronizing, Some(pr)) => {
-                        format!(" ({}/{} tables synchronised)", pr.ready, pr.total)
-                    }
-                    _ => String::new(),
-                };
-                Err(ControlError(format!(
+        let r =
+            match phase {
+                Phase::Replicating
+                | Phase::Shifting
+                | Phase::HealthCheck
+                | Phase::RolledBack
+                | Phase::CuttingOver
+                    if side == Side::Source && dir == Some(Direction::Forward) =>
+                {
+                    let _ = self
+                        .journal
+                        .step_event(row.id, "cutover", "operator", "signal", "INITIATE CUTOVER")
+                        .await;
+                    self.stop_plan().await;
+                    self.switch(Direction::Forward, "operator").await
+                }
+                Phase::CuttingOver if side == Side::Target => {
+                    self.finish_switch(Direction::Forward, "operator").await
+                }
+                Phase::CutOver => {
+                    return Err(ControlError(format!(
+                        "already cut over: traffic is on the target (epoch {})",
+                        row.epoch
+                    )))
+                }
+                Phase::Detaching | Phase::Decommissioning | Phase::Done => {
+                    return Err(ControlError(format!(
+                        "already cut over: traffic is on the target (epoch {}; phase {})",
+                        row.epoch,
+                        phase.as_str()
+                    )))
+                }
+                Phase::Idle => {
+                    return Err(ControlError(
+                        "no upgrade in progress; START UPGRADE first".into(),
+                    ))
+                }
+                Phase::RolledBack => return Err(ControlError(
+                    "replication was removed by the rollback; START UPGRADE again before a cutover"
+                        .into(),
+                )),
+                p if p.before_sync() => {
+                    let progress = lock(&self.inner).progress.clone();
+                    let extra = match (p, progress) {
+                        (Phase::Synchronizing, Some(pr)) => {
+                            format!(" ({}/{} tables synchronised)", pr.ready, pr.total)
+                        }
+                        _ => String::new(),
+                    };
+                    return Err(ControlError(format!(
                     "cutover needs phase replicating; the upgrade is in phase {}{extra} (state {})",
                     p.as_str(),
                     row.state
-                )))
-            }
-            p => Err(ControlError(format!(
-                "cutover not possible in phase {} (state {})",
-                p.as_str(),
-                row.state
-            ))),
+                )));
+                }
+                p => {
+                    return Err(ControlError(format!(
+                        "cutover not possible in phase {} (state {})",
+                        p.as_str(),
+                        row.state
+                    )))
+                }
+            };
+        if r.is_ok() && self.row().serving_side == Side::Target.as_str() {
+            // The plan goes on after the cutover.
+            self.spawn_plan("operator");
         }
+        r
     }
 
-    /// ROLLBACK UPGRADE, at any phase; returns when done. After the cutover: the cutover protocol
-    /// the other way (traffic back on the source, nothing written on the target lost, forward
-    /// replication running again). Before it: stops the plan and removes every replication
-    /// object (publications, subscriptions, slots). In `rolled_back` with forward replication
-    /// running: removes it.
+    /// ROLLBACK UPGRADE, at any phase before `detach_old`; returns when done. After the
+    /// cutover: the cutover protocol the other way (traffic back on the source, nothing
+    /// written on the target lost, forward replication running again). Before it: stops the
+    /// plan, sets the weight to 0, removes every replication object and, when pgshift
+    /// provisioned the target, stops it and deletes its data directory. In `rolled_back` with
+    /// forward replication running: removes it.
     pub async fn rollback(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         let row = self.row();
         let phase = Phase::parse(&row.phase);
         let side = Side::parse(&row.serving_side).unwrap_or(Side::Source);
         let dir = Direction::parse(&row.direction);
+        if phase != Phase::Idle {
+            let _ = self
+                .journal
+                .step_event(row.id, "rollback", "operator", "signal", "ROLLBACK UPGRADE")
+                .await;
+        }
         match phase {
             Phase::Idle => Err(ControlError("no upgrade to roll back".into())),
             Phase::RolledBack if dir.is_none() => Ok("already rolled back; nothing to do".into()),
-            Phase::CutOver => self.switch(Direction::Reverse, "operator").await,
+            Phase::Detaching | Phase::Decommissioning | Phase::Done => Err(ControlError(format!(
+                "rollback is no longer possible: DetachOld removed (or is removing) the replication back to the source \
+                 (phase {}); the source does not have what was written on the target since",
+                phase.as_str()
+            ))),
+            Phase::CutOver if side == Side::Target && dir == Some(Direction::Reverse) => {
+                self.stop_plan().await;
+                lock(&self.inner).post_watch = false;
+                let r = self.switch(Direction::Reverse, "operator").await;
+                if r.is_ok() {
+                    self.forget_cutover().await;
+                }
+                r
+            }
+            Phase::CutOver if side == Side::Target => Err(ControlError(
+                "traffic is on the target and reverse replication is gone; rollback is not possible".into(),
+            )),
             Phase::CuttingOver if side == Side::Target => {
                 self.finish_switch(Direction::Forward, "operator").await?;
-                self.switch(Direction::Reverse, "operator").await
+                let r = self.switch(Direction::Reverse, "operator").await;
+                if r.is_ok() {
+                    self.forget_cutover().await;
+                }
+                r
             }
             Phase::RollingBack if side == Side::Target => {
                 self.switch(Direction::Reverse, "operator").await
@@ -487,20 +765,116 @@ impl Controller {
         }
     }
 
+    /// PAUSE UPGRADE: stops the running plan at its next safe point (a cutover under way
+    /// finishes first) and sets state `paused`; traffic weights stay as they are and the
+    /// health checks keep guarding them. RESUME UPGRADE goes on.
+    pub async fn pause_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
+        let _g = self.op.lock().await;
+        let row = self.row();
+        if !self.plan_running() {
+            return match row.state.as_str() {
+                PAUSED | ALERT => Ok(format!("the plan is already stopped (state {})", row.state)),
+                WAITING => Err(ControlError(
+                    "the plan waits for INITIATE CUTOVER; there is nothing to pause".into(),
+                )),
+                s => Err(ControlError(format!(
+                    "no plan is running (phase {}, state {s})",
+                    row.phase
+                ))),
+            };
+        }
+        let _ = self
+            .journal
+            .step_event(row.id, "pause", "operator", "signal", "PAUSE UPGRADE")
+            .await;
+        self.stop_plan().await;
+        let row = self.row();
+        let at = lock(&self.inner).current.as_ref().map(|c| c.0.clone());
+        let msg = format!(
+            "paused at {} (phase {}, weight {} %); RESUME UPGRADE goes on",
+            at.as_deref().unwrap_or("a step boundary"),
+            row.phase,
+            row.weight
+        );
+        if row.state == RUNNING {
+            self.save("operator", "phase", &msg, |r| r.state = PAUSED.into())
+                .await?;
+        }
+        Ok(msg)
+    }
+
+    /// RESUME UPGRADE: goes on with a plan in state `paused`, `alert` or `error` from its
+    /// first step not done (a step a health check failed in runs again).
+    pub async fn resume_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
+        let _g = self.op.lock().await;
+        self.resume_locked("operator", "RESUME UPGRADE").await
+    }
+
+    async fn resume_locked(
+        self: &Arc<Self>,
+        actor: &str,
+        signal: &str,
+    ) -> Result<String, ControlError> {
+        let row = self.row();
+        let phase = Phase::parse(&row.phase);
+        if self.plan_running() {
+            return Err(ControlError(format!(
+                "the plan is already running (phase {})",
+                phase.as_str()
+            )));
+        }
+        if !(phase.continues() && matches!(row.state.as_str(), PAUSED | ALERT | ERROR | RUNNING)) {
+            return Err(ControlError(format!(
+                "nothing to resume: phase {}, state {}{}",
+                phase.as_str(),
+                row.state,
+                if row.state == WAITING {
+                    " (the plan waits for INITIATE CUTOVER)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let _ = self
+            .journal
+            .step_event(row.id, "resume", actor, "signal", signal)
+            .await;
+        let msg = format!("upgrade resumed at phase {}", phase.as_str());
+        self.save(actor, "phase", &msg, |r| {
+            r.state = RUNNING.into();
+            r.last_error = None;
+        })
+        .await?;
+        self.spawn_plan(actor);
+        Ok(msg)
+    }
+
     /// Status from memory; never blocks on I/O.
     pub fn status(&self) -> UpgradeStatus {
         let g = lock(&self.inner);
         let on_target = g.row.serving_side == Side::Target.as_str();
+        let w = g.row.weight.clamp(0, 100) as u32;
+        let phase = Phase::parse(&g.row.phase);
+        let checking = matches!(phase, Phase::Shifting | Phase::HealthCheck)
+            || (!on_target && w > 0)
+            || g.post_watch;
         UpgradeStatus {
             phase: g.row.phase.clone(),
             state: g.row.state.clone(),
             replication_lag_bytes: g.lag.and_then(|l| l.bytes),
             lag_seconds: g.lag.and_then(|l| l.seconds),
-            source_weight: if on_target { 0 } else { 100 },
-            target_weight: if on_target { 100 } else { 0 },
+            source_weight: if on_target { 0 } else { 100 - w },
+            target_weight: if on_target { 100 } else { w },
             epoch: u64::try_from(g.row.epoch).unwrap_or(1),
             last_error: g.row.last_error.clone(),
             updated_at: g.row.updated_at.clone(),
+            percent: plan::percent(&self.plan_steps, phase, &g),
+            step: g.current.as_ref().map(|c| c.0.clone()),
+            health: if checking {
+                g.health.summary.clone()
+            } else {
+                None
+            },
         }
     }
 
@@ -512,9 +886,22 @@ impl Controller {
             .map(|p| (p.ready, p.total))
     }
 
+    /// The latest health check reaction (weight moved back, or rollback after the cutover),
+    /// with its reaction time. From memory; `None` before the first in this process.
+    pub fn last_health_reaction(&self) -> Option<HealthReaction> {
+        lock(&self.inner).health.reaction.clone()
+    }
+
     /// The latest `limit` journal events, oldest first (for an admin `SHOW UPGRADE EVENTS`).
     pub async fn events(&self, limit: usize) -> Result<Vec<Event>, ControlError> {
         Ok(self.journal.events(limit).await?)
+    }
+
+    /// `SHOW UPGRADE HISTORY`: the latest `limit` history entries (step start / end / retry /
+    /// error, signals, health reactions, phases), oldest first, each with time, upgrade,
+    /// actor, kind and step. Kept `upgrade.history_retention_days`.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, ControlError> {
+        Ok(self.journal.history(limit).await?)
     }
 
     /// The journaled steps of the current upgrade, in the order they first started.
@@ -523,17 +910,40 @@ impl Controller {
         Ok(self.journal.steps(id).await?)
     }
 
+    /// The plan of this configuration, in order: (step key, step kind).
+    pub fn plan(&self) -> Vec<(String, StepKind)> {
+        self.plan_steps
+            .iter()
+            .map(|s| (s.kind.key(), s.kind))
+            .collect()
+    }
+
     /// Runs the preflight checks now, without starting anything (for an admin `CHECK UPGRADE`).
     pub async fn preflight(&self) -> Preflight {
         self.driver.preflight().await
     }
 
-    /// Stops the controller's background tasks (plan, collector, resume) without touching the
-    /// journal or the servers, as a process exit would. For a graceful shutdown, and for tests
-    /// that simulate a crash. A new [`Controller::open`] on the same journal resumes.
+    /// Waits until the plan is not running any more (done, waiting for INITIATE CUTOVER,
+    /// paused, alert, error or rolled back) and returns the status: for `pgshift upgrade`,
+    /// which runs the plan to its end. Call after [`start_upgrade`](Self::start_upgrade).
+    pub async fn wait_settled(&self) -> UpgradeStatus {
+        loop {
+            let st = self.status();
+            let busy = st.state == RUNNING || self.plan_running();
+            if !busy {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the controller's background tasks (plan, collector, health checks, resume)
+    /// without touching the journal or the servers, as a process exit would. For a graceful
+    /// shutdown, and for tests that simulate a crash. A new [`Controller::open`] on the same
+    /// journal resumes.
     pub fn shutdown(&self) {
-        if let Some(h) = lock(&self.plan).take() {
-            h.abort();
+        if let Some(p) = lock(&self.plan).take() {
+            p.handle.abort();
         }
         for h in lock(&self.background).drain(..) {
             h.abort();
@@ -557,11 +967,24 @@ impl Controller {
     }
 
     fn plan_running(&self) -> bool {
-        lock(&self.plan).as_ref().is_some_and(|h| !h.is_finished())
+        lock(&self.plan)
+            .as_ref()
+            .is_some_and(|p| !p.handle.is_finished())
     }
 
     /// Journals `row` (with an event), then makes it the in-memory state.
     async fn save_row(
+        &self,
+        row: UpgradeRow,
+        actor: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<UpgradeRow, ControlError> {
+        let _w = self.row_write.lock().await;
+        self.write_row_locked(row, actor, kind, message).await
+    }
+
+    async fn write_row_locked(
         &self,
         mut row: UpgradeRow,
         actor: &str,
@@ -576,9 +999,9 @@ impl Controller {
             )
             .await?;
         if row.state == ERROR {
-            tracing::error!(actor, phase = %row.phase, side = %row.serving_side, epoch = row.epoch, "{message}");
+            tracing::error!(actor, upgrade = row.id, phase = %row.phase, side = %row.serving_side, epoch = row.epoch, "{message}");
         } else {
-            tracing::info!(actor, phase = %row.phase, state = %row.state, side = %row.serving_side, epoch = row.epoch, "{message}");
+            tracing::info!(actor, upgrade = row.id, phase = %row.phase, state = %row.state, side = %row.serving_side, epoch = row.epoch, weight = row.weight, "{message}");
         }
         lock(&self.inner).row = row.clone();
         Ok(row)
@@ -592,9 +1015,33 @@ impl Controller {
         message: &str,
         f: impl FnOnce(&mut UpgradeRow),
     ) -> Result<UpgradeRow, ControlError> {
+        let _w = self.row_write.lock().await;
         let mut row = self.row();
         f(&mut row);
-        self.save_row(row, actor, kind, message).await
+        self.write_row_locked(row, actor, kind, message).await
+    }
+
+    /// As [`save`](Self::save) for the plan: nothing is written once `cancel` is set
+    /// (`Ok(None)`), so a stopped plan never overwrites what stopped it. `publish` runs after
+    /// the journal write, before the row lock is released (the weight).
+    async fn plan_save(
+        &self,
+        cancel: &Cancel,
+        actor: &str,
+        kind: &str,
+        message: &str,
+        f: impl FnOnce(&mut UpgradeRow),
+        publish: impl FnOnce(&UpgradeRow),
+    ) -> Result<Option<UpgradeRow>, ControlError> {
+        let _w = self.row_write.lock().await;
+        if cancel.is_set() {
+            return Ok(None);
+        }
+        let mut row = self.row();
+        f(&mut row);
+        let row = self.write_row_locked(row, actor, kind, message).await?;
+        publish(&row);
+        Ok(Some(row))
     }
 
     async fn set_phase(
@@ -631,7 +1078,7 @@ impl Controller {
         }
     }
 
-    /// Runs one plan step: journals `started`, runs it, journals `done`/`failed`. Transient
+    /// Runs one sub-step: journals `started`, runs it, journals `done`/`failed`. Transient
     /// failures (lost connections, objects briefly in use) are retried with exponential backoff
     /// (0.5, 1, 2, 4 s).
     async fn step<T, F, Fut>(&self, actor: &str, key: &str, mut f: F) -> Result<T, ControlError>
@@ -671,202 +1118,18 @@ impl Controller {
         }
     }
 
-    // ------------------------------------------------------------------------------------
-    // The plan
-    // ------------------------------------------------------------------------------------
-
-    fn spawn_plan(self: &Arc<Self>, actor: &str) {
-        let mut slot = lock(&self.plan);
-        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        let this = self.clone();
-        let actor = actor.to_string();
-        let h = tokio::spawn(async move {
-            if let Err(e) = this.plan_steps(&actor).await {
-                this.fail(&actor, None, &e.0).await;
-            }
-        });
-        *slot = Some(h);
-    }
-
-    async fn plan_steps(&self, actor: &str) -> Result<(), ControlError> {
+    /// After a rollback from the target: the cutover and its hold run again next time.
+    async fn forget_cutover(&self) {
         let id = self.row().id;
-        let done: HashSet<String> = self
-            .journal
-            .steps(id)
-            .await?
-            .into_iter()
-            .filter(|s| s.status == StepStatus::Done)
-            .map(|s| s.key)
-            .collect();
-        let d = &self.driver;
-        let names = d.names().clone();
-
-        if !done.contains("preflight") {
-            self.set_phase(actor, Phase::Preflight, RUNNING, "preflight")
-                .await?;
-            let report = self
-                .step(actor, "preflight", || async {
-                    let p = d.preflight().await;
-                    if p.failures.is_empty() {
-                        Ok((p.notes.clone(), format!("passed: {}", p.notes.join("; "))))
-                    } else {
-                        let list: Vec<String> = p
-                            .failures
-                            .iter()
-                            .enumerate()
-                            .map(|(i, f)| format!("{}) {f}", i + 1))
-                            .collect();
-                        Err(DriverError::new(format!(
-                            "{} problem(s): {}",
-                            p.failures.len(),
-                            list.join(" ")
-                        )))
-                    }
-                })
-                .await?;
-            for n in report {
-                self.journal.event(actor, "info", &n).await?;
+        let keys = vec![StepKind::Cutover.key(), StepKind::WatchCutover.key()];
+        {
+            let mut g = lock(&self.inner);
+            for k in &keys {
+                g.done.remove(k);
             }
+            g.current = None;
         }
-
-        if d.copy_schema_enabled() && !done.contains("schema_copy") {
-            self.set_phase(actor, Phase::SchemaCopy, RUNNING, "copying the schema")
-                .await?;
-            self.step(actor, "schema_copy", || async {
-                d.copy_schema().await.map(|m| ((), m))
-            })
-            .await?;
-        }
-
-        if !done.contains("subscription") {
-            self.set_phase(
-                actor,
-                Phase::InitReplication,
-                RUNNING,
-                "creating publications and the subscription",
-            )
-            .await?;
-            self.step(actor, "publication", || async {
-                let created = d
-                    .ensure_publication(Side::Source, &names.publication)
-                    .await?;
-                Ok((
-                    (),
-                    format!(
-                        "publication {} on source {}",
-                        names.publication,
-                        if created { "created" } else { "exists" }
-                    ),
-                ))
-            })
-            .await?;
-            self.step(actor, "reverse_publication", || async {
-                let created = d
-                    .ensure_publication(Side::Target, &names.reverse_publication)
-                    .await?;
-                Ok((
-                    (),
-                    format!(
-                        "publication {} on target {}",
-                        names.reverse_publication,
-                        if created { "created" } else { "exists" }
-                    ),
-                ))
-            })
-            .await?;
-            self.step(actor, "subscription", || async {
-                d.ensure_forward_subscription().await.map(|m| ((), m))
-            })
-            .await?;
-        }
-
-        self.save(actor, "phase", "initial copy of the tables", |r| {
-            r.phase = Phase::Synchronizing.as_str().into();
-            r.state = RUNNING.into();
-            r.direction = Direction::Forward.as_str().into();
-        })
-        .await?;
-        let total = self.step(actor, "sync", || self.wait_sync(actor)).await?;
-        lock(&self.inner).progress = None;
-        self.save(
-            actor,
-            "phase",
-            &format!("synchronised: all {total} tables replicating; ready for INITIATE CUTOVER"),
-            |r| {
-                r.phase = Phase::Replicating.as_str().into();
-                r.state = WAITING.into();
-                r.last_error = None;
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Waits until every table of the forward subscription is synchronised. Transient errors
-    /// are logged and the wait goes on; it has no deadline (ROLLBACK UPGRADE stops it).
-    async fn wait_sync(&self, actor: &str) -> Result<(u64, String), DriverError> {
-        let d = &self.driver;
-        let interval = Duration::from_millis(self.cfg.upgrade.poll_interval_ms.max(10));
-        let mut client = None;
-        let mut last_ready = None;
-        let mut failures = 0u32;
-        loop {
-            if client
-                .as_ref()
-                .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
-            {
-                client = match d.connect(Side::Target).await {
-                    Ok(c) => Some(c),
-                    Err(e) if e.transient => {
-                        failures += 1;
-                        if failures % 20 == 1 {
-                            tracing::warn!(error = %e.message, "waiting for the initial copy: cannot reach the target; retrying");
-                        }
-                        tokio::time::sleep(interval).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-            }
-            let Some(c) = client.as_ref() else { continue };
-            match d.sync_progress(c).await {
-                Ok(p) => {
-                    failures = 0;
-                    if last_ready != Some(p.ready) {
-                        let msg = if p.pending.is_empty() {
-                            format!("initial copy: {}/{} tables synchronised", p.ready, p.total)
-                        } else {
-                            format!(
-                                "initial copy: {}/{} tables synchronised; copying {}",
-                                p.ready,
-                                p.total,
-                                p.pending.join(", ")
-                            )
-                        };
-                        tracing::info!("{msg}");
-                        let _ = self.journal.event(actor, "info", &msg).await;
-                        last_ready = Some(p.ready);
-                    }
-                    let done = p.done();
-                    let (ready, total) = (p.ready, p.total);
-                    lock(&self.inner).progress = Some(p);
-                    if done {
-                        return Ok((total, format!("{ready}/{total} tables synchronised")));
-                    }
-                }
-                Err(e) if e.transient => {
-                    failures += 1;
-                    if failures % 20 == 1 {
-                        tracing::warn!(error = %e.message, "waiting for the initial copy; retrying");
-                    }
-                    client = None;
-                }
-                Err(e) => return Err(e),
-            }
-            tokio::time::sleep(interval).await;
-        }
+        let _ = self.journal.reset_steps(id, keys).await;
     }
 
     // ------------------------------------------------------------------------------------
@@ -1103,10 +1366,13 @@ impl Controller {
             let lsn = d.recreate_slot(&sub_c, to, &new_slot).await.map_err(abandon)?;
             laps.lap("slot");
             // f. journal the swap (slot done + swap started + new side/epoch in one transaction) ...
+            let _w = self.row_write.lock().await;
             let mut row = self.row();
             row.serving_side = to.as_str().into();
             row.epoch = new_epoch;
             row.direction = dir.reverse().as_str().into();
+            // The new serving side gets everything: no weighted share to the old one.
+            row.weight = 0;
             row.updated_at = now_rfc3339();
             self.journal
                 .transitions(
@@ -1137,8 +1403,13 @@ impl Controller {
             return Err(ControlError(msg));
         }
 
-        // ... then switch (this also unpauses).
+        // ... then switch (this also unpauses). The weighted share goes first, while paused:
+        // nothing is routed between the two publications.
+        if traffic.weight() != 0 {
+            traffic.set_weight(0);
+        }
         traffic.switch_to(to, u64::try_from(new_epoch).unwrap_or(1));
+        lock(&self.inner).swapped_at = Some(Instant::now());
         let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
         let breakdown = laps.summary();
         let swap_msg = format!(
@@ -1242,7 +1513,18 @@ impl Controller {
                 actor,
             )
             .await;
-        self.fail(actor, Some(prev_phase), &msg).await;
+        if self.retrying_switch.load(Ordering::SeqCst) {
+            // The plan tries again: no `error` state in between.
+            let _ = self
+                .save(actor, "retry", &msg, |r| {
+                    r.phase = prev_phase.as_str().into();
+                    r.state = RUNNING.into();
+                    r.last_error = Some(msg.clone());
+                })
+                .await;
+        } else {
+            self.fail(actor, Some(prev_phase), &msg).await;
+        }
         msg
     }
 
@@ -1250,9 +1532,10 @@ impl Controller {
     /// subscription of the other direction on the new slot, then drop the old subscription.
     async fn finish_switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
         let d = &self.driver;
-        let (kp, done_phase) = match dir {
-            Direction::Forward => ("cutover", Phase::CutOver),
-            Direction::Reverse => ("switchback", Phase::RolledBack),
+        let (kp, done_phase, done_state) = match dir {
+            // After a cutover the plan goes on (health checks, DetachOld...).
+            Direction::Forward => ("cutover", Phase::CutOver, RUNNING),
+            Direction::Reverse => ("switchback", Phase::RolledBack, DONE),
         };
         let new_dir = dir.reverse();
         let res: Result<(String, String), ControlError> = async {
@@ -1281,7 +1564,7 @@ impl Controller {
                 );
                 self.save(actor, "phase", &msg, |r| {
                     r.phase = done_phase.as_str().into();
-                    r.state = DONE.into();
+                    r.state = done_state.into();
                     r.last_error = None;
                     r.direction = new_dir.as_str().into();
                 })
@@ -1312,45 +1595,89 @@ impl Controller {
                 "traffic is on the target; removing replication now would lose the way back".into(),
             ));
         }
-        let plan = lock(&self.plan).take();
-        if let Some(h) = plan {
-            h.abort();
-            let _ = h.await;
+        self.stop_plan().await;
+        // Weight 0 and direction 'none' first: "no replication should run, nothing on the
+        // target" (a restart continues the teardown).
+        let traffic = self.traffic.get().cloned();
+        {
+            let _w = self.row_write.lock().await;
+            let mut r = self.row();
+            r.phase = Phase::RollingBack.as_str().into();
+            r.state = RUNNING.into();
+            r.direction = "none".into();
+            r.weight = 0;
+            self.write_row_locked(
+                r,
+                actor,
+                "phase",
+                "rollback: traffic weight 0, removing replication objects",
+            )
+            .await?;
+            if let Some(t) = &traffic {
+                if t.weight() != 0 {
+                    t.set_weight(0);
+                }
+            }
         }
-        // direction 'none' first: "no replication should run" (a restart continues the teardown).
-        self.save(
-            actor,
-            "phase",
-            "rollback: removing replication objects",
-            |r| {
-                r.phase = Phase::RollingBack.as_str().into();
-                r.state = RUNNING.into();
-                r.direction = "none".into();
-            },
-        )
-        .await?;
-        lock(&self.inner).progress = None;
+        {
+            let mut g = lock(&self.inner);
+            g.progress = None;
+            g.current = None;
+            g.post_watch = false;
+        }
         let d = &self.driver;
-        let res = self
-            .step(actor, "teardown", || async {
-                d.teardown().await.map(|v| ((), v.join("; ")))
-            })
-            .await;
+        let local = crate::provider::Local::target(&self.cfg);
+        let res: Result<Vec<String>, ControlError> = async {
+            let mut done = Vec::new();
+            // A target pgshift provisions but has not made yet: only the source has objects.
+            let target_absent = local.as_ref().is_some_and(|l| !l.made_by_pgshift());
+            let removed = if target_absent {
+                self.step(actor, "teardown", || async {
+                    d.teardown_source().await.map(|v| ((), v.join("; ")))
+                })
+                .await
+            } else {
+                let full = self
+                    .step(actor, "teardown", || async {
+                        d.teardown().await.map(|v| ((), v.join("; ")))
+                    })
+                    .await;
+                match (full, &local) {
+                    // The provisioned target is going anyway: clean the source alone.
+                    (Err(e), Some(_)) => {
+                        tracing::warn!(error = %e, "teardown on both servers failed; cleaning the source, the provisioned target is deleted next");
+                        self.step(actor, "teardown.source", || async {
+                            d.teardown_source().await.map(|v| ((), v.join("; ")))
+                        })
+                        .await
+                    }
+                    (r, _) => r,
+                }
+            };
+            removed?;
+            done.push("replication objects removed".to_string());
+            if let Some(l) = &local {
+                let msg = self
+                    .step(actor, "deprovision_target", || async {
+                        l.remove().await.map(|m| (m.clone(), m))
+                    })
+                    .await?;
+                done.push(msg);
+            }
+            Ok(done)
+        }
+        .await;
         match res {
-            Ok(()) => {
-                self.save(
-                    actor,
-                    "phase",
-                    "rolled back: replication objects removed; traffic on the source",
-                    |r| {
-                        r.phase = Phase::RolledBack.as_str().into();
-                        r.state = DONE.into();
-                        r.last_error = None;
-                    },
-                )
+            Ok(done) => {
+                let msg = format!("rolled back: {}; traffic on the source", done.join("; "));
+                self.save(actor, "phase", &msg, |r| {
+                    r.phase = Phase::RolledBack.as_str().into();
+                    r.state = DONE.into();
+                    r.last_error = None;
+                })
                 .await?;
                 lock(&self.inner).lag = None;
-                Ok("rolled back: replication objects removed; traffic stays on the source".into())
+                Ok(msg)
             }
             Err(e) => {
                 let msg = format!("rollback incomplete: {}; run ROLLBACK UPGRADE again", e.0);
@@ -1365,6 +1692,24 @@ impl Controller {
     // ------------------------------------------------------------------------------------
 
     async fn resume(self: Arc<Self>) {
+        match self
+            .journal
+            .prune(self.cfg.upgrade.history_retention_days)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(entries = n, "pruned the upgrade history"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not prune the upgrade history"),
+        }
+        let id = self.row().id;
+        if let Ok(steps) = self.journal.steps(id).await {
+            let mut g = lock(&self.inner);
+            g.done = steps
+                .into_iter()
+                .filter(|s| s.status == StepStatus::Done)
+                .map(|s| s.key)
+                .collect();
+        }
         let _g = self.op.lock().await;
         let row = self.row();
         let phase = Phase::parse(&row.phase);
@@ -1373,15 +1718,12 @@ impl Controller {
         let actor = "resume";
         let r: Result<(), ControlError> = async {
             match phase {
-                p if p.is_plan() && row.state == RUNNING && !self.plan_running() => {
-                    let _ = self.journal.event(actor, "info", &format!("resuming the plan at phase {}", p.as_str())).await;
-                    self.spawn_plan(actor);
-                }
                 Phase::CuttingOver | Phase::RollingBack if row.state == RUNNING || row.state == ERROR => {
                     match (phase, side, dir) {
-                        // Swap journaled: finish the post-swap steps.
+                        // Swap journaled: finish the post-swap steps; the plan goes on.
                         (Phase::CuttingOver, Side::Target, _) => {
                             self.finish_switch(Direction::Forward, actor).await?;
+                            self.spawn_plan(actor);
                         }
                         (Phase::RollingBack, Side::Source, Some(Direction::Forward)) => {
                             self.finish_switch(Direction::Reverse, actor).await?;
@@ -1392,13 +1734,25 @@ impl Controller {
                         }
                         // Interrupted before the swap: abandon.
                         (Phase::CuttingOver, _, _) => {
+                            let prev = if self.row().weight > 0 {
+                                Phase::HealthCheck
+                            } else {
+                                Phase::Replicating
+                            };
+                            // Unattended: the plan tries again (no `error` in between).
+                            let retry = !self.cfg.upgrade.approve_cutover;
+                            self.retrying_switch.store(retry, Ordering::SeqCst);
                             self.abandon_switch(
                                 Direction::Forward,
                                 actor,
-                                Phase::Replicating,
+                                prev,
                                 "cutover interrupted by a restart before the swap; cutover abandoned, traffic stays on the source",
                             )
                             .await;
+                            self.retrying_switch.store(false, Ordering::SeqCst);
+                            if retry {
+                                self.spawn_plan(actor);
+                            }
                         }
                         (Phase::RollingBack, _, _) => {
                             self.abandon_switch(
@@ -1411,6 +1765,10 @@ impl Controller {
                         }
                         _ => {}
                     }
+                }
+                p if p.continues() && row.state == RUNNING && !self.plan_running() => {
+                    let _ = self.journal.event(actor, "info", &format!("resuming the plan at phase {}", p.as_str())).await;
+                    self.spawn_plan(actor);
                 }
                 Phase::Idle if self.cfg.upgrade.auto_start => {
                     self.start_locked("auto_start").await?;
@@ -1426,7 +1784,6 @@ impl Controller {
     }
 }
 
-/// Splits the cutover pause into named laps (ms); repeated names add up.
 #[derive(Default)]
 struct Laps {
     last: Option<Instant>,

@@ -14,11 +14,17 @@
 //! Schema (all timestamps RFC 3339 UTC with milliseconds):
 //! * `upgrade`: at most one row, the current upgrade (`id` = upgrade number, incremented when an
 //!   upgrade starts afresh), its `phase`, `state`, `serving_side`, routing `epoch`, `direction`
-//!   of the replication that should be running, `last_error`, `started_at`, `updated_at`.
+//!   of the replication that should be running, traffic `weight` on the target (weighted
+//!   shift), `last_error`, `started_at`, `updated_at`.
 //! * `steps`: `(upgrade_id, key)` → `status` (`started` / `done` / `failed`), `started_at`,
-//!   `finished_at`, `attempts`, `detail`. A step repeated (a second cutover, a retry) keeps its
-//!   key: `attempts` counts, the events keep each run.
-//! * `events`: `ts`, `actor` (`operator`, `plan`, `resume`, ...), `kind`, `message`.
+//!   `finished_at`, `attempts`, `detail`, `heartbeat_at` (long steps). A step repeated (a second
+//!   cutover, a retry) keeps its key: `attempts` counts, the events keep each run.
+//! * `events` (the history): `ts`, `upgrade_id`, `step` (key, for step events), `actor`
+//!   (`operator`, `plan`, `resume`, `health`, ...), `kind` (`phase`, `step`, `retry`, `error`,
+//!   `signal`, `health`, `alert`, `swap`, `info`), `message`. Pruned after
+//!   `upgrade.history_retention_days` ([`Journal::prune`]).
+//!
+//! Journals written by an earlier pgshift gain the new columns when opened.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -53,6 +59,9 @@ pub struct UpgradeRow {
     pub direction: String,
     /// Message of the last failure, cleared when a step succeeds after it.
     pub last_error: Option<String>,
+    /// Percentage of eligible traffic the proxy sends to the side that is not serving
+    /// ([`crate::TrafficControl::set_weight`]); journaled before it is published.
+    pub weight: i64,
     /// When this upgrade started (RFC 3339 UTC).
     pub started_at: String,
     /// Last change of this row (RFC 3339 UTC).
@@ -115,6 +124,26 @@ pub struct StepRow {
     pub detail: Option<String>,
 }
 
+/// One entry of the history, as `SHOW UPGRADE HISTORY` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Row id (increasing).
+    pub id: i64,
+    /// When (RFC 3339 UTC).
+    pub ts: String,
+    /// Upgrade number it belongs to (none for entries written before any upgrade).
+    pub upgrade_id: Option<i64>,
+    /// Who: `operator`, `plan`, `resume`, `health`, `cutover`, `rollback`...
+    pub actor: String,
+    /// `phase`, `step` (start / end / failure of a step), `retry`, `error`, `signal`
+    /// (ROLLBACK / PAUSE / RESUME...), `health`, `alert`, `swap`, `info`.
+    pub kind: String,
+    /// Plan step key for step and retry entries (`shift_traffic:2`, `cutover.swap`...).
+    pub step: Option<String>,
+    /// Human-readable text (never a password).
+    pub message: String,
+}
+
 /// One entry of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -147,6 +176,7 @@ CREATE TABLE IF NOT EXISTS upgrade (
     serving_side TEXT NOT NULL,
     epoch        INTEGER NOT NULL,
     direction    TEXT NOT NULL DEFAULT 'none',
+    weight       INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     started_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL
@@ -159,6 +189,7 @@ CREATE TABLE IF NOT EXISTS steps (
     finished_at TEXT,
     attempts    INTEGER NOT NULL DEFAULT 1,
     detail      TEXT,
+    heartbeat_at TEXT,
     PRIMARY KEY (upgrade_id, key)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -166,9 +197,20 @@ CREATE TABLE IF NOT EXISTS events (
     ts      TEXT NOT NULL,
     actor   TEXT NOT NULL,
     kind    TEXT NOT NULL,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    upgrade_id INTEGER,
+    step    TEXT
 );
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 ";
+
+/// Columns added after the first release: (table, column, definition). Added when missing.
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    ("upgrade", "weight", "INTEGER NOT NULL DEFAULT 0"),
+    ("steps", "heartbeat_at", "TEXT"),
+    ("events", "upgrade_id", "INTEGER"),
+    ("events", "step", "TEXT"),
+];
 
 impl Journal {
     /// Opens (creating the file, its parent directory and the tables if missing) the journal at
@@ -254,9 +296,176 @@ impl Journal {
             let tx = c.transaction()?;
             write_upgrade(&tx, &row)?;
             if let Some((actor, kind, message)) = event {
-                insert_event(&tx, &row.updated_at, &actor, &kind, &message)?;
+                insert_event(
+                    &tx,
+                    &row.updated_at,
+                    Some(row.id),
+                    None,
+                    &actor,
+                    &kind,
+                    &message,
+                )?;
             }
             tx.commit()
+        })
+        .await
+    }
+
+    /// Writes the current upgrade row with an event, and forgets the steps `reset` of that
+    /// upgrade (so the plan runs them again), in one transaction of the given durability.
+    pub async fn save_upgrade_reset(
+        &self,
+        row: UpgradeRow,
+        event: (String, String, String),
+        reset: Vec<String>,
+        durability: Durability,
+    ) -> Result<(), JournalError> {
+        self.call(move |c| {
+            if durability == Durability::Process {
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+            }
+            let res = (|| {
+                let tx = c.transaction()?;
+                write_upgrade(&tx, &row)?;
+                for key in &reset {
+                    tx.execute(
+                        "DELETE FROM steps WHERE upgrade_id = ?1 AND key = ?2",
+                        params![row.id, key],
+                    )?;
+                }
+                let (actor, kind, message) = &event;
+                insert_event(
+                    &tx,
+                    &row.updated_at,
+                    Some(row.id),
+                    None,
+                    actor,
+                    kind,
+                    message,
+                )?;
+                tx.commit()
+            })();
+            if durability == Durability::Process {
+                c.pragma_update(None, "synchronous", "FULL")?;
+            }
+            res
+        })
+        .await
+    }
+
+    /// Forgets steps `keys` of upgrade `upgrade_id` (the plan runs them again); the history
+    /// keeps their runs.
+    pub async fn reset_steps(
+        &self,
+        upgrade_id: i64,
+        keys: Vec<String>,
+    ) -> Result<(), JournalError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for key in &keys {
+                tx.execute(
+                    "DELETE FROM steps WHERE upgrade_id = ?1 AND key = ?2",
+                    params![upgrade_id, key],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Records that step `key` is alive (long steps such as WaitForSync): `heartbeat_at` = now
+    /// and, when given, `detail`. Not fsynced (a lost heartbeat costs nothing).
+    pub async fn heartbeat(
+        &self,
+        upgrade_id: i64,
+        key: &str,
+        detail: Option<String>,
+    ) -> Result<(), JournalError> {
+        let key = key.to_string();
+        self.call(move |c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let r = c.execute(
+                "UPDATE steps SET heartbeat_at = ?3, detail = COALESCE(?4, detail)
+                 WHERE upgrade_id = ?1 AND key = ?2",
+                params![upgrade_id, key, now_rfc3339(), detail],
+            );
+            c.pragma_update(None, "synchronous", "FULL")?;
+            r.map(|_| ())
+        })
+        .await
+    }
+
+    /// Appends an event about step `step` of upgrade `upgrade_id` (kind e.g. `retry`).
+    pub async fn step_event(
+        &self,
+        upgrade_id: i64,
+        step: &str,
+        actor: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), JournalError> {
+        let (step, actor, kind, message) = (
+            step.to_string(),
+            actor.to_string(),
+            kind.to_string(),
+            message.to_string(),
+        );
+        self.call(move |c| {
+            insert_event(
+                c,
+                &now_rfc3339(),
+                Some(upgrade_id),
+                Some(&step),
+                &actor,
+                &kind,
+                &message,
+            )
+        })
+        .await
+    }
+
+    /// The latest `limit` history entries, oldest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, JournalError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, ts, upgrade_id, actor, kind, step, message FROM
+                   (SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id",
+            )?;
+            let rows = st.query_map(params![limit], |r| {
+                Ok(HistoryEntry {
+                    id: r.get(0)?,
+                    ts: r.get(1)?,
+                    upgrade_id: r.get(2)?,
+                    actor: r.get(3)?,
+                    kind: r.get(4)?,
+                    step: r.get(5)?,
+                    message: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Deletes history entries older than `days` days, and the step records of earlier
+    /// upgrades that ended before then. Returns the number of entries deleted.
+    pub async fn prune(&self, days: u32) -> Result<usize, JournalError> {
+        let cutoff = {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64;
+            rfc3339_from_unix_millis(now - i64::from(days) * 86_400_000)
+        };
+        self.call(move |c| {
+            let n = c.execute("DELETE FROM events WHERE ts < ?1", params![cutoff])?;
+            c.execute(
+                "DELETE FROM steps WHERE upgrade_id < (SELECT COALESCE(max(id), 0) FROM upgrade)
+                   AND COALESCE(finished_at, started_at) < ?1",
+                params![cutoff],
+            )?;
+            Ok(n)
         })
         .await
     }
@@ -317,7 +526,7 @@ impl Journal {
     /// Appends an event.
     pub async fn event(&self, actor: &str, kind: &str, message: &str) -> Result<(), JournalError> {
         let (actor, kind, message) = (actor.to_string(), kind.to_string(), message.to_string());
-        self.call(move |c| insert_event(c, &now_rfc3339(), &actor, &kind, &message))
+        self.call(move |c| insert_event(c, &now_rfc3339(), None, None, &actor, &kind, &message))
             .await
     }
 
@@ -383,6 +592,16 @@ fn init(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     conn.execute_batch(SCHEMA)?;
+    for (table, column, def) in MIGRATIONS {
+        let exists: bool = conn.query_row(
+            &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -401,7 +620,7 @@ fn write_transitions(
             Some(d) => format!("{key}: {} ({d})", status.as_str()),
             None => format!("{key}: {}", status.as_str()),
         };
-        insert_event(&tx, now, actor, "step", &msg)?;
+        insert_event(&tx, now, Some(upgrade_id), Some(key), actor, "step", &msg)?;
     }
     if let Some(row) = row {
         write_upgrade(&tx, row)?;
@@ -448,10 +667,10 @@ fn write_step(
 fn write_upgrade(c: &Connection, row: &UpgradeRow) -> rusqlite::Result<()> {
     c.execute("DELETE FROM upgrade WHERE id <> ?1", params![row.id])?;
     c.execute(
-        "INSERT INTO upgrade (id, phase, state, serving_side, epoch, direction, last_error, started_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO upgrade (id, phase, state, serving_side, epoch, direction, last_error, started_at, updated_at, weight)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (id) DO UPDATE SET phase = ?2, state = ?3, serving_side = ?4, epoch = ?5,
-             direction = ?6, last_error = ?7, started_at = ?8, updated_at = ?9",
+             direction = ?6, last_error = ?7, started_at = ?8, updated_at = ?9, weight = ?10",
         params![
             row.id,
             row.phase,
@@ -461,7 +680,8 @@ fn write_upgrade(c: &Connection, row: &UpgradeRow) -> rusqlite::Result<()> {
             row.direction,
             row.last_error,
             row.started_at,
-            row.updated_at
+            row.updated_at,
+            row.weight
         ],
     )?;
     Ok(())
@@ -469,7 +689,7 @@ fn write_upgrade(c: &Connection, row: &UpgradeRow) -> rusqlite::Result<()> {
 
 fn read_upgrade(c: &mut Connection) -> rusqlite::Result<Option<UpgradeRow>> {
     c.query_row(
-        "SELECT id, phase, state, serving_side, epoch, direction, last_error, started_at, updated_at
+        "SELECT id, phase, state, serving_side, epoch, direction, last_error, started_at, updated_at, weight
          FROM upgrade ORDER BY id DESC LIMIT 1",
         [],
         |r| {
@@ -483,6 +703,7 @@ fn read_upgrade(c: &mut Connection) -> rusqlite::Result<Option<UpgradeRow>> {
                 last_error: r.get(6)?,
                 started_at: r.get(7)?,
                 updated_at: r.get(8)?,
+                weight: r.get(9)?,
             })
         },
     )
@@ -492,13 +713,16 @@ fn read_upgrade(c: &mut Connection) -> rusqlite::Result<Option<UpgradeRow>> {
 fn insert_event(
     c: &Connection,
     ts: &str,
+    upgrade_id: Option<i64>,
+    step: Option<&str>,
     actor: &str,
     kind: &str,
     message: &str,
 ) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO events (ts, actor, kind, message) VALUES (?1, ?2, ?3, ?4)",
-        params![ts, actor, kind, message],
+        "INSERT INTO events (ts, actor, kind, message, upgrade_id, step)
+         VALUES (?1, ?2, ?3, ?4, COALESCE(?5, (SELECT max(id) FROM upgrade)), ?6)",
+        params![ts, actor, kind, message, upgrade_id, step],
     )?;
     Ok(())
 }
@@ -569,6 +793,7 @@ mod tests {
             epoch: 1,
             direction: "none".into(),
             last_error: None,
+            weight: 25,
             started_at: now_rfc3339(),
             updated_at: now_rfc3339(),
         };
@@ -596,6 +821,23 @@ mod tests {
         assert_eq!(steps[0].attempts, 2);
         assert_eq!(steps[0].status, StepStatus::Started);
         assert_eq!(j.events(2).await.expect("events").len(), 2);
+        let h = j.history(10).await.expect("history");
+        assert_eq!(h.len(), 4);
+        assert_eq!(h[1].step.as_deref(), Some("preflight"));
+        assert_eq!(h[1].upgrade_id, Some(1));
+        assert_eq!(h[1].kind, "step");
+        j.heartbeat(1, "preflight", Some("alive".into()))
+            .await
+            .expect("heartbeat");
+        assert_eq!(
+            j.steps(1).await.unwrap()[0].detail.as_deref(),
+            Some("alive")
+        );
+        j.reset_steps(1, vec!["preflight".into()])
+            .await
+            .expect("reset");
+        assert!(j.steps(1).await.unwrap().is_empty());
+        assert_eq!(j.prune(90).await.expect("prune"), 0);
         let mode: String = j
             .call(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
             .await

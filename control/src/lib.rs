@@ -3,11 +3,17 @@
 //! `control` never sees the proxy's types. It steers traffic only through
 //! [`TrafficControl`], which the proxy implements over its routing table.
 //!
-//! * [`controller`]: [`Controller`], the plan (preflight, schema copy, replication setup, sync),
-//!   the cutover and rollback protocol, resume after restart, the in-memory status.
-//! * [`journal`]: the SQLite journal every step transition is written to before it takes effect.
+//! * [`controller`]: [`Controller`], the plan (ValidateInput → ProvisionTarget →
+//!   ConfigureParams → InstallExtension → InitReplication → WaitForSync → (ShiftTraffic n →
+//!   HealthCheck n)* → Cutover → DetachOld → DecommissionSource), the cutover and rollback
+//!   protocol, pause / resume, resume after restart, the in-memory status and progress.
+//! * [`health`]: the checks that guard the weighted shift and the time after the cutover.
+//! * [`journal`]: the SQLite journal every step transition is written to before it takes
+//!   effect, and the upgrade history.
 //! * [`logical`]: the native logical replication driver (publications, subscriptions, slots,
 //!   schema copy, sequences, lag).
+//! * [`provider`]: the `local` provider (initdb / pg_ctl): ProvisionTarget, the rollback's
+//!   removal of what it made, DecommissionSource, the final dump.
 //!
 //! Use from the proxy: [`Controller::open`] at start-up, build the routing table from
 //! [`Controller::serving_side`], start accepting clients, then [`Controller::attach`] the
@@ -95,12 +101,22 @@ pub trait TrafficControl: Send + Sync + 'static {
     /// ahead of a cutover (DESIGN.md "Weighted shift"). With one-way replication only
     /// transactions the classifier proves read-only are eligible; with bidirectional
     /// replication whole sessions are. 0 (the default) = everything on the serving side.
+    ///
+    /// Publishes a table with the same side, epoch and `paused` flag. The control plane
+    /// journals every weight before it publishes it, publishes the journaled weight in
+    /// [`Controller::attach`] (a restarted proxy starts at 0), lowers it within a second of a
+    /// failed health check, and sets it to 0 inside the cutover pause just before
+    /// [`switch_to`](Self::switch_to) (and after a rollback), so the new serving side starts
+    /// with everything.
     fn set_weight(&self, _percent: u8) {}
     /// The weight in force (see [`set_weight`](Self::set_weight)).
     fn weight(&self) -> u8 {
         0
     }
-    /// Cumulative client traffic counters per side, for health checks (which take deltas).
+    /// Cumulative client traffic counters per side, for health checks (which take deltas
+    /// over `[health] window_ms`; counters that go backwards restart the window). Called
+    /// every `[health] interval_ms` while traffic is shifted or right after a cutover: keep it
+    /// cheap (atomics, a recent-window p99).
     fn stats(&self) -> TrafficStats {
         TrafficStats::default()
     }
@@ -128,7 +144,10 @@ pub struct TrafficStats {
 pub type Traffic = Arc<dyn TrafficControl>;
 
 pub mod controller;
+pub mod health;
 pub mod journal;
 pub mod logical;
+pub mod provider;
 
-pub use controller::{ControlError, Controller, UpgradeStatus};
+pub use controller::{ControlError, Controller, HealthReaction, StepKind, UpgradeStatus};
+pub use journal::HistoryEntry;

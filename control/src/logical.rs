@@ -48,7 +48,8 @@ impl DriverError {
             transient: false,
         }
     }
-    fn temporary(message: impl Into<String>) -> DriverError {
+    /// A failure worth retrying unchanged.
+    pub fn temporary(message: impl Into<String>) -> DriverError {
         DriverError {
             message: message.into(),
             transient: true,
@@ -363,6 +364,13 @@ impl Logical {
     /// Checks everything the plan needs on both servers and collects every failure (not only
     /// the first). See the module docs of [`crate::controller`] for the list.
     pub async fn preflight(&self) -> Preflight {
+        self.preflight_scope(true).await
+    }
+
+    /// [`preflight`](Self::preflight), or with `target = false` the source and the tools only
+    /// (the target does not exist yet: pgshift provisions it). `sync_workers` of the target is
+    /// then taken as PostgreSQL's default, 2.
+    pub async fn preflight_scope(&self, target: bool) -> Preflight {
         let mut out = Preflight::default();
         let ours: Vec<String> = vec![self.names.forward.clone(), self.names.reverse.clone()];
 
@@ -376,9 +384,14 @@ impl Logical {
                 None
             }
         };
-        let tgt = match self.connect(Side::Target).await {
-            Ok(c) => Some(c),
-            Err(e) => {
+        let tgt = match if target {
+            Some(self.connect(Side::Target).await)
+        } else {
+            None
+        } {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
                 out.failures.push(format!(
                     "{}; check [target] host, port, dbname, user and password",
                     e.message
@@ -1317,6 +1330,36 @@ impl Logical {
         Ok(done)
     }
 
+    /// [`teardown`](Self::teardown) of the source alone, for a target that does not exist
+    /// (not provisioned yet) or is about to be deleted: ends pgshift's statements on the
+    /// source, drops the reverse subscription (detached from its slot when the target cannot
+    /// be reached), the forward slot and the source's publication. Idempotent.
+    pub async fn teardown_source(&self) -> Result<Vec<String>> {
+        let mut done = vec![];
+        let src = self.connect(Side::Source).await?;
+        let n = self.end_own_backends(&src, Side::Source).await?;
+        if n > 0 {
+            done.push(format!("ended {n} running pgshift statement(s) on source"));
+        }
+        done.push(self.drop_subscription(Direction::Reverse).await?);
+        if self
+            .drop_slot(&src, Side::Source, &self.names.forward)
+            .await?
+        {
+            done.push(format!("dropped slot {} on source", self.names.forward));
+        }
+        if self
+            .drop_publication(Side::Source, &self.names.publication)
+            .await?
+        {
+            done.push(format!(
+                "dropped publication {} on source",
+                self.names.publication
+            ));
+        }
+        Ok(done)
+    }
+
     // ----------------------------------------------------------------------------------
     // Progress, lag, barriers
     // ----------------------------------------------------------------------------------
@@ -1502,6 +1545,49 @@ impl Logical {
         .transpose()
     }
 
+    /// The health probe of direction `d`'s subscription, on its subscriber (`c`): `None` when
+    /// the subscription does not exist, else (enabled, apply worker running,
+    /// `pg_stat_subscription_stats.apply_error_count` on PostgreSQL 15+).
+    pub async fn subscription_health(
+        &self,
+        c: &Client,
+        d: Direction,
+    ) -> Result<Option<(bool, bool, Option<i64>)>> {
+        let name = self.names.subscription(d);
+        let side = d.subscriber();
+        let ctx = format!(
+            "{}: reading the state of subscription {name}",
+            self.label(side)
+        );
+        let r = c
+            .query_opt(
+                "SELECT s.subenabled,
+                        EXISTS (SELECT 1 FROM pg_stat_subscription w
+                                 WHERE w.subid = s.oid AND w.pid IS NOT NULL AND w.relid IS NULL),
+                        current_setting('server_version_num')::int4
+                   FROM pg_subscription s
+                  WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?;
+        let Some(r) = r else { return Ok(None) };
+        let (enabled, running, version): (bool, bool, i32) = (r.col(0)?, r.col(1)?, r.col(2)?);
+        let errors = if version >= 150000 {
+            c.query_opt(
+                "SELECT apply_error_count FROM pg_stat_subscription_stats WHERE subname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx, &e))?
+            .map(|r| r.col::<i64>(0))
+            .transpose()?
+        } else {
+            None
+        };
+        Ok(Some((enabled, running, errors)))
+    }
+
     /// Copies every used sequence's position from `from` to `to`: reads `pg_sequences`
     /// (schemaname, sequencename, last_value; serial and identity sequences included, NULL
     /// `last_value` = never used or no privilege: skipped) in one query, and applies all with
@@ -1572,7 +1658,7 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 
 /// Typed column access that reports, instead of panicking on, a value of an unexpected type
 /// or an unexpected NULL in a server reply.
-trait RowExt {
+pub(crate) trait RowExt {
     fn col<'a, T: tokio_postgres::types::FromSql<'a>>(&'a self, idx: usize) -> Result<T>;
 }
 
@@ -1592,7 +1678,7 @@ impl RowExt for tokio_postgres::Row {
 }
 
 /// Quotes an identifier only when needed (for messages).
-fn quote_ident_min(s: &str) -> String {
+pub(crate) fn quote_ident_min(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .next()
@@ -1606,7 +1692,7 @@ fn quote_ident_min(s: &str) -> String {
     }
 }
 
-fn pg_env(cmd: &mut tokio::process::Command, s: &ServerConfig) {
+pub(crate) fn pg_env(cmd: &mut tokio::process::Command, s: &ServerConfig) {
     cmd.env("PGHOST", &s.host)
         .env("PGPORT", s.port.to_string())
         .env("PGDATABASE", &s.dbname)
@@ -1629,7 +1715,7 @@ async fn read_all<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(n);
     let t = lines[start..].join(" | ");
@@ -1642,7 +1728,7 @@ fn tail(s: &str, n: usize) -> String {
 
 /// Runs `<tool> --version` and returns the major version it prints
 /// (`pg_dump (PostgreSQL) 15.14 (Debian ...)` → 15).
-async fn tool_major(tool: &Path) -> Result<u32, String> {
+pub(crate) async fn tool_major(tool: &Path) -> Result<u32, String> {
     let out = tokio::process::Command::new(tool)
         .arg("--version")
         .stdin(Stdio::null())
@@ -1659,7 +1745,7 @@ async fn tool_major(tool: &Path) -> Result<u32, String> {
     })
 }
 
-fn parse_tool_major(text: &str) -> Option<u32> {
+pub(crate) fn parse_tool_major(text: &str) -> Option<u32> {
     let after = text.split(')').nth(1)?.trim_start();
     let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
     digits.parse().ok()

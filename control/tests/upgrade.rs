@@ -1,340 +1,16 @@
 //! The upgrade controller against real servers: PostgreSQL 13 (source) and 17 (target) from the
-//! `integration` harness. The proxy is replaced by a test double of [`TrafficControl`] made of
+//! `integration` harness, driven by an operator (`approve_cutover = true`: the plan stops
+//! before the cutover). The proxy is replaced by a test double of [`TrafficControl`] made of
 //! atomics; the databases, the journal and replication are real.
 
-use config::{Config, JournalConfig, ReplicationConfig, ServerConfig, UpgradeConfig};
-use control::{Controller, RouteState, Side, TrafficControl, UpgradeStatus};
-use integration::{client_bin, PgServer, ServerOptions};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use common::*;
+use control::{Controller, RouteState, Side, TrafficControl};
+use integration::ServerOptions;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::Client;
-
-// ------------------------------------------------------------------------------------------
-// Test double of the proxy
-// ------------------------------------------------------------------------------------------
-
-/// The proxy's routing table reduced to atomics, plus a record of what the controller did.
-/// Side, epoch and the paused flag live in one `AtomicU64` so that a reader gets a consistent
-/// snapshot (as the proxy's `ArcSwap<RoutingTable>` gives).
-struct FakeTraffic {
-    /// bit 0: on target; bit 1: paused; bits 2..: epoch.
-    state: AtomicU64,
-    busy: AtomicUsize,
-    pauses: AtomicUsize,
-    resumes: AtomicUsize,
-    switches: Mutex<Vec<(Side, u64)>>,
-    /// Panic inside switch_to (after recording it): simulates the process dying right after the
-    /// swap was journaled.
-    die_on_switch: AtomicBool,
-}
-
-fn pack(r: RouteState) -> u64 {
-    (r.epoch << 2) | (u64::from(r.paused) << 1) | u64::from(r.side == Side::Target)
-}
-
-fn unpack(v: u64) -> RouteState {
-    RouteState {
-        side: if v & 1 == 1 {
-            Side::Target
-        } else {
-            Side::Source
-        },
-        paused: v & 2 == 2,
-        epoch: v >> 2,
-    }
-}
-
-impl FakeTraffic {
-    fn new(side: Side, epoch: u64) -> Arc<FakeTraffic> {
-        Arc::new(FakeTraffic {
-            state: AtomicU64::new(pack(RouteState {
-                side,
-                epoch,
-                paused: false,
-            })),
-            busy: AtomicUsize::new(0),
-            pauses: AtomicUsize::new(0),
-            resumes: AtomicUsize::new(0),
-            switches: Mutex::new(vec![]),
-            die_on_switch: AtomicBool::new(false),
-        })
-    }
-    fn from(ctl: &Controller) -> Arc<FakeTraffic> {
-        let (side, epoch) = ctl.serving_side();
-        FakeTraffic::new(side, epoch)
-    }
-    fn set_paused(&self, paused: bool) {
-        let mut r = self.route();
-        r.paused = paused;
-        self.state.store(pack(r), Ordering::SeqCst);
-    }
-}
-
-impl TrafficControl for FakeTraffic {
-    fn route(&self) -> RouteState {
-        unpack(self.state.load(Ordering::SeqCst))
-    }
-    fn pause(&self) {
-        self.pauses.fetch_add(1, Ordering::SeqCst);
-        self.set_paused(true);
-    }
-    fn resume(&self) {
-        self.resumes.fetch_add(1, Ordering::SeqCst);
-        self.set_paused(false);
-    }
-    fn switch_to(&self, side: Side, epoch: u64) {
-        self.switches.lock().unwrap().push((side, epoch));
-        if self.die_on_switch.load(Ordering::SeqCst) {
-            panic!("simulated crash in switch_to");
-        }
-        self.state.store(
-            pack(RouteState {
-                side,
-                epoch,
-                paused: false,
-            }),
-            Ordering::SeqCst,
-        );
-    }
-    fn busy_sessions(&self) -> usize {
-        self.busy.load(Ordering::SeqCst)
-    }
-}
-
-/// A client session behind the fake proxy: marks itself busy BEFORE it reads the routing table
-/// (so the controller's drain, which pauses and then reads the busy count, either sees it or is
-/// seen by it), holds while paused, and runs each transaction on the side the table names.
-/// Returns the number of rows it inserted on each side.
-async fn writer(
-    traffic: Arc<FakeTraffic>,
-    src: Client,
-    tgt: Client,
-    id: i32,
-    stop: Arc<AtomicBool>,
-) -> (i64, i64) {
-    let (mut on_src, mut on_tgt) = (0, 0);
-    let mut n = 0;
-    while !stop.load(Ordering::SeqCst) {
-        traffic.busy.fetch_add(1, Ordering::SeqCst);
-        let r = traffic.route();
-        if r.paused {
-            traffic.busy.fetch_sub(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            continue;
-        }
-        let c = if r.side == Side::Source { &src } else { &tgt };
-        n += 1;
-        let res = c
-            .execute(
-                "INSERT INTO load (writer, n, side, epoch) VALUES ($1, $2, $3, $4)",
-                &[&id, &n, &r.side.as_str(), &(r.epoch as i64)],
-            )
-            .await;
-        traffic.busy.fetch_sub(1, Ordering::SeqCst);
-        if let Err(e) = res {
-            panic!(
-                "writer {id}: insert {n} on {} failed: {e:?}",
-                r.side.as_str()
-            );
-        }
-        if r.side == Side::Source {
-            on_src += 1;
-        } else {
-            on_tgt += 1;
-        }
-    }
-    (on_src, on_tgt)
-}
-
-// ------------------------------------------------------------------------------------------
-// Servers, configuration, waiting
-// ------------------------------------------------------------------------------------------
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "control=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// `PGSHIFT_DURABLE=1`: servers with fsync and synchronous_commit on (the harness turns them off
-/// for speed), to measure realistic pauses.
-fn durable() -> bool {
-    std::env::var("PGSHIFT_DURABLE").is_ok_and(|v| v == "1")
-}
-
-async fn start(major: u32, mut opts: ServerOptions) -> PgServer {
-    if durable() {
-        opts = opts
-            .setting("fsync", "on")
-            .setting("synchronous_commit", "on");
-    }
-    tokio::task::spawn_blocking(move || PgServer::start_with(major, opts))
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("starting PostgreSQL {major}: {e:#}"))
-}
-
-/// A 13 source and a 17 target, started in parallel.
-async fn pair(src_opts: ServerOptions, tgt_opts: ServerOptions) -> (PgServer, PgServer) {
-    tokio::join!(start(13, src_opts), start(17, tgt_opts))
-}
-
-fn server_config(s: &PgServer) -> ServerConfig {
-    ServerConfig {
-        host: s.host.clone(),
-        port: s.port,
-        dbname: "postgres".into(),
-        user: s.superuser.clone(),
-        password: Some(s.password.clone()),
-        replication_conninfo: None,
-    }
-}
-
-fn journal_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgshift-control-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir.join("state").join("pgshift.db")
-}
-
-fn make_config(src: &PgServer, tgt: &PgServer, journal: &Path) -> Config {
-    Config {
-        proxy: Default::default(),
-        journal: JournalConfig {
-            path: journal.to_path_buf(),
-        },
-        source: server_config(src),
-        target: server_config(tgt),
-        users: vec![],
-        upgrade: UpgradeConfig {
-            drain_timeout_ms: 2000,
-            catchup_timeout_ms: 10000,
-            poll_interval_ms: 100,
-            auto_start: false,
-        },
-        replication: ReplicationConfig {
-            pg_dump: client_bin("pg_dump"),
-            psql: client_bin("psql"),
-            ..Default::default()
-        },
-    }
-}
-
-async fn connect(s: &PgServer) -> Client {
-    s.connect("postgres")
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e:#}"))
-}
-
-async fn wait_status(
-    ctl: &Controller,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&UpgradeStatus) -> bool,
-) -> UpgradeStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = ctl.status();
-        if pred(&s) {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let events = ctl.events(30).await.unwrap_or_default();
-            let ev: Vec<String> = events
-                .iter()
-                .map(|e| format!("{} {} {}: {}", e.ts, e.actor, e.kind, e.message))
-                .collect();
-            panic!(
-                "timed out waiting for {what}; status {s:?}\nevents:\n{}",
-                ev.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_phase(ctl: &Controller, phase: &str, secs: u64) -> UpgradeStatus {
-    wait_status(
-        ctl,
-        &format!("phase {phase}"),
-        Duration::from_secs(secs),
-        |s| {
-            assert!(
-                s.state != "error",
-                "upgrade failed while waiting for {phase}: {s:?}"
-            );
-            s.phase == phase && s.state != "running"
-        },
-    )
-    .await
-}
-
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn wait_count(c: &Client, sql: &str, want: i64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = count(c, sql).await;
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {sql} gives {n}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// pgshift's replication objects on a server: publications, subscriptions, slots, by name.
-async fn objects(c: &Client) -> Vec<String> {
-    let rows = c
-        .query(
-            "SELECT 'pub:' || pubname FROM pg_publication
-             UNION ALL SELECT 'sub:' || subname || CASE WHEN subenabled THEN '' ELSE '(disabled)' END FROM pg_subscription
-             UNION ALL SELECT 'slot:' || slot_name FROM pg_replication_slots
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .expect("objects");
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
-/// `ALTER SYSTEM SET max_sync_workers_per_subscription` and reload (each its own statement:
-/// ALTER SYSTEM refuses a transaction block).
-async fn set_sync_workers(c: &Client, n: u32) -> Result<(), tokio_postgres::Error> {
-    c.batch_execute(&format!(
-        "ALTER SYSTEM SET max_sync_workers_per_subscription = {n}"
-    ))
-    .await?;
-    c.batch_execute("SELECT pg_reload_conf()").await
-}
-
-const SOURCE_SCHEMA: &str = "
-    CREATE SCHEMA app;
-    CREATE TABLE app.accounts (id serial PRIMARY KEY, name text NOT NULL, balance numeric NOT NULL DEFAULT 0);
-    CREATE TABLE app.events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account int REFERENCES app.accounts, payload jsonb);
-    CREATE TABLE public.\"Mixed Case\" (k text PRIMARY KEY, v int);
-    CREATE TABLE public.audit (ts timestamptz NOT NULL DEFAULT now(), msg text);
-    ALTER TABLE public.audit REPLICA IDENTITY FULL;
-    CREATE SEQUENCE app.invoice_no START 1000;
-    INSERT INTO app.accounts (name, balance) SELECT 'acct ' || g, g FROM generate_series(1, 5000) g;
-    INSERT INTO app.events (account, payload) SELECT 1 + g % 5000, jsonb_build_object('n', g) FROM generate_series(1, 20000) g;
-    INSERT INTO public.\"Mixed Case\" SELECT 'k' || g, g FROM generate_series(1, 100) g;
-    INSERT INTO public.audit (msg) VALUES ('hello');
-    SELECT nextval('app.invoice_no') FROM generate_series(1, 7);
-";
 
 // ------------------------------------------------------------------------------------------
 // Tests
@@ -407,14 +83,10 @@ async fn preflight_lists_every_problem() {
     }
     assert_eq!(report.sequences, vec!["public.counter".to_string()]);
 
-    let msg = ctl.start_upgrade().await.expect("start");
-    assert!(msg.contains("upgrade started"), "{msg}");
-    let st = wait_status(&ctl, "preflight failure", Duration::from_secs(30), |s| {
-        s.state == "error"
-    })
-    .await;
-    assert_eq!(st.phase, "preflight");
-    let err = st.last_error.unwrap_or_default();
+    // START UPGRADE answers with every problem at once and changes nothing.
+    let err = ctl.start_upgrade().await.expect_err("start must fail").0;
+    assert!(err.starts_with("preflight found"), "{err}");
+    assert_eq!(ctl.status().phase, "idle");
     assert!(
         err.contains("wal_level is 'replica'")
             && err.contains("app.no_pk")
@@ -530,7 +202,7 @@ async fn cutover_and_rollback_lose_nothing() {
             st.source_weight,
             st.target_weight
         ),
-        ("cut_over", "done", 0, 100)
+        ("cut_over", "running", 0, 100)
     );
     assert_eq!(
         objects(&t).await,
@@ -691,10 +363,10 @@ async fn cutover_and_rollback_lose_nothing() {
     let steps = ctl.steps().await.expect("steps");
     let keys: Vec<&str> = steps.iter().map(|s| s.key.as_str()).collect();
     for k in [
-        "preflight",
+        "validate_input",
         "schema_copy",
         "subscription",
-        "sync",
+        "wait_for_sync",
         "cutover.drain",
         "cutover.swap",
         "switchback.swap",
@@ -881,7 +553,8 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
         s.phase == "cut_over"
     })
     .await;
-    assert_eq!(st.state, "done", "{st:?}");
+    // The plan goes on after the cutover (health checks, then DetachOld).
+    assert_eq!(st.state, "running", "{st:?}");
     assert_eq!(
         objects(&s).await,
         vec!["pub:pgshift_pub", "sub:pgshift_rev"]
