@@ -58,6 +58,9 @@ pub struct Config {
     /// `[replication]`: how data moves between source and target.
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// `[http]`: the HTTP server (Prometheus metrics, progress, upgrade commands).
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// `[proxy]`: the listener and the data path.
@@ -93,6 +96,32 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5000,
             client_login_timeout_ms: 15000,
         }
+    }
+}
+
+/// `[http]`: the HTTP server: `GET /metrics` (Prometheus), `GET /progress`, `GET /health`,
+/// `GET /clients`, `GET /servers`, `POST /upgrade/{start,cutover,rollback}`. It has no
+/// authentication: keep it on loopback or a private network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` to serve HTTP on, in the forms of `proxy.listen`; an empty string disables
+    /// the HTTP server. Default `127.0.0.1:9187`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address to serve on, or `None` when the HTTP server is disabled (`listen = ""`).
+    pub fn listen_addr(&self) -> Option<&str> {
+        Some(self.listen.as_str()).filter(|l| !l.is_empty())
     }
 }
 

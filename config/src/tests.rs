@@ -748,6 +748,10 @@ fn example_file_loads() {
         format!("{:?}", HealthConfig::default())
     );
     assert!(d.source.provision.is_none() && d.target.provision.is_none());
+    assert_eq!(
+        format!("{:?}", d.http),
+        format!("{:?}", HttpConfig::default())
+    );
     assert!(!c.users.is_empty());
 }
 
@@ -777,6 +781,7 @@ fn example_file_documents_every_key() {
         format!("[upgrade.timeouts]\nzz_probe = 1\n{MINIMAL}"),
         format!("[health]\nzz_probe = 1\n{MINIMAL}"),
         format!("{MINIMAL}\n[target.provision]\nzz_probe = 1\n"),
+        format!("[http]\nzz_probe = 1\n{MINIMAL}"),
     ];
     let mut checked = 0;
     for probe in probes {
@@ -796,6 +801,40 @@ fn example_file_documents_every_key() {
         }
     }
     assert!(checked >= 30, "{checked}");
+}
+
+#[test]
+fn http_listen_default_disabled_and_invalid() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.http.listen, "127.0.0.1:9187");
+    assert_eq!(c.http.listen_addr(), Some("127.0.0.1:9187"));
+
+    let c = load(&format!("{MINIMAL}\n[http]\nlisten = \"\"\n")).unwrap();
+    assert_eq!(c.http.listen_addr(), None, "an empty listen disables HTTP");
+
+    for ok in ["0.0.0.0:9999", "[::1]:9187", "localhost:0"] {
+        let c = load(&format!("{MINIMAL}\n[http]\nlisten = \"{ok}\"\n")).unwrap();
+        assert_eq!(c.http.listen_addr(), Some(ok));
+    }
+
+    for (bad, fragment) in [
+        ("9187", "http.listen: `9187` is not host:port"),
+        (
+            "localhost:99999",
+            "http.listen: `localhost:99999` has no valid port",
+        ),
+        ("::1:9187", "IPv6 address goes in brackets"),
+        ("db host:1", "neither an IP address nor a host name"),
+    ] {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"{bad}\"\n");
+        let line = line_of(&text, &format!("listen = \"{bad}\""));
+        expect_one(&text, line, fragment);
+        assert!(fail(&text).contains("use \"\" to disable the HTTP server"));
+    }
+
+    let text = format!("{MINIMAL}\n[http]\nport = 9187\n");
+    let err = fail(&text);
+    assert!(err.contains("unknown field `port`"), "{err}");
 }
 
 #[test]

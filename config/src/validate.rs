@@ -203,6 +203,16 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         f.add(at("replication").key("psql"), "must not be empty");
     }
 
+    // [http]
+    if let Some(listen) = cfg.http.listen_addr() {
+        if let Err(why) = check_listen(listen) {
+            f.add(
+                at("http").key("listen"),
+                format!("`{listen}` {why}; use \"\" to disable the HTTP server"),
+            );
+        }
+    }
+
     f.0
 }
 

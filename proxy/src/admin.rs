@@ -242,7 +242,46 @@ fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
 }
 
 fn clients(proxy: &Proxy, out: &mut BytesMut) {
-    let cols = [
+    let rows = client_rows(proxy);
+    msg::row_description_text(out, &ClientRow::COLUMNS);
+    for r in &rows {
+        let vals = r.values();
+        let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
+        msg::data_row(out, &refs);
+    }
+    msg::command_complete(out, &format!("SHOW {}", rows.len()));
+}
+
+fn servers(proxy: &Proxy, out: &mut BytesMut) {
+    let rows = server_rows(proxy);
+    msg::row_description_text(out, &ServerRow::COLUMNS);
+    for r in &rows {
+        let vals = r.values();
+        let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
+        msg::data_row(out, &refs);
+    }
+    msg::command_complete(out, &format!("SHOW {}", rows.len()));
+}
+
+/// One row of `SHOW CLIENTS` (and of `GET /clients`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientRow {
+    pub pid: i32,
+    pub user: String,
+    pub database: String,
+    pub client_addr: String,
+    /// `source`, `target`, `none` (no backend yet) or `admin` (an admin console session).
+    pub side: &'static str,
+    /// `idle`, `active` or `held` (kept in the proxy while traffic is paused).
+    pub state: &'static str,
+    pub backend_pid: i32,
+    pub switches: u64,
+    pub connected_at: String,
+}
+
+impl ClientRow {
+    /// Column names, in the order of [`values`](Self::values).
+    pub const COLUMNS: [&'static str; 9] = [
         "pid",
         "user",
         "database",
@@ -253,65 +292,109 @@ fn clients(proxy: &Proxy, out: &mut BytesMut) {
         "switches",
         "connected_at",
     ];
-    msg::row_description_text(out, &cols);
-    let list = proxy.session_list();
-    for s in &list {
-        let side = if s.admin {
-            "admin".to_string()
-        } else {
-            s.side().map_or("none", Side::as_str).to_string()
-        };
-        let state = match s.state.load(std::sync::atomic::Ordering::Relaxed) {
-            STATE_ACTIVE => "active",
-            STATE_HELD => "held",
-            _ => "idle",
-        };
-        let vals = [
-            s.pid.to_string(),
-            s.user.clone(),
-            s.database.clone(),
-            s.client_addr.to_string(),
-            side,
-            state.to_string(),
-            s.backend_pid
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .to_string(),
-            s.switches
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .to_string(),
-            rfc3339(s.connected_at),
-        ];
-        let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
-        msg::data_row(out, &refs);
+
+    /// The row as text, in the order of [`COLUMNS`](Self::COLUMNS).
+    pub fn values(&self) -> [String; 9] {
+        [
+            self.pid.to_string(),
+            self.user.clone(),
+            self.database.clone(),
+            self.client_addr.clone(),
+            self.side.to_string(),
+            self.state.to_string(),
+            self.backend_pid.to_string(),
+            self.switches.to_string(),
+            self.connected_at.clone(),
+        ]
     }
-    msg::command_complete(out, &format!("SHOW {}", list.len()));
 }
 
-fn servers(proxy: &Proxy, out: &mut BytesMut) {
-    let t = proxy.router.load();
-    let list = proxy.session_list();
-    let cols = [
+/// The client sessions, by pid: what `SHOW CLIENTS` and `GET /clients` show.
+pub fn client_rows(proxy: &Proxy) -> Vec<ClientRow> {
+    use std::sync::atomic::Ordering::Relaxed;
+    proxy
+        .session_list()
+        .iter()
+        .map(|s| ClientRow {
+            pid: s.pid,
+            user: s.user.clone(),
+            database: s.database.clone(),
+            client_addr: s.client_addr.to_string(),
+            side: if s.admin {
+                "admin"
+            } else {
+                s.side().map_or("none", Side::as_str)
+            },
+            state: match s.state.load(Relaxed) {
+                STATE_ACTIVE => "active",
+                STATE_HELD => "held",
+                _ => "idle",
+            },
+            backend_pid: s.backend_pid.load(Relaxed),
+            switches: s.switches.load(Relaxed),
+            connected_at: rfc3339(s.connected_at),
+        })
+        .collect()
+}
+
+/// One row of `SHOW SERVERS` (and of `GET /servers`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerRow {
+    /// `source` or `target`.
+    pub side: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    /// `serving` (new transactions go there) or `standby`.
+    pub role: &'static str,
+    pub epoch: u64,
+    pub paused: bool,
+    /// Client sessions whose backend connection is on this side.
+    pub clients: usize,
+}
+
+impl ServerRow {
+    /// Column names, in the order of [`values`](Self::values).
+    pub const COLUMNS: [&'static str; 8] = [
         "side", "host", "port", "dbname", "role", "epoch", "paused", "clients",
     ];
-    msg::row_description_text(out, &cols);
-    for side in [Side::Source, Side::Target] {
-        let a = t.addr(side);
-        let role = if t.side == side { "serving" } else { "standby" };
-        let n = list.iter().filter(|s| s.side() == Some(side)).count();
-        let vals = [
-            side.as_str().to_string(),
-            a.host.clone(),
-            a.port.to_string(),
-            a.dbname.clone(),
-            role.to_string(),
-            t.epoch.to_string(),
-            t.paused.to_string(),
-            n.to_string(),
-        ];
-        let refs: Vec<Option<&str>> = vals.iter().map(|v| Some(v.as_str())).collect();
-        msg::data_row(out, &refs);
+
+    /// The row as text, in the order of [`COLUMNS`](Self::COLUMNS).
+    pub fn values(&self) -> [String; 8] {
+        [
+            self.side.to_string(),
+            self.host.clone(),
+            self.port.to_string(),
+            self.dbname.clone(),
+            self.role.to_string(),
+            self.epoch.to_string(),
+            self.paused.to_string(),
+            self.clients.to_string(),
+        ]
     }
-    msg::command_complete(out, "SHOW 2");
+}
+
+/// Source and target as the routing table sees them: what `SHOW SERVERS` and `GET /servers`
+/// show.
+pub fn server_rows(proxy: &Proxy) -> Vec<ServerRow> {
+    let t = proxy.router.load();
+    let list = proxy.session_list();
+    [Side::Source, Side::Target]
+        .into_iter()
+        .map(|side| {
+            let a = t.addr(side);
+            ServerRow {
+                side: side.as_str(),
+                host: a.host.clone(),
+                port: a.port,
+                dbname: a.dbname.clone(),
+                role: if t.side == side { "serving" } else { "standby" },
+                epoch: t.epoch,
+                paused: t.paused,
+                clients: list.iter().filter(|s| s.side() == Some(side)).count(),
+            }
+        })
+        .collect()
 }
 
 /// Format a time as RFC 3339 UTC with milliseconds (the journal's format).

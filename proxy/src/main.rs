@@ -2,6 +2,8 @@
 
 mod admin;
 mod backend;
+mod http;
+mod metrics;
 mod routing;
 mod server;
 mod session;
@@ -35,13 +37,36 @@ enum Cmd {
         #[arg(long, short, default_value = "pgshift.toml")]
         config: PathBuf,
     },
+    /// Show the upgrade's progress, asked of a running pgshift (GET /progress on [http] listen).
+    Status {
+        #[arg(long, short, default_value = "pgshift.toml")]
+        config: PathBuf,
+        /// `text` (a table) or `json`.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Like `serve`, with the upgrade started at once (or resumed where it stood; nothing
+    /// happens when it is already done). Prints progress lines to stderr.
+    Upgrade {
+        #[arg(long, short, default_value = "pgshift.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
     let path = match &cli.cmd {
-        Cmd::Serve { config } | Cmd::Check { config } => config.clone(),
+        Cmd::Serve { config }
+        | Cmd::Check { config }
+        | Cmd::Status { config, .. }
+        | Cmd::Upgrade { config } => config.clone(),
     };
     let cfg = match config::load_file(&path) {
         Ok(c) => Arc::new(c),
@@ -54,6 +79,10 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration is valid", path.display());
         return std::process::ExitCode::SUCCESS;
     }
+    if let Cmd::Status { format, .. } = cli.cmd {
+        return status(&cfg, &path, format);
+    }
+    let start_upgrade = matches!(cli.cmd, Cmd::Upgrade { .. });
     // The control plane, accept loop and journal run on a small runtime of their own; client
     // sessions on the I/O threads (server::Shards).
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +97,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(cfg)) {
+    match rt.block_on(serve(cfg, start_upgrade)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgshift: {e:#}");
@@ -91,7 +120,185 @@ fn init_logging() {
     }
 }
 
-async fn serve(cfg: Arc<config::Config>) -> anyhow::Result<()> {
+/// `pgshift status`: GET /progress from the running pgshift named by the configuration.
+fn status(cfg: &config::Config, path: &std::path::Path, format: Format) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let Some(listen) = cfg.http.listen_addr() else {
+        eprintln!(
+            "pgshift status: the HTTP server is disabled in {} ([http] listen = \"\"); \
+             `pgshift status` reads GET /progress from it (or use SHOW UPGRADE STATUS in the admin console)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let addr = match http::connect_addr(listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pgshift status: [http] listen in {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (code, body) = match http::get_blocking(
+        &addr,
+        "/progress",
+        std::time::Duration::from_secs(5),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                    "pgshift status: {e} ([http] listen in {}); is pgshift running with this configuration?",
+                    path.display()
+                );
+            return ExitCode::FAILURE;
+        }
+    };
+    if code != 200 {
+        eprintln!("pgshift status: GET http://{addr}/progress answered {code}: {body}");
+        return ExitCode::FAILURE;
+    }
+    let value: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("pgshift status: GET http://{addr}/progress is not JSON ({e}): {body}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value).unwrap_or(body)),
+        Format::Text => {
+            let Some(obj) = value.as_object() else {
+                eprintln!(
+                    "pgshift status: GET http://{addr}/progress is not a JSON object: {body}"
+                );
+                return ExitCode::FAILURE;
+            };
+            let keys = http::PROGRESS_FIELDS.iter().map(|k| k.to_string()).chain(
+                obj.keys()
+                    .filter(|k| !http::PROGRESS_FIELDS.contains(&k.as_str()))
+                    .cloned(),
+            );
+            let width = obj.keys().map(String::len).max().unwrap_or(0);
+            for k in keys {
+                let Some(v) = obj.get(&k) else { continue };
+                let text = match v {
+                    serde_json::Value::Null => "-".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => match n.as_f64() {
+                        Some(f) if !n.is_i64() && !n.is_u64() => format!("{f:.1}"),
+                        _ => n.to_string(),
+                    },
+                    other => other.to_string(),
+                };
+                println!("{k:<width$}  {text}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Starts the HTTP server, the metrics recorder, its upkeep and the control-plane sampler when
+/// `[http] listen` is set. A listen failure is logged, not fatal: the proxy serves on.
+async fn start_http(cfg: &config::Config, proxy: &Arc<server::Proxy>) {
+    let Some(listen) = cfg.http.listen_addr() else {
+        tracing::info!("HTTP server disabled ([http] listen = \"\")");
+        return;
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(
+                listen,
+                "HTTP server not started: cannot listen on {listen} ([http] listen): {e}; \
+                 /metrics, /progress and `pgshift status` are unavailable. Set [http] listen to a \
+                 free address, or \"\" to disable it"
+            );
+            return;
+        }
+    };
+    let prometheus = match metrics::install() {
+        Ok(h) => {
+            tokio::spawn(metrics::upkeep(h.clone()));
+            let sampler = metrics::ControlSampler::new(proxy.controller.clone()).await;
+            tokio::spawn(sampler.run());
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!("{e}; /metrics answers 503");
+            None
+        }
+    };
+    match listener.local_addr() {
+        Ok(a) if !a.ip().is_loopback() => tracing::warn!(
+            listen = %a,
+            "the HTTP server is not on loopback and has no authentication: whoever reaches it can \
+             start, cut over and roll back the upgrade"
+        ),
+        Ok(a) => {
+            tracing::info!(listen = %a, "HTTP server listening (/metrics, /progress, /health, /clients, /servers, /upgrade/*)")
+        }
+        Err(_) => {}
+    }
+    tokio::spawn(http::serve(
+        listener,
+        http::HttpState {
+            proxy: proxy.clone(),
+            prometheus,
+        },
+    ));
+}
+
+/// `pgshift upgrade`: start (or resume) the upgrade, then print progress lines to stderr: at
+/// every change of phase or state, and every 5 s while a step runs.
+fn start_upgrade_and_report(controller: Arc<Controller>) {
+    tokio::spawn(async move {
+        match controller.start_upgrade().await {
+            Ok(m) => tracing::info!(phase = %controller.status().phase, "{m}"),
+            Err(e) => {
+                tracing::info!(phase = %controller.status().phase, "upgrade not started: {e}")
+            }
+        }
+        let mut last: Option<(String, String)> = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let p = http::Progress::of(&controller);
+            let now = (p.phase.clone(), p.state.clone());
+            if last.as_ref() == Some(&now) && p.state != "running" {
+                continue;
+            }
+            last = Some(now);
+            let mut line = format!(
+                "pgshift upgrade: phase {} ({}), {}% done",
+                p.phase, p.state, p.percent
+            );
+            if let Some(step) = &p.step {
+                line.push_str(&format!(", step {step}"));
+            }
+            if let (Some(r), Some(t)) = (p.tables_ready, p.tables_total) {
+                line.push_str(&format!(", {r}/{t} tables copied"));
+            }
+            if let Some(b) = p.replication_lag_bytes {
+                line.push_str(&format!(", lag {b} bytes"));
+            }
+            if let Some(s) = p.lag_seconds {
+                line.push_str(&format!(" / {s:.3} s"));
+            }
+            line.push_str(&format!(
+                ", weights source {} / target {}, epoch {}",
+                p.source_weight, p.target_weight, p.epoch
+            ));
+            if let Some(h) = &p.health {
+                line.push_str(&format!("; health {h}"));
+            }
+            if let Some(e) = &p.last_error {
+                line.push_str(&format!("; last error: {e}"));
+            }
+            eprintln!("{line}");
+        }
+    });
+}
+
+async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<()> {
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
     let router = routing::Router::new(
@@ -107,7 +314,11 @@ async fn serve(cfg: Arc<config::Config>) -> anyhow::Result<()> {
     let shards = server::Shards::start(cfg.proxy.workers)
         .map_err(|e| anyhow::anyhow!("cannot start I/O threads: {e}"))?;
     let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone());
+    start_http(&cfg, &proxy).await;
     controller.attach(router);
+    if start_upgrade {
+        start_upgrade_and_report(controller.clone());
+    }
     tokio::select! {
         _ = server::serve(proxy, listener, shards) => Ok(()),
         _ = shutdown_signal() => {
