@@ -343,14 +343,14 @@ impl Refusal {
         Refusal::Protocol,
     ];
 
-    /// The reason matching the SQLSTATE of the FATAL error the client was sent.
+    /// The reason matching the SQLSTATE of the FATAL error the client was sent (a login
+    /// timeout has no SQLSTATE of its own: use [`Refusal::Timeout`]).
     pub fn from_sqlstate(sqlstate: &str) -> Refusal {
         match sqlstate {
             "28P01" => Refusal::Password,
             "28000" => Refusal::NotAllowed,
             "3D000" => Refusal::Database,
             "0A000" => Refusal::Unsupported,
-            "08006" | "57014" => Refusal::Timeout,
             _ => Refusal::Protocol,
         }
     }
