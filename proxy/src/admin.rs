@@ -14,10 +14,14 @@ pub const COMMANDS: &[&str] = &[
     "START UPGRADE",
     "INITIATE CUTOVER",
     "ROLLBACK UPGRADE",
+    "PAUSE UPGRADE",
+    "RESUME UPGRADE",
+    "SHOW UPGRADE HISTORY",
     "SHOW CLIENTS",
     "SHOW SERVERS",
     "PAUSE",
     "RESUME",
+    "SHIFT TRAFFIC <percent>",
     "SHOW HELP",
 ];
 
@@ -132,7 +136,8 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, &format!("SHOW {}", COMMANDS.len()));
                 true
             }
-            "START UPGRADE" | "INITIATE CUTOVER" | "ROLLBACK UPGRADE" => {
+            "START UPGRADE" | "INITIATE CUTOVER" | "ROLLBACK UPGRADE" | "PAUSE UPGRADE"
+            | "RESUME UPGRADE" => {
                 let c = proxy.controller.clone();
                 let which = cmd.clone();
                 // On the control plane's runtime: what it spawns must not live on an I/O thread.
@@ -142,6 +147,8 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                         match which.as_str() {
                             "START UPGRADE" => c.start_upgrade().await,
                             "INITIATE CUTOVER" => c.initiate_cutover().await,
+                            "PAUSE UPGRADE" => c.pause_upgrade().await,
+                            "RESUME UPGRADE" => c.resume_upgrade().await,
                             _ => c.rollback().await,
                         }
                     })
@@ -150,6 +157,44 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                         Err(control::ControlError(format!("the command failed: {e}")))
                     });
                 reply(out, &cmd, r)
+            }
+            "SHOW UPGRADE HISTORY" => {
+                let c = proxy.controller.clone();
+                let r = proxy
+                    .control_rt
+                    .spawn(async move { c.history(1000).await })
+                    .await;
+                match r {
+                    Ok(Ok(entries)) => {
+                        msg::row_description_text(
+                            out,
+                            &["id", "ts", "upgrade_id", "actor", "kind", "step", "message"],
+                        );
+                        for e in &entries {
+                            let (id, up) = (e.id.to_string(), e.upgrade_id.map(|u| u.to_string()));
+                            msg::data_row(
+                                out,
+                                &[
+                                    Some(&id),
+                                    Some(&e.ts),
+                                    up.as_deref(),
+                                    Some(&e.actor),
+                                    Some(&e.kind),
+                                    e.step.as_deref(),
+                                    Some(&e.message),
+                                ],
+                            );
+                        }
+                        msg::command_complete(out, &format!("SHOW {}", entries.len()));
+                        true
+                    }
+                    Ok(Err(e)) => reply(out, &cmd, Err(e)),
+                    Err(e) => reply(
+                        out,
+                        &cmd,
+                        Err(control::ControlError(format!("the command failed: {e}"))),
+                    ),
+                }
             }
             "PAUSE" => {
                 proxy.router.pause();
@@ -170,6 +215,7 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, "RESUME");
                 true
             }
+            c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c),
             _ => {
                 let hint = format!("valid commands: {}", COMMANDS.join(", "));
                 msg::error_response(
@@ -187,6 +233,53 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
             return; // like PostgreSQL: the rest of a multi-statement query is skipped
         }
     }
+}
+
+/// `SHIFT TRAFFIC <percent>`: send that share of the read-only transactions to the side that
+/// is not serving (a manual shift step). Only while replication keeps that side current.
+fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
+    let arg = cmd
+        .trim_start_matches("SHIFT TRAFFIC")
+        .trim()
+        .trim_end_matches('%');
+    let Ok(percent) =
+        arg.parse::<u8>()
+            .map_err(|_| ())
+            .and_then(|p| if p <= 100 { Ok(p) } else { Err(()) })
+    else {
+        msg::error_response(
+            out,
+            "ERROR",
+            "22023",
+            &format!("SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""),
+            None,
+            Some("e.g. SHIFT TRAFFIC 25"),
+        );
+        return false;
+    };
+    let phase = proxy.controller.status().phase;
+    if percent > 0
+        && !matches!(
+            phase.as_str(),
+            "replicating" | "shifting" | "health_check" | "rolled_back"
+        )
+    {
+        msg::error_response(out, "ERROR", "55000", &format!("cannot shift traffic in phase {phase}: the other side is not kept current by replication"), None, Some("START UPGRADE and wait for phase replicating"));
+        return false;
+    }
+    proxy.router.set_weight(percent);
+    let side = proxy.router.load().side.other();
+    msg::notice_response(
+        out,
+        "NOTICE",
+        "00000",
+        &format!(
+            "{percent}% of read-only transactions now go to the {}",
+            side.as_str()
+        ),
+    );
+    msg::command_complete(out, "SHIFT TRAFFIC");
+    true
 }
 
 fn reply(out: &mut BytesMut, tag: &str, r: Result<String, control::ControlError>) -> bool {
@@ -215,8 +308,12 @@ fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
         "epoch",
         "last_error",
         "updated_at",
+        "percent",
+        "step",
+        "health",
     ];
     msg::row_description_text(out, &cols);
+    let percent = s.percent.to_string();
     let lag_b = s.replication_lag_bytes.map(|v| v.to_string());
     let lag_s = s.lag_seconds.map(|v| format!("{v:.3}"));
     let (sw, tw, ep) = (
@@ -236,6 +333,9 @@ fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
             Some(&ep),
             s.last_error.as_deref(),
             Some(&s.updated_at),
+            Some(&percent),
+            s.step.as_deref(),
+            s.health.as_deref(),
         ],
     );
     msg::command_complete(out, "SHOW 1");

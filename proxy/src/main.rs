@@ -4,9 +4,12 @@ mod admin;
 mod backend;
 mod http;
 mod metrics;
+mod relay;
 mod routing;
 mod server;
 mod session;
+mod stats;
+mod tracking;
 
 use clap::{Parser, Subcommand};
 use control::Controller;
@@ -110,8 +113,11 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGSHIFT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("PGSHIFT_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only on a terminal: log files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -314,6 +320,17 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     let shards = server::Shards::start(cfg.proxy.workers)
         .map_err(|e| anyhow::anyhow!("cannot start I/O threads: {e}"))?;
     let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone());
+    {
+        // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
+        let r = router.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                r.traffic.tick();
+            }
+        });
+    }
     start_http(&cfg, &proxy).await;
     controller.attach(router);
     if start_upgrade {

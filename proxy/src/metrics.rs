@@ -253,14 +253,12 @@ fn side_index(side: Side) -> usize {
 
 const SIDES: [Side; 2] = [Side::Source, Side::Target];
 
-#[cfg_attr(not(test), allow(dead_code))]
 struct SideCounters {
     txns: Counter,
     errors: Counter,
     connect_errors: Counter,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn side_counters() -> &'static [SideCounters; 2] {
     static C: OnceLock<[SideCounters; 2]> = OnceLock::new();
     C.get_or_init(|| {
@@ -290,7 +288,6 @@ static LATENCY: [Latency; 2] = [const {
 /// A unit of work (transaction, or statement outside one) ended on `side` with ReadyForQuery
 /// `I`; `error` when the server sent an ErrorResponse in it; `latency_us` from its first
 /// message to that ReadyForQuery. Lock-free, allocation-free: 3 or 4 relaxed atomic adds.
-#[cfg_attr(not(test), allow(dead_code))]
 #[inline]
 pub fn txn_done(side: Side, error: bool, latency_us: u64) {
     let i = side_index(side);
@@ -306,7 +303,6 @@ pub fn txn_done(side: Side, error: bool, latency_us: u64) {
 }
 
 /// Connecting or authenticating to the backend of `side` failed (after retries).
-#[cfg_attr(not(test), allow(dead_code))]
 #[inline]
 pub fn backend_connect_failed(side: Side) {
     side_counters()[side_index(side)]
@@ -315,7 +311,6 @@ pub fn backend_connect_failed(side: Side) {
 }
 
 /// Why a login was refused: the `reason` label of `pgshift_logins_refused_total`.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Wrong password or unknown user (28P01).
@@ -332,7 +327,6 @@ pub enum Refusal {
     Protocol,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl Refusal {
     const ALL: [Refusal; 6] = [
         Refusal::Password,
@@ -368,7 +362,6 @@ impl Refusal {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 struct LoginCounters {
     /// app, admin.
     accepted: [Counter; 2],
@@ -376,7 +369,6 @@ struct LoginCounters {
     refused: [Counter; 6],
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn login_counters() -> &'static LoginCounters {
     static C: OnceLock<LoginCounters> = OnceLock::new();
     C.get_or_init(|| LoginCounters {
@@ -386,14 +378,12 @@ fn login_counters() -> &'static LoginCounters {
 }
 
 /// A client logged in (to the admin console when `admin`).
-#[cfg_attr(not(test), allow(dead_code))]
 #[inline]
 pub fn login_accepted(admin: bool) {
     login_counters().accepted[usize::from(admin)].increment(1);
 }
 
 /// A client's login was refused.
-#[cfg_attr(not(test), allow(dead_code))]
 #[inline]
 pub fn login_refused(reason: Refusal) {
     login_counters().refused[reason as usize].increment(1);

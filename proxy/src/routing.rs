@@ -1,8 +1,9 @@
 //! The routing table: one immutable value behind an `ArcSwap`, published by the control
 //! plane, read lock-free by every session at each transaction boundary.
 
+use crate::stats::Traffic;
 use arc_swap::ArcSwap;
-use control::{RouteState, Side, TrafficControl};
+use control::{RouteState, Side, TrafficControl, TrafficStats};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -34,6 +35,8 @@ pub struct RoutingTable {
     pub side: Side,
     /// While true, idle sessions hold their next message in the proxy.
     pub paused: bool,
+    /// Percentage (0..=100) of eligible (read-only) units sent to the side that is not serving.
+    pub weight: u8,
     pub source: Arc<BackendAddr>,
     pub target: Arc<BackendAddr>,
 }
@@ -58,6 +61,8 @@ pub struct Router {
     paused: AtomicBool,
     busy: AtomicUsize,
     changes: watch::Sender<u64>,
+    /// Client traffic per side, for health checks.
+    pub traffic: Traffic,
 }
 
 impl Router {
@@ -66,6 +71,7 @@ impl Router {
             epoch,
             side,
             paused: false,
+            weight: 0,
             source: Arc::new(source),
             target: Arc::new(target),
         };
@@ -75,6 +81,7 @@ impl Router {
             paused: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             changes,
+            traffic: Traffic::new(std::time::Duration::from_secs(10)),
         })
     }
 
@@ -138,14 +145,29 @@ impl TrafficControl for Router {
         });
     }
     fn switch_to(&self, side: Side, epoch: u64) {
+        // A new serving side starts with no shifted traffic.
         self.publish(|t| RoutingTable {
             side,
             epoch,
             paused: false,
+            weight: 0,
             ..t.clone()
         });
     }
     fn busy_sessions(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
+    }
+    fn set_weight(&self, percent: u8) {
+        let weight = percent.min(100);
+        self.publish(|t| RoutingTable {
+            weight,
+            ..t.clone()
+        });
+    }
+    fn weight(&self) -> u8 {
+        self.table.load().weight
+    }
+    fn stats(&self) -> TrafficStats {
+        self.traffic.stats()
     }
 }
