@@ -167,8 +167,15 @@ impl Stack {
     }
 }
 
-/// The pgshift configuration for a source/target pair.
+/// The pgshift configuration for a source/target pair. The upgrade stops before cutover
+/// (`approve_cutover = true`) so that tests and demo drive INITIATE CUTOVER themselves; pass
+/// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table).
 pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str) -> String {
+    let upgrade = if extra.lines().any(|l| l.trim() == "[upgrade]") {
+        ""
+    } else {
+        "[upgrade]\napprove_cutover = true\n\n"
+    };
     let server = |name: &str, s: &PgServer| {
         format!(
             "[{name}]\nhost = \"{}\"\nport = {}\ndbname = \"{DB}\"\nuser = \"{}\"\npassword = \"{}\"\n\n",
@@ -178,7 +185,7 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
     let psql = crate::client_bin("psql");
     let pg_dump = crate::client_bin("pg_dump");
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n{upgrade}{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
         server("source", source),
         server("target", target),
         pg_dump.display(),
