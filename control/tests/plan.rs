@@ -353,7 +353,7 @@ async fn failing_target_moves_traffic_back_within_a_second() {
     }
     let seen = t1.elapsed();
     load.fail_target.store(false, Ordering::SeqCst);
-    let r = ctl.last_health_reaction().expect("reaction");
+    let r = reaction(&ctl).await;
     eprintln!(
         "ERROR-RATE ROLLBACK: weight 50 -> 25 seen {:.0} ms after the errors began; detection -> weight published {:.3} ms; {}",
         seen.as_secs_f64() * 1000.0,
@@ -412,7 +412,7 @@ async fn failing_target_moves_traffic_back_within_a_second() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let after_kill = killed.elapsed();
-    let r = ctl.last_health_reaction().expect("reaction");
+    let r = reaction(&ctl).await;
     eprintln!(
         "TARGET-DOWN ROLLBACK: weight 50 -> 0 seen {:.0} ms after the server was down ({:.0} ms after pg_ctl stop -m immediate began); detection -> weight published {:.3} ms; {}",
         after_kill.as_secs_f64() * 1000.0,
@@ -682,7 +682,7 @@ async fn failing_target_after_cutover_rolls_back_to_the_source() {
         s.phase == "rolled_back" && s.last_error.is_some()
     })
     .await;
-    let r = ctl.last_health_reaction().expect("reaction");
+    let r = reaction(&ctl).await;
     eprintln!(
         "AFTER-CUTOVER ROLLBACK: traffic back on the source {:.0} ms after the errors began; detection -> switched back {:.0} ms; {}",
         back.as_secs_f64() * 1000.0,
@@ -700,4 +700,20 @@ async fn failing_target_after_cutover_rolls_back_to_the_source() {
     );
     load.finish().await;
     ctl.shutdown();
+}
+
+/// The last health reaction: it is recorded just after the weight is published, so a test
+/// that saw the weight change may look a moment too early.
+async fn reaction(ctl: &Controller) -> control::HealthReaction {
+    let t = Instant::now();
+    loop {
+        if let Some(r) = ctl.last_health_reaction() {
+            return r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no health reaction recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
