@@ -2,9 +2,7 @@
 //! port of its own, with its configuration in a directory of its own.
 
 use anyhow::{bail, Context, Result};
-use std::ffi::CString;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,14 +74,12 @@ impl Pgbouncer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("pgbouncer.stderr"))?);
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let (uid, gid) = lookup_user(integration::PG_OS_USER)?;
+        // As root, pgbouncer (which refuses root) runs as the harness's server user.
+        if let Some(user) = integration::run_as()? {
             for p in [dir, auth_file.as_path(), config.as_path()] {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {}", p.display()))?;
+                user.chown(p)?;
             }
-            cmd.uid(uid).gid(gid);
+            user.apply(&mut cmd);
         }
         let child = cmd
             .spawn()
@@ -147,30 +143,5 @@ impl Drop for Pgbouncer {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// (uid, gid) of a local user.
-fn lookup_user(name: &str) -> Result<(u32, u32)> {
-    let cname = CString::new(name)?;
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both live and sized as passed.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc)).context("getpwnam_r");
-        }
-        if result.is_null() {
-            bail!("no user {name} (the harness creates it when it starts a server as root)");
-        }
-        Ok((pwd.pw_uid, pwd.pw_gid))
     }
 }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use binaries::{binaries, client_bin, PgBinaries, NPM_PACKAGE};
 pub use pgshift::{pgbench, pgshift_bin, Pgshift};
+pub use runas::{run_as, RunAs};
 pub use server::{free_port, PgServer, ServerOptions};
 pub mod stack;
 pub use stack::{Stack, StackOptions};

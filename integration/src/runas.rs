@@ -17,7 +17,7 @@ use crate::PG_OS_USER;
 
 /// The user (uid, gid) that server processes run as, when it differs from ours.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RunAs {
+pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
 }
@@ -25,12 +25,12 @@ pub(crate) struct RunAs {
 impl RunAs {
     /// Makes `cmd` switch to this user before exec (like `setpriv`; std also drops root's
     /// supplementary groups).
-    pub(crate) fn apply(&self, cmd: &mut Command) {
+    pub fn apply(&self, cmd: &mut Command) {
         cmd.uid(self.uid).gid(self.gid);
     }
 
     /// Hands `path` to this user.
-    pub(crate) fn chown(&self, path: &Path) -> Result<()> {
+    pub fn chown(&self, path: &Path) -> Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
             .with_context(|| format!("chown {} to {}", path.display(), PG_OS_USER))
     }
@@ -38,7 +38,7 @@ impl RunAs {
 
 /// `None` when this process is not root (servers run as ourselves); otherwise the server user,
 /// created (once, under a lock shared by all processes) when missing.
-pub(crate) fn run_as() -> Result<Option<RunAs>> {
+pub fn run_as() -> Result<Option<RunAs>> {
     static CELL: OnceLock<Result<Option<RunAs>, String>> = OnceLock::new();
     CELL.get_or_init(|| init().map_err(|e| format!("{e:#}")))
         .clone()
