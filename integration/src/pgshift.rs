@@ -125,6 +125,8 @@ pub struct Pgshift {
     pub dir: PathBuf,
     /// The binary it runs.
     pub bin: PathBuf,
+    /// Extra environment of the process (kept for restarts).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -135,8 +137,18 @@ impl Pgshift {
         Self::start_binary(&pgshift_bin()?, config_toml)
     }
 
+    /// Like [`start`](Self::start), with extra environment variables (also on restarts, until
+    /// [`env`](Self::env) is changed).
+    pub fn start_with_env(config_toml: &str, env: &[(String, String)]) -> Result<Pgshift> {
+        Self::start_inner(&pgshift_bin()?, config_toml, env)
+    }
+
     /// Like [`start`](Self::start), with another binary that takes `serve --config FILE`.
     pub fn start_binary(bin: &Path, config_toml: &str) -> Result<Pgshift> {
+        Self::start_inner(bin, config_toml, &[])
+    }
+
+    fn start_inner(bin: &Path, config_toml: &str, env: &[(String, String)]) -> Result<Pgshift> {
         crate::server::cleanup_stale_once();
         let (host, port) = listen_address(config_toml)?;
         let dir = crate::new_run_dir("pgshift").context("creating the pgshift directory")?;
@@ -149,6 +161,7 @@ impl Pgshift {
             config_path,
             dir,
             bin: bin.to_path_buf(),
+            env: env.to_vec(),
             child: None,
         };
         pgshift.spawn()?;
@@ -177,6 +190,9 @@ impl Pgshift {
             .stderr(log);
         if std::env::var_os("RUST_BACKTRACE").is_none() {
             cmd.env("RUST_BACKTRACE", "1");
+        }
+        for (k, v) in &self.env {
+            cmd.envs([(k, v)]);
         }
         let child = cmd
             .spawn()

@@ -156,6 +156,42 @@ impl PgServer {
         }
     }
 
+    /// A server that pgshift itself will create (the local provider of `[target.provision]`):
+    /// its directory (handed to the server user when root) and a free port are reserved,
+    /// nothing is initialised. `datadir` (`<dir>/data`, not yet existing) is what the
+    /// configuration's `data_dir` should name, [`run_as_user`](Self::run_as_user) its
+    /// `run_as`. Superuser `postgres`, password `postgres`, as for harness servers. Dropping
+    /// it stops whatever server runs in `datadir` by then and removes the directory.
+    pub fn reserve(major: u32) -> Result<PgServer> {
+        let binaries = binaries(major)?;
+        let run_as = run_as()?;
+        cleanup_stale_once();
+        let dir =
+            crate::new_run_dir(&format!("pg{major}")).context("creating the server directory")?;
+        if let Some(user) = run_as {
+            user.chown(&dir)?;
+        }
+        Ok(PgServer {
+            major,
+            host: "127.0.0.1".into(),
+            port: free_port(),
+            datadir: dir.join("data"),
+            superuser: "postgres".into(),
+            password: "postgres".into(),
+            binaries,
+            socket_dir: dir.join("data"),
+            dir,
+            run_as,
+            running: false,
+            start_timeout: ServerOptions::default().start_timeout,
+        })
+    }
+
+    /// The operating-system user server programs run as (`Some` when this process is root).
+    pub fn run_as_user(&self) -> Option<&'static str> {
+        self.run_as.map(|_| crate::PG_OS_USER)
+    }
+
     fn init(&mut self, opts: &ServerOptions) -> Result<()> {
         if let Some(user) = self.run_as {
             user.chown(&self.dir)?;
@@ -446,7 +482,7 @@ impl PgServer {
 
     /// Stops the server (`pg_ctl stop -m fast`), waiting for it to exit. The data stays until drop.
     pub fn stop(&mut self) -> Result<()> {
-        if !self.running {
+        if !self.running && !self.datadir.join("postmaster.pid").exists() {
             return Ok(());
         }
         self.pg_ctl_stop("fast")?;
@@ -457,7 +493,8 @@ impl PgServer {
     /// Stops the server at once (`pg_ctl stop -m immediate`): a crash, as far as the server
     /// is concerned. Never fails; the data stays until drop.
     pub fn kill(&mut self) {
-        if !self.running {
+        // A reserved server (see `reserve`) may have been started by someone else.
+        if !self.running && !self.datadir.join("postmaster.pid").exists() {
             return;
         }
         if self.pg_ctl_stop("immediate").is_err() {

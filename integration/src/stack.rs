@@ -27,6 +27,13 @@ pub struct StackOptions {
     pub pgbench_scale: u32,
     /// Extra TOML appended to the generated pgshift configuration (e.g. an `[upgrade]` table).
     pub extra_config: String,
+    /// The target is not started by the harness: pgshift provisions it (`[target.provision]`
+    /// provider `local`, in [`Stack::target`]'s reserved directory and port), copying the
+    /// source's roles and database; `[source.provision]` names the source's data directory so
+    /// that DecommissionSource can stop it.
+    pub provision_target: bool,
+    /// Environment variables for the pgshift process (e.g. `PGSHIFT_FAILPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -36,6 +43,8 @@ impl Default for StackOptions {
             target_major: 17,
             pgbench_scale: 1,
             extra_config: String::new(),
+            provision_target: false,
+            env: Vec::new(),
         }
     }
 }
@@ -52,8 +61,17 @@ impl Stack {
     /// source), write a configuration and start pgshift.
     pub fn start(opts: StackOptions) -> Result<Stack> {
         let source = PgServer::start(opts.source_major)?;
-        let target = PgServer::start(opts.target_major)?;
-        for s in [&source, &target] {
+        let target = if opts.provision_target {
+            PgServer::reserve(opts.target_major)?
+        } else {
+            PgServer::start(opts.target_major)?
+        };
+        let servers: &[&PgServer] = if opts.provision_target {
+            &[&source]
+        } else {
+            &[&source, &target]
+        };
+        for s in servers {
             s.psql(
                 "postgres",
                 &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
@@ -88,8 +106,12 @@ impl Stack {
                 );
             }
         }
-        let config = stack_config(&source, &target, free_port(), &opts.extra_config);
-        let pgshift = Pgshift::start(&config)?;
+        let mut extra = opts.extra_config.clone();
+        if opts.provision_target {
+            extra.push_str(&provision_config(&source, &target));
+        }
+        let config = stack_config(&source, &target, free_port(), &extra);
+        let pgshift = Pgshift::start_with_env(&config, &opts.env)?;
         Ok(Stack {
             source,
             target,
@@ -190,6 +212,30 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
         server("target", target),
         pg_dump.display(),
         psql.display()
+    )
+}
+
+/// `[target.provision]` (local provider, into `target`'s reserved directory) and
+/// `[source.provision]` for a [`Stack`] whose target pgshift creates. TOML sub-tables of
+/// `[target]` and `[source]`: appended after them, they still belong to them.
+pub fn provision_config(source: &PgServer, target: &PgServer) -> String {
+    let run_as = |s: &PgServer| {
+        s.run_as_user()
+            .map(|u| format!("run_as = \"{u}\"\n"))
+            .unwrap_or_default()
+    };
+    format!(
+        "\n[target.provision]\nprovider = \"local\"\nmajor = {}\nbindir = \"{}\"\ndata_dir = \"{}\"\n{}\
+         settings = {{ fsync = false, synchronous_commit = \"off\", full_page_writes = false, max_connections = 200, shared_buffers = \"128MB\", max_replication_slots = 20, max_wal_senders = 20, max_worker_processes = 20, max_logical_replication_workers = 10 }}\n\n\
+         [source.provision]\nmajor = {}\nbindir = \"{}\"\ndata_dir = \"{}\"\n{}\n",
+        target.major,
+        target.binaries.bindir.display(),
+        target.datadir.display(),
+        run_as(target),
+        source.major,
+        source.binaries.bindir.display(),
+        source.datadir.display(),
+        run_as(source),
     )
 }
 

@@ -39,6 +39,8 @@ const TRANSACTIONS: &str = "pgshift_transactions_total";
 const TRANSACTION_ERRORS: &str = "pgshift_transaction_errors_total";
 const TRANSACTION_DURATION: &str = "pgshift_transaction_duration_seconds";
 const BACKEND_CONNECT_ERRORS: &str = "pgshift_backend_connect_errors_total";
+/// Read-only units shifted to the other side that failed there before answering and ran again on the serving side.
+const SHIFT_REPLAYS: &str = "pgshift_shift_replays_total";
 const LOGINS_ACCEPTED: &str = "pgshift_logins_accepted_total";
 const LOGINS_REFUSED: &str = "pgshift_logins_refused_total";
 const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
@@ -136,6 +138,10 @@ fn describe() {
         "Client logins accepted, by kind (app, admin)"
     );
     describe_counter!(LOGINS_REFUSED, "Client logins refused, by reason");
+    describe_counter!(
+        SHIFT_REPLAYS,
+        "Read-only units shifted to the other side that failed there before any answer and ran again on the serving side (the client saw no error)"
+    );
     describe_gauge!(CLIENT_CONNECTIONS, "Client sessions, by the backend side they are on (none: not connected yet; admin: admin console)");
     describe_gauge!(
         BUSY_SESSIONS,
@@ -284,6 +290,12 @@ static LATENCY: [Latency; 2] = [const {
         sum_us: AtomicU64::new(0),
     }
 }; 2];
+
+/// A shifted read-only unit failed on the other side before answering and runs again on the
+/// serving side (relay's replay).
+pub fn shift_replayed() {
+    counter!(SHIFT_REPLAYS).increment(1);
+}
 
 /// A unit of work (transaction, or statement outside one) ended on `side` with ReadyForQuery
 /// `I`; `error` when the server sent an ErrorResponse in it; `latency_us` from its first

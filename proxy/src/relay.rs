@@ -112,6 +112,15 @@ pub(crate) struct Relay<'p> {
     client_params: HashMap<String, String>,
     max_msg: usize,
     rx: watch::Receiver<u64>,
+    /// The client bytes of the current unit while it runs on the other side (weighted shift),
+    /// kept so that the unit can run again on the serving side if the other side fails it
+    /// before answering; `None` for units on the serving side.
+    unit_raw: Option<BytesMut>,
+    /// Whether any byte of the current unit's answer was queued for the client.
+    unit_answered: bool,
+    /// Set when a shifted unit failed unanswered: [`Relay::replay_unit`] runs it again on the
+    /// serving side.
+    replay: bool,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -189,6 +198,9 @@ pub(crate) async fn relay(
         client_params,
         max_msg: proxy.cfg.proxy.max_message_bytes,
         rx,
+        unit_raw: None,
+        unit_answered: false,
+        replay: false,
     };
     let res = r.run().await;
     if r.busy {
@@ -281,7 +293,14 @@ fn bind_statement(body: &[u8]) -> Option<&str> {
 impl Relay<'_> {
     async fn run(&mut self) -> Result<(), End> {
         loop {
+            if self.replay {
+                self.replay = false;
+                self.replay_unit().await?;
+            }
             self.flush_some()?;
+            if self.replay {
+                continue;
+            }
             if self.closing && self.to_server.is_empty() {
                 return Ok(());
             }
@@ -322,7 +341,15 @@ impl Relay<'_> {
                 Ev::ClientRead(Ok(0)) | Ev::ClientRead(Err(_)) | Ev::ClientGone => {
                     return Err(End::Closed)
                 }
-                Ev::ClientRead(Ok(_)) => self.scan_client().await?,
+                Ev::ClientRead(Ok(_)) => {
+                    if self.backend.is_none() && self.busy && self.replay {
+                        // The replay runs first (top of the loop); what the client sent
+                        // meanwhile is scanned after it.
+                        self.c_rescan = true;
+                    } else {
+                        self.scan_client().await?
+                    }
+                }
                 Ev::ServerRead(Ok(0)) => self.backend_lost("closed the connection")?,
                 Ev::ServerRead(Err(e)) => self.backend_lost(&e.to_string())?,
                 Ev::ServerRead(Ok(_)) => self.scan_server()?,
@@ -379,6 +406,10 @@ impl Relay<'_> {
         self.s_skip = 0;
         self.to_server = Bytes::new();
         if self.idle() {
+            return Ok(());
+        }
+        if self.unit_raw.is_some() && !self.unit_answered {
+            self.replay = true;
             return Ok(());
         }
         Err(End::fatal("08006", format!("the {} server closed the connection unexpectedly ({why}) while a query was in progress", side.as_str())))
@@ -456,7 +487,11 @@ impl Relay<'_> {
                                     c.known.insert(name.to_string());
                                     c.swallow += 1;
                                     let out = spliced.get_or_insert_with(BytesMut::new);
-                                    out.extend_from_slice(&self.cbuf.split_to(fwd));
+                                    let part = self.cbuf.split_to(fwd);
+                                    if let Some(raw) = self.unit_raw.as_mut() {
+                                        raw.extend_from_slice(&part);
+                                    }
+                                    out.extend_from_slice(&part);
                                     out.extend_from_slice(parse);
                                     fwd = 0;
                                 }
@@ -488,6 +523,9 @@ impl Relay<'_> {
             }
             if fwd > 0 || spliced.is_some() {
                 let head = self.cbuf.split_to(fwd);
+                if let Some(raw) = self.unit_raw.as_mut() {
+                    raw.extend_from_slice(&head);
+                }
                 self.to_server = match spliced {
                     Some(mut out) => {
                         out.extend_from_slice(&head);
@@ -553,6 +591,8 @@ impl Relay<'_> {
                     &mut self.read_only,
                 );
             let want = if shifted { t.side.other() } else { t.side };
+            self.unit_answered = false;
+            self.unit_raw = shifted.then(BytesMut::new);
             if want != self.active_side() {
                 return Some(Stop::Swap(want));
             }
@@ -674,11 +714,78 @@ impl Relay<'_> {
                 if let Some(o) = other {
                     o.terminate();
                 }
-                self.open(side, side != self.side).await?.0
+                match self.open(side, side != self.side).await {
+                    Ok((c, _)) => c,
+                    Err(e) if side != self.side && self.backend.is_some() => {
+                        // The other side is unreachable: this read-only unit stays on the
+                        // serving side; the failure counts against the other side for the
+                        // health checks, which take its weight away.
+                        tracing::warn!(
+                            pid = self.info.pid,
+                            side = side.as_str(),
+                            "cannot open a connection for a shifted read-only transaction ({}); it runs on the {} side",
+                            match &e { End::Fatal { message, .. } => message.as_str(), End::Closed => "closed" },
+                            self.side.as_str()
+                        );
+                        self.proxy.router.traffic.unit_done(side, true, 0);
+                        self.unit_raw = None;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let prev = self.install(next);
         self.spare = prev;
+        Ok(())
+    }
+
+    /// A unit shifted to the other side failed there before any answer reached the client:
+    /// count the failure against that side (health checks see it), drop that connection, and
+    /// run the unit again from its first byte on the serving side. The client sees only the
+    /// serving side's answer.
+    async fn replay_unit(&mut self) -> Result<(), End> {
+        let Some(raw) = self.unit_raw.take() else {
+            return Err(End::fatal("08006", "lost the server connection during a query"));
+        };
+        let failed = self.active_side();
+        let us = self.unit_started.elapsed().as_micros() as u64;
+        self.proxy.router.traffic.unit_done(failed, true, us);
+        crate::metrics::shift_replayed();
+        if let Some(c) = self.backend.take() {
+            if c.side == failed {
+                c.terminate();
+            } else {
+                self.spare = Some(c);
+            }
+        }
+        let serving = match self.spare.take() {
+            Some(s) if s.side == self.side => s,
+            other => {
+                if let Some(o) = other {
+                    o.terminate();
+                }
+                self.open(self.side, false).await?.0
+            }
+        };
+        tracing::info!(
+            pid = self.info.pid,
+            failed = failed.as_str(),
+            bytes = raw.len(),
+            "running the shifted read-only transaction again on the {} side",
+            self.side.as_str()
+        );
+        self.install(serving);
+        self.unit_open = false;
+        self.unit_error = false;
+        self.tx = msg::TX_IDLE;
+        self.pending.clear();
+        self.c_skip = 0;
+        self.to_server = Bytes::new();
+        let mut again = raw;
+        again.extend_from_slice(&self.cbuf);
+        self.cbuf = again;
+        self.c_rescan = true;
         Ok(())
     }
 
@@ -756,6 +863,29 @@ impl Relay<'_> {
                     drop = true;
                     dying = true;
                 }
+                msg::ERROR_RESPONSE
+                    if self.unit_raw.is_some()
+                        && !self.unit_answered
+                        && fwd == 0
+                        && kept.as_ref().is_none_or(|k| k.is_empty()) =>
+                {
+                    if avail < total {
+                        break;
+                    }
+                    let e = msg::parse_error(&self.sbuf[fwd + 5..fwd + total]).unwrap_or_default();
+                    if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
+                        // The other side is ending this connection before answering a shifted
+                        // unit (e.g. shutting down): run the unit on the serving side instead.
+                        tracing::warn!(
+                            pid = self.info.pid,
+                            side = self.active_side().as_str(),
+                            "shifted read-only transaction failed before any answer: {e}"
+                        );
+                        self.replay = true;
+                        return Ok(());
+                    }
+                    self.unit_error = true;
+                }
                 msg::ERROR_RESPONSE => self.unit_error = true,
                 msg::PARAMETER_STATUS => {
                     if avail < total {
@@ -787,6 +917,9 @@ impl Relay<'_> {
             }
         }
         let head = self.sbuf.split_to(fwd);
+        if fwd > 0 || kept.as_ref().is_some_and(|k| !k.is_empty()) {
+            self.unit_answered = true;
+        }
         match kept {
             Some(mut out) => {
                 out.extend_from_slice(&head);
@@ -801,6 +934,7 @@ impl Relay<'_> {
 
     /// A unit of work ended with ReadyForQuery `I` and nothing in flight.
     fn unit_done(&mut self) {
+        self.unit_raw = None;
         let mut state_changed = false;
         if !self.unit_error {
             for ch in std::mem::take(&mut self.pending) {

@@ -63,6 +63,45 @@ pub struct Router {
     changes: watch::Sender<u64>,
     /// Client traffic per side, for health checks.
     pub traffic: Traffic,
+    /// Test hook `PGSHIFT_FAILPOINT` (see [`Failpoint`]).
+    failpoint: Option<Failpoint>,
+}
+
+/// Crash points for the kill tests: with `PGSHIFT_FAILPOINT=pause` the process kills itself
+/// with SIGKILL when the control plane pauses traffic (the start of a cutover, after its
+/// journal record); with `PGSHIFT_FAILPOINT=switch`, when it publishes a new serving side
+/// (inside the cutover, after the swap was journaled, before any session moved). A `kill -9`
+/// from outside cannot hit these windows of a few milliseconds reliably. Unset in production;
+/// any other value is ignored with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    Pause,
+    Switch,
+}
+
+impl Failpoint {
+    fn from_env() -> Option<Failpoint> {
+        let v = std::env::var("PGSHIFT_FAILPOINT").ok()?;
+        match v.as_str() {
+            "" => None,
+            "pause" => Some(Failpoint::Pause),
+            "switch" => Some(Failpoint::Switch),
+            other => {
+                tracing::warn!("PGSHIFT_FAILPOINT={other:?} is not a failpoint (pause, switch); ignored");
+                None
+            }
+        }
+    }
+
+    fn hit(self, at: Failpoint) {
+        if self == at {
+            tracing::error!("PGSHIFT_FAILPOINT={self:?}: killing the process (SIGKILL)");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
 }
 
 impl Router {
@@ -82,6 +121,7 @@ impl Router {
             busy: AtomicUsize::new(0),
             changes,
             traffic: Traffic::new(std::time::Duration::from_secs(10)),
+            failpoint: Failpoint::from_env(),
         })
     }
 
@@ -133,6 +173,9 @@ impl TrafficControl for Router {
         }
     }
     fn pause(&self) {
+        if let Some(f) = self.failpoint {
+            f.hit(Failpoint::Pause);
+        }
         self.publish(|t| RoutingTable {
             paused: true,
             ..t.clone()
@@ -145,6 +188,9 @@ impl TrafficControl for Router {
         });
     }
     fn switch_to(&self, side: Side, epoch: u64) {
+        if let Some(f) = self.failpoint {
+            f.hit(Failpoint::Switch);
+        }
         // A new serving side starts with no shifted traffic.
         self.publish(|t| RoutingTable {
             side,
