@@ -27,6 +27,7 @@ pub use binaries::{binaries, client_bin, PgBinaries, NPM_PACKAGE};
 pub use pgshift::{pgbench, pgshift_bin, Pgshift};
 pub use runas::{run_as, RunAs};
 pub use server::{free_port, PgServer, ServerOptions};
+pub mod load;
 pub mod stack;
 pub use stack::{Stack, StackOptions};
 

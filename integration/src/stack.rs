@@ -189,6 +189,21 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// pgbench through pgshift (as [`pgbench`](Self::pgbench) with `args`, which should
+    /// include a `-T`) run back to back until [`PgbenchLoop::stop`](crate::load::PgbenchLoop::stop).
+    pub fn pgbench_loop(&self, args: &[&str]) -> crate::load::PgbenchLoop {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (host, port) = (self.pgshift.host.clone(), self.pgshift.port);
+        crate::load::PgbenchLoop::start(move || {
+            let mut c = crate::pgbench(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            c.args(["-h", &host, "-p", &port.to_string(), "-U", APP_USER, DB])
+                .env("PGPASSWORD", APP_PASSWORD);
+            c
+        })
+    }
+}
+
 /// The pgshift configuration for a source/target pair. The upgrade stops before cutover
 /// (`approve_cutover = true`) so that tests and demo drive INITIATE CUTOVER themselves; pass
 /// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table).
