@@ -803,6 +803,56 @@ impl Controller {
         Ok(msg)
     }
 
+    /// SHIFT TRAFFIC: the operator sets the weighted share (0-100 %) of eligible traffic on
+    /// the side that is not serving, as a shift step of the plan does: journaled with the
+    /// upgrade row, then published, so that a restart keeps it and the health checks guard
+    /// it (a failing check takes it back, as during the plan's steps). Allowed while
+    /// replication keeps the other side current (phases `replicating`, `shifting`,
+    /// `health_check`); 0 is always allowed. A running plan's next shift step overrides it.
+    ///
+    /// Errors: a percentage above 100; another phase; the journal write failing.
+    pub async fn shift_traffic(self: &Arc<Self>, percent: u8) -> Result<String, ControlError> {
+        if percent > 100 {
+            return Err(ControlError(format!(
+                "SHIFT TRAFFIC takes a percentage from 0 to 100, not {percent}"
+            )));
+        }
+        let _g = self.op.lock().await;
+        let traffic = self.traffic()?;
+        let row = self.row();
+        let phase = Phase::parse(&row.phase);
+        if percent > 0
+            && !matches!(
+                phase,
+                Phase::Replicating | Phase::Shifting | Phase::HealthCheck
+            )
+        {
+            return Err(ControlError(format!(
+                "cannot shift traffic in phase {}: the other side is not kept current by replication; START UPGRADE and wait for phase replicating",
+                row.phase
+            )));
+        }
+        let other = Side::parse(&row.serving_side)
+            .unwrap_or(Side::Source)
+            .other();
+        let before = row.weight;
+        let msg = format!(
+            "SHIFT TRAFFIC: traffic weight {before} → {percent} % on the {}",
+            other.as_str()
+        );
+        {
+            let _w = self.row_write.lock().await;
+            let mut row = self.row();
+            row.weight = i64::from(percent);
+            self.write_row_locked(row, "operator", "signal", &msg).await?;
+            traffic.set_weight(percent);
+        }
+        Ok(format!(
+            "{percent}% of read-only transactions now go to the {}",
+            other.as_str()
+        ))
+    }
+
     /// RESUME UPGRADE: goes on with a plan in state `paused`, `alert` or `error` from its
     /// first step not done (a step a health check failed in runs again).
     pub async fn resume_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {

@@ -8,8 +8,12 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_transactions_follow_the_weight_and_writes_stay_on_the_source() {
+    // The health checks guard manual shifts too; latency noise of a loaded test machine must
+    // not take the weight away while the split is measured.
     let stack = Stack::start(StackOptions {
         pgbench_scale: 1,
+        extra_config: "[upgrade]\napprove_cutover = true\n\n[health]\nmax_p99_ratio = 100.0\n"
+            .into(),
         ..Default::default()
     })
     .expect("stack");
@@ -128,4 +132,66 @@ async fn read_only_transactions_follow_the_weight_and_writes_stay_on_the_source(
         let rows = integration::stack::rows(c.simple_query("SHOW port").await.unwrap());
         assert_eq!(rows[0]["port"].as_deref(), Some(src_port.as_str()));
     }
+}
+
+/// The target dies (immediate shutdown) while it serves all the read-only transactions
+/// (SHIFT TRAFFIC 100): the ones it was running when it went are run again on the source, the
+/// next ones cannot connect to it and stay on the source, and the health check takes the
+/// weight away. pgbench sees no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_dying_under_shifted_reads_costs_clients_no_error() {
+    let mut stack = Stack::start(StackOptions {
+        pgbench_scale: 1,
+        extra_config: "[upgrade]\napprove_cutover = true\n\n[health]\ninterval_ms = 200\nwindow_ms = 2000\n".into(),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack
+        .source
+        .psql("app", "ALTER TABLE pgbench_history REPLICA IDENTITY FULL")
+        .unwrap();
+    stack.admin("START UPGRADE").await.unwrap();
+    stack
+        .wait_phase("replicating", Duration::from_secs(120))
+        .await
+        .unwrap();
+    stack.admin("SHIFT TRAFFIC 100").await.unwrap();
+    let reads = stack.pgbench_loop(&["-n", "-S", "-M", "prepared", "-c", "4", "-j", "1", "-T", "3"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.target.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reads = tokio::task::spawn_blocking(move || reads.stop())
+        .await
+        .unwrap();
+    let log = stack.pgshift.log();
+    let replayed = log
+        .matches("running the shifted read-only transaction again")
+        .count();
+    let fell_back = log
+        .matches("cannot open a connection for a shifted read-only transaction")
+        .count();
+    eprintln!("{reads:?}; {replayed} ran again on the source, {fell_back} stayed there");
+    assert_eq!(
+        (reads.failed, reads.errors.len()),
+        (0, 0),
+        "clients saw the target die: {reads:?}"
+    );
+    assert!(reads.transactions > 1000, "{reads:?}");
+    assert!(
+        replayed > 0,
+        "no transaction was in flight on the target when it died?\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 30)
+    );
+    let s = stack.status().await.unwrap();
+    assert_eq!(
+        s["target_weight"].as_deref(),
+        Some("0"),
+        "the health check took the weight away: {s:?}"
+    );
+    assert!(
+        s["last_error"]
+            .as_deref()
+            .is_some_and(|e| e.contains("health check failed")),
+        "{s:?}"
+    );
 }

@@ -215,7 +215,7 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, "RESUME");
                 true
             }
-            c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c),
+            c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c).await,
             _ => {
                 let hint = format!("valid commands: {}", COMMANDS.join(", "));
                 msg::error_response(
@@ -237,7 +237,7 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
 
 /// `SHIFT TRAFFIC <percent>`: send that share of the read-only transactions to the side that
 /// is not serving (a manual shift step). Only while replication keeps that side current.
-fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
+async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
     let arg = cmd
         .trim_start_matches("SHIFT TRAFFIC")
         .trim()
@@ -257,29 +257,13 @@ fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
         );
         return false;
     };
-    let phase = proxy.controller.status().phase;
-    if percent > 0
-        && !matches!(
-            phase.as_str(),
-            "replicating" | "shifting" | "health_check" | "rolled_back"
-        )
-    {
-        msg::error_response(out, "ERROR", "55000", &format!("cannot shift traffic in phase {phase}: the other side is not kept current by replication"), None, Some("START UPGRADE and wait for phase replicating"));
-        return false;
-    }
-    proxy.router.set_weight(percent);
-    let side = proxy.router.load().side.other();
-    msg::notice_response(
-        out,
-        "NOTICE",
-        "00000",
-        &format!(
-            "{percent}% of read-only transactions now go to the {}",
-            side.as_str()
-        ),
-    );
-    msg::command_complete(out, "SHIFT TRAFFIC");
-    true
+    let c = proxy.controller.clone();
+    let r = proxy
+        .control_rt
+        .spawn(async move { c.shift_traffic(percent).await })
+        .await
+        .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
+    reply(out, "SHIFT TRAFFIC", r)
 }
 
 fn reply(out: &mut BytesMut, tag: &str, r: Result<String, control::ControlError>) -> bool {

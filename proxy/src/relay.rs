@@ -16,7 +16,7 @@
 
 use crate::backend::{self, BackendConn};
 use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
-use crate::session::{connect_backend, ClientConn, End};
+use crate::session::{connect_backend, connect_backend_within, ClientConn, End};
 use crate::tracking::{session_changes, SessionChange};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use control::Side;
@@ -53,6 +53,10 @@ impl Conn {
         let _ = self.wr.try_write(&t);
     }
 }
+
+/// How long a shifted read-only transaction waits for a connection to the other side before
+/// it runs on the serving side instead, in ms.
+const SHIFT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
 /// What a boundary check decided.
 enum Stop {
@@ -399,6 +403,8 @@ impl Relay<'_> {
             pid = self.info.pid,
             side = side.as_str(),
             idle = self.idle(),
+            shifted = self.unit_raw.is_some(),
+            answered = self.unit_answered,
             "backend {why}"
         );
         self.backend = None;
@@ -613,7 +619,13 @@ impl Relay<'_> {
         if read_only {
             params.push(("default_transaction_read_only".into(), "on".into()));
         }
-        let mut b = connect_backend(self.proxy, &self.user, side, &params).await?;
+        let mut b = if read_only {
+            // Optional: the unit can run on the serving side instead (see `swap`).
+            let t = self.proxy.cfg.proxy.connect_timeout_ms.min(SHIFT_CONNECT_TIMEOUT_MS);
+            connect_backend_within(self.proxy, &self.user, side, &params, t).await?
+        } else {
+            connect_backend(self.proxy, &self.user, side, &params).await?
+        };
         let mut out = BytesMut::new();
         let mut expected = 0;
         for (_, stmt) in &self.sets {
@@ -887,6 +899,20 @@ impl Relay<'_> {
                     self.unit_error = true;
                 }
                 msg::ERROR_RESPONSE => self.unit_error = true,
+                msg::NOTICE_RESPONSE if self.unit_raw.is_some() && !self.unit_answered => {
+                    if avail < total {
+                        break;
+                    }
+                    // Class 57 (operator intervention: "terminating connection due to
+                    // immediate shutdown command" is a WARNING) from the other side while a
+                    // shifted unit is unanswered: that server is going away and the unit will
+                    // run on the serving side; the client never was on that server.
+                    let n = msg::parse_error(&self.sbuf[fwd + 5..fwd + total]).unwrap_or_default();
+                    if n.sqlstate.starts_with("57") {
+                        tracing::debug!(pid = self.info.pid, "dropped from the other side: {n}");
+                        drop = true;
+                    }
+                }
                 msg::PARAMETER_STATUS => {
                     if avail < total {
                         break;

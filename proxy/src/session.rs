@@ -332,8 +332,21 @@ pub(crate) async fn connect_backend(
     side: Side,
     params: &[(String, String)],
 ) -> Result<BackendConn, End> {
+    connect_backend_within(proxy, user, side, params, proxy.cfg.proxy.connect_timeout_ms).await
+}
+
+/// Like [`connect_backend`], giving up after `timeout` ms (connect, log-in and retries of
+/// transient refusals all included). For optional connections (a shifted read-only
+/// transaction, which can run on the serving side instead) that must not keep a client
+/// waiting on a side that is going away.
+pub(crate) async fn connect_backend_within(
+    proxy: &Proxy,
+    user: &UserEntry,
+    side: Side,
+    params: &[(String, String)],
+    timeout: u64,
+) -> Result<BackendConn, End> {
     let addr = proxy.router.load().addr(side).clone();
-    let timeout = proxy.cfg.proxy.connect_timeout_ms;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut wait = 10;
     loop {

@@ -35,10 +35,12 @@ impl Controller {
             return None;
         }
         // A cutover attempt under way is not interrupted (it is bounded by its deadlines);
-        // the checks after it guard the target.
-        if g.current
-            .as_ref()
-            .is_some_and(|c| c.0 == super::StepKind::Cutover.key())
+        // the checks after it guard the target. Waiting at the cutover for INITIATE CUTOVER
+        // (approve_cutover) is not an attempt: shifted traffic stays guarded.
+        if r.state != WAITING
+            && g.current
+                .as_ref()
+                .is_some_and(|c| c.0 == super::StepKind::Cutover.key())
         {
             return None;
         }
