@@ -1,0 +1,250 @@
+//! `kill -9` of the real pgshift process at each kill point of the unattended plan (issue 3,
+//! item 7), then a restart on the same journal: the plan finishes (phase `done`, traffic on
+//! the 17), no acknowledged write is lost, and no replication object is left over or made
+//! twice. The kill points inside the cutover are hit with `PGSHIFT_FAILPOINT` (the process
+//! SIGKILLs itself when the cutover pauses traffic, or when it publishes the new serving side
+//! after journaling the swap); the others by `kill -9` from here at the right phase.
+
+use integration::load::{missing_ids, Writer};
+use integration::{PgServer, Stack, StackOptions};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn get(s: &HashMap<String, Option<String>>, k: &str) -> String {
+    s.get(k).cloned().flatten().unwrap_or_default()
+}
+
+/// pgshift's replication objects on a server: publications, slots, subscriptions.
+fn objects(s: &PgServer) -> String {
+    s.psql(
+        "app",
+        "SELECT coalesce(string_agg(o, ',' ORDER BY o), '') FROM (
+             SELECT 'pub:' || pubname AS o FROM pg_publication
+             UNION ALL SELECT 'slot:' || slot_name FROM pg_replication_slots
+             UNION ALL SELECT 'sub:' || subname FROM pg_subscription) x",
+    )
+    .unwrap_or_else(|e| format!("unreachable: {e}"))
+}
+
+/// A stack whose plan runs unattended to the end (no approval, no decommission).
+async fn stack(shift: &str, hold_ms: u64, failpoint: Option<&str>) -> (Stack, Writer) {
+    let stack = Stack::start(StackOptions {
+        pgbench_scale: 10,
+        extra_config: format!(
+            "[upgrade]\nshift = {shift}\nshift_hold_ms = {hold_ms}\npoll_interval_ms = 100\n\
+             drain_timeout_ms = 5000\ncatchup_timeout_ms = 20000\nbackoff_initial_ms = 200\n\n\
+             [health]\ninterval_ms = 250\nmax_p99_ratio = 100.0\n"
+        ),
+        env: failpoint
+            .map(|f| vec![("PGSHIFT_FAILPOINT".to_string(), f.to_string())])
+            .unwrap_or_default(),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack
+        .source
+        .psql(
+            "app",
+            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
+             CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO app",
+        )
+        .unwrap();
+    let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(5));
+    (stack, writer)
+}
+
+/// Polls the status until `pred` holds; panics after `timeout` or on state `error`.
+async fn wait_for(
+    stack: &Stack,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&HashMap<String, Option<String>>) -> bool,
+) -> HashMap<String, Option<String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = stack.status().await {
+            assert_ne!(
+                get(&s, "state"),
+                "error",
+                "{what}: {s:?}\n{}",
+                integration::tail_file(&stack.pgshift.log_path(), 40)
+            );
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not reached within {timeout:?}: {s:?}\n{}",
+                integration::tail_file(&stack.pgshift.log_path(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After the restart: the plan finishes, traffic is on the 17, nothing lost or left over.
+async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
+    let s = wait_for(stack, "phase done", Duration::from_secs(180), |s| {
+        get(s, "phase") == "done"
+    })
+    .await;
+    eprintln!("plan done {:.1?} after the start: {s:?}", t0.elapsed());
+    // Writes go on through pgshift on the 17.
+    let before = writer.acked_count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while writer.acked_count() < before + 50 {
+        assert!(Instant::now() < deadline, "the writer makes no progress after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = stack.app_client().await.unwrap();
+    let v: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 17, "clients are on the target");
+    let written = writer.stop().await;
+    eprintln!(
+        "{} writes acknowledged; {} errors while pgshift was down (first: {:?})",
+        written.acked.len(),
+        written.errors.len(),
+        written.errors.first()
+    );
+    let lost = missing_ids(&stack.target, "app", "acked", &written.acked).unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes missing on the target: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(objects(&stack.source), "", "left on the source");
+    assert_eq!(objects(&stack.target), "", "left on the target");
+    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
+    let dup: Vec<String> = hist
+        .iter()
+        .map(|r| get(r, "message"))
+        .filter(|m| m.contains("already exists"))
+        .collect();
+    assert!(dup.is_empty(), "duplicate objects attempted: {dup:?}");
+    assert!(
+        hist.iter().any(|r| get(r, "actor") == "resume"),
+        "the resumed plan is journaled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_wait_for_sync() {
+    let t0 = Instant::now();
+    let (mut stack, writer) = stack("[]", 1000, None).await;
+    stack.admin("START UPGRADE").await.unwrap();
+    let s = wait_for(&stack, "wait_for_sync", Duration::from_secs(60), |s| {
+        get(s, "step") == "wait_for_sync"
+    })
+    .await;
+    stack.pgshift.kill9();
+    eprintln!("killed in {s:?}");
+    // (Table synchronisation slots of the subscription come and go besides these.)
+    let ours = |o: String| {
+        o.split(',')
+            .filter(|x| x.contains(":pgshift"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(ours(objects(&stack.source)), "pub:pgshift_pub,slot:pgshift_fwd");
+    stack.pgshift.restart().expect("restart");
+    // Exactly one of each forward object after the resume.
+    wait_for(&stack, "resumed", Duration::from_secs(30), |s| {
+        get(s, "state") == "running" || get(s, "phase") != "synchronizing"
+    })
+    .await;
+    let o = ours(objects(&stack.source));
+    assert!(
+        o == "pub:pgshift_pub,slot:pgshift_fwd" || o.is_empty(),
+        "source after the restart: {o}"
+    );
+    finish(&stack, writer, t0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_shift_steps() {
+    let t0 = Instant::now();
+    let (mut stack, writer) = stack("[25, 25, 50]", 3000, None).await;
+    stack.admin("START UPGRADE").await.unwrap();
+    wait_for(&stack, "the first hold", Duration::from_secs(90), |s| {
+        get(s, "step") == "health_check:1" && get(s, "target_weight") == "25"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.pgshift.kill9();
+    stack.pgshift.restart().expect("restart");
+    // The journaled weight is back in force at once, and the plan goes on from there.
+    let s = stack.status().await.unwrap();
+    let w: u32 = get(&s, "target_weight").parse().unwrap();
+    assert!(w >= 25, "weight after the restart: {s:?}");
+    let share = target_share(&stack).await;
+    eprintln!("after the restart: weight {w} %, observed share on the target {share} %");
+    assert!(share > 5.0, "the restarted proxy does not shift: {share} %");
+    finish(&stack, writer, t0).await;
+}
+
+/// The share (%) of 200 read-only transactions (`SHOW port`) that the target answered.
+async fn target_share(stack: &Stack) -> f64 {
+    let c = stack.app_client().await.unwrap();
+    let tgt = stack.target.port.to_string();
+    let mut n = 0;
+    for _ in 0..200 {
+        let r = integration::stack::rows(c.simple_query("SHOW port").await.unwrap());
+        if r[0]["port"].as_deref() == Some(tgt.as_str()) {
+            n += 1;
+        }
+    }
+    f64::from(n) / 2.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_cutover_before_the_swap() {
+    let t0 = Instant::now();
+    let (mut stack, writer) = stack("[]", 1000, Some("pause")).await;
+    stack.admin("START UPGRADE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.pgshift.is_running() {
+        assert!(Instant::now() < deadline, "the cutover never paused traffic");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stack.pgshift.log().contains("PGSHIFT_FAILPOINT=Pause"));
+    stack.pgshift.env.clear();
+    stack.pgshift.restart().expect("restart");
+    finish(&stack, writer, t0).await;
+    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
+    assert!(
+        hist.iter()
+            .any(|r| get(r, "message").contains("cutover interrupted by a restart before the swap")),
+        "the abandoned attempt is in the history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_cutover_after_the_swap() {
+    let t0 = Instant::now();
+    let (mut stack, writer) = stack("[]", 1000, Some("switch")).await;
+    stack.admin("START UPGRADE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.pgshift.is_running() {
+        assert!(Instant::now() < deadline, "the cutover never swapped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stack.pgshift.log().contains("PGSHIFT_FAILPOINT=Switch"));
+    stack.pgshift.env.clear();
+    stack.pgshift.restart().expect("restart");
+    // The swap was journaled before the crash: the restarted proxy serves the target at once.
+    let s = stack.status().await.unwrap();
+    assert_eq!(get(&s, "epoch"), "2", "{s:?}");
+    let c = stack.app_client().await.unwrap();
+    let v: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 17, "the restarted proxy serves the side the journal says");
+    finish(&stack, writer, t0).await;
+}
