@@ -144,6 +144,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use plan::StepKind;
 
@@ -373,6 +374,16 @@ pub struct Controller {
     retrying_switch: AtomicBool,
     plan: Mutex<Option<PlanTask>>,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// `upgrade{id, phase}`: the tracing span that the control plane's tasks and commands run
+    /// in, so that every log line they write (JSON: the `span`/`spans` objects) carries the
+    /// upgrade id and the phase; both are recorded again with each journaled row.
+    span: tracing::Span,
+}
+
+/// Records the row's upgrade id and phase on the controller's span.
+fn note_row(span: &tracing::Span, row: &UpgradeRow) {
+    span.record("id", row.id);
+    span.record("phase", row.phase.as_str());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -407,6 +418,13 @@ impl Controller {
             side = %row.serving_side, epoch = row.epoch, weight = row.weight, "upgrade journal opened");
         let driver = Logical::new(&cfg);
         let plan_steps = plan::plan_of(&cfg);
+        let span = tracing::info_span!(
+            parent: None,
+            "upgrade",
+            id = tracing::field::Empty,
+            phase = tracing::field::Empty
+        );
+        note_row(&span, &row);
         Ok(Arc::new(Controller {
             cfg,
             journal,
@@ -428,6 +446,7 @@ impl Controller {
             retrying_switch: AtomicBool::new(false),
             plan: Mutex::new(None),
             background: Mutex::new(Vec::new()),
+            span,
         }))
     }
 
@@ -480,10 +499,12 @@ impl Controller {
             traffic.set_weight(w);
             tracing::info!(weight = w, "published the journaled traffic weight");
         }
-        let collector = rt.spawn(collect(Arc::downgrade(self)));
-        let health = rt.spawn(watch::health_loop(Arc::downgrade(self)));
+        let collector = rt.spawn(collect(Arc::downgrade(self)).instrument(self.span.clone()));
+        let health =
+            rt.spawn(watch::health_loop(Arc::downgrade(self)).instrument(self.span.clone()));
         let this = self.clone();
-        let resume = rt.spawn(async move { this.resume().await });
+        let span = self.span.clone();
+        let resume = rt.spawn(async move { this.resume().await }.instrument(span));
         lock(&self.background).extend([collector, health, resume]);
     }
 
@@ -491,6 +512,7 @@ impl Controller {
     /// upgrade, after a rollback that removed replication (starts afresh: preflight problems
     /// are the answer, and nothing is changed), or to go on with a plan that stopped (state
     /// `error`, `paused` or `alert`: as RESUME UPGRADE).
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn start_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         self.start_locked("operator").await
@@ -633,6 +655,7 @@ impl Controller {
     /// skipped), in `rolled_back` after a rollback from the target, and in `cutting_over`
     /// after the swap (finishes the post-swap steps). After it the plan goes on
     /// (`health_check:cutover`, `detach_old`, `decommission_source`).
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn initiate_cutover(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         let row = self.row();
@@ -715,6 +738,7 @@ impl Controller {
     /// plan, sets the weight to 0, removes every replication object and, when pgshift
     /// provisioned the target, stops it and deletes its data directory. In `rolled_back` with
     /// forward replication running: removes it.
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn rollback(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         let row = self.row();
@@ -768,6 +792,7 @@ impl Controller {
     /// PAUSE UPGRADE: stops the running plan at its next safe point (a cutover under way
     /// finishes first) and sets state `paused`; traffic weights stay as they are and the
     /// health checks keep guarding them. RESUME UPGRADE goes on.
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn pause_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         let row = self.row();
@@ -811,6 +836,7 @@ impl Controller {
     /// `health_check`); 0 is always allowed. A running plan's next shift step overrides it.
     ///
     /// Errors: a percentage above 100; another phase; the journal write failing.
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn shift_traffic(self: &Arc<Self>, percent: u8) -> Result<String, ControlError> {
         if percent > 100 {
             return Err(ControlError(format!(
@@ -844,7 +870,8 @@ impl Controller {
             let _w = self.row_write.lock().await;
             let mut row = self.row();
             row.weight = i64::from(percent);
-            self.write_row_locked(row, "operator", "signal", &msg).await?;
+            self.write_row_locked(row, "operator", "signal", &msg)
+                .await?;
             traffic.set_weight(percent);
         }
         Ok(format!(
@@ -855,6 +882,7 @@ impl Controller {
 
     /// RESUME UPGRADE: goes on with a plan in state `paused`, `alert` or `error` from its
     /// first step not done (a step a health check failed in runs again).
+    #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn resume_upgrade(self: &Arc<Self>) -> Result<String, ControlError> {
         let _g = self.op.lock().await;
         self.resume_locked("operator", "RESUME UPGRADE").await
@@ -1048,6 +1076,7 @@ impl Controller {
                 Some((actor.to_string(), kind.to_string(), message.to_string())),
             )
             .await?;
+        note_row(&self.span, &row);
         if row.state == ERROR {
             tracing::error!(actor, upgrade = row.id, phase = %row.phase, side = %row.serving_side, epoch = row.epoch, "{message}");
         } else {
@@ -1437,6 +1466,7 @@ impl Controller {
                 )
                 .await
                 .map_err(|e| Abandon { reason: format!("journal: {e}"), resumed: false })?;
+            note_row(&self.span, &row);
             lock(&self.inner).row = row;
             laps.lap("journal");
             Ok(())

@@ -621,7 +621,12 @@ impl Relay<'_> {
         }
         let mut b = if read_only {
             // Optional: the unit can run on the serving side instead (see `swap`).
-            let t = self.proxy.cfg.proxy.connect_timeout_ms.min(SHIFT_CONNECT_TIMEOUT_MS);
+            let t = self
+                .proxy
+                .cfg
+                .proxy
+                .connect_timeout_ms
+                .min(SHIFT_CONNECT_TIMEOUT_MS);
             connect_backend_within(self.proxy, &self.user, side, &params, t).await?
         } else {
             connect_backend(self.proxy, &self.user, side, &params).await?
@@ -758,7 +763,10 @@ impl Relay<'_> {
     /// serving side's answer.
     async fn replay_unit(&mut self) -> Result<(), End> {
         let Some(raw) = self.unit_raw.take() else {
-            return Err(End::fatal("08006", "lost the server connection during a query"));
+            return Err(End::fatal(
+                "08006",
+                "lost the server connection during a query",
+            ));
         };
         let failed = self.active_side();
         let us = self.unit_started.elapsed().as_micros() as u64;

@@ -87,7 +87,9 @@ impl Failpoint {
             "pause" => Some(Failpoint::Pause),
             "switch" => Some(Failpoint::Switch),
             other => {
-                tracing::warn!("PGSHIFT_FAILPOINT={other:?} is not a failpoint (pause, switch); ignored");
+                tracing::warn!(
+                    "PGSHIFT_FAILPOINT={other:?} is not a failpoint (pause, switch); ignored"
+                );
                 None
             }
         }

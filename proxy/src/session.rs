@@ -332,7 +332,14 @@ pub(crate) async fn connect_backend(
     side: Side,
     params: &[(String, String)],
 ) -> Result<BackendConn, End> {
-    connect_backend_within(proxy, user, side, params, proxy.cfg.proxy.connect_timeout_ms).await
+    connect_backend_within(
+        proxy,
+        user,
+        side,
+        params,
+        proxy.cfg.proxy.connect_timeout_ms,
+    )
+    .await
 }
 
 /// Like [`connect_backend`], giving up after `timeout` ms (connect, log-in and retries of

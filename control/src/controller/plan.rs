@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// One step of the plan (DESIGN.md "Control plane").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +294,7 @@ impl Controller {
         let actor = actor.to_string();
         let cancel = Cancel::new();
         let c2 = cancel.clone();
+        let span = self.span.clone();
         let handle = tokio::spawn(async move {
             match this.run_plan(&actor, &c2).await {
                 Ok(Outcome::Finished) => {
@@ -321,7 +323,7 @@ impl Controller {
                 }
             }
             lock(&this.inner).post_watch = false;
-        });
+        }.instrument(span));
         *slot = Some(PlanTask { handle, cancel });
     }
 
@@ -836,15 +838,16 @@ impl Controller {
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
+            let step_span = tracing::info_span!("step", step = %key, attempt);
             let outcome: Result<(T, String), StepFailure> = if cancellable {
                 tokio::select! {
-                    r = tokio::time::timeout(left, f()) => r.unwrap_or_else(|_| Err(StepFailure::transient(format!(
+                    r = tokio::time::timeout(left, f().instrument(step_span)) => r.unwrap_or_else(|_| Err(StepFailure::transient(format!(
                         "timed out after {} ms ([upgrade.timeouts] of {key})", step.timeout.as_millis()
                     )))),
                     _ = cancel.wait() => Err(StepFailure::stopped()),
                 }
             } else {
-                f().await
+                f().instrument(step_span).await
             };
             match outcome {
                 Ok((v, detail)) => {

@@ -13,6 +13,7 @@ use config::OnFailure;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// What the checks guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +162,19 @@ struct Prober {
     client: Option<(Side, tokio_postgres::Client)>,
     inflight: Option<(Instant, JoinHandle<ProbeDone>)>,
     last: Option<Probe>,
+    /// Probes in a row that failed.
+    failures: u32,
 }
+
+/// Failed probes in a row before the subscriber counts as unreachable: one failed query on
+/// a busy server (or one dropped connection) must not send all traffic back.
+const PROBE_FAILURES: u32 = 2;
 
 impl Prober {
     /// Collects a finished probe, starts the next one, and returns what is known: the latest
-    /// answer; unreachable after an error (connection refused or lost, a server error) or when
-    /// a probe has been running for longer than `max(2 s, 5 intervals)`.
+    /// answer; unreachable after [`PROBE_FAILURES`] errors in a row (connection refused or
+    /// lost, a server error; the next probe starts at once on a new connection) or when a
+    /// probe has been running for longer than `max(2 s, 5 intervals)`.
     async fn tick(&mut self, driver: &Logical, dir: Direction, interval: Duration) -> Probe {
         let side = dir.subscriber();
         let stall = (interval * 5).max(Duration::from_secs(2));
@@ -175,6 +183,9 @@ impl Prober {
                 let (_, h) = self.inflight.take().expect("inflight");
                 let (client, res) = h.await.unwrap_or((None, Err("probe task failed".into())));
                 self.client = client;
+                if res.is_ok() {
+                    self.failures = 0;
+                }
                 self.last = Some(match res {
                     Ok(Some((enabled, running, errors))) => Probe {
                         reachable: true,
@@ -187,11 +198,25 @@ impl Prober {
                         apply_errors: None,
                     },
                     Err(e) => {
-                        tracing::debug!(error = %e, "health probe");
-                        Probe::default()
+                        self.failures += 1;
+                        tracing::warn!(error = %e, failures = self.failures, "health probe of the subscriber failed");
+                        if self.failures >= PROBE_FAILURES {
+                            Probe::default()
+                        } else {
+                            // No verdict yet: the previous answer stands until the next probe.
+                            self.last.unwrap_or(Probe {
+                                reachable: true,
+                                worker_running: None,
+                                apply_errors: None,
+                            })
+                        }
                     }
                 });
             } else if started.elapsed() >= stall {
+                tracing::warn!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "health probe of the subscriber has not answered"
+                );
                 return Probe::default();
             }
         }
@@ -312,6 +337,7 @@ impl Controller {
             }
             {
                 let mut g = lock(&self.inner);
+                super::note_row(&self.span, &row);
                 g.row = row.clone();
                 for k in &reset {
                     g.done.remove(k);
@@ -345,9 +371,12 @@ impl Controller {
             .await;
         if let Some(t) = task {
             // The plan stops at its next safe point; nothing waits for it here.
-            tokio::spawn(async move {
-                let _ = t.handle.await;
-            });
+            tokio::spawn(
+                async move {
+                    let _ = t.handle.await;
+                }
+                .in_current_span(),
+            );
         }
     }
 
@@ -357,6 +386,7 @@ impl Controller {
         lock(&self.inner).post_watch = false;
         let reason = reasons(v);
         let this = self.clone();
+        let span = self.span.clone();
         tokio::spawn(async move {
             this.stop_plan().await;
             let _g = this.op.lock().await;
@@ -412,7 +442,7 @@ impl Controller {
                     this.fail("health", None, &msg).await;
                 }
             }
-        });
+        }.instrument(span));
     }
 
     /// Lag above its limits for longer than the grace: stop shifting (state `alert`), no
@@ -424,22 +454,26 @@ impl Controller {
             held.as_secs_f64(),
             self.cfg.health.lag_grace_ms
         );
-        tokio::spawn(async move {
-            let row = this.row();
-            if !matches!(row.state.as_str(), RUNNING | WAITING) || this.health_mode().is_none() {
-                let _ = this.journal.event("health", "alert", &msg).await;
-                return;
+        tokio::spawn(
+            async move {
+                let row = this.row();
+                if !matches!(row.state.as_str(), RUNNING | WAITING) || this.health_mode().is_none()
+                {
+                    let _ = this.journal.event("health", "alert", &msg).await;
+                    return;
+                }
+                if let Some(t) = this.signal_plan() {
+                    let _ = t.handle.await;
+                }
+                tracing::warn!("{msg}");
+                let _ = this
+                    .save("health", "alert", &msg, |r| {
+                        r.state = ALERT.into();
+                        r.last_error = Some(msg.clone());
+                    })
+                    .await;
             }
-            if let Some(t) = this.signal_plan() {
-                let _ = t.handle.await;
-            }
-            tracing::warn!("{msg}");
-            let _ = this
-                .save("health", "alert", &msg, |r| {
-                    r.state = ALERT.into();
-                    r.last_error = Some(msg.clone());
-                })
-                .await;
-        });
+            .in_current_span(),
+        );
     }
 }
