@@ -91,21 +91,33 @@ impl Writer {
     /// Stops the writer and returns what it saw.
     pub async fn stop(self) -> Written {
         self.stop.store(true, Ordering::Relaxed);
-        let errors = self.handle.await.unwrap_or_else(|e| vec![format!("writer task: {e}")]);
+        let errors = self
+            .handle
+            .await
+            .unwrap_or_else(|e| vec![format!("writer task: {e}")]);
         let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()));
         Written { acked, errors }
     }
 }
 
 /// Ids of `acked` missing from `table` on `server` (empty: nothing lost).
-pub fn missing_ids(server: &crate::PgServer, db: &str, table: &str, acked: &[i64]) -> Result<Vec<i64>> {
+pub fn missing_ids(
+    server: &crate::PgServer,
+    db: &str,
+    table: &str,
+    acked: &[i64],
+) -> Result<Vec<i64>> {
     let have: std::collections::HashSet<i64> = server
         .psql(db, &format!("SELECT id FROM {table}"))?
         .lines()
         .filter(|l| !l.is_empty())
         .map(|l| l.trim().parse::<i64>().context("id"))
         .collect::<Result<_>>()?;
-    Ok(acked.iter().copied().filter(|id| !have.contains(id)).collect())
+    Ok(acked
+        .iter()
+        .copied()
+        .filter(|id| !have.contains(id))
+        .collect())
 }
 
 /// pgbench run again and again (each run `-T chunk_s`) until stopped, on a thread of its own.
@@ -154,10 +166,15 @@ impl PgbenchLoop {
                     t.transactions += field(&stdout, "number of transactions actually processed:");
                     t.failed += field(&stdout, "number of failed transactions:");
                     if !out.status.success() {
-                        t.errors.push(format!("pgbench run {} exited {}", t.runs, out.status));
+                        t.errors
+                            .push(format!("pgbench run {} exited {}", t.runs, out.status));
                     }
                     for l in stderr.lines() {
-                        if l.contains("aborted") || l.contains("error") || l.contains("ERROR") || l.contains("FATAL") {
+                        if l.contains("aborted")
+                            || l.contains("error")
+                            || l.contains("ERROR")
+                            || l.contains("FATAL")
+                        {
                             t.errors.push(l.to_string());
                         }
                     }
@@ -193,7 +210,10 @@ mod tests {
     #[test]
     fn pgbench_summary_fields() {
         let out = "transaction type: <builtin: select only>\nnumber of transactions actually processed: 12345\nnumber of failed transactions: 3 (0.024%)\n";
-        assert_eq!(super::field(out, "number of transactions actually processed:"), 12345);
+        assert_eq!(
+            super::field(out, "number of transactions actually processed:"),
+            12345
+        );
         assert_eq!(super::field(out, "number of failed transactions:"), 3);
         assert_eq!(super::field("", "number of failed transactions:"), 0);
     }

@@ -16,9 +16,10 @@ fn get(s: &HashMap<String, Option<String>>, k: &str) -> String {
 async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
     let mut stack = Stack::start(StackOptions {
         pgbench_scale: 2,
-        extra_config: "[upgrade]\nshift = [25, 25, 50]\nshift_hold_ms = 120000\npoll_interval_ms = 200\n\n\
+        extra_config:
+            "[upgrade]\nshift = [25, 25, 50]\nshift_hold_ms = 120000\npoll_interval_ms = 200\n\n\
                        [health]\ninterval_ms = 200\nwindow_ms = 2000\nmin_transactions = 20\n"
-            .into(),
+                .into(),
         ..Default::default()
     })
     .expect("stack");
@@ -30,7 +31,9 @@ async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
              CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO app",
         )
         .unwrap();
-    let reads = stack.pgbench_loop(&["-n", "-S", "-c", "4", "-j", "1", "-T", "5", "-M", "prepared"]);
+    let reads = stack.pgbench_loop(&[
+        "-n", "-S", "-c", "4", "-j", "1", "-T", "5", "-M", "prepared",
+    ]);
     let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(3));
     stack.admin("START UPGRADE").await.expect("START UPGRADE");
 
@@ -48,12 +51,18 @@ async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
     let on_target = |stack: &Stack| {
         stack
             .target
-            .psql("app", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+            )
             .unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while on_target(&stack) == "0" {
-        assert!(Instant::now() < deadline, "no read-only session reached the target");
+        assert!(
+            Instant::now() < deadline,
+            "no read-only session reached the target"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -87,10 +96,20 @@ async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(writer.acked_count() > before, "writes go on");
     let written = writer.stop().await;
-    let reads = tokio::task::spawn_blocking(move || reads.stop()).await.unwrap();
-    eprintln!("reads {reads:?}; writer {} acked, errors {:?}", written.acked.len(), written.errors);
+    let reads = tokio::task::spawn_blocking(move || reads.stop())
+        .await
+        .unwrap();
+    eprintln!(
+        "reads {reads:?}; writer {} acked, errors {:?}",
+        written.acked.len(),
+        written.errors
+    );
     assert!(reads.transactions > 0);
-    assert_eq!((reads.failed, reads.errors.len()), (0, 0), "select-only clients saw errors: {reads:?}");
+    assert_eq!(
+        (reads.failed, reads.errors.len()),
+        (0, 0),
+        "select-only clients saw errors: {reads:?}"
+    );
     assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
     let lost = missing_ids(&stack.source, "app", "acked", &written.acked).unwrap();
     assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());

@@ -93,12 +93,18 @@ async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
     let before = writer.acked_count();
     let deadline = Instant::now() + Duration::from_secs(20);
     while writer.acked_count() < before + 50 {
-        assert!(Instant::now() < deadline, "the writer makes no progress after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "the writer makes no progress after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = stack.app_client().await.unwrap();
     let v: i32 = c
-        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -150,7 +156,10 @@ async fn kill_9_during_wait_for_sync() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    assert_eq!(ours(objects(&stack.source)), "pub:pgshift_pub,slot:pgshift_fwd");
+    assert_eq!(
+        ours(objects(&stack.source)),
+        "pub:pgshift_pub,slot:pgshift_fwd"
+    );
     stack.pgshift.restart().expect("restart");
     // Exactly one of each forward object after the resume.
     wait_for(&stack, "resumed", Duration::from_secs(30), |s| {
@@ -208,7 +217,10 @@ async fn kill_9_inside_cutover_before_the_swap() {
     stack.admin("START UPGRADE").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while stack.pgshift.is_running() {
-        assert!(Instant::now() < deadline, "the cutover never paused traffic");
+        assert!(
+            Instant::now() < deadline,
+            "the cutover never paused traffic"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(stack.pgshift.log().contains("PGSHIFT_FAILPOINT=Pause"));
@@ -241,10 +253,16 @@ async fn kill_9_inside_cutover_after_the_swap() {
     assert_eq!(get(&s, "epoch"), "2", "{s:?}");
     let c = stack.app_client().await.unwrap();
     let v: i32 = c
-        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, 17, "the restarted proxy serves the side the journal says");
+    assert_eq!(
+        v, 17,
+        "the restarted proxy serves the side the journal says"
+    );
     finish(&stack, writer, t0).await;
 }

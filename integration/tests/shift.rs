@@ -142,7 +142,9 @@ async fn read_only_transactions_follow_the_weight_and_writes_stay_on_the_source(
 async fn a_target_dying_under_shifted_reads_costs_clients_no_error() {
     let mut stack = Stack::start(StackOptions {
         pgbench_scale: 1,
-        extra_config: "[upgrade]\napprove_cutover = true\n\n[health]\ninterval_ms = 200\nwindow_ms = 2000\n".into(),
+        extra_config:
+            "[upgrade]\napprove_cutover = true\n\n[health]\ninterval_ms = 200\nwindow_ms = 2000\n"
+                .into(),
         ..Default::default()
     })
     .expect("stack");
@@ -156,7 +158,9 @@ async fn a_target_dying_under_shifted_reads_costs_clients_no_error() {
         .await
         .unwrap();
     stack.admin("SHIFT TRAFFIC 100").await.unwrap();
-    let reads = stack.pgbench_loop(&["-n", "-S", "-M", "prepared", "-c", "4", "-j", "1", "-T", "3"]);
+    let reads = stack.pgbench_loop(&[
+        "-n", "-S", "-M", "prepared", "-c", "4", "-j", "1", "-T", "3",
+    ]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stack.target.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
