@@ -127,6 +127,9 @@ pub struct Pgshift {
     pub bin: PathBuf,
     /// Extra environment of the process (kept for restarts).
     pub env: Vec<(String, String)>,
+    /// The subcommand it runs: `serve` (default) or `upgrade` (serve, and start or resume
+    /// the upgrade plan at once). Used by every (re)start.
+    pub command: &'static str,
     child: Option<Child>,
 }
 
@@ -162,6 +165,7 @@ impl Pgshift {
             dir,
             bin: bin.to_path_buf(),
             env: env.to_vec(),
+            command: "serve",
             child: None,
         };
         pgshift.spawn()?;
@@ -176,12 +180,13 @@ impl Pgshift {
             .context("opening pgshift.log")?;
         writeln!(
             log,
-            "=== [integration] starting {} serve --config {}",
+            "=== [integration] starting {} {} --config {}",
             self.bin.display(),
+            self.command,
             self.config_path.display()
         )?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("serve")
+        cmd.arg(self.command)
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(&self.dir)
@@ -235,6 +240,14 @@ impl Pgshift {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts pgshift again (after [`stop`](Self::stop), [`kill9`](Self::kill9) or a crash)
+    /// with the same configuration in the same directory, running `command`.
+    pub fn start_again(&mut self, command: &'static str) -> Result<()> {
+        self.stop();
+        self.command = command;
+        self.spawn()
     }
 
     /// Stops pgshift (SIGTERM, then SIGKILL after 10 s) and starts it again with the same

@@ -266,3 +266,58 @@ async fn kill_9_inside_cutover_after_the_swap() {
     );
     finish(&stack, writer, t0).await;
 }
+
+/// `pgshift upgrade --config FILE` runs the whole plan by itself (no START UPGRADE); run again
+/// on the finished journal it changes nothing and keeps serving the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgshift_upgrade_runs_the_plan_and_a_second_run_does_nothing() {
+    let t0 = Instant::now();
+    let (mut stack, writer) = stack("[50]", 1000, None).await;
+    stack
+        .pgshift
+        .start_again("upgrade")
+        .expect("pgshift upgrade");
+    let s = wait_for(&stack, "phase done", Duration::from_secs(180), |s| {
+        get(s, "phase") == "done"
+    })
+    .await;
+    eprintln!("`pgshift upgrade` done after {:.1?}: {s:?}", t0.elapsed());
+    let before = stack.admin("SHOW UPGRADE HISTORY").await.unwrap().len();
+    stack
+        .pgshift
+        .start_again("upgrade")
+        .expect("pgshift upgrade again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = stack.status().await.unwrap();
+    assert_eq!(
+        (get(&s, "phase").as_str(), get(&s, "state").as_str()),
+        ("done", "done")
+    );
+    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
+    let new: Vec<String> = hist
+        .iter()
+        .skip(before)
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                get(r, "kind"),
+                get(r, "step"),
+                get(r, "message")
+            )
+        })
+        .collect();
+    assert!(new.is_empty(), "the second run journaled: {new:#?}");
+    let c = stack.app_client().await.unwrap();
+    let v: i32 = c
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 17);
+    let written = writer.stop().await;
+    let lost = missing_ids(&stack.target, "app", "acked", &written.acked).unwrap();
+    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+}
