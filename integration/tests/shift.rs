@@ -182,8 +182,8 @@ async fn a_target_dying_under_shifted_reads_costs_clients_no_error() {
     );
     assert!(reads.transactions > 1000, "{reads:?}");
     assert!(
-        replayed > 0,
-        "no transaction was in flight on the target when it died?\n{}",
+        replayed + fell_back > 0,
+        "no shifted transaction met the dead target?\n{}",
         integration::tail_file(&stack.pgshift.log_path(), 30)
     );
     let s = stack.status().await.unwrap();

@@ -58,6 +58,11 @@ impl Conn {
 /// it runs on the serving side instead, in ms.
 const SHIFT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
+/// Largest answer of a shifted read-only unit held back until its ReadyForQuery (see
+/// `Relay::hold_shifted_answer`), in bytes. Larger answers stream, and can no longer run
+/// again on the serving side if the other side fails in the middle of them.
+const SHIFT_HOLD_BYTES: usize = 256 * 1024;
+
 /// What a boundary check decided.
 enum Stop {
     /// Traffic is paused: keep the message in the proxy until the table changes.
@@ -125,6 +130,8 @@ pub(crate) struct Relay<'p> {
     /// Set when a shifted unit failed unanswered: [`Relay::replay_unit`] runs it again on the
     /// serving side.
     replay: bool,
+    /// The side that failed the unit to replay.
+    lost_side: Option<Side>,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -205,6 +212,7 @@ pub(crate) async fn relay(
         unit_raw: None,
         unit_answered: false,
         replay: false,
+        lost_side: None,
     };
     let res = r.run().await;
     if r.busy {
@@ -415,6 +423,7 @@ impl Relay<'_> {
             return Ok(());
         }
         if self.unit_raw.is_some() && !self.unit_answered {
+            self.lost_side = Some(side);
             self.replay = true;
             return Ok(());
         }
@@ -768,7 +777,7 @@ impl Relay<'_> {
                 "lost the server connection during a query",
             ));
         };
-        let failed = self.active_side();
+        let failed = self.lost_side.take().unwrap_or_else(|| self.active_side());
         let us = self.unit_started.elapsed().as_micros() as u64;
         self.proxy.router.traffic.unit_done(failed, true, us);
         crate::metrics::shift_replayed();
@@ -820,6 +829,9 @@ impl Relay<'_> {
 
     /// Scan server bytes: ReadyForQuery ends units; queue the complete part for the client.
     fn scan_server(&mut self) -> Result<(), End> {
+        if self.hold_shifted_answer() {
+            return Ok(());
+        }
         let mut fwd = 0;
         // Bytes taken out of `sbuf` because a message in them is not for the client.
         let mut kept: Option<BytesMut> = None;
@@ -883,12 +895,9 @@ impl Relay<'_> {
                     drop = true;
                     dying = true;
                 }
-                msg::ERROR_RESPONSE
-                    if self.unit_raw.is_some()
-                        && !self.unit_answered
-                        && fwd == 0
-                        && kept.as_ref().is_none_or(|k| k.is_empty()) =>
-                {
+                // Nothing of an unanswered shifted unit reached the client (its answer is held
+                // back, see hold_shifted_answer): what is in `sbuf` can all be thrown away.
+                msg::ERROR_RESPONSE if self.unit_raw.is_some() && !self.unit_answered => {
                     if avail < total {
                         break;
                     }
@@ -901,6 +910,7 @@ impl Relay<'_> {
                             side = self.active_side().as_str(),
                             "shifted read-only transaction failed before any answer: {e}"
                         );
+                        self.lost_side = Some(self.active_side());
                         self.replay = true;
                         return Ok(());
                     }
@@ -917,8 +927,14 @@ impl Relay<'_> {
                     // run on the serving side; the client never was on that server.
                     let n = msg::parse_error(&self.sbuf[fwd + 5..fwd + total]).unwrap_or_default();
                     if n.sqlstate.starts_with("57") {
-                        tracing::debug!(pid = self.info.pid, "dropped from the other side: {n}");
-                        drop = true;
+                        tracing::warn!(
+                            pid = self.info.pid,
+                            side = self.active_side().as_str(),
+                            "the other side is going away during a shifted read-only transaction: {n}"
+                        );
+                        self.lost_side = Some(self.active_side());
+                        self.replay = true;
+                        return Ok(());
                     }
                 }
                 msg::PARAMETER_STATUS => {
@@ -952,7 +968,9 @@ impl Relay<'_> {
         }
         let head = self.sbuf.split_to(fwd);
         if fwd > 0 || kept.as_ref().is_some_and(|k| !k.is_empty()) {
+            // Answered: the unit can no longer run again elsewhere; its bytes are not needed.
             self.unit_answered = true;
+            self.unit_raw = None;
         }
         match kept {
             Some(mut out) => {
@@ -964,6 +982,43 @@ impl Relay<'_> {
             None => {}
         }
         Ok(())
+    }
+
+    /// While a shifted unit is unanswered, its answer is held back (read on, not forwarded)
+    /// until its first ReadyForQuery, so that the other side failing in the middle of it
+    /// leaves nothing on the client's side and the unit can run again on the serving side.
+    /// Not held: an ErrorResponse or NoticeResponse (handled by the scan), an answer of
+    /// [`SHIFT_HOLD_BYTES`] or more, a message larger than the buffer (streamed), an answer
+    /// to a Flush before any Sync.
+    fn hold_shifted_answer(&self) -> bool {
+        // in_flight > 0: a Sync or Query was sent, so a ReadyForQuery will come. (A client
+        // that sent Describe + Flush waits for the answer before its Sync: never hold that.)
+        if self.unit_raw.is_none() || self.unit_answered || self.s_skip > 0 || self.in_flight == 0 {
+            return false;
+        }
+        if self.sbuf.len() >= SHIFT_HOLD_BYTES {
+            return false;
+        }
+        let mut at = 0;
+        while at < self.sbuf.len() {
+            match header(&self.sbuf[at..], usize::MAX) {
+                Ok(Some((tag, total))) => {
+                    if matches!(
+                        tag,
+                        msg::READY_FOR_QUERY | msg::ERROR_RESPONSE | msg::NOTICE_RESPONSE
+                    ) {
+                        // Scanned once it is whole (the scan needs its fields).
+                        return at + total > self.sbuf.len();
+                    }
+                    at += total;
+                }
+                // Incomplete header or body: wait for more.
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+        // Whole messages so far, none that ends or breaks the unit: wait for more.
+        true
     }
 
     /// A unit of work ended with ReadyForQuery `I` and nothing in flight.
