@@ -155,6 +155,12 @@ pub struct Status {
     pub lag_seconds: Option<String>,
     pub epoch: String,
     pub last_error: Option<String>,
+    /// Share of new read-only transactions routed to the target, in percent.
+    pub target_weight: Option<u32>,
+    /// Plan step under way (`shift_traffic:2`, `health_check:1`, `cutover`...).
+    pub step: Option<String>,
+    /// Latest health verdict.
+    pub health: Option<String>,
 }
 
 impl Status {
@@ -167,6 +173,9 @@ impl Status {
             lag_seconds: get("lag_seconds"),
             epoch: get("epoch").unwrap_or_default(),
             last_error: get("last_error"),
+            target_weight: get("target_weight").and_then(|w| w.parse().ok()),
+            step: get("step"),
+            health: get("health"),
         }
     }
 

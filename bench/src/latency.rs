@@ -69,11 +69,14 @@ pub fn tps_in(txns: &[Txn], span: Span) -> f64 {
     if secs <= 0.0 {
         return 0.0;
     }
-    let n = txns
-        .iter()
+    count_in(txns, span) as f64 / secs
+}
+
+/// Successful transactions completed within `[start, end)`.
+pub fn count_in(txns: &[Txn], span: Span) -> usize {
+    txns.iter()
         .filter(|t| t.latency_us.is_some() && t.end_us >= span.start_us && t.end_us < span.end_us)
-        .count();
-    n as f64 / secs
+        .count()
 }
 
 /// The longest transaction in progress at any time within `span` (start and end included),

@@ -6,6 +6,7 @@
 //! cargo run --release -p bench -- cutover    # pause of a cutover and a rollback under load
 //! cargo run --release -p bench -- overhead   # direct vs pgshift vs pgbouncer: TPS, latency, CPU
 //! cargo run --release -p bench -- demo       # the main job end to end, narrated
+//! cargo run --release -p bench -- plan       # the unattended plan under load, then a target-stop fault
 //! ```
 
 mod clock;
@@ -16,6 +17,7 @@ mod load;
 mod pgbench;
 mod pgbouncer;
 mod pgshift_log;
+mod prom;
 mod report;
 mod scenario;
 mod scene;
@@ -43,6 +45,11 @@ enum Scenario {
     /// The main job end to end for an operator to watch: START UPGRADE, cutover to 17,
     /// rollback to 13, cutover again, under pgbench load, with the status every second.
     Demo(scenario::demo::Opts),
+    /// The unattended plan (13 -> a provisioned 17, shift 25/25/50 with holds, cutover,
+    /// detach, decommission) under pgbench TPC-B and -S load and a writer, then the target
+    /// stopped during a shift step: failed transactions, lost writes, cutover pause, shift
+    /// accuracy, automatic rollback time. Exits 1 on any failure or loss.
+    Plan(scenario::plan::Opts),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
             Scenario::Cutover(o) => scenario::cutover::run(o).await,
             Scenario::Overhead(o) => scenario::overhead::run(o).await,
             Scenario::Demo(o) => scenario::demo::run(o).await,
+            Scenario::Plan(o) => scenario::plan::run(o).await,
         }
     });
     match result {

@@ -69,7 +69,8 @@ pub struct Spec {
 }
 
 impl Spec {
-    fn args(&self) -> Vec<String> {
+    /// pgbench's options for this run (without the connection's).
+    pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-n".into(),
             "-c".into(),

@@ -16,17 +16,14 @@ pub const ACKED_TABLE_SQL: &str =
 /// preflight) needs a replica identity.
 pub const REPLICA_IDENTITY_SQL: &str = "ALTER TABLE pgbench_history REPLICA IDENTITY FULL";
 
-/// Start the standard stack for an upgrade from `source_major` to `target_major` with pgbench
-/// data of `scale` and the writer's `acked` table on the source. The replica identity of
-/// pgbench_history is left as pgbench made it (see [`REPLICA_IDENTITY_SQL`]).
-pub fn upgrade_stack(source_major: u32, target_major: u32, scale: u32) -> Result<Stack> {
-    let stack = Stack::start(StackOptions {
-        source_major,
-        target_major,
-        pgbench_scale: scale,
-        extra_config: String::new(),
-    })
-    .with_context(|| format!("starting the {source_major} -> {target_major} stack"))?;
+/// Start the stack of an upgrade as `opts` says (majors, pgbench data of its scale, a target
+/// that pgshift provisions, an `[upgrade]` table...) with the writer's `acked` table on the
+/// source. The replica identity of pgbench_history is left as pgbench made it (see
+/// [`REPLICA_IDENTITY_SQL`]).
+pub fn acked_stack(opts: StackOptions) -> Result<Stack> {
+    let (source_major, target_major) = (opts.source_major, opts.target_major);
+    let stack = Stack::start(opts)
+        .with_context(|| format!("starting the {source_major} -> {target_major} stack"))?;
     stack
         .source
         .psql(DB, ACKED_TABLE_SQL)

@@ -1,8 +1,9 @@
-//! The scenarios: `cutover`, `overhead` and `demo`.
+//! The scenarios: `cutover`, `overhead`, `demo` and `plan`.
 
 pub mod cutover;
 pub mod demo;
 pub mod overhead;
+pub mod plan;
 mod upgrade;
 
 /// What a scenario hands back: its closing JSON object and whether it passed.

@@ -3,7 +3,7 @@
 //! switches through the admin console, and the final check of acknowledged writes.
 
 use anyhow::{anyhow, bail, Context, Result};
-use integration::Stack;
+use integration::{Stack, StackOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,11 +73,20 @@ impl Session {
         scale: u32,
         what: &str,
     ) -> Result<Session> {
-        let stack = tokio::task::spawn_blocking(move || {
-            scene::upgrade_stack(source_major, target_major, scale)
-        })
-        .await
-        .map_err(|e| anyhow!("stack setup task: {e}"))??;
+        let opts = StackOptions {
+            source_major,
+            target_major,
+            pgbench_scale: scale,
+            ..Default::default()
+        };
+        Session::start_with(opts, what).await
+    }
+
+    /// [`start`](Self::start) with a stack made as `opts` says ([`scene::acked_stack`]).
+    pub async fn start_with(opts: StackOptions, what: &str) -> Result<Session> {
+        let stack = tokio::task::spawn_blocking(move || scene::acked_stack(opts))
+            .await
+            .map_err(|e| anyhow!("stack setup task: {e}"))??;
         let console = Console::connect(&stack.pgshift).await?;
         let endpoint = Endpoint::pgshift(&stack.pgshift);
         Ok(Session {
