@@ -101,7 +101,7 @@ async fn unattended_plan_13_to_17_provisioned_under_pgbench() {
     for w in [25, 50, 100] {
         assert!(weights.contains(&w), "weight {w} never seen: {weights:?}");
     }
-    for p in ["provisioning", "shifting", "cut_over"] {
+    for p in ["provisioning", "health_check", "cut_over"] {
         assert!(
             phases.iter().any(|x| x == p),
             "phase {p} never seen: {phases:?}"

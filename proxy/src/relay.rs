@@ -741,7 +741,12 @@ impl Relay<'_> {
                     o.terminate();
                 }
                 match self.open(side, side != self.side).await {
-                    Ok((c, _)) => c,
+                    Ok((c, _)) => {
+                        // The unit's latency (health checks: p99 per side) is the server's
+                        // answer time, not the one-off cost of opening this connection.
+                        self.unit_started = Instant::now();
+                        c
+                    }
                     Err(e) if side != self.side && self.backend.is_some() => {
                         // The other side is unreachable: this read-only unit stays on the
                         // serving side; the failure counts against the other side for the
