@@ -4,17 +4,10 @@
 use anyhow::{bail, Context, Result};
 use integration::stack::{APP_PASSWORD, APP_USER, DB};
 use integration::{PgServer, Stack, StackOptions};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-/// The table of the unique-id writer: every acknowledged id must survive the switches.
-pub const ACKED_TABLE_SQL: &str =
-    "CREATE TABLE acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now()); ALTER TABLE acked OWNER TO app";
-
-/// pgbench_history has no primary key; logical replication of its rows (and pgshift's
-/// preflight) needs a replica identity.
-pub const REPLICA_IDENTITY_SQL: &str = "ALTER TABLE pgbench_history REPLICA IDENTITY FULL";
+pub use integration::stack::{ACKED_TABLE_SQL, REPLICA_IDENTITY_SQL};
 
 /// Start the stack of an upgrade as `opts` says (majors, pgbench data of its scale, a target
 /// that pgshift provisions, an `[upgrade]` table...) with the writer's `acked` table on the
@@ -60,23 +53,7 @@ pub fn app_server(major: u32, scale: u32) -> Result<PgServer> {
 
 /// Acknowledged ids that `server` does not hold in `acked`.
 pub fn missing_ids(server: &PgServer, acked: &[i64]) -> Result<Vec<i64>> {
-    let text = server
-        .psql(DB, "SELECT id FROM acked")
-        .context("reading the acked table")?;
-    let present: HashSet<i64> = text
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.trim()
-                .parse::<i64>()
-                .with_context(|| format!("acked id {l:?}"))
-        })
-        .collect::<Result<_>>()?;
-    Ok(acked
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect())
+    integration::load::missing_ids(server, DB, "acked", acked).context("reading the acked table")
 }
 
 /// The bench's scratch directory `<cache>/run/<pid>-bench-<what>` (so the harness's stale-run

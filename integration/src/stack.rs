@@ -189,7 +189,56 @@ impl Stack {
     }
 }
 
+/// The table of the unique-id writer ([`crate::load::Writer`]), owned by the application
+/// user: every acknowledged id must survive the switches.
+pub const ACKED_TABLE_SQL: &str =
+    "CREATE TABLE acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now()); ALTER TABLE acked OWNER TO app";
+
+/// pgbench_history has no primary key; logical replication of its rows (and pgshift's
+/// preflight) needs a replica identity.
+pub const REPLICA_IDENTITY_SQL: &str = "ALTER TABLE pgbench_history REPLICA IDENTITY FULL";
+
 impl Stack {
+    /// Makes the source ready for the upgrade tests: pgbench_history gets a replica identity
+    /// ([`REPLICA_IDENTITY_SQL`]) and the writer's `acked` table is created
+    /// ([`ACKED_TABLE_SQL`]).
+    pub fn prepare_source(&self) -> Result<()> {
+        self.source
+            .psql(DB, &format!("{REPLICA_IDENTITY_SQL}; {ACKED_TABLE_SQL}"))
+            .context("preparing the source (replica identity, acked table)")?;
+        Ok(())
+    }
+
+    /// `SHOW UPGRADE HISTORY` as one `"kind step message"` line per entry, oldest first.
+    pub async fn history_lines(&self) -> Result<Vec<String>> {
+        Ok(self
+            .admin("SHOW UPGRADE HISTORY")
+            .await?
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    field(r, "kind"),
+                    field(r, "step"),
+                    field(r, "message")
+                )
+            })
+            .collect())
+    }
+
+    /// The major version of the server an application session through pgshift runs on now.
+    pub async fn app_server_major(&self) -> Result<i32> {
+        let c = self.app_client().await?;
+        let row = c
+            .query_one(
+                "SELECT current_setting('server_version_num')::int / 10000",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow!("server_version_num: {}", db_error(&e)))?;
+        Ok(row.get(0))
+    }
+
     /// pgbench through pgshift (as [`pgbench`](Self::pgbench) with `args`, which should
     /// include a `-T`) run back to back until [`PgbenchLoop::stop`](crate::load::PgbenchLoop::stop).
     pub fn pgbench_loop(&self, args: &[&str]) -> crate::load::PgbenchLoop {
@@ -276,6 +325,11 @@ pub fn db_error(e: &tokio_postgres::Error) -> String {
         ),
         None => e.to_string(),
     }
+}
+
+/// A column of a row of [`rows`] / [`Stack::status`] as text ("" for NULL or absent).
+pub fn field(row: &HashMap<String, Option<String>>, column: &str) -> String {
+    row.get(column).cloned().flatten().unwrap_or_default()
 }
 
 /// Rows of a simple query as maps.

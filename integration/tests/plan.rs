@@ -6,12 +6,9 @@
 
 use integration::load::{missing_ids, Writer};
 use integration::{Stack, StackOptions};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-fn get(s: &HashMap<String, Option<String>>, k: &str) -> String {
-    s.get(k).cloned().flatten().unwrap_or_default()
-}
+use integration::stack::field as get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unattended_plan_13_to_17_provisioned_under_pgbench() {
@@ -35,12 +32,7 @@ async fn unattended_plan_13_to_17_provisioned_under_pgbench() {
     })
     .expect("stack");
     let src = &stack.source;
-    src.psql(
-        "app",
-        "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
-         CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO app",
-    )
-    .unwrap();
+    stack.prepare_source().unwrap();
 
     // Load through pgshift for the whole plan: TPC-B (writes: stay on the serving side),
     // select-only (read-only: shifted by weight), and the unique-id writer.
@@ -163,18 +155,7 @@ async fn unattended_plan_13_to_17_provisioned_under_pgbench() {
     assert!(src.datadir.join("PG_VERSION").exists(), "source data kept");
 
     // The history has every step done, with the health checks of the holds.
-    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
-    let text: Vec<String> = hist
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                get(r, "kind"),
-                get(r, "step"),
-                get(r, "message")
-            )
-        })
-        .collect();
+    let text = stack.history_lines().await.unwrap();
     for key in [
         "validate_input",
         "provision_target",

@@ -5,12 +5,9 @@
 
 use integration::load::{missing_ids, Writer};
 use integration::{Stack, StackOptions};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-fn get(s: &HashMap<String, Option<String>>, k: &str) -> String {
-    s.get(k).cloned().flatten().unwrap_or_default()
-}
+use integration::stack::field as get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
@@ -25,14 +22,7 @@ async fn target_stopped_mid_shift_sends_traffic_back_to_the_source() {
         ..Default::default()
     })
     .expect("stack");
-    stack
-        .source
-        .psql(
-            "app",
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
-             CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO app",
-        )
-        .unwrap();
+    stack.prepare_source().unwrap();
     let reads = stack.pgbench_loop(&[
         "-n", "-S", "-c", "4", "-j", "1", "-T", "5", "-M", "prepared",
     ]);

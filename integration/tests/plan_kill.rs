@@ -10,9 +10,7 @@ use integration::{PgServer, Stack, StackOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-fn get(s: &HashMap<String, Option<String>>, k: &str) -> String {
-    s.get(k).cloned().flatten().unwrap_or_default()
-}
+use integration::stack::field as get;
 
 /// pgshift's replication objects on a server: publications, slots, subscriptions.
 fn objects(s: &PgServer) -> String {
@@ -41,14 +39,7 @@ async fn stack(shift: &str, hold_ms: u64, failpoint: Option<&str>) -> (Stack, Wr
         ..Default::default()
     })
     .expect("stack");
-    stack
-        .source
-        .psql(
-            "app",
-            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
-             CREATE TABLE acked (id bigint PRIMARY KEY); ALTER TABLE acked OWNER TO app",
-        )
-        .unwrap();
+    stack.prepare_source().unwrap();
     let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(5));
     (stack, writer)
 }
@@ -99,15 +90,7 @@ async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let c = stack.app_client().await.unwrap();
-    let v: i32 = c
-        .query_one(
-            "SELECT current_setting('server_version_num')::int / 10000",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let v = stack.app_server_major().await.unwrap();
     assert_eq!(v, 17, "clients are on the target");
     let written = writer.stop().await;
     eprintln!(
@@ -251,15 +234,7 @@ async fn kill_9_inside_cutover_after_the_swap() {
     // The swap was journaled before the crash: the restarted proxy serves the target at once.
     let s = stack.status().await.unwrap();
     assert_eq!(get(&s, "epoch"), "2", "{s:?}");
-    let c = stack.app_client().await.unwrap();
-    let v: i32 = c
-        .query_one(
-            "SELECT current_setting('server_version_num')::int / 10000",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let v = stack.app_server_major().await.unwrap();
     assert_eq!(
         v, 17,
         "the restarted proxy serves the side the journal says"
@@ -293,29 +268,15 @@ async fn pgshift_upgrade_runs_the_plan_and_a_second_run_does_nothing() {
         (get(&s, "phase").as_str(), get(&s, "state").as_str()),
         ("done", "done")
     );
-    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
-    let new: Vec<String> = hist
-        .iter()
-        .skip(before)
-        .map(|r| {
-            format!(
-                "{} {} {}",
-                get(r, "kind"),
-                get(r, "step"),
-                get(r, "message")
-            )
-        })
-        .collect();
-    assert!(new.is_empty(), "the second run journaled: {new:#?}");
-    let c = stack.app_client().await.unwrap();
-    let v: i32 = c
-        .query_one(
-            "SELECT current_setting('server_version_num')::int / 10000",
-            &[],
-        )
+    let new: Vec<String> = stack
+        .history_lines()
         .await
         .unwrap()
-        .get(0);
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert!(new.is_empty(), "the second run journaled: {new:#?}");
+    let v = stack.app_server_major().await.unwrap();
     assert_eq!(v, 17);
     let written = writer.stop().await;
     let lost = missing_ids(&stack.target, "app", "acked", &written.acked).unwrap();
