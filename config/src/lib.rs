@@ -61,6 +61,12 @@ pub struct Config {
     /// `[http]`: the HTTP server (Prometheus metrics, progress, upgrade commands).
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[mirror]`: copying client traffic to the target and comparing the answers.
+    #[serde(default)]
+    pub mirror: MirrorConfig,
+    /// `[validation]`: how the comparison results gate the cutover.
+    #[serde(default)]
+    pub validation: ValidationConfig,
 }
 
 /// `[proxy]`: the listener and the data path.
@@ -451,6 +457,108 @@ impl Default for HealthConfig {
             max_lag_seconds: 30.0,
             lag_grace_ms: 30000,
             on_failure: OnFailure::Previous,
+        }
+    }
+}
+
+/// Which statements the mirror copies to the target (TOML: `"reads"`, `"dml"`, `"all"`).
+/// Each level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorLevel {
+    /// Read-only statements: replayed on the target, results compared.
+    #[default]
+    Reads,
+    /// Reads, plus DML (`INSERT`, `UPDATE`, `DELETE`, `MERGE`): dry-run on the target
+    /// (`BEGIN; statement; ROLLBACK`) while replication carries the data, and compared on
+    /// command tag, rows affected and `RETURNING` rows.
+    Dml,
+    /// Every statement, DDL and utility statements included (dry-run where PostgreSQL allows
+    /// the statement in a transaction block).
+    All,
+}
+
+impl MirrorLevel {
+    /// The TOML spelling: `reads`, `dml`, `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorLevel::Reads => "reads",
+            MirrorLevel::Dml => "dml",
+            MirrorLevel::All => "all",
+        }
+    }
+}
+
+/// `[mirror]`: copies client traffic to the target off the client's path, through a bounded
+/// queue, and compares what the target answers with what the source answered. A full queue,
+/// or a slow or dead target, never slows or fails a client: the mirror sheds work and counts
+/// what it shed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// Copy traffic to the target and compare the results. Default false.
+    pub enabled: bool,
+    /// Fraction (0-1) of transactions mirrored, decided once per transaction. Default 1.0.
+    pub sample_rate: f64,
+    /// Which statements are mirrored. Default `reads`.
+    pub level: MirrorLevel,
+    /// Capacity of the bounded queue between client sessions and the mirror workers, in
+    /// statements (at least 1). When it is full, new work is shed (counted), never waited
+    /// for. Default 1000.
+    pub queue_length: usize,
+    /// Connections to the target that the mirror keeps (one per worker), 1-64. Default 2.
+    pub connections: u32,
+    /// `lock_timeout` of the mirror's dry-runs on the target, in ms: a dry-run never waits
+    /// longer than this on a lock, so it never holds up replication apply. Default 100.
+    pub lock_timeout_ms: u64,
+    /// `statement_timeout` of mirrored statements on the target, in ms. Default 5000.
+    pub statement_timeout_ms: u64,
+    /// A difference is checked again once the target has applied the source's WAL position
+    /// (LSN) of the moment the statement ran; how long to wait for that, at most, in ms.
+    /// Default 5000.
+    pub recheck_timeout_ms: u64,
+    /// Answers larger than this, in bytes, on either side are not compared (skipped,
+    /// counted). 1 to 1073741824 (1 GiB). Default 1048576 (1 MiB).
+    pub max_answer_bytes: u64,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            enabled: false,
+            sample_rate: 1.0,
+            level: MirrorLevel::Reads,
+            queue_length: 1000,
+            connections: 2,
+            lock_timeout_ms: 100,
+            statement_timeout_ms: 5000,
+            recheck_timeout_ms: 5000,
+            max_answer_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `[validation]`: how the mirror's comparison results gate the cutover. The cutover
+/// (`INITIATE CUTOVER`, or the plan's Cutover step, which waits) is refused while the
+/// validation error rate is above `error_threshold`, or before `min_duration_ms` of clean
+/// mirrored traffic. Only with `[mirror] enabled`: without mirrored traffic there is nothing
+/// to judge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Largest fraction (0-1) of compared statements that may differ or fail only on the
+    /// target (0.001 = 0.1 %) for a cutover to start. Default 0.001.
+    pub error_threshold: f64,
+    /// Mirrored traffic with the error rate at or below `error_threshold` needed before a
+    /// cutover, in ms; 0 = no minimum. Default 300000 (5 min).
+    pub min_duration_ms: u64,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            error_threshold: 0.001,
+            min_duration_ms: 300_000,
         }
     }
 }

@@ -747,6 +747,14 @@ fn example_file_loads() {
         format!("{:?}", d.health),
         format!("{:?}", HealthConfig::default())
     );
+    assert_eq!(
+        format!("{:?}", d.mirror),
+        format!("{:?}", MirrorConfig::default())
+    );
+    assert_eq!(
+        format!("{:?}", d.validation),
+        format!("{:?}", ValidationConfig::default())
+    );
     assert!(d.source.provision.is_none() && d.target.provision.is_none());
     assert_eq!(
         format!("{:?}", d.http),
@@ -782,17 +790,24 @@ fn example_file_documents_every_key() {
         format!("[health]\nzz_probe = 1\n{MINIMAL}"),
         format!("{MINIMAL}\n[target.provision]\nzz_probe = 1\n"),
         format!("[http]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[mirror]\nzz_probe = 1\n{MINIMAL}"),
+        format!("[validation]\nzz_probe = 1\n{MINIMAL}"),
     ];
     let mut checked = 0;
     for probe in probes {
         let msg = load(&probe).unwrap_err().to_string();
-        // "unknown field `zz_probe`, expected one of `a`, `b`" (or "expected `a`" for one).
+        // "unknown field `zz_probe`, expected one of `a`, `b`, `c`" ("expected `a` or `b`"
+        // for two, "expected `a`" for one).
         let list = msg
             .split(", expected ")
             .nth(1)
             .unwrap_or_else(|| panic!("{msg}"));
         let list = list.trim_start_matches("one of ");
-        for key in list.split(", ").map(|k| k.trim_matches('`')) {
+        for key in list
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim_matches('`'))
+        {
             assert!(
                 documented(key),
                 "pgshift.example.toml does not document `{key}`"
@@ -994,4 +1009,188 @@ data_dir = "/var/lib/postgresql/13/main"
         )),
         "{err}"
     );
+}
+
+#[test]
+fn mirror_and_validation_keys() {
+    let c = load(MINIMAL).unwrap();
+    let m = &c.mirror;
+    assert!(!m.enabled);
+    assert_eq!(m.sample_rate, 1.0);
+    assert_eq!(m.level, MirrorLevel::Reads);
+    assert_eq!((m.queue_length, m.connections), (1000, 2));
+    assert_eq!(
+        (
+            m.lock_timeout_ms,
+            m.statement_timeout_ms,
+            m.recheck_timeout_ms,
+            m.max_answer_bytes
+        ),
+        (100, 5000, 5000, 1_048_576)
+    );
+    assert_eq!(c.validation.error_threshold, 0.001);
+    assert_eq!(c.validation.min_duration_ms, 300_000);
+
+    let text = format!(
+        "{MINIMAL}
+[mirror]
+enabled = true
+sample_rate = 0.25
+level = \"dml\"
+queue_length = 50
+connections = 4
+lock_timeout_ms = 20
+statement_timeout_ms = 1000
+recheck_timeout_ms = 2000
+max_answer_bytes = 4096
+
+[validation]
+error_threshold = 0.02
+min_duration_ms = 0
+"
+    );
+    let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    let m = &c.mirror;
+    assert!(m.enabled);
+    assert_eq!(m.sample_rate, 0.25);
+    assert_eq!(m.level, MirrorLevel::Dml);
+    assert_eq!(m.level.as_str(), "dml");
+    assert_eq!((m.queue_length, m.connections), (50, 4));
+    assert_eq!(
+        (
+            m.lock_timeout_ms,
+            m.statement_timeout_ms,
+            m.recheck_timeout_ms,
+            m.max_answer_bytes
+        ),
+        (20, 1000, 2000, 4096)
+    );
+    assert_eq!(c.validation.error_threshold, 0.02);
+    assert_eq!(c.validation.min_duration_ms, 0);
+    let all = text.replace("level = \"dml\"", "level = \"all\"");
+    assert_eq!(load(&all).unwrap().mirror.level, MirrorLevel::All);
+    // Edges that are allowed.
+    for (old, new) in [
+        ("sample_rate = 0.25", "sample_rate = 0.0"),
+        ("sample_rate = 0.25", "sample_rate = 1"),
+        ("connections = 4", "connections = 64"),
+        ("queue_length = 50", "queue_length = 1"),
+        ("max_answer_bytes = 4096", "max_answer_bytes = 1073741824"),
+    ] {
+        let edited = text.replace(old, new);
+        load(&edited).unwrap_or_else(|e| panic!("{new}: {e}"));
+    }
+    let edited = text.replace("error_threshold = 0.02", "error_threshold = 0");
+    assert_eq!(load(&edited).unwrap().validation.error_threshold, 0.0);
+
+    // Each check, alone, at its line.
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "sample_rate = 0.25",
+            "sample_rate = 1.5",
+            "mirror.sample_rate: 1.5 is out of range: a fraction between 0 and 1",
+        ),
+        (
+            "sample_rate = 0.25",
+            "sample_rate = -0.1",
+            "mirror.sample_rate: -0.1 is out of range",
+        ),
+        (
+            "sample_rate = 0.25",
+            "sample_rate = nan",
+            "mirror.sample_rate: NaN is out of range",
+        ),
+        (
+            "queue_length = 50",
+            "queue_length = 0",
+            "mirror.queue_length: must be at least 1",
+        ),
+        (
+            "connections = 4",
+            "connections = 0",
+            "mirror.connections: 0 is out of range: must be between 1 and 64",
+        ),
+        (
+            "connections = 4",
+            "connections = 65",
+            "mirror.connections: 65 is out of range",
+        ),
+        (
+            "lock_timeout_ms = 20",
+            "lock_timeout_ms = 0",
+            "mirror.lock_timeout_ms: must be greater than 0",
+        ),
+        (
+            "statement_timeout_ms = 1000",
+            "statement_timeout_ms = 0",
+            "mirror.statement_timeout_ms: must be greater than 0",
+        ),
+        (
+            "recheck_timeout_ms = 2000",
+            "recheck_timeout_ms = 0",
+            "mirror.recheck_timeout_ms: must be greater than 0",
+        ),
+        (
+            "max_answer_bytes = 4096",
+            "max_answer_bytes = 0",
+            "mirror.max_answer_bytes: 0 is out of range: must be between 1 and 1073741824",
+        ),
+        (
+            "max_answer_bytes = 4096",
+            "max_answer_bytes = 1073741825",
+            "mirror.max_answer_bytes: 1073741825 is out of range",
+        ),
+        (
+            "error_threshold = 0.02",
+            "error_threshold = 2",
+            "validation.error_threshold: 2 is out of range: a fraction between 0 and 1",
+        ),
+        (
+            "error_threshold = 0.02",
+            "error_threshold = -0.5",
+            "validation.error_threshold: -0.5 is out of range",
+        ),
+    ];
+    for (old, new, fragment) in cases {
+        let line = line_of(&text, old);
+        let edited = text.replace(old, new);
+        expect_one(&edited, line, fragment);
+    }
+    // Several at once: every one reported, in file order.
+    let edited = text
+        .replace("queue_length = 50", "queue_length = 0")
+        .replace("error_threshold = 0.02", "error_threshold = 7.0");
+    let err = load(&edited).unwrap_err();
+    let lines: Vec<Option<usize>> = err.problems().iter().map(|p| p.line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            Some(line_of(&text, "queue_length = 50")),
+            Some(line_of(&text, "error_threshold = 0.02"))
+        ],
+        "{err}"
+    );
+    // Unknown level, wrong type, unknown key: parse errors at their line.
+    for (old, new, fragment) in [
+        (
+            "level = \"dml\"",
+            "level = \"writes\"",
+            "unknown variant `writes`",
+        ),
+        ("connections = 4", "connections = -1", "expected u32"),
+        ("enabled = true", "enabled = \"yes\"", "invalid type"),
+        (
+            "min_duration_ms = 0",
+            "min_duration = 0",
+            "unknown field `min_duration`",
+        ),
+    ] {
+        let edited = text.replace(old, new);
+        let err = fail(&edited);
+        assert!(
+            err.starts_with(&format!("test.toml:{}:", line_of(&text, old))),
+            "{err}"
+        );
+        assert!(err.contains(fragment), "{err}");
+    }
 }

@@ -213,6 +213,10 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         }
     }
 
+    // [mirror], [validation]
+    check_mirror(&mut f, &cfg.mirror);
+    check_validation(&mut f, &cfg.validation);
+
     f.0
 }
 
@@ -382,6 +386,70 @@ fn check_health(f: &mut Findings, h: &crate::HealthConfig) {
             format!("{} must be greater than 0 (seconds)", h.max_lag_seconds),
         );
     }
+}
+
+/// Largest accepted `mirror.connections`.
+pub(crate) const MAX_MIRROR_CONNECTIONS: u32 = 64;
+/// Largest accepted `mirror.max_answer_bytes`: 1 GiB.
+pub(crate) const MAX_ANSWER_BYTES: u64 = 1 << 30;
+
+/// A finding when `v` is not a finite fraction between 0 and 1, at `section.key`.
+fn fraction(f: &mut Findings, section: &'static str, key: &'static str, v: f64, example: &str) {
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        f.add(
+            at(section).key(key),
+            format!("{v} is out of range: a fraction between 0 and 1 ({example})"),
+        );
+    }
+}
+
+/// `[mirror]`.
+fn check_mirror(f: &mut Findings, m: &crate::MirrorConfig) {
+    fraction(
+        f,
+        "mirror",
+        "sample_rate",
+        m.sample_rate,
+        "0.1 = one transaction in ten is mirrored",
+    );
+    if m.queue_length == 0 {
+        f.add(
+            at("mirror").key("queue_length"),
+            "must be at least 1 (statements waiting for a mirror worker)",
+        );
+    }
+    if !(1..=MAX_MIRROR_CONNECTIONS).contains(&m.connections) {
+        f.add(
+            at("mirror").key("connections"),
+            format!(
+                "{} is out of range: must be between 1 and {MAX_MIRROR_CONNECTIONS} (connections to the target)",
+                m.connections
+            ),
+        );
+    }
+    positive(f, "mirror", "lock_timeout_ms", m.lock_timeout_ms);
+    positive(f, "mirror", "statement_timeout_ms", m.statement_timeout_ms);
+    positive(f, "mirror", "recheck_timeout_ms", m.recheck_timeout_ms);
+    if !(1..=MAX_ANSWER_BYTES).contains(&m.max_answer_bytes) {
+        f.add(
+            at("mirror").key("max_answer_bytes"),
+            format!(
+                "{} is out of range: must be between 1 and {MAX_ANSWER_BYTES} (1 GiB) bytes",
+                m.max_answer_bytes
+            ),
+        );
+    }
+}
+
+/// `[validation]`.
+fn check_validation(f: &mut Findings, v: &crate::ValidationConfig) {
+    fraction(
+        f,
+        "validation",
+        "error_threshold",
+        v.error_threshold,
+        "0.001 = 0.1 % of compared statements",
+    );
 }
 
 /// `[source.provision]` / `[target.provision]`.
