@@ -218,10 +218,18 @@ async fn kill_between_shift_steps() {
     let before = traffic.weight_history();
     eprintln!("killed with weights {before:?}");
     assert!(before == vec![25] || before == vec![25, 50], "{before:?}");
-    let w = *before.last().unwrap();
+    let seen = *before.last().unwrap();
 
     let ctl = Controller::open(cfg).expect("reopen");
-    assert_eq!(ctl.journaled_weight(), w);
+    // The journal is written before the weight is published: a kill between the two (the
+    // journal write of shift_traffic:2 finishing on its blocking thread after the plan task
+    // was dropped) leaves the journal one step ahead of what the proxy saw. The restart
+    // publishes the journaled weight.
+    let w = ctl.journaled_weight();
+    assert!(
+        w == seen || (seen == 25 && w == 50),
+        "journaled {w}, proxy saw {before:?}"
+    );
     let traffic = FakeTraffic::from(&ctl);
     ctl.attach(traffic.clone());
     assert_eq!(traffic.weight(), w, "attach publishes the journaled weight");
