@@ -184,6 +184,15 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// Next token with the text it was read from (quotes and prefixes included), or
+    /// `None` at the end of the text.
+    pub(crate) fn next_spanned(&mut self) -> Option<(Tok<'a>, &'a str)> {
+        self.skip_trivia();
+        let start = self.pos;
+        let t = self.next_token()?;
+        Some((t, &self.src[start..self.pos]))
+    }
+
     /// Next token, or `None` at the end of the text.
     pub(crate) fn next_token(&mut self) -> Option<Tok<'a>> {
         self.skip_trivia();

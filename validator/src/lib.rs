@@ -1,4 +1,4 @@
-//! Statement classification (and, later, result comparison) for pgshift.
+//! Statement classification and result validation for pgshift.
 //!
 //! During a weighted shift with one-way replication (native logical, mirror), writes must
 //! stay on the source until cutover, so only transactions proven read-only may be sent
@@ -11,6 +11,36 @@
 //! - [`classify`]: kind, read-only verdict with its reason, tables named;
 //! - [`fingerprint`]: a literal-free canonical text to key statistics by;
 //! - [`transaction_start`]: whether a `BEGIN` / `START TRANSACTION` declares READ ONLY.
+//!
+//! and the comparison half of mirroring (issue 4):
+//!
+//! - [`answer`]: a server's answer to one request ([`Answer`]), parsed from the raw
+//!   backend messages the proxy received;
+//! - [`compare`](mod@compare): whether the source's and the target's answers agree
+//!   ([`compare()`], [`Verdict`]), how much of them must ([`Mode`], [`mode_for`],
+//!   [`CompareOptions::for_sql`]), and the documented normalisations of differences
+//!   that are legitimate between majors;
+//! - [`report`]: results aggregated per table and per fingerprint, the problems found,
+//!   the error rate and the clean-traffic clock that gate the cutover ([`Report`]).
+//!
+//! A mirror worker, per replayed statement:
+//!
+//! ```
+//! use validator::{classify, Answer, CompareOptions, Report, Verdict};
+//! # let (sql, source_bytes, target_bytes): (&str, &[u8], &[u8]) = ("SELECT 1", b"", b"");
+//! let report = Report::new();
+//! let c = classify(sql);
+//! match CompareOptions::for_sql(sql, c.kind) {
+//!     None => report.record_skipped("not comparable"),
+//!     Some(opts) => {
+//!         let s = Answer::parse(source_bytes).unwrap();
+//!         let t = Answer::parse(target_bytes).unwrap();
+//!         let v = validator::compare(&s, &t, &opts);
+//!         report.record(sql, &c.tables, &v, std::time::SystemTime::now());
+//!     }
+//! }
+//! assert_eq!(report.totals().compared, 1);
+//! ```
 //!
 //! Parsing uses sqlparser 0.63 with its PostgreSQL dialect (pinned exactly: the AST
 //! changes between minor versions). Known traps of that parser, each covered by a test:
@@ -28,11 +58,21 @@
 
 #![warn(missing_docs)]
 
+pub mod answer;
 mod classify;
+pub mod compare;
 mod fingerprint;
 mod functions;
 mod lex;
+mod modes;
+pub mod report;
 mod txstart;
+
+pub use answer::{Answer, Column, Outcome};
+pub use compare::{
+    compare, mode_for, order_by, ordered, CompareOptions, Mode, OrderBy, OrderKey, Verdict,
+};
+pub use report::{ErrorEntry, FingerprintStats, ProblemKind, Report, TableStats, Totals};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
