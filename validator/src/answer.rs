@@ -439,7 +439,11 @@ fn value_text(v: &[u8], col: Option<&Column>, s: &mut String) {
     let text = if binary {
         None
     } else {
-        std::str::from_utf8(&v[..v.len().min(1024)]).ok()
+        // Undescribed columns may be binary: text only when it reads as text (no control
+        // characters), so that excerpts never carry raw bytes into logs.
+        std::str::from_utf8(&v[..v.len().min(1024)])
+            .ok()
+            .filter(|t| !t.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')))
     };
     match text {
         Some(t) => {
