@@ -110,6 +110,31 @@
 //! subscription created less than `wal_retrieve_retry_interval` (5 s) earlier may not have an
 //! apply worker yet, which `precatchup` waits out before pausing.
 //!
+//! # Cutover gate
+//!
+//! The proxy hands the controller its validation results as a [`CutoverGate`]
+//! ([`Controller::set_cutover_gate`]). While the gate refuses, `INITIATE CUTOVER` fails with
+//! `cutover refused: <reason>` (journaled as an `info` entry; nothing paused or changed), and
+//! the unattended plan's Cutover step does not start: the plan waits in phase `replicating`,
+//! state `waiting`, step `cutover`, with `cutover waits: <reason>` in `last_error` (one history
+//! entry per wait; a changed reason replaces `last_error` in memory), asks again every
+//! `poll_interval_ms`, and when the gate passes journals `cutover allowed after ...` and cuts
+//! over. PAUSE UPGRADE, ROLLBACK UPGRADE and a health reaction stop the wait; RESUME UPGRADE and
+//! a restart wait again. With `approve_cutover` the plan waits for INITIATE CUTOVER as before,
+//! and that command is gated. A FORCE RESYNC TABLE under way refuses the cutover the same
+//! way, and the cutover itself checks, before its pause, that the forward subscription holds
+//! every table of `<p>_pub`, synchronised ([`Logical::forward_problem`]).
+//!
+//! # FORCE RESYNC TABLE
+//!
+//! [`Controller::force_resync`] copies one table to the target again while traffic goes on
+//! (method: [`Logical::resync_exclude`]). It runs with forward replication and traffic on the
+//! source (phases `replicating`, `shifting`, `health_check`, `rolled_back` with forward
+//! replication) and weight 0; meanwhile the cutover waits or is refused, and weights above 0
+//! wait (plan) or are refused (SHIFT TRAFFIC). Journaled as step `resync:<schema.table>`;
+//! one interrupted by a restart runs again when the controller is attached; ROLLBACK UPGRADE
+//! stops it and removes `<p>_resync_pub` with the rest.
+//!
 //! # Resume after a restart
 //!
 //! [`Controller::attach`] publishes the journaled weight, then: a plan in state `running`
@@ -117,7 +142,9 @@
 //! journaled is abandoned (running subscription re-enabled, new slot dropped; an unattended
 //! plan then retries the cutover, an approved one waits for the next INITIATE CUTOVER); one
 //! whose swap was journaled is finished (and the plan goes on after a cutover); states
-//! `paused`, `alert`, `waiting` and `error` stay as they are.
+//! `paused`, `alert`, `waiting` and `error` stay as they are, except `waiting` without
+//! `approve_cutover` (the plan waited at the cutover gate), where the plan goes on and waits
+//! again.
 //!
 //! # Lag
 //!
@@ -128,6 +155,7 @@
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
 mod plan;
+mod resync;
 mod watch;
 
 use crate::journal::{
@@ -135,7 +163,7 @@ use crate::journal::{
     UpgradeRow,
 };
 use crate::logical::{fmt_lsn, Direction, DriverError, Lag, Logical, Preflight, SyncProgress};
-use crate::{Side, Traffic};
+use crate::{CutoverGate, Side, Traffic};
 use config::Config;
 use plan::{Cancel, PlanStep, PlanTask};
 use std::collections::HashSet;
@@ -378,6 +406,17 @@ pub struct Controller {
     /// in, so that every log line they write (JSON: the `span`/`spans` objects) carries the
     /// upgrade id and the phase; both are recorded again with each journaled row.
     span: tracing::Span,
+    /// The proxy's validation gate of the cutover ([`Controller::set_cutover_gate`]).
+    gate: OnceLock<Arc<dyn CutoverGate>>,
+    /// The FORCE RESYNC TABLE under way: its table, and what stops it (a rollback).
+    resync: Mutex<Option<(String, Arc<Cancel>)>>,
+    /// Held by the FORCE RESYNC TABLE under way (one at a time); a rollback waits for it.
+    resync_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The source connection of [`Controller::source_current_lsn`] and
+    /// [`Controller::wait_target_applied`], kept between calls.
+    lsn_client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    /// The furthest forward position seen applied: (upgrade id, epoch, LSN).
+    applied_seen: Mutex<(i64, i64, u64)>,
 }
 
 /// Records the row's upgrade id and phase on the controller's span.
@@ -447,7 +486,34 @@ impl Controller {
             plan: Mutex::new(None),
             background: Mutex::new(Vec::new()),
             span,
+            gate: OnceLock::new(),
+            resync: Mutex::new(None),
+            resync_lock: Arc::new(tokio::sync::Mutex::new(())),
+            lsn_client: tokio::sync::Mutex::new(None),
+            applied_seen: Mutex::new((0, 0, 0)),
         }))
+    }
+
+    /// Hands the controller the proxy's validation gate of the cutover (see [`CutoverGate`]):
+    /// from then on `INITIATE CUTOVER` is refused while the gate refuses, and the unattended
+    /// plan's Cutover step waits for it. Call it once, before or after
+    /// [`attach`](Self::attach) (before, so that a plan resumed by `attach` already sees it);
+    /// a second call is ignored (logged). Without a gate nothing is gated.
+    pub fn set_cutover_gate(&self, gate: Arc<dyn CutoverGate>) {
+        if self.gate.set(gate).is_err() {
+            tracing::warn!("Controller::set_cutover_gate called twice; the first gate stays");
+        }
+    }
+
+    /// Why a cutover may not start now, if it may not: a FORCE RESYNC TABLE under way (the
+    /// target's copy of that table is being made again), or the cutover gate's reason.
+    fn cutover_refusal(&self) -> Option<String> {
+        if let Some((t, _)) = lock(&self.resync).as_ref() {
+            return Some(format!(
+                "FORCE RESYNC TABLE {t} is under way (the target's copy of that table is being made again)"
+            ));
+        }
+        self.gate.get().and_then(|g| g.check().err())
     }
 
     /// The side serving traffic and the routing epoch, as journaled. The proxy builds its
@@ -675,6 +741,15 @@ impl Controller {
                         .journal
                         .step_event(row.id, "cutover", "operator", "signal", "INITIATE CUTOVER")
                         .await;
+                    if let Some(why) = self.cutover_refusal() {
+                        let msg = format!("cutover refused: {why}");
+                        tracing::warn!("INITIATE CUTOVER: {msg}");
+                        let _ = self
+                            .journal
+                            .step_event(row.id, "cutover", "operator", "info", &msg)
+                            .await;
+                        return Err(ControlError(msg));
+                    }
                     self.stop_plan().await;
                     self.switch(Direction::Forward, "operator").await
                 }
@@ -821,7 +896,8 @@ impl Controller {
             row.phase,
             row.weight
         );
-        if row.state == RUNNING {
+        // WAITING with a plan running: the unattended plan waits at the cutover gate.
+        if row.state == RUNNING || row.state == WAITING {
             self.save("operator", "phase", &msg, |r| r.state = PAUSED.into())
                 .await?;
         }
@@ -857,6 +933,13 @@ impl Controller {
                 "cannot shift traffic in phase {}: the other side is not kept current by replication; START UPGRADE and wait for phase replicating",
                 row.phase
             )));
+        }
+        if percent > 0 {
+            if let Some((t, _)) = lock(&self.resync).as_ref() {
+                return Err(ControlError(format!(
+                    "cannot shift traffic while FORCE RESYNC TABLE {t} is under way: shifted reads would see that table half copied on the target; try again when it is done"
+                )));
+            }
         }
         let other = Side::parse(&row.serving_side)
             .unwrap_or(Side::Source)
@@ -1262,6 +1345,15 @@ impl Controller {
                 tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
             }
             Some(true) => {}
+        }
+        if dir == Direction::Forward {
+            // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
+            // TABLE leaves one out, or copying).
+            if let Some(problem) = d.forward_problem(&sub_c).await? {
+                return Err(ControlError(format!(
+                    "cutover refused: {problem}; traffic stays on the source"
+                )));
+            }
         }
         self.set_phase(
             actor,
@@ -1676,6 +1768,7 @@ impl Controller {
             ));
         }
         self.stop_plan().await;
+        self.stop_resync().await;
         // Weight 0 and direction 'none' first: "no replication should run, nothing on the
         // target" (a restart continues the teardown).
         let traffic = self.traffic.get().cloned();
@@ -1846,7 +1939,12 @@ impl Controller {
                         _ => {}
                     }
                 }
-                p if p.continues() && row.state == RUNNING && !self.plan_running() => {
+                // WAITING without approve_cutover: the plan waited at the cutover gate.
+                p if p.continues()
+                    && (row.state == RUNNING
+                        || (row.state == WAITING && !self.cfg.upgrade.approve_cutover))
+                    && !self.plan_running() =>
+                {
                     let _ = self.journal.event(actor, "info", &format!("resuming the plan at phase {}", p.as_str())).await;
                     self.spawn_plan(actor);
                 }
@@ -1861,6 +1959,8 @@ impl Controller {
         if let Err(e) = r {
             tracing::error!(error = %e, "resuming the upgrade failed");
         }
+        drop(_g);
+        self.resume_resyncs().await;
     }
 }
 

@@ -17,7 +17,11 @@
 //!
 //! Use from the proxy: [`Controller::open`] at start-up, build the routing table from
 //! [`Controller::serving_side`], start accepting clients, then [`Controller::attach`] the
-//! proxy's [`TrafficControl`] (inside the tokio runtime).
+//! proxy's [`TrafficControl`] (inside the tokio runtime). With mirroring on, hand the
+//! controller the validation results as a [`CutoverGate`] ([`Controller::set_cutover_gate`],
+//! before `attach`); the mirror's lag-aware re-check reads [`Controller::source_current_lsn`]
+//! and [`Controller::wait_target_applied`]; `FORCE RESYNC TABLE` is
+//! [`Controller::force_resync`].
 
 use std::sync::Arc;
 
@@ -142,6 +146,25 @@ pub struct TrafficStats {
 
 /// The proxy's traffic control, as handed to [`Controller::attach`].
 pub type Traffic = Arc<dyn TrafficControl>;
+
+/// Says whether a cutover may start now: the proxy's validation results (mirroring with result
+/// comparison, `[validation]`), handed to [`Controller::set_cutover_gate`].
+///
+/// `INITIATE CUTOVER` is refused while [`check`](Self::check) returns `Err(reason)`, with the
+/// error `cutover refused: <reason>`; the unattended plan's Cutover step waits instead (state
+/// `waiting`, `cutover waits: <reason>` in the status's `last_error` and once in the history),
+/// asks again every `[upgrade] poll_interval_ms`, and cuts over by itself once it returns
+/// `Ok(())`. PAUSE UPGRADE and ROLLBACK UPGRADE work while it waits. A rollback back to the
+/// source is never gated.
+///
+/// Called from the control plane's tasks, at most every `poll_interval_ms` while the plan
+/// waits and once per `INITIATE CUTOVER`: it must not block (read counters, no I/O). The
+/// reason is shown to the operator as is: say what is wrong and what the limit is, e.g.
+/// `validation error rate 0.8 % is above [validation] error_threshold 0.1 %`.
+pub trait CutoverGate: Send + Sync {
+    /// `Ok(())` when a cutover may start now, else `Err(reason)`.
+    fn check(&self) -> Result<(), String>;
+}
 
 pub mod controller;
 pub mod health;

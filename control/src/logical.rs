@@ -9,6 +9,9 @@
 //! | forward: source → target | `<p>_pub` on source | `<p>_fwd` on target | `<p>_fwd` on source |
 //! | reverse: target → source | `<p>_rev_pub` on target | `<p>_rev` on source | `<p>_rev` on target |
 //!
+//! FORCE RESYNC TABLE adds, for the time it runs, publication `<p>_resync_pub` on the source
+//! (see [`Logical::resync_exclude`] for the method).
+//!
 //! Every operation looks first (`pg_publication`, `pg_subscription`, `pg_replication_slots`), so
 //! repeating it after a crash does no harm and never meets a duplicate-object error.
 //!
@@ -58,6 +61,9 @@ impl DriverError {
 }
 
 type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+mod resync;
+pub use resync::ResyncPlan;
 
 /// Formats a tokio-postgres error with the server's message, SQLSTATE, detail and hint, and
 /// classifies it (see [`DriverError::transient`]).
@@ -157,6 +163,10 @@ pub struct Names {
     pub reverse_publication: String,
     /// `<p>_rev`: subscription on the source, and its slot on the target.
     pub reverse: String,
+    /// `<p>_resync_pub`: publication on the source that FORCE RESYNC TABLE points the forward
+    /// subscription at for a moment: every table of `<p>_pub` except the ones re-copied (see
+    /// [`Logical::resync_exclude`]). Dropped when the resync is done.
+    pub resync_publication: String,
 }
 
 impl Names {
@@ -167,6 +177,7 @@ impl Names {
             forward: format!("{prefix}_fwd"),
             reverse_publication: format!("{prefix}_rev_pub"),
             reverse: format!("{prefix}_rev"),
+            resync_publication: format!("{prefix}_resync_pub"),
         }
     }
     /// Subscription (and slot) name of a direction.
@@ -1327,6 +1338,15 @@ impl Logical {
                 self.names.reverse_publication
             ));
         }
+        if self
+            .drop_publication(Side::Source, &self.names.resync_publication)
+            .await?
+        {
+            done.push(format!(
+                "dropped publication {} on source",
+                self.names.resync_publication
+            ));
+        }
         Ok(done)
     }
 
@@ -1348,14 +1368,10 @@ impl Logical {
         {
             done.push(format!("dropped slot {} on source", self.names.forward));
         }
-        if self
-            .drop_publication(Side::Source, &self.names.publication)
-            .await?
-        {
-            done.push(format!(
-                "dropped publication {} on source",
-                self.names.publication
-            ));
+        for name in [&self.names.publication, &self.names.resync_publication] {
+            if self.drop_publication(Side::Source, name).await? {
+                done.push(format!("dropped publication {name} on source"));
+            }
         }
         Ok(done)
     }

@@ -587,17 +587,34 @@ impl Controller {
                         None => Err(PlanError::Stopped),
                     };
                 }
+                // The validation gate (and a FORCE RESYNC TABLE under way): wait, state
+                // `waiting`, before the step starts.
+                self.wait_cutover_allowed(actor, cancel, step).await?;
                 // Not cancellable once under way: the protocol is bounded by its own
                 // deadlines, and a stop waits for it.
                 self.run_step(actor, cancel, step, false, || async {
-                    let _g = tokio::select! {
-                        biased;
-                        _ = cancel.wait() => return Err(StepFailure::stopped()),
-                        g = self.op.lock() => g,
+                    let _g = loop {
+                        let g = tokio::select! {
+                            biased;
+                            _ = cancel.wait() => return Err(StepFailure::stopped()),
+                            g = self.op.lock() => g,
+                        };
+                        if cancel.is_set() {
+                            return Err(StepFailure::stopped());
+                        }
+                        if self.row().serving_side == Side::Target.as_str()
+                            || self.cutover_refusal().is_none()
+                        {
+                            break g;
+                        }
+                        // Refused again since the wait: wait again, without the lock.
+                        drop(g);
+                        match self.wait_cutover_allowed(actor, cancel, step).await {
+                            Ok(()) => {}
+                            Err(PlanError::Stopped) => return Err(StepFailure::stopped()),
+                            Err(PlanError::Failed(m)) => return Err(StepFailure::from(ControlError(m))),
+                        }
                     };
-                    if cancel.is_set() {
-                        return Err(StepFailure::stopped());
-                    }
                     if self.row().serving_side == Side::Target.as_str() {
                         return Ok(((), "traffic is already on the target".to_string()));
                     }
@@ -729,6 +746,8 @@ impl Controller {
     }
 
     /// Journals weight `w` with the row, then publishes it; refused once the plan is stopped.
+    /// A weight above 0 waits while a FORCE RESYNC TABLE runs (shifted reads would see the
+    /// table half copied): checked under the row lock, which the resync takes to start.
     async fn publish_weight(
         &self,
         cancel: &Cancel,
@@ -740,19 +759,130 @@ impl Controller {
             return Ok(((), format!("weight {w} % in force")));
         }
         let traffic = self.traffic()?;
+        let interval = Duration::from_millis(self.cfg.upgrade.poll_interval_ms.max(10));
+        let mut noted = false;
+        loop {
+            let guard = self.row_write.lock().await;
+            if cancel.is_set() {
+                return Err(StepFailure::stopped());
+            }
+            let busy = if w > 0 {
+                lock(&self.resync).as_ref().map(|r| r.0.clone())
+            } else {
+                None
+            };
+            if let Some(t) = busy {
+                drop(guard);
+                if !noted {
+                    noted = true;
+                    let msg =
+                        format!("traffic weight {w} % waits for FORCE RESYNC TABLE {t} to finish");
+                    tracing::info!("{msg}");
+                    let _ = self.journal.event(actor, "info", &msg).await;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = cancel.wait() => return Err(StepFailure::stopped()),
+                }
+                continue;
+            }
+            let mut row = self.row();
+            let before = row.weight;
+            row.weight = i64::from(w);
+            self.write_row_locked(
+                row,
+                actor,
+                "phase",
+                &format!("traffic weight {before} → {w} % on the target"),
+            )
+            .await?;
+            traffic.set_weight(w);
+            return Ok(((), format!("weight {before} → {w} % published")));
+        }
+    }
+
+    /// The unattended plan's wait before its Cutover step while a cutover may not start
+    /// ([`Controller::cutover_refusal`]: the validation gate, or a FORCE RESYNC TABLE under
+    /// way). Returns at once when it may. Otherwise sets state `waiting` with `cutover waits:
+    /// <reason>` in `last_error` (journaled once: one history entry per wait), asks again every
+    /// `poll_interval_ms` (a new reason only replaces `last_error` in memory), and when the
+    /// cutover may start sets state `running` again (journaled) and returns. Stopped
+    /// (pause, rollback, health reaction) at any time.
+    pub(super) async fn wait_cutover_allowed(
+        &self,
+        actor: &str,
+        cancel: &Cancel,
+        step: &PlanStep,
+    ) -> Result<(), PlanError> {
+        let Some(mut why) = self.cutover_refusal() else {
+            return Ok(());
+        };
+        let interval = Duration::from_millis(self.cfg.upgrade.poll_interval_ms.max(10));
+        let text = |why: &str| {
+            format!(
+                "cutover waits: {why}; checked again every {} ms (PAUSE UPGRADE and ROLLBACK UPGRADE work meanwhile)",
+                interval.as_millis()
+            )
+        };
+        let t0 = Instant::now();
+        lock(&self.inner).current = Some((step.key.clone(), 0.0));
+        let msg = text(&why);
+        tracing::info!("{msg}");
         let saved = self
             .plan_save(
                 cancel,
                 actor,
                 "phase",
-                &format!("traffic weight {before} → {w} % on the target"),
-                |r| r.weight = i64::from(w),
-                |_| traffic.set_weight(w),
+                &msg,
+                |r| {
+                    r.phase = Phase::Replicating.as_str().into();
+                    r.state = WAITING.into();
+                    r.last_error = Some(msg.clone());
+                },
+                |_| {},
+            )
+            .await?;
+        if saved.is_none() {
+            return Err(PlanError::Stopped);
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = cancel.wait() => return Err(PlanError::Stopped),
+            }
+            match self.cutover_refusal() {
+                None => break,
+                Some(w) if w != why => {
+                    why = w;
+                    let _w = self.row_write.lock().await;
+                    if cancel.is_set() {
+                        return Err(PlanError::Stopped);
+                    }
+                    lock(&self.inner).row.last_error = Some(text(&why));
+                }
+                Some(_) => {}
+            }
+        }
+        let msg = format!(
+            "cutover allowed after {:.1} s of waiting; cutting over",
+            t0.elapsed().as_secs_f64()
+        );
+        let saved = self
+            .plan_save(
+                cancel,
+                actor,
+                "phase",
+                &msg,
+                |r| {
+                    r.state = RUNNING.into();
+                    r.last_error = None;
+                },
+                |_| {},
             )
             .await?;
         match saved {
-            Some(_) => Ok(((), format!("weight {before} → {w} % published"))),
-            None => Err(StepFailure::stopped()),
+            Some(_) => Ok(()),
+            None => Err(PlanError::Stopped),
         }
     }
 
