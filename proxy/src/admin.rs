@@ -22,6 +22,11 @@ pub const COMMANDS: &[&str] = &[
     "PAUSE",
     "RESUME",
     "SHIFT TRAFFIC <percent>",
+    "SHOW UPGRADE VALIDATION",
+    "SHOW UPGRADE ERRORS",
+    "FORCE RESYNC TABLE '<name>'",
+    "MIRROR ON",
+    "MIRROR OFF",
     "SHOW HELP",
 ];
 
@@ -216,6 +221,28 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 true
             }
             c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c).await,
+            "SHOW UPGRADE VALIDATION" => validation(proxy, out),
+            "SHOW UPGRADE ERRORS" => validation_errors(proxy, out),
+            "MIRROR ON" | "MIRROR OFF" => match mirror_or_error(proxy, out) {
+                Some(m) => {
+                    let off = cmd == "MIRROR OFF";
+                    m.off.store(off, std::sync::atomic::Ordering::Relaxed);
+                    msg::notice_response(
+                        out,
+                        "NOTICE",
+                        "00000",
+                        if off {
+                            "mirroring paused: sessions stop copying units to the target (queued ones are still compared)"
+                        } else {
+                            "mirroring on (while replication keeps the target current)"
+                        },
+                    );
+                    msg::command_complete(out, &cmd);
+                    true
+                }
+                None => false,
+            },
+            c if c.starts_with("FORCE RESYNC TABLE") => force_resync(proxy, out, s).await,
             _ => {
                 let hint = format!("valid commands: {}", COMMANDS.join(", "));
                 msg::error_response(
@@ -264,6 +291,160 @@ async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
         .await
         .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
     reply(out, "SHIFT TRAFFIC", r)
+}
+
+/// Refuses a validation command when mirroring is off.
+fn mirror_or_error<'a>(proxy: &'a Proxy, out: &mut BytesMut) -> Option<&'a crate::mirror::Mirror> {
+    if proxy.mirror.is_none() {
+        msg::error_response(
+            out,
+            "ERROR",
+            "55000",
+            "mirroring with result validation is off",
+            None,
+            Some("set [mirror] enabled = true and restart pgshift"),
+        );
+    }
+    proxy.mirror.as_deref()
+}
+
+/// `SHOW UPGRADE VALIDATION`: one row of totals (table `*`), then one per table.
+fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
+    let Some(m) = mirror_or_error(proxy, out) else {
+        return false;
+    };
+    let t = m.report.totals();
+    msg::row_description_text(
+        out,
+        &[
+            "table",
+            "compared",
+            "matched",
+            "mismatched",
+            "target_errors",
+            "source_errors",
+            "inconclusive",
+            "skipped",
+            "error_rate",
+            "queued",
+            "shed",
+            "lag_rechecked",
+        ],
+    );
+    let skipped: u64 = t.skipped_total();
+    let total_row = [
+        "*".to_string(),
+        t.compared.to_string(),
+        t.matched.to_string(),
+        t.mismatched.to_string(),
+        t.target_errors.to_string(),
+        t.source_errors.to_string(),
+        t.inconclusive.to_string(),
+        skipped.to_string(),
+        format!("{:.6}", t.error_rate()),
+        m.queued.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+        m.shed.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+        m.lag_explained.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+    ];
+    msg::data_row(out, &total_row.iter().map(|v| Some(v.as_str())).collect::<Vec<_>>());
+    let tables = m.report.per_table();
+    for ts in &tables {
+        let rate = if ts.compared > 0 {
+            (ts.mismatched + ts.target_errors) as f64 / ts.compared as f64
+        } else {
+            0.0
+        };
+        let row = [
+            ts.table.clone(),
+            ts.compared.to_string(),
+            ts.matched.to_string(),
+            ts.mismatched.to_string(),
+            ts.target_errors.to_string(),
+        ];
+        let rate = format!("{rate:.6}");
+        let mut vals: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
+        vals.extend([None, None, None, Some(rate.as_str()), None, None, None]);
+        msg::data_row(out, &vals);
+    }
+    msg::command_complete(out, &format!("SHOW {}", tables.len() + 1));
+    true
+}
+
+/// `SHOW UPGRADE ERRORS`: statements that behave differently on the target, worst first.
+fn validation_errors(proxy: &Proxy, out: &mut BytesMut) -> bool {
+    let Some(m) = mirror_or_error(proxy, out) else {
+        return false;
+    };
+    let errors = m.report.errors();
+    msg::row_description_text(
+        out,
+        &[
+            "fingerprint",
+            "kind",
+            "statement",
+            "source",
+            "target",
+            "count",
+            "first_seen",
+            "last_seen",
+        ],
+    );
+    for e in &errors {
+        let (count, first, last) = (
+            e.count.to_string(),
+            rfc3339(e.first_seen),
+            rfc3339(e.last_seen),
+        );
+        msg::data_row(
+            out,
+            &[
+                Some(&e.fingerprint),
+                Some(e.kind.as_str()),
+                Some(&e.sample),
+                Some(&e.source),
+                Some(&e.target),
+                Some(&count),
+                Some(&first),
+                Some(&last),
+            ],
+        );
+    }
+    msg::command_complete(out, &format!("SHOW {}", errors.len()));
+    true
+}
+
+/// `FORCE RESYNC TABLE 'name'`: copy the table to the target again (consistently, while
+/// traffic goes on), then restart its validation counters.
+async fn force_resync(proxy: &Proxy, out: &mut BytesMut, stmt: &str) -> bool {
+    let rest = stmt.trim()["FORCE RESYNC TABLE".len().min(stmt.trim().len())..].trim();
+    let name = rest
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .map(|n| n.replace("''", "'"));
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        msg::error_response(
+            out,
+            "ERROR",
+            "42601",
+            &format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\""),
+            None,
+            Some("e.g. FORCE RESYNC TABLE 'public.accounts'"),
+        );
+        return false;
+    };
+    let c = proxy.controller.clone();
+    let n2 = name.clone();
+    let r = proxy
+        .control_rt
+        .spawn(async move { c.force_resync(&n2).await })
+        .await
+        .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
+    if r.is_ok() {
+        if let Some(m) = proxy.mirror.as_deref() {
+            m.report.reset_table(&name);
+        }
+    }
+    reply(out, "FORCE RESYNC TABLE", r)
 }
 
 fn reply(out: &mut BytesMut, tag: &str, r: Result<String, control::ControlError>) -> bool {

@@ -4,6 +4,7 @@ mod admin;
 mod backend;
 mod http;
 mod logfmt;
+mod mirror;
 mod metrics;
 mod relay;
 mod routing;
@@ -320,7 +321,22 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     tracing::info!(listen = %cfg.proxy.listen, serving = side.as_str(), epoch, "pgshift listening");
     let shards = server::Shards::start(cfg.proxy.workers)
         .map_err(|e| anyhow::anyhow!("cannot start I/O threads: {e}"))?;
-    let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone());
+    let mirror = mirror::Mirror::start(
+        &cfg,
+        routing::BackendAddr::from_config(&cfg.target),
+        routing::BackendAddr::from_config(&cfg.source),
+        controller.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the mirror thread: {e}"))?;
+    if let Some(m) = &mirror {
+        controller.set_cutover_gate(m.clone());
+        tracing::info!(
+            level = ?cfg.mirror.level,
+            sample_rate = cfg.mirror.sample_rate,
+            "mirroring with result validation is on (while replication keeps the target current)"
+        );
+    }
+    let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone(), mirror);
     {
         // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
         let r = router.clone();

@@ -52,6 +52,13 @@ const UPGRADE_PERCENT: &str = "pgshift_upgrade_percent";
 const HEALTH_OK: &str = "pgshift_health_check_ok";
 const LAG_BYTES: &str = "pgshift_replication_lag_bytes";
 const LAG_SECONDS: &str = "pgshift_replication_lag_seconds";
+/// Mirrored statements compared, by verdict (match, mismatch, target_error, source_error).
+const MIRROR_COMPARED: &str = "pgshift_mirror_compared_total";
+/// Units queued for the mirror / shed because its queue was full.
+const MIRROR_QUEUED: &str = "pgshift_mirror_queued_total";
+const MIRROR_SHED: &str = "pgshift_mirror_shed_total";
+/// (mismatches + target-only errors) / compared statements.
+const VALIDATION_ERROR_RATE: &str = "pgshift_validation_error_rate";
 const TRAFFIC_WEIGHT: &str = "pgshift_traffic_weight_percent";
 const ROUTING_EPOCH: &str = "pgshift_routing_epoch";
 const UPGRADES_STARTED: &str = "pgshift_upgrades_started_total";
@@ -138,6 +145,19 @@ fn describe() {
         "Client logins accepted, by kind (app, admin)"
     );
     describe_counter!(LOGINS_REFUSED, "Client logins refused, by reason");
+    describe_counter!(
+        MIRROR_COMPARED,
+        "Mirrored statements compared with the source's answer, by verdict (match, mismatch, target_error, source_error)"
+    );
+    describe_counter!(MIRROR_QUEUED, "Units of work queued for the mirror");
+    describe_counter!(
+        MIRROR_SHED,
+        "Units of work the mirror dropped because its queue was full (clients never wait for it)"
+    );
+    describe_gauge!(
+        VALIDATION_ERROR_RATE,
+        "Validation error rate: (mismatches + target-only errors) / compared statements"
+    );
     describe_counter!(
         SHIFT_REPLAYS,
         "Read-only units shifted to the other side that failed there before any answer and ran again on the serving side (the client saw no error)"
@@ -290,6 +310,19 @@ static LATENCY: [Latency; 2] = [const {
         sum_us: AtomicU64::new(0),
     }
 }; 2];
+
+/// One mirrored statement compared (`verdict`: match, mismatch, target_error, source_error).
+pub fn mirror_compared(verdict: &'static str) {
+    counter!(MIRROR_COMPARED, "verdict" => verdict).increment(1);
+}
+
+/// The mirror's cumulative queued and shed units and the validation error rate (0-1), set
+/// every 200 ms by the mirror.
+pub fn mirror_state(queued: u64, shed: u64, error_rate: f64) {
+    counter!(MIRROR_QUEUED).absolute(queued);
+    counter!(MIRROR_SHED).absolute(shed);
+    gauge!(VALIDATION_ERROR_RATE).set(error_rate);
+}
 
 /// A shifted read-only unit failed on the other side before answering and runs again on the
 /// serving side (relay's replay).

@@ -16,6 +16,7 @@
 
 use crate::backend::{self, BackendConn};
 use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
+use crate::mirror::Capture;
 use crate::session::{connect_backend, connect_backend_within, ClientConn, End};
 use crate::tracking::{session_changes, SessionChange};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -132,6 +133,10 @@ pub(crate) struct Relay<'p> {
     replay: bool,
     /// The side that failed the unit to replay.
     lost_side: Option<Side>,
+    /// The current unit's bytes for the mirror, when it was sampled (`[mirror]`).
+    capture: Option<Capture>,
+    /// `[mirror] max_answer_bytes`.
+    mirror_max: usize,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -213,6 +218,8 @@ pub(crate) async fn relay(
         unit_answered: false,
         replay: false,
         lost_side: None,
+        capture: None,
+        mirror_max: usize::try_from(proxy.cfg.mirror.max_answer_bytes).unwrap_or(usize::MAX),
     };
     let res = r.run().await;
     if r.busy {
@@ -494,6 +501,11 @@ impl Relay<'_> {
                         self.unit_open = true;
                         // A statement prepared on the other connection: prepare it here first.
                         let name = bind_statement(&self.cbuf[fwd + 5..fwd + total]).unwrap_or("");
+                        if let Some(c) = self.capture.as_mut().filter(|_| !name.is_empty()) {
+                            if !c.used.iter().any(|u| u == name) {
+                                c.used.push(name.to_string());
+                            }
+                        }
                         if !name.is_empty() {
                             if let (Some(c), Some(parse)) =
                                 (self.backend.as_mut(), self.prepared.get(name))
@@ -505,6 +517,9 @@ impl Relay<'_> {
                                     let part = self.cbuf.split_to(fwd);
                                     if let Some(raw) = self.unit_raw.as_mut() {
                                         raw.extend_from_slice(&part);
+                                    }
+                                    if let Some(c) = self.capture.as_mut() {
+                                        c.client_bytes(&part, self.mirror_max);
                                     }
                                     out.extend_from_slice(&part);
                                     out.extend_from_slice(parse);
@@ -540,6 +555,9 @@ impl Relay<'_> {
                 let head = self.cbuf.split_to(fwd);
                 if let Some(raw) = self.unit_raw.as_mut() {
                     raw.extend_from_slice(&head);
+                }
+                if let Some(c) = self.capture.as_mut() {
+                    c.client_bytes(&head, self.mirror_max);
                 }
                 self.to_server = match spliced {
                     Some(mut out) => {
@@ -589,6 +607,7 @@ impl Relay<'_> {
                 return Some(Stop::Hold);
             }
             self.busy = true;
+            self.capture = None;
             self.unit_error = false;
             self.unit_started = Instant::now();
             self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
@@ -601,13 +620,22 @@ impl Relay<'_> {
                 && rand::random::<u32>() % 100 < u32::from(t.weight)
                 && unit_read_only(
                     tag,
-                    body.map(|r| &self.cbuf[r]),
+                    body.clone().map(|r| &self.cbuf[r]),
                     &self.prepared,
                     &mut self.read_only,
                 );
             let want = if shifted { t.side.other() } else { t.side };
             self.unit_answered = false;
             self.unit_raw = shifted.then(BytesMut::new);
+            // Mirroring: a sample of the units that run on the serving side.
+            if !shifted {
+                if let Some(m) = self.proxy.mirror.as_deref() {
+                    let (cbuf, prepared, cache) = (&self.cbuf, &self.prepared, &mut self.read_only);
+                    if m.sample(|| unit_read_only(tag, body.map(|r| &cbuf[r]), prepared, cache)) {
+                        self.capture = Some(Capture::default());
+                    }
+                }
+            }
             if want != self.active_side() {
                 return Some(Stop::Swap(want));
             }
@@ -986,7 +1014,40 @@ impl Relay<'_> {
             None if fwd > 0 => self.to_client = head.freeze(),
             None => {}
         }
+        if let Some(c) = self.capture.as_mut() {
+            if fwd > 0 || !self.to_client.is_empty() {
+                c.server_bytes(&self.to_client, self.mirror_max);
+            }
+            if c.done {
+                self.mirror_unit();
+            }
+        }
         Ok(())
+    }
+
+    /// The captured unit ended: hand it to the mirror (without waiting).
+    fn mirror_unit(&mut self) {
+        let (Some(cap), Some(m)) = (self.capture.take(), self.proxy.mirror.as_deref()) else {
+            return;
+        };
+        if cap.too_big {
+            m.too_big();
+            return;
+        }
+        let statements = cap
+            .used
+            .iter()
+            .filter_map(|n| self.prepared.get(n).map(|f| (n.clone(), f.clone())))
+            .collect();
+        m.offer(crate::mirror::Job {
+            user: self.user.clone(),
+            params: self.params.clone(),
+            sets: self.sets.iter().map(|(_, stmt)| stmt.clone()).collect(),
+            statements,
+            client: cap.client.freeze(),
+            server: cap.server.freeze(),
+            at: std::time::SystemTime::now(),
+        });
     }
 
     /// While a shifted unit is unanswered, its answer is held back (read on, not forwarded)
@@ -1029,6 +1090,9 @@ impl Relay<'_> {
     /// A unit of work ended with ReadyForQuery `I` and nothing in flight.
     fn unit_done(&mut self) {
         self.unit_raw = None;
+        if let Some(c) = self.capture.as_mut() {
+            c.done = true;
+        }
         let mut state_changed = false;
         if !self.unit_error {
             for ch in std::mem::take(&mut self.pending) {

@@ -70,10 +70,17 @@ pub struct Proxy {
     pub control_rt: tokio::runtime::Handle,
     pub sessions: Mutex<HashMap<i32, Arc<SessionInfo>>>,
     next_pid: AtomicI32,
+    /// Mirroring with result validation (`[mirror] enabled`).
+    pub mirror: Option<Arc<crate::mirror::Mirror>>,
 }
 
 impl Proxy {
-    pub fn new(cfg: Arc<Config>, router: Arc<Router>, controller: Arc<Controller>) -> Arc<Proxy> {
+    pub fn new(
+        cfg: Arc<Config>,
+        router: Arc<Router>,
+        controller: Arc<Controller>,
+        mirror: Option<Arc<crate::mirror::Mirror>>,
+    ) -> Arc<Proxy> {
         let users = cfg
             .users
             .iter()
@@ -103,6 +110,7 @@ impl Proxy {
             control_rt: tokio::runtime::Handle::current(),
             sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
+            mirror,
         })
     }
 
