@@ -7,6 +7,7 @@
 //! cargo run --release -p bench -- overhead   # direct vs pgshift vs pgbouncer: TPS, latency, CPU
 //! cargo run --release -p bench -- demo       # the main job end to end, narrated
 //! cargo run --release -p bench -- plan       # the unattended plan under load, then a target-stop fault
+//! cargo run --release -p bench -- mirror     # pgbench TPC-B with mirroring and validation off / on
 //! ```
 
 mod clock;
@@ -50,6 +51,10 @@ enum Scenario {
     /// stopped during a shift step: failed transactions, lost writes, cutover pause, shift
     /// accuracy, automatic rollback time. Exits 1 on any failure or loss.
     Plan(scenario::plan::Opts),
+    /// pgbench TPC-B (13 -> 17, while replicating) with mirroring and result validation
+    /// switched off and on in alternating rounds: TPS and p99 latency per mode, statements
+    /// compared, mismatches, shed units. Exits 1 on any mismatch or failed transaction.
+    Mirror(scenario::mirror::Opts),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
             Scenario::Overhead(o) => scenario::overhead::run(o).await,
             Scenario::Demo(o) => scenario::demo::run(o).await,
             Scenario::Plan(o) => scenario::plan::run(o).await,
+            Scenario::Mirror(o) => scenario::mirror::run(o).await,
         }
     });
     match result {

@@ -1,7 +1,8 @@
-//! The scenarios: `cutover`, `overhead`, `demo` and `plan`.
+//! The scenarios: `cutover`, `overhead`, `demo`, `plan` and `mirror`.
 
 pub mod cutover;
 pub mod demo;
+pub mod mirror;
 pub mod overhead;
 pub mod plan;
 mod upgrade;
