@@ -712,6 +712,20 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
     let mut out = Vec::with_capacity(reqs.len());
     for ((client, sqls, parses), (server, status)) in reqs.into_iter().zip(answers) {
         let mut kind = Kind::Read;
+        // Transaction control together with other statements in one group (a Query text
+        // `BEGIN; UPDATE …; COMMIT`, or several Executes before one Sync) cannot be left out
+        // of the replay, and its COMMIT would commit the dry-run on the target: never sent.
+        let pieces: Vec<&str> = sqls
+            .iter()
+            .flat_map(|q| crate::tracking::split_statements(q))
+            .collect();
+        if pieces.len() > 1
+            && pieces
+                .iter()
+                .any(|p| validator::classify(p).kind == Kind::Transaction)
+        {
+            return Err("transaction control inside a multi-statement request");
+        }
         for sql in &sqls {
             let k = validator::classify(sql).kind;
             if k.strength() > kind.strength() {
@@ -862,6 +876,15 @@ async fn replay_on(
             }
         };
         let a = Answer::parse(&ans).map_err(|_| "unreadable answer")?;
+        if status == msg::TX_IDLE {
+            // The group ended pgshift's transaction (it should never: transaction control is
+            // not replayed). Stop here; the connection is dropped.
+            tracing::error!(
+                statements = %g.sqls.join("; "),
+                "mirror: a replayed group ended the mirror's transaction on the server; unit abandoned"
+            );
+            return Err("a replayed statement ended the mirror's transaction");
+        }
         if status == msg::TX_FAILED {
             if g.status == msg::TX_IDLE {
                 // The source ran this group on its own: start a fresh transaction.
