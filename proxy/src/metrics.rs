@@ -57,6 +57,8 @@ const MIRROR_COMPARED: &str = "pgshift_mirror_compared_total";
 /// Units queued for the mirror / shed because its queue was full.
 const MIRROR_QUEUED: &str = "pgshift_mirror_queued_total";
 const MIRROR_SHED: &str = "pgshift_mirror_shed_total";
+/// Units waiting in the mirror's queue now.
+const MIRROR_QUEUE_DEPTH: &str = "pgshift_mirror_queue_depth";
 /// (mismatches + target-only errors) / compared statements.
 const VALIDATION_ERROR_RATE: &str = "pgshift_validation_error_rate";
 const TRAFFIC_WEIGHT: &str = "pgshift_traffic_weight_percent";
@@ -150,6 +152,7 @@ fn describe() {
         "Mirrored statements compared with the source's answer, by verdict (match, mismatch, target_error, source_error)"
     );
     describe_counter!(MIRROR_QUEUED, "Units of work queued for the mirror");
+    describe_gauge!(MIRROR_QUEUE_DEPTH, "Units of work waiting in the mirror's queue");
     describe_counter!(
         MIRROR_SHED,
         "Units of work the mirror dropped because its queue was full (clients never wait for it)"
@@ -316,9 +319,11 @@ pub fn mirror_compared(verdict: &'static str) {
     counter!(MIRROR_COMPARED, "verdict" => verdict).increment(1);
 }
 
-/// The mirror's cumulative queued and shed units and the validation error rate (0-1), set
+/// The mirror's queue depth (units waiting), cumulative queued and shed units and the
+/// validation error rate (0-1), set
 /// every 200 ms by the mirror.
-pub fn mirror_state(queued: u64, shed: u64, error_rate: f64) {
+pub fn mirror_state(depth: usize, queued: u64, shed: u64, error_rate: f64) {
+    gauge!(MIRROR_QUEUE_DEPTH).set(depth as f64);
     counter!(MIRROR_QUEUED).absolute(queued);
     counter!(MIRROR_SHED).absolute(shed);
     gauge!(VALIDATION_ERROR_RATE).set(error_rate);

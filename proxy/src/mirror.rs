@@ -204,6 +204,7 @@ impl Mirror {
                                 );
                             m2.active.store(on, Ordering::Relaxed);
                             crate::metrics::mirror_state(
+                                m2.tx.max_capacity() - m2.tx.capacity(),
                                 m2.queued.load(Ordering::Relaxed),
                                 m2.shed.load(Ordering::Relaxed),
                                 m2.report.totals().error_rate(),
@@ -574,7 +575,7 @@ impl Worker {
 fn options(g: &Group, dml: bool) -> Option<CompareOptions> {
     let mut opts: Option<CompareOptions> = None;
     for sql in &g.sqls {
-        let o = CompareOptions::for_sql(sql, validator::classify(sql).kind)?;
+        let o = info(sql).opts.clone()?;
         opts = Some(match opts {
             None => o,
             Some(p) => CompareOptions {
@@ -598,13 +599,49 @@ fn options(g: &Group, dml: bool) -> Option<CompareOptions> {
 fn tables(g: &Group) -> Vec<String> {
     let mut t = Vec::new();
     for sql in &g.sqls {
-        for name in validator::classify(sql).tables {
-            if !t.contains(&name) {
-                t.push(name);
+        for name in &info(sql).tables {
+            if !t.contains(name) {
+                t.push(name.clone());
             }
         }
     }
     t
+}
+
+/// What the mirror needs to know of a statement text: computed once per text (clients run
+/// the same texts over and over; parsing them each time was most of the mirror's CPU).
+struct StmtInfo {
+    kind: Kind,
+    tables: Vec<String>,
+    opts: Option<CompareOptions>,
+}
+
+/// Texts kept in the cache of [`info`] before it starts over.
+const INFO_CACHE: usize = 10_000;
+
+/// [`StmtInfo`] of `sql`, from the mirror thread's cache.
+fn info(sql: &str) -> Arc<StmtInfo> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, Arc<StmtInfo>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(i) = c.borrow().get(sql) {
+            return i.clone();
+        }
+        let cl = validator::classify(sql);
+        let i = Arc::new(StmtInfo {
+            kind: cl.kind,
+            opts: CompareOptions::for_sql(sql, cl.kind),
+            tables: cl.tables,
+        });
+        let mut c = c.borrow_mut();
+        if c.len() >= INFO_CACHE {
+            c.clear();
+        }
+        c.insert(sql.to_string(), i.clone());
+        i
+    })
 }
 
 fn describe(v: &Verdict) -> String {
@@ -722,12 +759,12 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
         if pieces.len() > 1
             && pieces
                 .iter()
-                .any(|p| validator::classify(p).kind == Kind::Transaction)
+                .any(|p| info(p).kind == Kind::Transaction)
         {
             return Err("transaction control inside a multi-statement request");
         }
         for sql in &sqls {
-            let k = validator::classify(sql).kind;
+            let k = info(sql).kind;
             if k.strength() > kind.strength() {
                 kind = k;
             }
