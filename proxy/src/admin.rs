@@ -329,6 +329,7 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
             "queued",
             "shed",
             "lag_rechecked",
+            "skipped_reasons",
         ],
     );
     let skipped: u64 = t.skipped_total();
@@ -345,6 +346,11 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
         m.queued.load(std::sync::atomic::Ordering::Relaxed).to_string(),
         m.shed.load(std::sync::atomic::Ordering::Relaxed).to_string(),
         m.lag_explained.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+        t.skipped
+            .iter()
+            .map(|(why, n)| format!("{why}: {n}"))
+            .collect::<Vec<_>>()
+            .join("; "),
     ];
     msg::data_row(out, &total_row.iter().map(|v| Some(v.as_str())).collect::<Vec<_>>());
     let tables = m.report.per_table();
@@ -363,7 +369,7 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
         ];
         let rate = format!("{rate:.6}");
         let mut vals: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
-        vals.extend([None, None, None, Some(rate.as_str()), None, None, None]);
+        vals.extend([None, None, None, Some(rate.as_str()), None, None, None, None]);
         msg::data_row(out, &vals);
     }
     msg::command_complete(out, &format!("SHOW {}", tables.len() + 1));
