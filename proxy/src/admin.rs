@@ -343,16 +343,28 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
         t.inconclusive.to_string(),
         skipped.to_string(),
         format!("{:.6}", t.error_rate()),
-        m.queued.load(std::sync::atomic::Ordering::Relaxed).to_string(),
-        m.shed.load(std::sync::atomic::Ordering::Relaxed).to_string(),
-        m.lag_explained.load(std::sync::atomic::Ordering::Relaxed).to_string(),
+        m.queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+        m.shed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+        m.lag_explained
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
         t.skipped
             .iter()
             .map(|(why, n)| format!("{why}: {n}"))
             .collect::<Vec<_>>()
             .join("; "),
     ];
-    msg::data_row(out, &total_row.iter().map(|v| Some(v.as_str())).collect::<Vec<_>>());
+    msg::data_row(
+        out,
+        &total_row
+            .iter()
+            .map(|v| Some(v.as_str()))
+            .collect::<Vec<_>>(),
+    );
     let tables = m.report.per_table();
     for ts in &tables {
         let rate = if ts.compared > 0 {
@@ -369,7 +381,16 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
         ];
         let rate = format!("{rate:.6}");
         let mut vals: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
-        vals.extend([None, None, None, Some(rate.as_str()), None, None, None, None]);
+        vals.extend([
+            None,
+            None,
+            None,
+            Some(rate.as_str()),
+            None,
+            None,
+            None,
+            None,
+        ]);
         msg::data_row(out, &vals);
     }
     msg::command_complete(out, &format!("SHOW {}", tables.len() + 1));

@@ -152,7 +152,10 @@ fn describe() {
         "Mirrored statements compared with the source's answer, by verdict (match, mismatch, target_error, source_error)"
     );
     describe_counter!(MIRROR_QUEUED, "Units of work queued for the mirror");
-    describe_gauge!(MIRROR_QUEUE_DEPTH, "Units of work waiting in the mirror's queue");
+    describe_gauge!(
+        MIRROR_QUEUE_DEPTH,
+        "Units of work waiting in the mirror's queue"
+    );
     describe_counter!(
         MIRROR_SHED,
         "Units of work the mirror dropped because its queue was full (clients never wait for it)"

@@ -257,7 +257,8 @@ impl Mirror {
 
     /// A sampled unit that could not be captured whole (over `max_answer_bytes`).
     pub fn too_big(&self) {
-        self.report.record_skipped("answer over [mirror] max_answer_bytes");
+        self.report
+            .record_skipped("answer over [mirror] max_answer_bytes");
     }
 }
 
@@ -354,7 +355,9 @@ impl Worker {
                 return;
             }
         };
-        let dml = groups.iter().any(|g| matches!(g.kind, Kind::Dml | Kind::Ddl));
+        let dml = groups
+            .iter()
+            .any(|g| matches!(g.kind, Kind::Dml | Kind::Ddl));
         let run_groups: Vec<&Group> = groups
             .iter()
             .filter(|g| g.kind != Kind::Transaction)
@@ -375,7 +378,9 @@ impl Worker {
                 continue;
             }
             let Some(opts) = options(g, dml) else {
-                self.m.report.record_skipped("not comparable (server-specific or volatile)");
+                self.m
+                    .report
+                    .record_skipped("not comparable (server-specific or volatile)");
                 continue;
             };
             let Ok(src) = Answer::parse(&g.server) else {
@@ -393,7 +398,9 @@ impl Worker {
             };
             if let Verdict::TargetError { sqlstate, .. } = &v {
                 if CONTENTION.contains(&sqlstate.as_str()) {
-                    self.m.report.record_skipped("lock or statement timeout on the target");
+                    self.m
+                        .report
+                        .record_skipped("lock or statement timeout on the target");
                     continue;
                 }
             }
@@ -464,7 +471,11 @@ impl Worker {
             let s1 = if dml {
                 None
             } else {
-                Some(self.replay(Side::Source, job, groups, false).await.map_err(str::to_string)?)
+                Some(
+                    self.replay(Side::Source, job, groups, false)
+                        .await
+                        .map_err(str::to_string)?,
+                )
             };
             let lsn = self
                 .controller
@@ -477,13 +488,23 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?;
             if !applied {
-                return Err(format!("the target did not apply the source's LSN within {} ms", timeout.as_millis()));
+                return Err(format!(
+                    "the target did not apply the source's LSN within {} ms",
+                    timeout.as_millis()
+                ));
             }
-            let t = self.replay(Side::Target, job, groups, dml).await.map_err(str::to_string)?;
+            let t = self
+                .replay(Side::Target, job, groups, dml)
+                .await
+                .map_err(str::to_string)?;
             let s2 = if dml {
                 None
             } else {
-                Some(self.replay(Side::Source, job, groups, false).await.map_err(str::to_string)?)
+                Some(
+                    self.replay(Side::Source, job, groups, false)
+                        .await
+                        .map_err(str::to_string)?,
+                )
             };
             let mut settled = true;
             for (k, (i, opts)) in which.iter().enumerate() {
@@ -699,7 +720,9 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
                 let _portal = wire::frame::take_cstr(&mut b, "Bind").map_err(|_| "bad Bind")?;
                 let stmt = wire::frame::take_cstr(&mut b, "Bind").map_err(|_| "bad Bind")?;
                 let sql = if stmt.is_empty() {
-                    unnamed.clone().ok_or("Bind of an unknown unnamed statement")?
+                    unnamed
+                        .clone()
+                        .ok_or("Bind of an unknown unnamed statement")?
                 } else {
                     let f = named.get(stmt).ok_or("Bind of an unknown statement")?;
                     msg::parse_parse(&f[5..])
@@ -756,11 +779,7 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
             .iter()
             .flat_map(|q| crate::tracking::split_statements(q))
             .collect();
-        if pieces.len() > 1
-            && pieces
-                .iter()
-                .any(|p| info(p).kind == Kind::Transaction)
-        {
+        if pieces.len() > 1 && pieces.iter().any(|p| info(p).kind == Kind::Transaction) {
             return Err("transaction control inside a multi-statement request");
         }
         for sql in &sqls {

@@ -15,8 +15,8 @@
 //! on`, so a misclassified write fails instead of diverging the replica.
 
 use crate::backend::{self, BackendConn};
-use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
 use crate::mirror::Capture;
+use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
 use crate::session::{connect_backend, connect_backend_within, ClientConn, End};
 use crate::tracking::{session_changes, SessionChange};
 use bytes::{Buf, BufMut, Bytes, BytesMut};

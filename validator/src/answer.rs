@@ -443,7 +443,10 @@ fn value_text(v: &[u8], col: Option<&Column>, s: &mut String) {
         // characters), so that excerpts never carry raw bytes into logs.
         std::str::from_utf8(&v[..v.len().min(1024)])
             .ok()
-            .filter(|t| !t.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')))
+            .filter(|t| {
+                !t.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+            })
     };
     match text {
         Some(t) => {
