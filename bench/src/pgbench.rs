@@ -69,6 +69,20 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// TPC-B-like, `-M prepared`, no progress lines or per-transaction logs: the background
+    /// load the upgrade scenarios run while replication synchronises.
+    pub fn tpcb(clients: u32, threads: u32, seconds: u64) -> Spec {
+        Spec {
+            clients,
+            threads,
+            seconds,
+            prepared: true,
+            select_only: false,
+            progress: None,
+            log_prefix: None,
+        }
+    }
+
     /// pgbench's options for this run (without the connection's).
     pub fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec![

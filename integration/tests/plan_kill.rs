@@ -121,6 +121,24 @@ async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
     );
 }
 
+/// Waits until pgshift has killed itself at failpoint `which` (as logged), then clears
+/// `PGSHIFT_FAILPOINT` for the restart.
+async fn crashed_at_failpoint(stack: &mut Stack, which: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.pgshift.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the cutover never reached failpoint {which}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stack
+        .pgshift
+        .log()
+        .contains(&format!("PGSHIFT_FAILPOINT={which}")));
+    stack.pgshift.env.clear();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_wait_for_sync() {
     let t0 = Instant::now();
@@ -198,16 +216,7 @@ async fn kill_9_inside_cutover_before_the_swap() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[]", 1000, Some("pause")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stack.pgshift.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the cutover never paused traffic"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stack.pgshift.log().contains("PGSHIFT_FAILPOINT=Pause"));
-    stack.pgshift.env.clear();
+    crashed_at_failpoint(&mut stack, "Pause").await;
     stack.pgshift.restart().expect("restart");
     finish(&stack, writer, t0).await;
     let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
@@ -223,13 +232,7 @@ async fn kill_9_inside_cutover_after_the_swap() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[]", 1000, Some("switch")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stack.pgshift.is_running() {
-        assert!(Instant::now() < deadline, "the cutover never swapped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stack.pgshift.log().contains("PGSHIFT_FAILPOINT=Switch"));
-    stack.pgshift.env.clear();
+    crashed_at_failpoint(&mut stack, "Switch").await;
     stack.pgshift.restart().expect("restart");
     // The swap was journaled before the crash: the restarted proxy serves the target at once.
     let s = stack.status().await.unwrap();

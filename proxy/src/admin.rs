@@ -367,11 +367,6 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
     );
     let tables = m.report.per_table();
     for ts in &tables {
-        let rate = if ts.compared > 0 {
-            (ts.mismatched + ts.target_errors) as f64 / ts.compared as f64
-        } else {
-            0.0
-        };
         let row = [
             ts.table.clone(),
             ts.compared.to_string(),
@@ -379,7 +374,7 @@ fn validation(proxy: &Proxy, out: &mut BytesMut) -> bool {
             ts.mismatched.to_string(),
             ts.target_errors.to_string(),
         ];
-        let rate = format!("{rate:.6}");
+        let rate = format!("{:.6}", ts.error_rate());
         let mut vals: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
         vals.extend([
             None,

@@ -466,17 +466,7 @@ impl Worker {
         let timeout = Duration::from_millis(self.m.cfg.recheck_timeout_ms);
         let mut out: Vec<Option<Verdict>> = vec![None; which.len()];
         for _attempt in 0..3 {
-            // DML is not run on the source again (its dry-run would lock the source's rows):
-            // the source's first answer stands; only the target's lag is waited out.
-            let s1 = if dml {
-                None
-            } else {
-                Some(
-                    self.replay(Side::Source, job, groups, false)
-                        .await
-                        .map_err(str::to_string)?,
-                )
-            };
+            let s1 = self.source_again(job, groups, dml).await?;
             let lsn = self
                 .controller
                 .source_current_lsn()
@@ -497,15 +487,7 @@ impl Worker {
                 .replay(Side::Target, job, groups, dml)
                 .await
                 .map_err(str::to_string)?;
-            let s2 = if dml {
-                None
-            } else {
-                Some(
-                    self.replay(Side::Source, job, groups, false)
-                        .await
-                        .map_err(str::to_string)?,
-                )
-            };
+            let s2 = self.source_again(job, groups, dml).await?;
             let mut settled = true;
             for (k, (i, opts)) in which.iter().enumerate() {
                 let original = Answer::parse(&groups[*i].server).map_err(|e| e.to_string())?;
@@ -556,37 +538,53 @@ impl Worker {
         dml: bool,
     ) -> Result<Vec<Result<Answer, Failed>>, Skip> {
         let key = (side, job.user.cfg.name.clone());
-        if !self.conns.contains_key(&key) {
-            let addr = match side {
-                Side::Target => &self.sides.target,
-                Side::Source => &self.sides.source,
-            };
-            let c = backend::connect(
-                addr,
-                job.user.cfg.server_user(),
-                job.user.cfg.server_password(),
-                &[("application_name".into(), "pgshift-mirror".into())],
-                self.sides.connect_timeout,
-            )
-            .await
-            .map_err(|_| "cannot connect to the server for mirroring")?;
-            let BackendConn { stream, .. } = c;
-            self.conns.insert(
-                key.clone(),
+        let mut conn = match self.conns.remove(&key) {
+            Some(c) => c,
+            None => {
+                let addr = match side {
+                    Side::Target => &self.sides.target,
+                    Side::Source => &self.sides.source,
+                };
+                let BackendConn { stream, .. } = backend::connect(
+                    addr,
+                    job.user.cfg.server_user(),
+                    job.user.cfg.server_password(),
+                    &[("application_name".into(), "pgshift-mirror".into())],
+                    self.sides.connect_timeout,
+                )
+                .await
+                .map_err(|_| "cannot connect to the server for mirroring")?;
                 Conn {
                     stream,
                     buf: BytesMut::new(),
                     prepared: HashMap::new(),
-                },
-            );
-        }
-        let conn = self.conns.get_mut(&key).expect("inserted");
-        let r = replay_on(conn, &self.m.cfg, job, groups, dml).await;
-        if r.is_err() {
-            // The connection's state is unknown: drop it.
-            self.conns.remove(&key);
+                }
+            }
+        };
+        let r = replay_on(&mut conn, &self.m.cfg, job, groups, dml).await;
+        if r.is_ok() {
+            // After a failure the connection's state is unknown: it is dropped.
+            self.conns.insert(key, conn);
         }
         r
+    }
+
+    /// The unit's answers on the source once more, for the re-check of a read-only unit;
+    /// `None` for a unit with DML, whose first source answer stands (a dry-run on the source
+    /// would lock its rows).
+    async fn source_again(
+        &mut self,
+        job: &Job,
+        groups: &[&Group],
+        dml: bool,
+    ) -> Result<Option<Vec<Result<Answer, Failed>>>, String> {
+        if dml {
+            return Ok(None);
+        }
+        self.replay(Side::Source, job, groups, false)
+            .await
+            .map(Some)
+            .map_err(str::to_string)
     }
 }
 

@@ -355,7 +355,10 @@ pub(crate) fn mode_for(sql: &str) -> Option<Mode> {
                 let foreign_schema =
                     prev == Some(Tok::Punct(b'.')) && qualified_by.as_deref() != Some("pg_catalog");
                 let next_is = |c: u8| next.is_some_and(|(t, _)| *t == Tok::Punct(c));
-                let level = levels.last_mut().expect("at least one level");
+                // `levels` starts with the top level and `)` never pops it.
+                let Some(level) = levels.last_mut() else {
+                    continue;
+                };
                 match w.as_str() {
                     "order" if word(next).as_deref() == Some("by") => level.order = true,
                     "limit" | "offset" => level.limit = true,

@@ -115,16 +115,21 @@ impl Totals {
     /// The validation error rate, a fraction (not a percentage): `(mismatched +
     /// target_errors) / compared`, 0 when nothing was compared.
     pub fn error_rate(&self) -> f64 {
-        if self.compared == 0 {
-            0.0
-        } else {
-            (self.mismatched + self.target_errors) as f64 / self.compared as f64
-        }
+        error_rate(self.compared, self.mismatched, self.target_errors)
     }
 
     /// All skipped statements, whatever the reason.
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
+    }
+}
+
+/// `(mismatched + target_errors) / compared`, 0 when nothing was compared.
+fn error_rate(compared: u64, mismatched: u64, target_errors: u64) -> f64 {
+    if compared == 0 {
+        0.0
+    } else {
+        (mismatched + target_errors) as f64 / compared as f64
     }
 }
 
@@ -146,6 +151,13 @@ pub struct TableStats {
     pub source_errors: u64,
     /// Inconclusive, not in `compared`.
     pub inconclusive: u64,
+}
+
+impl TableStats {
+    /// The table's validation error rate, as [`Totals::error_rate`].
+    pub fn error_rate(&self) -> f64 {
+        error_rate(self.compared, self.mismatched, self.target_errors)
+    }
 }
 
 /// Counters of one statement fingerprint.

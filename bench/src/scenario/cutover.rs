@@ -75,15 +75,7 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         s.stack.pgshift.port
     ));
     s.start_writer().await?;
-    let load = Spec {
-        clients: o.clients,
-        threads: o.threads,
-        seconds: 5,
-        prepared: true,
-        select_only: false,
-        progress: None,
-        log_prefix: None,
-    };
+    let load = Spec::tpcb(o.clients, o.threads, 5);
     let sync = s
         .start_upgrade_under_load(&load, false, Duration::from_secs(o.sync_timeout))
         .await?;

@@ -87,15 +87,7 @@ pub async fn run(o: Opts) -> Result<Outcome> {
     let ticker = StatusTicker::start(&s.stack.pgshift).await?;
     s.start_writer().await?;
     say("a writer inserts unique ids through pgshift and remembers each acknowledged one");
-    let load = Spec {
-        clients: o.clients,
-        threads: o.threads,
-        seconds: 5,
-        prepared: true,
-        select_only: false,
-        progress: None,
-        log_prefix: None,
-    };
+    let load = Spec::tpcb(o.clients, o.threads, 5);
     say(format!(
         "load: pgbench -c {} -j {} -M prepared through pgshift (5 s runs during the copy)",
         o.clients, o.threads

@@ -300,15 +300,7 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         s.stack.pgshift.host,
         s.stack.pgshift.port
     ));
-    let load = Spec {
-        clients: o.clients,
-        threads: o.threads,
-        seconds: 5,
-        prepared: true,
-        select_only: false,
-        progress: None,
-        log_prefix: None,
-    };
+    let load = Spec::tpcb(o.clients, o.threads, 5);
     let sync = s
         .start_upgrade_under_load(&load, false, Duration::from_secs(o.sync_timeout))
         .await?;
