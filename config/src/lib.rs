@@ -570,6 +570,22 @@ pub enum Driver {
     /// Native logical replication (publication / subscription).
     #[default]
     Logical,
+    /// Proxy-side capture, for sources without logical decoding (older than 9.4, or
+    /// `wal_level` below `logical`): a snapshot-consistent parallel `COPY`
+    /// (`pg_export_snapshot`) started at the instant the proxy starts recording every
+    /// committed write transaction into an on-disk queue (`queue_dir`), which pgshift then
+    /// applies on the other side in the source's commit order, exactly once.
+    Mirror,
+}
+
+impl Driver {
+    /// The TOML name: `logical` or `mirror`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Logical => "logical",
+            Driver::Mirror => "mirror",
+        }
+    }
 }
 
 /// `[replication]`: how data moves between source and target.
@@ -588,6 +604,11 @@ pub struct ReplicationConfig {
     pub pg_dump: PathBuf,
     /// `psql` binary used to restore the schema. Default `psql`.
     pub psql: PathBuf,
+    /// `mirror` driver: parallel `COPY` jobs of the initial copy (1 to 64). Default 4.
+    pub copy_jobs: u32,
+    /// `mirror` driver: directory of the on-disk queue of captured write transactions
+    /// (segments of 64 MiB, removed once applied). Default `./data/mirror-queue`.
+    pub queue_dir: PathBuf,
 }
 
 impl Default for ReplicationConfig {
@@ -598,6 +619,8 @@ impl Default for ReplicationConfig {
             copy_schema: true,
             pg_dump: PathBuf::from("pg_dump"),
             psql: PathBuf::from("psql"),
+            copy_jobs: 4,
+            queue_dir: PathBuf::from("./data/mirror-queue"),
         }
     }
 }

@@ -196,6 +196,18 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
             ),
         );
     }
+    if !(1..=64).contains(&r.copy_jobs) {
+        f.add(
+            at("replication").key("copy_jobs"),
+            format!(
+                "{} is out of range: 1 to 64 parallel COPY jobs",
+                r.copy_jobs
+            ),
+        );
+    }
+    if r.queue_dir.as_os_str().is_empty() {
+        f.add(at("replication").key("queue_dir"), "must not be empty");
+    }
     if r.pg_dump.as_os_str().is_empty() {
         f.add(at("replication").key("pg_dump"), "must not be empty");
     }

@@ -154,6 +154,7 @@
 //! walsender whose `application_name` is the subscription (PostgreSQL docs, "pg_stat_replication";
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
+mod capture;
 mod plan;
 mod resync;
 mod watch;
@@ -417,6 +418,8 @@ pub struct Controller {
     lsn_client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
     /// The furthest forward position seen applied: (upgrade id, epoch, LSN).
     applied_seen: Mutex<(i64, i64, u64)>,
+    /// The proxy's capture, for the `mirror` driver ([`Controller::set_capture`]).
+    capture: OnceLock<Arc<dyn crate::Capture>>,
 }
 
 /// Records the row's upgrade id and phase on the controller's span.
@@ -491,6 +494,7 @@ impl Controller {
             resync_lock: Arc::new(tokio::sync::Mutex::new(())),
             lsn_client: tokio::sync::Mutex::new(None),
             applied_seen: Mutex::new((0, 0, 0)),
+            capture: OnceLock::new(),
         }))
     }
 
@@ -1081,7 +1085,8 @@ impl Controller {
 
     /// Runs the preflight checks now, without starting anything (for an admin `CHECK UPGRADE`).
     pub async fn preflight(&self) -> Preflight {
-        self.driver.preflight().await
+        let pf = self.driver.preflight().await;
+        self.driver_preflight(pf)
     }
 
     /// Waits until the plan is not running any more (done, waiting for INITIATE CUTOVER,
@@ -1301,6 +1306,9 @@ impl Controller {
     /// Moves traffic from `dir`'s publisher to its subscriber (forward: source → target =
     /// cutover; reverse: target → source = rollback after cutover). See the module docs.
     async fn switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
+        if self.mirror_driver() {
+            return self.switch_capture(dir, actor).await;
+        }
         let traffic = self.traffic()?;
         let d = &self.driver;
         let from = dir.publisher();
@@ -1703,6 +1711,22 @@ impl Controller {
     /// Post-swap steps of a switch of direction `dir` (the direction that ran before it):
     /// subscription of the other direction on the new slot, then drop the old subscription.
     async fn finish_switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
+        if self.mirror_driver() {
+            // The capture of the new direction started inside the switch: nothing after it.
+            let (phase, state) = match dir {
+                Direction::Forward => (Phase::CutOver, RUNNING),
+                Direction::Reverse => (Phase::RolledBack, DONE),
+            };
+            let msg = format!("{} capture running", dir.reverse().as_str());
+            self.save(actor, "phase", &msg, |r| {
+                r.phase = phase.as_str().into();
+                r.state = state.into();
+                r.last_error = None;
+                r.direction = dir.reverse().as_str().into();
+            })
+            .await?;
+            return Ok(msg);
+        }
         let d = &self.driver;
         let (kp, done_phase, done_state) = match dir {
             // After a cutover the plan goes on (health checks, DetachOld...).
@@ -1804,7 +1828,12 @@ impl Controller {
             let mut done = Vec::new();
             // A target pgshift provisions but has not made yet: only the source has objects.
             let target_absent = local.as_ref().is_some_and(|l| !l.made_by_pgshift());
-            let removed = if target_absent {
+            let removed = if self.mirror_driver() && !target_absent {
+                self.step(actor, "teardown", || async {
+                    self.teardown_capture().await.map(|v| ((), v.join("; ")))
+                })
+                .await
+            } else if target_absent {
                 self.step(actor, "teardown", || async {
                     d.teardown_source().await.map(|v| ((), v.join("; ")))
                 })
@@ -2025,6 +2054,11 @@ async fn collect(weak: Weak<Controller>) {
         let dir = Direction::parse(&this.row().direction);
         let lag = match dir {
             None => None,
+            // The mirror driver: bytes recorded and not applied yet.
+            Some(_) if this.capture.get().is_some() => this.capture_state().map(|st| Lag {
+                bytes: Some(i64::try_from(st.lag_bytes).unwrap_or(i64::MAX)),
+                seconds: None,
+            }),
             Some(d) => {
                 let side = d.publisher();
                 let i = match side {

@@ -174,3 +174,43 @@ pub mod provider;
 
 pub use controller::{ControlError, Controller, HealthReaction, StepKind, UpgradeStatus};
 pub use journal::HistoryEntry;
+
+/// Where the proxy's capture for the `mirror` replication driver stands
+/// ([`Capture::state`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureState {
+    /// Generation of the queue in use (0: none yet). Each initial copy starts a new one.
+    pub gen: u64,
+    /// The side whose committed write transactions are recorded (`None`: not capturing).
+    pub from: Option<Side>,
+    /// Whether the recorded transactions are being applied on the other side.
+    pub applying: bool,
+    /// Seq of the last transaction recorded in the queue (0: none).
+    pub captured: u64,
+    /// Seq of the last transaction applied on the other side (exactly once: kept in a table
+    /// on that side, in the same transaction as the applied one).
+    pub applied: u64,
+    /// Bytes recorded and not applied yet (queue positions).
+    pub lag_bytes: u64,
+    /// Why applying stopped (a transaction failed on the other side though it committed
+    /// on the capturing side, or transactions were in flight when pgshift stopped), if it did.
+    pub failed: Option<String>,
+}
+
+/// The proxy's capture of committed write transactions, for the `mirror` replication driver
+/// (`[replication] driver = "mirror"`; handed over with
+/// [`Controller::set_capture`](controller::Controller::set_capture)). The proxy records every
+/// transaction committed through it on the capturing side into an on-disk queue, and applies
+/// them on the other side in commit order. Errors are messages for the operator.
+pub trait Capture: Send + Sync {
+    /// Starts recording generation `gen` on side `from` (a new, empty queue). Called while
+    /// traffic is paused and drained, so that no transaction straddles the start.
+    fn start(&self, gen: u64, from: Side) -> Result<(), String>;
+    /// Starts applying generation `gen` on the other side (after its initial copy), from the
+    /// seq recorded there as applied.
+    fn apply(&self, gen: u64) -> Result<(), String>;
+    /// Stops recording and applying; `remove` deletes the queue's files too.
+    fn stop(&self, remove: bool);
+    /// Where capture and apply stand (from memory).
+    fn state(&self) -> CaptureState;
+}

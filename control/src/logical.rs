@@ -63,7 +63,9 @@ impl DriverError {
 type Result<T, E = DriverError> = std::result::Result<T, E>;
 
 mod resync;
+mod snapshot;
 pub use resync::ResyncPlan;
+pub use snapshot::{CopyReport, ExportedSnapshot};
 
 /// Formats a tokio-postgres error with the server's message, SQLSTATE, detail and hint, and
 /// classifies it (see [`DriverError::transient`]).

@@ -34,6 +34,8 @@ pub struct StackOptions {
     pub provision_target: bool,
     /// Environment variables for the pgshift process (e.g. `PGSHIFT_FAILPOINT`).
     pub env: Vec<(String, String)>,
+    /// Extra `postgresql.conf` settings of the source (e.g. `wal_level = replica`).
+    pub source_settings: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -45,6 +47,7 @@ impl Default for StackOptions {
             extra_config: String::new(),
             provision_target: false,
             env: Vec::new(),
+            source_settings: Vec::new(),
         }
     }
 }
@@ -60,7 +63,13 @@ impl Stack {
     /// Start both servers, create the application role and database on both (data only on the
     /// source), write a configuration and start pgshift.
     pub fn start(opts: StackOptions) -> Result<Stack> {
-        let source = PgServer::start(opts.source_major)?;
+        let source = PgServer::start_with(
+            opts.source_major,
+            crate::ServerOptions {
+                settings: opts.source_settings.clone(),
+                ..Default::default()
+            },
+        )?;
         let target = if opts.provision_target {
             PgServer::reserve(opts.target_major)?
         } else {
@@ -255,8 +264,26 @@ impl Stack {
 
 /// The pgshift configuration for a source/target pair. The upgrade stops before cutover
 /// (`approve_cutover = true`) so that tests and demo drive INITIATE CUTOVER themselves; pass
-/// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table).
+/// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table). A
+/// `[replication]` table in `extra` is merged into the generated one (its keys win).
 pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str) -> String {
+    // Keys of a `[replication]` table in `extra`: moved into the generated table.
+    let mut repl = String::new();
+    let mut rest = String::new();
+    let mut in_repl = false;
+    for line in extra.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_repl = t == "[replication]";
+            if in_repl {
+                continue;
+            }
+        }
+        let out = if in_repl { &mut repl } else { &mut rest };
+        out.push_str(line);
+        out.push('\n');
+    }
+    let extra = rest.as_str();
     let upgrade = if extra.lines().any(|l| l.trim() == "[upgrade]") {
         ""
     } else {
@@ -271,7 +298,7 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
     let psql = crate::client_bin("psql");
     let pg_dump = crate::client_bin("pg_dump");
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n{upgrade}{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n{upgrade}{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n{repl}\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
         server("source", source),
         server("target", target),
         pg_dump.display(),

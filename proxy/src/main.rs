@@ -2,6 +2,7 @@
 
 mod admin;
 mod backend;
+mod capture;
 mod http;
 mod logfmt;
 mod metrics;
@@ -336,7 +337,18 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             "mirroring with result validation is on (while replication keeps the target current)"
         );
     }
-    let proxy = server::Proxy::new(cfg.clone(), router.clone(), controller.clone(), mirror);
+    let capture = capture::Engine::start(cfg.clone())
+        .map_err(|e| anyhow::anyhow!("mirror replication driver: {e}"))?;
+    if let Some(c) = &capture {
+        controller.set_capture(c.clone());
+    }
+    let proxy = server::Proxy::new(
+        cfg.clone(),
+        router.clone(),
+        controller.clone(),
+        mirror,
+        capture,
+    );
     {
         // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
         let r = router.clone();

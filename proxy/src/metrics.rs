@@ -59,6 +59,10 @@ const MIRROR_QUEUED: &str = "pgshift_mirror_queued_total";
 const MIRROR_SHED: &str = "pgshift_mirror_shed_total";
 /// Units waiting in the mirror's queue now.
 const MIRROR_QUEUE_DEPTH: &str = "pgshift_mirror_queue_depth";
+const CAPTURE_RECORDED: &str = "pgshift_capture_recorded_seq";
+const CAPTURE_APPLIED: &str = "pgshift_capture_applied_seq";
+const CAPTURE_LAG: &str = "pgshift_capture_lag_bytes";
+const CAPTURE_FAILED: &str = "pgshift_capture_apply_failed";
 /// (mismatches + target-only errors) / compared statements.
 const VALIDATION_ERROR_RATE: &str = "pgshift_validation_error_rate";
 const TRAFFIC_WEIGHT: &str = "pgshift_traffic_weight_percent";
@@ -155,6 +159,22 @@ fn describe() {
     describe_gauge!(
         MIRROR_QUEUE_DEPTH,
         "Units of work waiting in the mirror's queue"
+    );
+    describe_gauge!(
+        CAPTURE_RECORDED,
+        "Mirror replication driver: seq of the last record in the capture queue"
+    );
+    describe_gauge!(
+        CAPTURE_APPLIED,
+        "Mirror replication driver: seq of the last transaction applied on the other side"
+    );
+    describe_gauge!(
+        CAPTURE_LAG,
+        "Mirror replication driver: bytes of the capture queue not applied yet"
+    );
+    describe_gauge!(
+        CAPTURE_FAILED,
+        "Mirror replication driver: 1 when applying stopped (SHOW UPGRADE STATUS says why)"
     );
     describe_counter!(
         MIRROR_SHED,
@@ -330,6 +350,16 @@ pub fn mirror_state(depth: usize, queued: u64, shed: u64, error_rate: f64) {
     counter!(MIRROR_QUEUED).absolute(queued);
     counter!(MIRROR_SHED).absolute(shed);
     gauge!(VALIDATION_ERROR_RATE).set(error_rate);
+}
+
+/// The mirror replication driver's capture queue and applier (set by the applier as it goes
+/// and when it stops).
+pub fn capture_state(e: &crate::capture::Engine) {
+    let st = control::Capture::state(e);
+    gauge!(CAPTURE_RECORDED).set(st.captured as f64);
+    gauge!(CAPTURE_APPLIED).set(st.applied as f64);
+    gauge!(CAPTURE_LAG).set(st.lag_bytes as f64);
+    gauge!(CAPTURE_FAILED).set(if st.failed.is_some() { 1.0 } else { 0.0 });
 }
 
 /// A shifted read-only unit failed on the other side before answering and runs again on the

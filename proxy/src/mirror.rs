@@ -122,6 +122,9 @@ pub struct Mirror {
     pub off: AtomicBool,
     /// Bytes of the units in the queue (bounded by [`QUEUE_BYTES`]).
     queued_bytes: std::sync::atomic::AtomicUsize,
+    /// `[replication] driver = "mirror"`: DML reaches the target through the capture's
+    /// applier; only reads are mirrored.
+    dml_applied: bool,
 }
 
 /// Most bytes of captured units waiting in the queue, whatever `queue_length` says: a queue
@@ -152,6 +155,7 @@ impl Mirror {
             lag_explained: AtomicU64::new(0),
             off: AtomicBool::new(false),
             queued_bytes: std::sync::atomic::AtomicUsize::new(0),
+            dml_applied: cfg.replication.driver == config::Driver::Mirror,
         });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -230,7 +234,13 @@ impl Mirror {
         if self.cfg.sample_rate < 1.0 && rand::random::<f64>() >= self.cfg.sample_rate {
             return false;
         }
-        match self.cfg.level {
+        // With the mirror replication driver, DML is applied (crate::capture), not dry-run.
+        let level = if self.dml_applied {
+            MirrorLevel::Reads
+        } else {
+            self.cfg.level
+        };
+        match level {
             MirrorLevel::Reads => read_only(),
             MirrorLevel::Dml | MirrorLevel::All => true,
         }

@@ -137,6 +137,13 @@ pub(crate) struct Relay<'p> {
     capture: Option<Capture>,
     /// `[mirror] max_answer_bytes`.
     mirror_max: usize,
+    /// The current unit's bytes for the `mirror` replication driver's capture, while it
+    /// records the serving side (see `crate::capture`).
+    wcap: Option<Capture>,
+    /// Its id once it may write (an `OPEN` record was written).
+    wcap_uid: Option<u64>,
+    /// Every statement of the unit so far is read-only: nothing to record.
+    wcap_ro: bool,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -220,8 +227,16 @@ pub(crate) async fn relay(
         lost_side: None,
         capture: None,
         mirror_max: usize::try_from(proxy.cfg.mirror.max_answer_bytes).unwrap_or(usize::MAX),
+        wcap: None,
+        wcap_uid: None,
+        wcap_ro: false,
     };
     let res = r.run().await;
+    // A unit cut short: the server rolls an open transaction back when its connection
+    // closes (a commit whose answer was lost is in doubt, as for the client).
+    if let (Some(uid), Some(e)) = (r.wcap_uid.take(), proxy.capture.as_deref()) {
+        e.close_unit(uid);
+    }
     if r.busy {
         proxy.router.leave();
     }
@@ -463,12 +478,29 @@ impl Relay<'_> {
                 if inspect && avail < total {
                     break;
                 }
+                let mut entered = false;
                 if !self.busy || self.backend.is_none() {
                     let body = inspect.then_some(fwd + 5..fwd + total);
                     if let Some(s) = self.boundary(tag, body) {
                         stop = Some(s);
                         break;
                     }
+                    entered = true;
+                }
+                // A unit that looked read-only at its start: a later statement may write.
+                if self.wcap_ro
+                    && !entered
+                    && matches!(tag, msg::QUERY | msg::PARSE | msg::BIND)
+                    && self.wcap.is_some()
+                    && !unit_read_only(
+                        tag,
+                        Some(&self.cbuf[fwd + 5..fwd + total]),
+                        &self.prepared,
+                        &mut self.read_only,
+                    )
+                {
+                    self.wcap_ro = false;
+                    self.wcap_uid = self.proxy.capture.as_deref().map(|e| e.open_unit());
                 }
                 match tag {
                     msg::QUERY => {
@@ -501,8 +533,11 @@ impl Relay<'_> {
                         self.unit_open = true;
                         // A statement prepared on the other connection: prepare it here first.
                         let name = bind_statement(&self.cbuf[fwd + 5..fwd + total]).unwrap_or("");
-                        if let Some(c) = self.capture.as_mut().filter(|_| !name.is_empty()) {
-                            if !c.used.iter().any(|u| u == name) {
+                        for c in [self.capture.as_mut(), self.wcap.as_mut()]
+                            .into_iter()
+                            .flatten()
+                        {
+                            if !name.is_empty() && !c.used.iter().any(|u| u == name) {
                                 c.used.push(name.to_string());
                             }
                         }
@@ -520,6 +555,9 @@ impl Relay<'_> {
                                     }
                                     if let Some(c) = self.capture.as_mut() {
                                         c.client_bytes(&part, self.mirror_max);
+                                    }
+                                    if let Some(c) = self.wcap.as_mut() {
+                                        c.client_bytes(&part, crate::capture::MAX_UNIT_BYTES);
                                     }
                                     out.extend_from_slice(&part);
                                     out.extend_from_slice(parse);
@@ -558,6 +596,9 @@ impl Relay<'_> {
                 }
                 if let Some(c) = self.capture.as_mut() {
                     c.client_bytes(&head, self.mirror_max);
+                }
+                if let Some(c) = self.wcap.as_mut() {
+                    c.client_bytes(&head, crate::capture::MAX_UNIT_BYTES);
                 }
                 self.to_server = match spliced {
                     Some(mut out) => {
@@ -608,11 +649,19 @@ impl Relay<'_> {
             }
             self.busy = true;
             self.capture = None;
+            if let Some(uid) = self.wcap_uid.take() {
+                if let Some(e) = self.proxy.capture.as_deref() {
+                    e.close_unit(uid);
+                }
+            }
+            self.wcap = None;
             self.unit_error = false;
             self.unit_started = Instant::now();
             self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
             let t = self.proxy.router.load();
             if t.epoch != self.epoch || t.side != self.side || self.backend.is_none() {
+                // The unit runs on the serving side once switched: record it there too.
+                self.start_write_capture(t.side, tag, body);
                 return Some(Stop::Switch);
             }
             // Weighted shift: a read-only unit may go to the other side.
@@ -627,6 +676,10 @@ impl Relay<'_> {
             let want = if shifted { t.side.other() } else { t.side };
             self.unit_answered = false;
             self.unit_raw = shifted.then(BytesMut::new);
+            // The mirror driver's capture: every unit on the serving side.
+            if !shifted {
+                self.start_write_capture(t.side, tag, body.clone());
+            }
             // Mirroring: a sample of the units that run on the serving side.
             if !shifted {
                 if let Some(m) = self.proxy.mirror.as_deref() {
@@ -643,6 +696,22 @@ impl Relay<'_> {
         }
         // Busy and no backend: it was lost while idle.
         Some(Stop::Switch)
+    }
+
+    /// A unit starts on the serving side `side`: while the mirror driver records that side,
+    /// keep its bytes (`OPEN` first unless its first statement is read-only).
+    fn start_write_capture(&mut self, side: Side, tag: u8, body: Option<std::ops::Range<usize>>) {
+        if let Some(e) = self.proxy.capture.as_deref().filter(|e| e.capturing(side)) {
+            let ro = unit_read_only(
+                tag,
+                body.map(|r| &self.cbuf[r]),
+                &self.prepared,
+                &mut self.read_only,
+            );
+            self.wcap = Some(Capture::default());
+            self.wcap_ro = ro;
+            self.wcap_uid = (!ro).then(|| e.open_unit());
+        }
     }
 
     /// Open a connection to `side` carrying this session's state: startup parameters, SETs,
@@ -1014,6 +1083,14 @@ impl Relay<'_> {
             None if fwd > 0 => self.to_client = head.freeze(),
             None => {}
         }
+        if let Some(c) = self.wcap.as_mut() {
+            if fwd > 0 || !self.to_client.is_empty() {
+                c.server_bytes(&self.to_client, crate::capture::MAX_UNIT_BYTES);
+            }
+            if c.done {
+                self.record_unit();
+            }
+        }
         if let Some(c) = self.capture.as_mut() {
             if fwd > 0 || !self.to_client.is_empty() {
                 c.server_bytes(&self.to_client, self.mirror_max);
@@ -1023,6 +1100,34 @@ impl Relay<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The captured unit ended (its final ReadyForQuery is about to be forwarded): record it
+    /// for the mirror driver, before the client can see it committed.
+    fn record_unit(&mut self) {
+        let Some(cap) = self.wcap.take() else { return };
+        let uid = self.wcap_uid.take();
+        let (Some(uid), Some(e)) = (uid, self.proxy.capture.as_deref()) else {
+            return;
+        };
+        if cap.too_big {
+            e.lost(uid, cap.client.len() + cap.server.len());
+            return;
+        }
+        let statements = cap
+            .used
+            .iter()
+            .filter_map(|n| self.prepared.get(n).map(|f| (n.clone(), f.to_vec())))
+            .collect();
+        e.record(&crate::capture::Unit {
+            uid,
+            user: self.user.cfg.server_user().to_string(),
+            params: self.params.clone(),
+            sets: self.sets.iter().map(|(_, stmt)| stmt.clone()).collect(),
+            statements,
+            client: cap.client.to_vec(),
+            server: cap.server.to_vec(),
+        });
     }
 
     /// The captured unit ended: hand it to the mirror (without waiting).
@@ -1091,6 +1196,9 @@ impl Relay<'_> {
     fn unit_done(&mut self) {
         self.unit_raw = None;
         if let Some(c) = self.capture.as_mut() {
+            c.done = true;
+        }
+        if let Some(c) = self.wcap.as_mut() {
             c.done = true;
         }
         let mut state_changed = false;

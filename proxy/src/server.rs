@@ -72,6 +72,8 @@ pub struct Proxy {
     next_pid: AtomicI32,
     /// Mirroring with result validation (`[mirror] enabled`).
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
+    /// The `mirror` replication driver's capture (`[replication] driver = "mirror"`).
+    pub capture: Option<Arc<crate::capture::Engine>>,
 }
 
 impl Proxy {
@@ -80,6 +82,7 @@ impl Proxy {
         router: Arc<Router>,
         controller: Arc<Controller>,
         mirror: Option<Arc<crate::mirror::Mirror>>,
+        capture: Option<Arc<crate::capture::Engine>>,
     ) -> Arc<Proxy> {
         let users = cfg
             .users
@@ -111,6 +114,7 @@ impl Proxy {
             sessions: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
             mirror,
+            capture,
         })
     }
 

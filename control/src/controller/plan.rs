@@ -462,7 +462,11 @@ impl Controller {
                 self.record(
                     actor,
                     step,
-                    "logical driver: nothing to configure (validate_input checked wal_level, slots, WAL senders and workers; a provisioned target was made with wal_level = logical)",
+                    if self.mirror_driver() {
+                        "mirror driver: nothing to configure (no logical decoding; pgshift records and applies the writes itself)"
+                    } else {
+                        "logical driver: nothing to configure (validate_input checked wal_level, slots, WAL senders and workers; a provisioned target was made with wal_level = logical)"
+                    },
                 )
                 .await?
             }
@@ -500,6 +504,9 @@ impl Controller {
                 }
                 let total = self
                     .run_step(actor, cancel, step, true, || async {
+                        if self.mirror_driver() {
+                            return self.wait_capture_sync().await.map_err(StepFailure::from);
+                        }
                         self.wait_sync(actor).await.map_err(StepFailure::from)
                     })
                     .await?;
@@ -662,7 +669,11 @@ impl Controller {
                 self.enter(cancel, actor, Phase::Detaching, "detaching the source: removing replication in both directions")
                     .await?;
                 self.run_step(actor, cancel, step, true, || async {
-                    let v = d.teardown().await?;
+                    let v = if self.mirror_driver() {
+                        self.teardown_capture().await?
+                    } else {
+                        d.teardown().await?
+                    };
                     Ok(((), v.join("; ")))
                 })
                 .await?;
@@ -1047,7 +1058,7 @@ impl Controller {
     pub(super) async fn validate(&self) -> (Vec<String>, Vec<String>) {
         let cfg = &self.cfg;
         let local = Local::target(cfg);
-        let pf = self.driver.preflight_scope(local.is_none()).await;
+        let pf = self.driver_preflight(self.driver.preflight_scope(local.is_none()).await);
         let mut failures = pf.failures;
         let mut notes = pf.notes;
         if let Some(l) = &local {
@@ -1094,7 +1105,7 @@ impl Controller {
         if Local::target(&self.cfg).is_some() {
             let notes = self
                 .step(actor, "preflight", || async {
-                    let p = d.preflight().await;
+                    let p = self.driver_preflight(d.preflight().await);
                     if p.failures.is_empty() {
                         Ok((p.notes.clone(), format!("passed: {}", p.notes.join("; "))))
                     } else {
@@ -1154,6 +1165,15 @@ impl Controller {
             if r.is_none() {
                 return Err(StepFailure::stopped());
             }
+        }
+        if self.mirror_driver() {
+            let m = self
+                .step(actor, "capture", || async {
+                    self.init_capture(actor).await.map(|m| (m.clone(), m))
+                })
+                .await?;
+            done.push(m);
+            return Ok(((), done.join("; ")));
         }
         self.step(actor, "publication", || async {
             let created = d

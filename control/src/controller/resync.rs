@@ -354,6 +354,10 @@ impl Controller {
     /// One query on a source connection the controller keeps between calls (no new
     /// connection per call). Errors: the source cannot be reached or refuses the query.
     pub async fn source_current_lsn(&self) -> Result<u64, ControlError> {
+        // The mirror driver's position: the seq of the last recorded transaction.
+        if let Some(st) = self.capture_state() {
+            return Ok(st.captured);
+        }
         let c = self.lsn_client().await?;
         match c
             .query_one("SELECT pg_catalog.pg_current_wal_insert_lsn()", &[])
@@ -397,6 +401,30 @@ impl Controller {
         lsn: u64,
         timeout: Duration,
     ) -> Result<bool, ControlError> {
+        if let Some(cap) = self.capture.get() {
+            // The mirror driver: wait until that seq is applied.
+            let deadline = Instant::now() + timeout;
+            loop {
+                let st = cap.state();
+                if let Some(f) = st.failed {
+                    return Err(ControlError(format!(
+                        "applying the captured transactions stopped: {f}"
+                    )));
+                }
+                if st.from != Some(Side::Source) {
+                    return Err(ControlError(
+                        "the target does not apply the source's changes now".into(),
+                    ));
+                }
+                if st.applied >= lsn {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         let row = self.row();
         let phase = Phase::parse(&row.phase);
         if Direction::parse(&row.direction) != Some(Direction::Forward)

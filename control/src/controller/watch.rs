@@ -101,7 +101,12 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
             Mode::Shift => Direction::Forward,
             Mode::AfterCutover => Direction::Reverse,
         };
-        let probe = prober.tick(&this.driver, dir, interval).await;
+        let mut probe = prober.tick(&this.driver, dir, interval).await;
+        if let Some(st) = this.capture_state() {
+            // The mirror driver: no subscription; pgshift's own applier is the worker.
+            probe.worker_running = Some(st.applying && st.failed.is_none());
+            probe.apply_errors = None;
+        }
         let now = Instant::now();
         match probe.worker_running {
             Some(false) => {

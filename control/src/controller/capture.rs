@@ -1,0 +1,409 @@
+//! The plan's steps with the `mirror` replication driver (`[replication] driver = "mirror"`,
+//! for sources without logical decoding). The proxy records committed write transactions
+//! and applies them on the other side ([`Capture`]); the controller starts it at the
+//! instant of a consistent snapshot, makes the initial copy, and switches its direction at
+//! cutover and rollback:
+//!
+//! * **InitReplication**: the schema copy (as with `logical`), then a pause: traffic held,
+//!   open transactions drained (at most `drain_timeout_ms`), a snapshot exported on the
+//!   source (`pg_export_snapshot`; PostgreSQL docs 9.27.5 "Snapshot Synchronization
+//!   Functions"), sequences set on the target, capture started; traffic resumes. Every
+//!   write committed after the snapshot is in the queue, every one before it is in the
+//!   snapshot. Then the parallel `COPY` of every table as of the snapshot, then applying
+//!   starts. The pause is journaled with its length in ms.
+//! * **WaitForSync**: applying catches up with what was recorded when it started.
+//! * **Cutover / rollback after cutover**: before the pause, applying catches up; in the
+//!   pause (drain), it applies everything recorded; sequences are copied; the swap is
+//!   journaled; capture starts on the new serving side, applying on the old one (the way
+//!   back); traffic goes over.
+//! * **DetachOld / rollback before cutover**: capture stops, its queue files and the
+//!   `<prefix>_mirror` schema (the applied positions) are removed.
+
+use super::{lock, now_rfc3339, ControlError, Controller, Laps, Phase, DONE, RUNNING};
+use crate::journal::{Durability, StepStatus};
+use crate::logical::{quote_ident, Direction, DriverError, Preflight};
+use crate::{Capture, CaptureState, Side};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Preflight failures that only native logical replication has (`wal_level`, slots, WAL
+/// senders, apply workers, replica identity): the `mirror` driver needs none of them.
+fn logical_only(failure: &str) -> bool {
+    [
+        "wal_level",
+        "max_replication_slots",
+        "max_wal_senders",
+        "max_logical_replication_workers",
+        "max_sync_workers",
+        "REPLICA IDENTITY",
+    ]
+    .iter()
+    .any(|k| failure.contains(k))
+}
+
+/// A new capture generation: milliseconds since the epoch (unique and increasing).
+fn new_gen() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
+impl Controller {
+    /// Hands the controller the proxy's capture for the `mirror` driver (see [`Capture`]).
+    /// Called once, before the plan runs.
+    pub fn set_capture(&self, capture: Arc<dyn Capture>) {
+        if self.capture.set(capture).is_err() {
+            tracing::warn!("Controller::set_capture called twice; the first stays");
+        }
+    }
+
+    /// Whether `[replication] driver = "mirror"`.
+    pub fn mirror_driver(&self) -> bool {
+        self.cfg.replication.driver == config::Driver::Mirror
+    }
+
+    /// Where the mirror driver's capture stands (`None` with another driver).
+    pub fn capture_state(&self) -> Option<CaptureState> {
+        self.capture.get().map(|c| c.state())
+    }
+
+    fn capture_handle(&self) -> Result<Arc<dyn Capture>, DriverError> {
+        self.capture.get().cloned().ok_or_else(|| {
+            DriverError::new(
+                "[replication] driver = \"mirror\" needs the proxy's capture, which is not running",
+            )
+        })
+    }
+
+    /// Drops the preflight failures that only the `logical` driver has.
+    pub(super) fn driver_preflight(&self, mut pf: Preflight) -> Preflight {
+        if self.mirror_driver() {
+            let n = pf.failures.len();
+            pf.failures.retain(|f| !logical_only(f));
+            pf.notes.push(format!(
+                "mirror driver: no logical decoding needed ({} logical-replication requirement(s) not applied)",
+                n - pf.failures.len()
+            ));
+        }
+        pf
+    }
+
+    /// InitReplication with the `mirror` driver, after the schema copy (see the module docs).
+    pub(super) async fn init_capture(&self, actor: &str) -> Result<String, DriverError> {
+        let cap = self.capture_handle()?;
+        let traffic = self.traffic().map_err(|e| DriverError::new(e.0))?;
+        let d = &self.driver;
+        let src = d.connect(Side::Source).await?;
+        let tgt = d.connect(Side::Target).await?;
+        let gen = new_gen();
+        let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
+        let paused_at = Instant::now();
+        traffic.pause();
+        let held: Result<_, DriverError> = async {
+            loop {
+                let busy = traffic.busy_sessions();
+                if busy == 0 {
+                    break;
+                }
+                if paused_at.elapsed() >= drain_timeout {
+                    return Err(DriverError::temporary(format!(
+                        "drain deadline passed: {busy} sessions still in a transaction; the capture did not start (tried again)"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let snap = d.export_snapshot().await?;
+            let seqs = d
+                .sync_sequences(&src, Side::Source, &tgt, Side::Target)
+                .await?;
+            cap.start(gen, Side::Source).map_err(DriverError::new)?;
+            Ok((snap, seqs))
+        }
+        .await;
+        traffic.resume();
+        let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
+        let (snap, seqs) = held?;
+        let msg = format!(
+            "capture of committed writes started (generation {gen}) at snapshot {}: pause {pause_ms:.1} ms; {seqs} sequences set on the target",
+            snap.id
+        );
+        tracing::info!("{msg}");
+        let _ = self.journal.event(actor, "info", &msg).await;
+        let jobs = self.cfg.replication.copy_jobs.max(1) as usize;
+        let exclude = vec![format!("{}_mirror", self.cfg.replication.object_prefix)];
+        let copied = match d.copy_snapshot(&snap.id, jobs, &exclude).await {
+            Ok(r) => r,
+            Err(e) => {
+                cap.stop(true);
+                return Err(e);
+            }
+        };
+        let _ = snap.release().await;
+        cap.apply(gen).map_err(DriverError::new)?;
+        Ok(format!(
+            "{msg}; initial copy: {} tables, {} rows, {} bytes in {} ms with {jobs} jobs; applying the recorded transactions",
+            copied.tables, copied.rows, copied.bytes, copied.ms
+        ))
+    }
+
+    /// WaitForSync with the `mirror` driver: applying reaches what was recorded when the
+    /// step started. Returns (applied seq, message).
+    pub(super) async fn wait_capture_sync(&self) -> Result<(u64, String), DriverError> {
+        let cap = self.capture_handle()?;
+        let goal = cap.state().captured;
+        let started = Instant::now();
+        loop {
+            let st = cap.state();
+            if let Some(f) = st.failed {
+                return Err(DriverError::new(format!(
+                    "applying the captured transactions stopped: {f}"
+                )));
+            }
+            if st.from.is_none() {
+                return Err(DriverError::new(
+                    "the capture of committed writes does not run (restart the upgrade: ROLLBACK UPGRADE, START UPGRADE)",
+                ));
+            }
+            if st.applied >= goal {
+                return Ok((
+                    st.applied,
+                    format!(
+                        "applied the {goal} transactions recorded since the snapshot in {} ms",
+                        started.elapsed().as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until applying reaches seq `x`, at most `timeout`. Errors: applying stopped, or
+    /// the deadline (with where it stands).
+    async fn capture_reach(
+        &self,
+        cap: &Arc<dyn Capture>,
+        x: u64,
+        timeout: Duration,
+    ) -> Result<u128, String> {
+        let started = Instant::now();
+        loop {
+            let st = cap.state();
+            if let Some(f) = st.failed {
+                return Err(format!("applying the captured transactions stopped: {f}"));
+            }
+            if st.applied >= x {
+                return Ok(started.elapsed().as_millis());
+            }
+            if started.elapsed() >= timeout {
+                return Err(format!(
+                    "the captured transactions were not applied within {} ms (applied up to seq {}, recorded {x}, {} bytes behind)",
+                    timeout.as_millis(),
+                    st.applied,
+                    st.lag_bytes
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Cutover (`Forward`) or rollback after cutover (`Reverse`) with the `mirror` driver
+    /// (see the module docs).
+    pub(super) async fn switch_capture(
+        &self,
+        dir: Direction,
+        actor: &str,
+    ) -> Result<String, ControlError> {
+        let traffic = self.traffic()?;
+        let cap = self.capture_handle()?;
+        let d = &self.driver;
+        let from = dir.publisher();
+        let to = dir.subscriber();
+        let (kp, what, busy_phase, done_phase, done_state) = match dir {
+            Direction::Forward => (
+                "cutover",
+                "cutover",
+                Phase::CuttingOver,
+                Phase::CutOver,
+                RUNNING,
+            ),
+            Direction::Reverse => (
+                "switchback",
+                "rollback",
+                Phase::RollingBack,
+                Phase::RolledBack,
+                DONE,
+            ),
+        };
+        let key = |k: &str| format!("{kp}.{k}");
+        let prev = self.row();
+        let prev_phase = Phase::parse(&prev.phase);
+        let id = prev.id;
+        let st = cap.state();
+        if let Some(f) = &st.failed {
+            return Err(ControlError(format!(
+                "{what} refused: applying the captured transactions stopped: {f}; traffic stays on the {}",
+                from.as_str()
+            )));
+        }
+        if st.from != Some(from) || !st.applying {
+            return Err(ControlError(format!(
+                "{what} refused: the capture of committed writes does not run on the {} with applying on the {}; traffic stays on the {}",
+                from.as_str(),
+                to.as_str(),
+                from.as_str()
+            )));
+        }
+        let pub_c = d.connect(from).await?;
+        let sub_c = d.connect(to).await?;
+        self.set_phase(
+            actor,
+            busy_phase,
+            RUNNING,
+            &format!(
+                "{what} started: traffic {} → {}",
+                from.as_str(),
+                to.as_str()
+            ),
+        )
+        .await?;
+        let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
+        let catchup_timeout = Duration::from_millis(self.cfg.upgrade.catchup_timeout_ms);
+        let fail = |msg: String| async move {
+            let msg = format!(
+                "{msg}; {what} abandoned, traffic stays on the {}",
+                from.as_str()
+            );
+            self.fail(actor, Some(prev_phase), &msg).await;
+            ControlError(msg)
+        };
+        // Before the pause: catch up with what is recorded now.
+        if let Err(m) = self
+            .capture_reach(&cap, cap.state().captured, catchup_timeout)
+            .await
+        {
+            return Err(fail(m).await);
+        }
+        let new_epoch = i64::try_from(traffic.route().epoch)
+            .unwrap_or(0)
+            .max(prev.epoch)
+            + 1;
+        let mut laps = Laps::default();
+        let paused_at = Instant::now();
+        laps.start(paused_at);
+        traffic.pause();
+        let held: Result<(), String> = async {
+            loop {
+                let busy = traffic.busy_sessions();
+                if busy == 0 {
+                    break;
+                }
+                if paused_at.elapsed() >= drain_timeout {
+                    return Err(format!(
+                        "drain deadline passed: {busy} sessions still in a transaction"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            laps.lap("drain");
+            let x = cap.state().captured;
+            self.capture_reach(&cap, x, catchup_timeout).await?;
+            laps.lap("catch-up");
+            d.sync_sequences(&pub_c, from, &sub_c, to)
+                .await
+                .map_err(|e| e.message)?;
+            laps.lap("sequences");
+            let _w = self.row_write.lock().await;
+            let mut row = self.row();
+            row.serving_side = to.as_str().into();
+            row.epoch = new_epoch;
+            row.direction = dir.reverse().as_str().into();
+            row.weight = 0;
+            row.updated_at = now_rfc3339();
+            self.journal
+                .transitions(
+                    id,
+                    vec![(
+                        key("swap"),
+                        StepStatus::Started,
+                        Some(format!(
+                            "to {}, epoch {new_epoch}; applied seq {x}",
+                            to.as_str()
+                        )),
+                    )],
+                    Some(row.clone()),
+                    actor,
+                    Durability::Full,
+                )
+                .await
+                .map_err(|e| format!("journal: {e}"))?;
+            lock(&self.inner).row = row;
+            laps.lap("journal");
+            // The way back: record the new serving side, apply on the old one.
+            let gen = new_gen();
+            cap.start(gen, to)?;
+            cap.apply(gen)?;
+            laps.lap("capture");
+            Ok(())
+        }
+        .await;
+        if let Err(m) = held {
+            traffic.resume();
+            return Err(fail(m).await);
+        }
+        if traffic.weight() != 0 {
+            traffic.set_weight(0);
+        }
+        traffic.switch_to(to, u64::try_from(new_epoch).unwrap_or(1));
+        lock(&self.inner).swapped_at = Some(Instant::now());
+        let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
+        let msg = format!(
+            "{what} done: traffic on the {} at epoch {new_epoch}; pause {pause_ms:.1} ms ({}); committed writes on the {} are recorded and applied on the {}",
+            to.as_str(),
+            laps.summary(),
+            to.as_str(),
+            from.as_str()
+        );
+        tracing::info!("{msg}");
+        let _ = self
+            .journal
+            .step(id, &key("swap"), StepStatus::Done, Some(msg.clone()), actor)
+            .await;
+        let _ = self.journal.event(actor, "swap", &msg).await;
+        self.save(actor, "phase", &msg, |r| {
+            r.phase = done_phase.as_str().into();
+            r.state = done_state.into();
+            r.last_error = None;
+            r.direction = dir.reverse().as_str().into();
+        })
+        .await?;
+        Ok(msg)
+    }
+
+    /// DetachOld and rollback before cutover with the `mirror` driver: capture stops, its
+    /// queue and the `<prefix>_mirror` schema on both servers go. Returns what was done.
+    pub(super) async fn teardown_capture(&self) -> Result<Vec<String>, DriverError> {
+        let mut done = Vec::new();
+        if let Ok(cap) = self.capture_handle() {
+            cap.stop(true);
+            done.push("capture stopped, its queue removed".to_string());
+        }
+        let schema = format!("{}_mirror", self.cfg.replication.object_prefix);
+        for side in [Side::Source, Side::Target] {
+            let c = self.driver.connect(side).await?;
+            c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(&schema)
+            ))
+            .await
+            .map_err(|e| {
+                crate::logical::pg_error(
+                    &format!("{}: dropping schema {schema}", self.driver.label(side)),
+                    &e,
+                )
+            })?;
+        }
+        done.push(format!("schema {schema} dropped on both servers"));
+        Ok(done)
+    }
+}

@@ -1,0 +1,241 @@
+//! The `mirror` replication driver (issue 4, "done when"): a PostgreSQL 13 source WITHOUT
+//! logical decoding (`wal_level = replica`) carried to a 17 by pgshift itself, under pgbench
+//! TPC-B (prepared and simple protocol) and a writer of acknowledged ids: snapshot-consistent
+//! parallel COPY started with the capture, committed transactions applied in commit order,
+//! reads validated with 0 mismatches, cutover, writes on the 17 applied back to the 13, and a
+//! rollback after cutover that loses nothing.
+
+use integration::load::{missing_ids, Writer};
+use integration::stack::field as get;
+use integration::{PgServer, Stack, StackOptions};
+use std::time::{Duration, Instant};
+
+/// md5 of a table's rows in key order (the same on both servers when their data is equal).
+fn digest(s: &PgServer, table: &str, key: &str) -> String {
+    s.psql(
+        "app",
+        &format!(
+            "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY {key}), '')) FROM {table} t"
+        ),
+    )
+    .unwrap()
+}
+
+fn tables_equal(a: &PgServer, b: &PgServer) -> Vec<String> {
+    let mut differ = Vec::new();
+    for (t, k) in [
+        ("pgbench_accounts", "aid"),
+        ("pgbench_branches", "bid"),
+        ("pgbench_tellers", "tid"),
+        // mtime is CURRENT_TIMESTAMP: another value where the statement is applied again.
+        (
+            "(SELECT tid, bid, aid, delta FROM pgbench_history)",
+            "tid, bid, aid, delta",
+        ),
+        ("(SELECT id FROM acked) ", "id"),
+    ] {
+        if digest(a, t, k) != digest(b, t, k) {
+            differ.push(t.to_string());
+        }
+    }
+    differ
+}
+
+async fn validation_totals(stack: &Stack) -> std::collections::HashMap<String, Option<String>> {
+    stack
+        .admin("SHOW UPGRADE VALIDATION")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| get(r, "table") == "*")
+        .expect("totals row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_13_without_logical_decoding_to_17_under_pgbench() {
+    let t0 = Instant::now();
+    let stack = Stack::start(StackOptions {
+        pgbench_scale: 5,
+        source_settings: vec![("wal_level".into(), "replica".into())],
+        extra_config: "[replication]\ndriver = \"mirror\"\ncopy_jobs = 3\n\n\
+                       [upgrade]\napprove_cutover = true\nshift = []\nshift_hold_ms = 90000\n\
+                       drain_timeout_ms = 5000\ncatchup_timeout_ms = 20000\npoll_interval_ms = 200\n\n\
+                       [health]\ninterval_ms = 250\nwindow_ms = 3000\nmin_transactions = 20\nmax_p99_ratio = 50.0\n\n\
+                       [mirror]\nenabled = true\nlevel = \"reads\"\nsample_rate = 1.0\nrecheck_timeout_ms = 8000\n\n\
+                       [validation]\nmin_duration_ms = 0\n"
+            .into(),
+        ..Default::default()
+    })
+    .expect("stack");
+    let (src, tgt) = (&stack.source, &stack.target);
+    stack.prepare_source().unwrap();
+    assert_eq!(src.psql("app", "SHOW wal_level").unwrap(), "replica");
+
+    // Rate-limited: the applier runs one transaction at a time (about 1,600 per second on
+    // the 2-core test machine); unlimited pgbench outruns it and the cutover is (rightly)
+    // refused for lag.
+    let tpcb = stack.pgbench_loop(&[
+        "-n", "-c", "3", "-j", "1", "-T", "6", "-R", "150", "-M", "prepared",
+    ]);
+    let simple = stack.pgbench_loop(&[
+        "-n", "-c", "2", "-j", "1", "-T", "6", "-R", "100", "-M", "simple",
+    ]);
+    let reads = stack.pgbench_loop(&[
+        "-n", "-S", "-c", "2", "-j", "1", "-T", "6", "-M", "prepared",
+    ]);
+    let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    // The plan runs to the approval of the cutover.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let s = stack.status().await.unwrap();
+        let (phase, state) = (get(&s, "phase"), get(&s, "state"));
+        assert!(
+            !matches!(state.as_str(), "error" | "paused" | "alert"),
+            "plan stopped: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 200)
+        );
+        if state == "waiting" {
+            eprintln!(
+                "[{:>6.1?}] waiting for INITIATE CUTOVER: {s:?}",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not at the cutover in time: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 200)
+        );
+        let _ = phase;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Some more load while validation compares reads.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = validation_totals(&stack).await;
+    eprintln!("validation before cutover: {v:?}");
+    assert!(
+        get(&v, "compared").parse::<u64>().unwrap_or(0) > 10,
+        "reads were compared: {v:?}"
+    );
+    assert_eq!(
+        get(&v, "mismatched"),
+        "0",
+        "{v:?}\n{:?}",
+        stack.admin("SHOW UPGRADE ERRORS").await
+    );
+    assert_eq!(get(&v, "target_errors"), "0", "{v:?}");
+
+    let r = stack.admin("INITIATE CUTOVER").await;
+    assert!(
+        r.is_ok(),
+        "cutover: {r:?}\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 200)
+    );
+    eprintln!("[{:>6.1?}] cutover: {r:?}", t0.elapsed());
+    let s = stack.status().await.unwrap();
+    assert_eq!(get(&s, "target_weight"), "100", "{s:?}");
+    // Load on the 17; its writes are recorded and applied back to the 13.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let written = writer.stop().await;
+    let (tpcb, simple, reads) =
+        tokio::task::spawn_blocking(move || (tpcb.stop(), simple.stop(), reads.stop()))
+            .await
+            .unwrap();
+    eprintln!(
+        "tpcb {tpcb:?}\nsimple {simple:?}\nreads {reads:?}\nwriter: {} acked, errors {:?}",
+        written.acked.len(),
+        written.errors
+    );
+    for (name, l) in [
+        ("TPC-B prepared", &tpcb),
+        ("TPC-B simple", &simple),
+        ("select-only", &reads),
+    ] {
+        assert!(l.transactions > 0, "{name}: {l:?}");
+        assert_eq!((l.failed, l.errors.len()), (0, 0), "{name}: {l:?}");
+    }
+    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
+    assert!(written.acked.len() > 100, "{} writes", written.acked.len());
+    let lost = missing_ids(tgt, "app", "acked", &written.acked).unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes not on the 17: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+
+    // The way back is current: the 13 equals the 17 once the reverse queue is applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let differ = tables_equal(src, tgt);
+        if differ.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "source and target differ in {differ:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 200)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // pgbench's invariant holds on both.
+    for s in [src, tgt] {
+        assert_eq!(
+            s.psql(
+                "app",
+                "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)"
+            )
+            .unwrap(),
+            "t"
+        );
+    }
+    // No logical replication anywhere.
+    assert_eq!(
+        src.psql("app", "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)")
+            .unwrap(),
+        "0"
+    );
+    assert_eq!(
+        tgt.psql("app", "SELECT count(*) FROM pg_subscription")
+            .unwrap(),
+        "0"
+    );
+
+    // Rollback after cutover: traffic back on the 13, nothing written on the 17 lost.
+    let r = stack.admin("ROLLBACK UPGRADE").await;
+    assert!(
+        r.is_ok(),
+        "rollback: {r:?}\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 200)
+    );
+    let s = stack.status().await.unwrap();
+    assert_eq!(get(&s, "source_weight"), "100", "{s:?}");
+    let lost = missing_ids(src, "app", "acked", &written.acked).unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes not on the 13 after rollback",
+        lost.len()
+    );
+    let c = stack.app_client().await.unwrap();
+    let v: i32 = c
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 13);
+    let history = stack.history_lines().await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("capture of committed writes started")),
+        "{}",
+        history.join("\n")
+    );
+    eprintln!("done in {:.1?}", t0.elapsed());
+}

@@ -1,0 +1,564 @@
+//! The applier of the `mirror` replication driver: reads the capture queue in order and
+//! runs each committed unit on the other side, exactly once (see the [module
+//! docs](super)).
+
+use super::{queue, Engine, Unit, CLOSE, LOST, OPEN, RESTART, UNIT};
+use crate::backend;
+use bytes::BytesMut;
+use control::Side;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use validator::answer::{Answer, Outcome};
+use wire::frame::header;
+use wire::msg;
+
+/// Why applying stopped.
+enum Halt {
+    /// The data would diverge, or the queue cannot be trusted: stays stopped.
+    Fatal(String),
+    /// The other side cannot be reached or the connection broke: tried again in 1 s.
+    Retry(String),
+}
+
+/// Runs the applier for the generation in `e.apply_gen` until it changes to another or 0.
+pub(super) async fn run(e: Arc<Engine>) {
+    loop {
+        let gen = e.apply_gen.load(Ordering::SeqCst);
+        if gen == 0 {
+            return;
+        }
+        match apply_gen(&e, gen).await {
+            Ok(()) => {}
+            Err(Halt::Retry(m)) => {
+                tracing::warn!(gen, "applying captured transactions: {m}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(Halt::Fatal(m)) => {
+                tracing::error!(gen, "applying captured transactions stopped: {m}");
+                super::lock(&e.failed).get_or_insert(m);
+                crate::metrics::capture_state(&e);
+                while e.apply_gen.load(Ordering::SeqCst) == gen {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if super::lock(&e.failed).is_some() {
+                    // A new generation starts clean (Capture::start clears it).
+                }
+            }
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Named statements prepared on this connection: name → Parse frame.
+    prepared: HashMap<String, Vec<u8>>,
+}
+
+impl Conn {
+    async fn send(&mut self, b: &[u8]) -> Result<(), Halt> {
+        self.stream
+            .write_all(b)
+            .await
+            .map_err(|e| Halt::Retry(format!("connection lost: {e}")))
+    }
+
+    async fn read(&mut self) -> Result<(u8, BytesMut), Halt> {
+        backend::read_frame(&mut self.stream, &mut self.buf, "apply")
+            .await
+            .map_err(|e| Halt::Retry(format!("connection lost: {e}")))
+    }
+
+    /// Runs `sql` (simple query); returns the first column of each row, or the error.
+    async fn query(&mut self, sql: &str) -> Result<Result<Vec<Option<String>>, String>, Halt> {
+        let mut b = BytesMut::new();
+        msg::query(&mut b, sql);
+        self.send(&b).await?;
+        let mut rows = Vec::new();
+        let mut err = None;
+        loop {
+            let (tag, body) = self.read().await?;
+            match tag {
+                b'D' => {
+                    let mut v = &body[..];
+                    if v.len() >= 6 {
+                        v = &v[2..];
+                        let n = i32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                        v = &v[4..];
+                        rows.push(if n < 0 {
+                            None
+                        } else {
+                            Some(
+                                String::from_utf8_lossy(&v[..(n as usize).min(v.len())])
+                                    .into_owned(),
+                            )
+                        });
+                    }
+                }
+                msg::ERROR_RESPONSE => {
+                    err.get_or_insert(msg::parse_error(&body).unwrap_or_default().to_string());
+                }
+                msg::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        Ok(match err {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        })
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The table on the applying side that holds, per generation, the seq of the last applied
+/// unit and the seq from which the queue must be read again after a restart (`low`: the
+/// oldest `OPEN` record of a unit not finished yet).
+pub fn state_table(prefix: &str) -> String {
+    format!("{}.applied", ident(&format!("{prefix}_mirror")))
+}
+
+async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
+    let from = e
+        .from_side(gen)
+        .ok_or_else(|| Halt::Fatal(format!("capture generation {gen} is unknown")))?;
+    let to = from.other();
+    let (addr, user, password) = e.server(to);
+    let bc = backend::connect(
+        &addr,
+        &user,
+        password.as_deref(),
+        &[("application_name".into(), "pgshift-apply".into())],
+        e.cfg().proxy.connect_timeout_ms,
+    )
+    .await
+    .map_err(|err| Halt::Retry(format!("cannot connect to the {}: {err}", to.as_str())))?;
+    let mut conn = Conn {
+        stream: bc.stream,
+        buf: BytesMut::new(),
+        prepared: HashMap::new(),
+    };
+    let prefix = &e.cfg().replication.object_prefix;
+    let table = state_table(prefix);
+    let setup = format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {table} (gen bigint PRIMARY KEY, seq bigint NOT NULL, low bigint NOT NULL); \
+         INSERT INTO {table} SELECT {gen}, 0, 1 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE gen = {gen})",
+        schema = ident(&format!("{prefix}_mirror")),
+    );
+    if let Err(m) = conn.query(&setup).await? {
+        return Err(Halt::Retry(format!(
+            "{}: creating {table}: {m}",
+            to.as_str()
+        )));
+    }
+    let row = match conn
+        .query(&format!(
+            "SELECT seq::text || ' ' || low::text FROM {table} WHERE gen = {gen}"
+        ))
+        .await?
+    {
+        Ok(r) => r.into_iter().flatten().next().unwrap_or_default(),
+        Err(m) => {
+            return Err(Halt::Retry(format!(
+                "{}: reading {table}: {m}",
+                to.as_str()
+            )))
+        }
+    };
+    let mut it = row.split(' ').map(|x| x.parse::<u64>().unwrap_or(0));
+    let (mut applied, low) = (it.next().unwrap_or(0), it.next().unwrap_or(1).max(1));
+    e.applied.store(applied, Ordering::SeqCst);
+    let mut reader = queue::Reader::open(e.dir(), gen, low - 1)
+        .map_err(|err| Halt::Fatal(format!("capture queue: {err}")))?;
+    tracing::info!(
+        gen,
+        to = to.as_str(),
+        applied,
+        "applying captured transactions"
+    );
+    // Unfinished units: uid → seq of their OPEN record.
+    let mut open: HashMap<u64, u64> = HashMap::new();
+    let mut last_purge = Instant::now();
+    loop {
+        if e.apply_gen.load(Ordering::SeqCst) != gen {
+            return Ok(());
+        }
+        let rec = reader
+            .next()
+            .map_err(|err| Halt::Fatal(format!("capture queue: {err}")))?;
+        let Some(rec) = rec else {
+            crate::metrics::capture_state(e);
+            if last_purge.elapsed() > Duration::from_secs(5) {
+                last_purge = Instant::now();
+                let keep = open.values().min().copied().unwrap_or(applied + 1);
+                let _ = queue::purge(e.dir(), gen, keep.saturating_sub(1).min(applied));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        };
+        let uid_of = |p: &[u8]| {
+            u64::from_le_bytes(
+                p.get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .unwrap_or_default(),
+            )
+        };
+        match rec.kind {
+            OPEN => {
+                open.insert(uid_of(&rec.payload), rec.seq);
+            }
+            CLOSE => {
+                open.remove(&uid_of(&rec.payload));
+            }
+            RESTART => {
+                if !open.is_empty() {
+                    return Err(Halt::Fatal(format!(
+                        "{} transaction(s) were in flight when pgshift stopped (queue seq {}); the {} may have committed them without pgshift recording them, so the {} cannot be trusted to hold every write: roll back the upgrade and start it again (a new initial copy)",
+                        open.len(),
+                        rec.seq,
+                        from.as_str(),
+                        to.as_str()
+                    )));
+                }
+            }
+            LOST => {
+                return Err(Halt::Fatal(format!(
+                    "transaction at queue seq {} was over {} MiB and could not be recorded: roll back the upgrade and start it again",
+                    rec.seq,
+                    super::MAX_UNIT_BYTES >> 20
+                )));
+            }
+            UNIT => {
+                let unit = Unit::decode(&rec.payload)
+                    .map_err(|m| Halt::Fatal(format!("capture queue seq {}: {m}", rec.seq)))?;
+                open.remove(&unit.uid);
+                if rec.seq > applied {
+                    let low = open.values().min().copied().unwrap_or(rec.seq + 1);
+                    apply_unit(&mut conn, &table, gen, rec.seq, low, &unit, to).await?;
+                    applied = rec.seq;
+                    e.applied.store(applied, Ordering::SeqCst);
+                }
+            }
+            k => {
+                return Err(Halt::Fatal(format!(
+                    "capture queue seq {}: unknown record kind {k}",
+                    rec.seq
+                )))
+            }
+        }
+        // In memory, "applied" is every record dealt with (OPEN and CLOSE records too); the
+        // seq kept on the other side is that of the last unit applied.
+        e.applied.fetch_max(rec.seq, Ordering::SeqCst);
+        e.applied_pos.store(reader.position(), Ordering::SeqCst);
+    }
+}
+
+/// The client's messages split into requests: per request whether it is counted by a
+/// ReadyForQuery (Query, Sync, FunctionCall), and the named statements parsed.
+struct Scan {
+    requests: usize,
+    parses: Vec<(String, Vec<u8>)>,
+    /// Closes or DEALLOCATE/DISCARD: the connection's statement cache is dropped after.
+    forgets: bool,
+    /// Client bytes without a trailing Terminate.
+    len: usize,
+}
+
+fn scan(c: &[u8]) -> Result<Scan, String> {
+    let mut s = Scan {
+        requests: 0,
+        parses: Vec::new(),
+        forgets: false,
+        len: 0,
+    };
+    let mut at = 0;
+    while at < c.len() {
+        let (tag, total) = match header(&c[at..], usize::MAX) {
+            Ok(Some((t, n))) if at + n <= c.len() => (t, n),
+            _ => return Err("incomplete client messages".into()),
+        };
+        let body = &c[at + 5..at + total];
+        match tag {
+            msg::QUERY | msg::SYNC | msg::FUNCTION_CALL => {
+                s.requests += 1;
+                if tag == msg::QUERY {
+                    let q = msg::parse_query(body).unwrap_or("").to_ascii_lowercase();
+                    if q.contains("deallocate") || q.contains("discard") {
+                        s.forgets = true;
+                    }
+                }
+            }
+            msg::PARSE => {
+                if let Ok((name, sql)) = msg::parse_parse(body) {
+                    if !name.is_empty() {
+                        s.parses
+                            .push((name.to_string(), c[at..at + total].to_vec()));
+                    }
+                    let q = sql.to_ascii_lowercase();
+                    if q.contains("deallocate") || q.contains("discard") {
+                        s.forgets = true;
+                    }
+                }
+            }
+            msg::CLOSE => s.forgets = true,
+            msg::TERMINATE => break,
+            _ => {}
+        }
+        at += total;
+        s.len = at;
+    }
+    Ok(s)
+}
+
+/// The source's answer cut at each ReadyForQuery: (bytes, status).
+fn answers(s: &[u8]) -> Result<Vec<(&[u8], u8)>, String> {
+    let mut out = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    while at < s.len() {
+        let (tag, total) = match header(&s[at..], usize::MAX) {
+            Ok(Some((t, n))) if at + n <= s.len() => (t, n),
+            _ => return Err("incomplete server messages".into()),
+        };
+        if tag == msg::READY_FOR_QUERY {
+            out.push((
+                &s[start..at + total],
+                s.get(at + 5).copied().unwrap_or(msg::TX_IDLE),
+            ));
+            start = at + total;
+        }
+        at += total;
+    }
+    Ok(out)
+}
+
+/// `INSERT 0 n` (oid 0 since PostgreSQL 12; older servers may print a row's oid): the
+/// oid is not compared.
+fn norm_tag(t: &str) -> String {
+    let p: Vec<&str> = t.split(' ').collect();
+    if p.len() == 3 && p[0] == "INSERT" {
+        format!("INSERT {}", p[2])
+    } else {
+        t.to_string()
+    }
+}
+
+fn excerpt(o: &Outcome) -> String {
+    match o {
+        Outcome::Error { sqlstate, message } => format!("error {sqlstate} {message}"),
+        Outcome::Command { tag } => tag.clone(),
+        Outcome::Rows { tag, rows, .. } => format!("{tag} ({} rows)", rows.len()),
+        Outcome::Empty => "empty query".into(),
+    }
+}
+
+/// Whether the unit's transaction ended in a rollback on the source (nothing to apply): its
+/// last statement's tag is `ROLLBACK`, or it was one request that failed outside a
+/// transaction block.
+fn rolled_back(src: &[(&[u8], u8)]) -> bool {
+    let Some((last, _)) = src.last() else {
+        return true;
+    };
+    let Ok(a) = Answer::parse(last) else {
+        return false;
+    };
+    match a.outcomes.last() {
+        Some(Outcome::Command { tag }) if tag == "ROLLBACK" => true,
+        Some(Outcome::Error { .. }) if src.len() == 1 => true,
+        _ => false,
+    }
+}
+
+/// Applies one unit (see the [module docs](super)).
+async fn apply_unit(
+    conn: &mut Conn,
+    table: &str,
+    gen: u64,
+    seq: u64,
+    low: u64,
+    unit: &Unit,
+    to: Side,
+) -> Result<(), Halt> {
+    let fatal = |m: String| Halt::Fatal(format!("transaction at queue seq {seq}: {m}"));
+    let src = answers(&unit.server).map_err(fatal)?;
+    if rolled_back(&src) {
+        return Ok(());
+    }
+    let sc = scan(&unit.client).map_err(fatal)?;
+    if sc.requests != src.len() {
+        return Err(fatal(format!(
+            "{} requests but {} answers recorded",
+            sc.requests,
+            src.len()
+        )));
+    }
+    // Several transactions in one unit (pipelined requests each committing on its own):
+    // not wrapped in pgshift's transaction; the seq is stored after them.
+    let wrap = src[..src.len() - 1]
+        .iter()
+        .all(|(_, st)| *st != msg::TX_IDLE);
+    let mut out = BytesMut::new();
+    let mut prep_requests = 0;
+    for (n, _) in &sc.parses {
+        put_close(&mut out, n);
+        conn.prepared.remove(n);
+    }
+    for (n, f) in &unit.statements {
+        if sc.parses.iter().any(|(p, _)| p == n) || conn.prepared.get(n) == Some(f) {
+            continue;
+        }
+        put_close(&mut out, n);
+        out.extend_from_slice(f);
+        msg::sync(&mut out);
+        prep_requests += 1;
+        conn.prepared.insert(n.clone(), f.clone());
+    }
+    if !out.is_empty() {
+        msg::sync(&mut out);
+        prep_requests += 1;
+    }
+    let state = format!("UPDATE {table} SET seq = {seq}, low = {low} WHERE gen = {gen}");
+    let mut head = String::new();
+    if wrap {
+        head.push_str("BEGIN; ");
+        head.push_str(&state);
+        head.push_str("; SET LOCAL ROLE ");
+    } else {
+        head.push_str("SET ROLE ");
+    }
+    head.push_str(&ident(&unit.user));
+    for (k, v) in &unit.params {
+        if matches!(k.as_str(), "options" | "replication" | "application_name") {
+            continue;
+        }
+        head.push_str(&format!(
+            "; SELECT pg_catalog.set_config({}, {}, {wrap})",
+            literal(k),
+            literal(v)
+        ));
+    }
+    for s in &unit.sets {
+        head.push_str("; ");
+        head.push_str(s);
+    }
+    msg::query(&mut out, &head);
+    out.extend_from_slice(&unit.client[..sc.len]);
+    if wrap {
+        msg::query(&mut out, "COMMIT");
+    } else {
+        msg::query(&mut out, &state);
+    }
+    msg::query(&mut out, "RESET ROLE; RESET ALL");
+    conn.send(&out).await?;
+    let total = prep_requests + 1 + sc.requests + 2;
+    let mut segs: Vec<BytesMut> = Vec::with_capacity(total);
+    let mut cur = BytesMut::new();
+    while segs.len() < total {
+        let (tag, body) = conn.read().await?;
+        msg::put_msg(&mut cur, tag, |b| b.extend_from_slice(&body));
+        if tag == msg::READY_FOR_QUERY {
+            segs.push(std::mem::take(&mut cur));
+        }
+    }
+    if sc.forgets {
+        conn.prepared.clear();
+    }
+    for (n, f) in &sc.parses {
+        conn.prepared.insert(n.clone(), f.clone());
+    }
+    let parse =
+        |b: &[u8]| Answer::parse(b).map_err(|err| fatal(format!("unreadable answer: {err}")));
+    // Statement preparation: a named statement that does not prepare on this side.
+    for s in &segs[..prep_requests] {
+        if let Some(Outcome::Error { sqlstate, message }) = parse(s)?
+            .outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::Error { .. }))
+        {
+            conn.prepared.clear();
+            return Err(fatal(format!(
+                "a prepared statement of the session does not prepare on the {}: {sqlstate} {message}",
+                to.as_str()
+            )));
+        }
+    }
+    let h = parse(&segs[prep_requests])?;
+    if let Some(Outcome::Error { sqlstate, message }) = h
+        .outcomes
+        .iter()
+        .find(|o| matches!(o, Outcome::Error { .. }))
+    {
+        return Err(fatal(format!(
+            "setting up the session (role {}, its start-up parameters and SETs) failed on the {}: {sqlstate} {message}",
+            unit.user,
+            to.as_str()
+        )));
+    }
+    for (i, (s, _)) in src.iter().enumerate() {
+        let a = parse(s)?;
+        let b = parse(&segs[prep_requests + 1 + i])?;
+        if a.outcomes.len() != b.outcomes.len() {
+            return Err(fatal(format!(
+                "request {} gave {} results on the source and {} on the {}",
+                i + 1,
+                a.outcomes.len(),
+                b.outcomes.len(),
+                to.as_str()
+            )));
+        }
+        for (x, y) in a.outcomes.iter().zip(&b.outcomes) {
+            let same = match (x, y) {
+                (Outcome::Error { sqlstate: p, .. }, Outcome::Error { sqlstate: q, .. }) => p == q,
+                (Outcome::Command { tag: p }, Outcome::Command { tag: q }) => {
+                    norm_tag(p) == norm_tag(q)
+                }
+                (Outcome::Rows { tag: p, .. }, Outcome::Rows { tag: q, .. }) => {
+                    norm_tag(p) == norm_tag(q)
+                }
+                (Outcome::Empty, Outcome::Empty) => true,
+                _ => false,
+            };
+            if !same {
+                return Err(fatal(format!(
+                    "the {} answered differently from the source, so the data would diverge: source {} / {} {} (request {} of {})",
+                    to.as_str(),
+                    excerpt(x),
+                    to.as_str(),
+                    excerpt(y),
+                    i + 1,
+                    src.len()
+                )));
+            }
+        }
+    }
+    let fin = parse(&segs[prep_requests + 1 + sc.requests])?;
+    match fin.outcomes.first() {
+        Some(Outcome::Command { tag }) if tag == "ROLLBACK" => Err(fatal(format!(
+            "the transaction did not commit on the {} (it did on the source)",
+            to.as_str()
+        ))),
+        Some(Outcome::Error { sqlstate, message }) => Err(fatal(format!(
+            "recording the applied position failed on the {}: {sqlstate} {message}",
+            to.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn put_close(out: &mut BytesMut, name: &str) {
+    msg::put_msg(out, msg::CLOSE, |b| {
+        b.extend_from_slice(b"S");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+}

@@ -1,0 +1,469 @@
+//! Capture for the `mirror` replication driver (`[replication] driver = "mirror"`): for
+//! sources without logical decoding, pgshift itself records every write transaction that
+//! commits through it, and applies them on the other side in commit order.
+//!
+//! * **Recording** ([`Engine::open_unit`], [`Engine::record`]): while capture runs on the
+//!   serving side, each session keeps the bytes of every unit of work (a transaction: the
+//!   client's messages and the server's answer through the `ReadyForQuery` with status `I`).
+//!   A unit that is not proven read-only writes an `OPEN` record before its first message
+//!   reaches the server, and its whole `UNIT` record before the final `ReadyForQuery` is
+//!   forwarded to the client: what a client saw committed is in the queue. Units whose
+//!   statements all turn out read-only, or that end in `ROLLBACK`, write `CLOSE`.
+//!   The order of `UNIT` records is the order in which their commits reached pgshift.
+//! * **The queue** ([`queue`]): append-only segment files under `[replication] queue_dir`,
+//!   each record checked by CRC32, kept across restarts. A restarted pgshift writes a
+//!   `RESTART` record; a unit `OPEN` before it and never finished was in flight when pgshift
+//!   stopped, and may have committed on the source unseen: applying stops with an error that
+//!   says so (the initial copy must be made again).
+//! * **Applying** (`apply`): one connection to the other side, as its configured user; each
+//!   unit runs in a transaction that first stores the unit's seq in
+//!   `<prefix>_mirror.applied` (exactly once: a unit whose seq is there is not applied
+//!   again), then takes the session's role (`SET LOCAL ROLE`), start-up parameters and SETs,
+//!   prepares the named statements it uses and runs the client's messages as they were
+//!   sent. Each answer is compared with the source's: an error the source did not have, or
+//!   a different command tag (rows affected), stops applying (the data would diverge);
+//!   different rows of a read inside the transaction are reported to validation.
+//!
+//! Limits (statement-based replication): every writer must go through pgshift; statements
+//! whose effect depends on more than the data (`now()`, `random()`, sequence values drawn
+//! by concurrent transactions in another order than their commits) can give other values
+//! on the target; validation of reads reports such tables.
+
+pub mod apply;
+pub mod queue;
+
+use crate::routing::BackendAddr;
+use arc_swap::ArcSwapOption;
+use config::Config;
+use control::{CaptureState, Side};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Record kinds in the queue.
+pub const OPEN: u8 = 1;
+/// A committed unit ([`Unit`] encoded).
+pub const UNIT: u8 = 2;
+/// A unit that wrote nothing (read-only after all, or rolled back).
+pub const CLOSE: u8 = 3;
+/// pgshift started again with capture on.
+pub const RESTART: u8 = 4;
+/// A unit that could not be recorded (over [`MAX_UNIT_BYTES`]): applying stops there.
+pub const LOST: u8 = 5;
+
+/// Largest unit (client bytes + answer) recorded: 512 MiB. A bigger one stops applying
+/// with an error naming it.
+pub const MAX_UNIT_BYTES: usize = 512 << 20;
+
+/// One committed unit of work as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unit {
+    /// The session's unit id (of its `OPEN` record).
+    pub uid: u64,
+    /// The user on the servers (`server_user`) the session runs as.
+    pub user: String,
+    /// The client's start-up parameters (other than user and database).
+    pub params: Vec<(String, String)>,
+    /// The session's SET statements in force when the unit started.
+    pub sets: Vec<String>,
+    /// Parse messages (whole frames) of named statements the unit binds: name → frame.
+    pub statements: Vec<(String, Vec<u8>)>,
+    /// The client's messages, as received.
+    pub client: Vec<u8>,
+    /// The source's answer, as forwarded to the client.
+    pub server: Vec<u8>,
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn take_bytes<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
+    if b.len() < 8 {
+        return Err("record cut short".into());
+    }
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap_or_default()) as usize;
+    if b.len() - 8 < n {
+        return Err("record cut short".into());
+    }
+    let v = &b[8..8 + n];
+    *b = &b[8 + n..];
+    Ok(v)
+}
+
+fn take_str(b: &mut &[u8]) -> Result<String, String> {
+    String::from_utf8(take_bytes(b)?.to_vec()).map_err(|_| "text that is not UTF-8".to_string())
+}
+
+impl Unit {
+    /// Encoding in the queue: `uid` (u64 LE), then each field as u64 LE length + bytes
+    /// (lists: count, then their items).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut o = Vec::with_capacity(self.client.len() + self.server.len() + 256);
+        o.extend_from_slice(&self.uid.to_le_bytes());
+        put_bytes(&mut o, self.user.as_bytes());
+        o.extend_from_slice(&(self.params.len() as u64).to_le_bytes());
+        for (k, v) in &self.params {
+            put_bytes(&mut o, k.as_bytes());
+            put_bytes(&mut o, v.as_bytes());
+        }
+        o.extend_from_slice(&(self.sets.len() as u64).to_le_bytes());
+        for s in &self.sets {
+            put_bytes(&mut o, s.as_bytes());
+        }
+        o.extend_from_slice(&(self.statements.len() as u64).to_le_bytes());
+        for (n, f) in &self.statements {
+            put_bytes(&mut o, n.as_bytes());
+            put_bytes(&mut o, f);
+        }
+        put_bytes(&mut o, &self.client);
+        put_bytes(&mut o, &self.server);
+        o
+    }
+
+    /// Inverse of [`encode`](Self::encode). Errors: cut short, text not UTF-8.
+    pub fn decode(mut b: &[u8]) -> Result<Unit, String> {
+        let b = &mut b;
+        let count = |b: &mut &[u8]| -> Result<usize, String> {
+            if b.len() < 8 {
+                return Err("record cut short".into());
+            }
+            let n = u64::from_le_bytes(b[..8].try_into().unwrap_or_default()) as usize;
+            *b = &b[8..];
+            if n > b.len() {
+                return Err("record with an impossible count".into());
+            }
+            Ok(n)
+        };
+        if b.len() < 8 {
+            return Err("record cut short".into());
+        }
+        let uid = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        *b = &b[8..];
+        let user = take_str(b)?;
+        let mut params = Vec::new();
+        for _ in 0..count(b)? {
+            params.push((take_str(b)?, take_str(b)?));
+        }
+        let mut sets = Vec::new();
+        for _ in 0..count(b)? {
+            sets.push(take_str(b)?);
+        }
+        let mut statements = Vec::new();
+        for _ in 0..count(b)? {
+            statements.push((take_str(b)?, take_bytes(b)?.to_vec()));
+        }
+        let client = take_bytes(b)?.to_vec();
+        let server = take_bytes(b)?.to_vec();
+        Ok(Unit {
+            uid,
+            user,
+            params,
+            sets,
+            statements,
+            client,
+            server,
+        })
+    }
+}
+
+/// What survives a restart besides the queue: `state.json` in the queue directory.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    gen: u64,
+    /// `source` / `target` while capturing.
+    from: Option<String>,
+    applying: bool,
+}
+
+fn side_code(s: Option<Side>) -> u8 {
+    match s {
+        None => 0,
+        Some(Side::Source) => 1,
+        Some(Side::Target) => 2,
+    }
+}
+
+/// The capture engine: the queue being written, the applier, their state.
+pub struct Engine {
+    cfg: Arc<Config>,
+    dir: PathBuf,
+    /// 0: not capturing; 1: capturing on the source; 2: on the target.
+    from: AtomicU8,
+    writer: ArcSwapOption<queue::Writer>,
+    persisted: Mutex<Persisted>,
+    next_uid: AtomicU64,
+    /// Applier state, written by the applier.
+    pub(crate) applied: AtomicU64,
+    pub(crate) applied_pos: AtomicU64,
+    pub(crate) failed: Mutex<Option<String>>,
+    /// Generation the applier should run (0: none); the applier stops when it changes.
+    pub(crate) apply_gen: AtomicU64,
+    applier_running: AtomicBool,
+    me: std::sync::Weak<Engine>,
+}
+
+impl Engine {
+    /// The engine for `[replication] driver = "mirror"` (`None` for other drivers). Resumes
+    /// a capture that ran when pgshift stopped (a `RESTART` record is written first), and its
+    /// applier. Errors: the queue directory or its state cannot be read or written.
+    pub fn start(cfg: Arc<Config>) -> Result<Option<Arc<Engine>>, String> {
+        if cfg.replication.driver != config::Driver::Mirror {
+            return Ok(None);
+        }
+        let dir = cfg.replication.queue_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("[replication] queue_dir {}: {e}", dir.display()))?;
+        let persisted: Persisted = match std::fs::read(dir.join("state.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e}", dir.join("state.json").display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(format!("{}: {e}", dir.join("state.json").display())),
+        };
+        let e = Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
+            cfg,
+            dir,
+            from: AtomicU8::new(0),
+            writer: ArcSwapOption::empty(),
+            persisted: Mutex::new(persisted.clone()),
+            next_uid: AtomicU64::new(1),
+            applied: AtomicU64::new(0),
+            applied_pos: AtomicU64::new(0),
+            failed: Mutex::new(None),
+            apply_gen: AtomicU64::new(0),
+            applier_running: AtomicBool::new(false),
+        });
+        if let Some(from) = persisted.from.as_deref().and_then(Side::parse) {
+            let w = queue::Writer::open(&e.dir, persisted.gen)
+                .map_err(|err| format!("capture queue {}: {err}", e.dir.display()))?;
+            w.append(RESTART, &[])
+                .map_err(|err| format!("capture queue {}: {err}", e.dir.display()))?;
+            tracing::warn!(
+                gen = persisted.gen,
+                from = from.as_str(),
+                last_seq = w.last_seq(),
+                "capture of committed writes resumed after a restart"
+            );
+            e.writer.store(Some(Arc::new(w)));
+            e.from.store(side_code(Some(from)), Ordering::SeqCst);
+        }
+        if persisted.applying {
+            e.run_applier(persisted.gen);
+        }
+        Ok(Some(e))
+    }
+
+    fn persist(&self, p: &Persisted) -> Result<(), String> {
+        let tmp = self.dir.join("state.json.tmp");
+        let body = serde_json::to_vec(p).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::rename(&tmp, self.dir.join("state.json")))
+            .map_err(|e| format!("{}: {e}", self.dir.join("state.json").display()))
+    }
+
+    /// Whether units on `side` are recorded now. One atomic load.
+    #[inline]
+    pub fn capturing(&self, side: Side) -> bool {
+        self.from.load(Ordering::Relaxed) == side_code(Some(side))
+    }
+
+    fn append(&self, kind: u8, payload: &[u8]) {
+        let Some(w) = self.writer.load_full() else {
+            return;
+        };
+        if let Err(e) = w.append(kind, payload) {
+            let msg = format!(
+                "cannot write the capture queue in {}: {e}; transactions committed from now on are not recorded: the initial copy must be made again",
+                self.dir.display()
+            );
+            tracing::error!("{msg}");
+            lock(&self.failed).get_or_insert(msg);
+        }
+    }
+
+    /// A unit that may write starts: writes its `OPEN` record; returns its id.
+    pub fn open_unit(&self) -> u64 {
+        let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
+        self.append(OPEN, &uid.to_le_bytes());
+        uid
+    }
+
+    /// The unit wrote nothing: `CLOSE`.
+    pub fn close_unit(&self, uid: u64) {
+        self.append(CLOSE, &uid.to_le_bytes());
+    }
+
+    /// The unit committed (or may have): its `UNIT` record.
+    pub fn record(&self, unit: &Unit) {
+        self.append(UNIT, &unit.encode());
+    }
+
+    /// The unit could not be kept whole (over [`MAX_UNIT_BYTES`]).
+    pub fn lost(&self, uid: u64, bytes: usize) {
+        let mut p = uid.to_le_bytes().to_vec();
+        p.extend_from_slice(&(bytes as u64).to_le_bytes());
+        self.append(LOST, &p);
+    }
+
+    /// The address and admin user of `side`, for the applier.
+    pub(crate) fn server(&self, side: Side) -> (BackendAddr, String, Option<String>) {
+        let s = match side {
+            Side::Source => &self.cfg.source,
+            Side::Target => &self.cfg.target,
+        };
+        (
+            BackendAddr::from_config(s),
+            s.user.clone(),
+            s.password.clone(),
+        )
+    }
+
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The side the recorded units came from.
+    pub(crate) fn from_side(&self, gen: u64) -> Option<Side> {
+        let p = lock(&self.persisted);
+        if p.gen == gen {
+            p.from
+                .as_deref()
+                .and_then(Side::parse)
+                .or(Some(Side::Source))
+        } else {
+            None
+        }
+    }
+
+    fn run_applier(self: &Arc<Self>, gen: u64) {
+        self.apply_gen.store(gen, Ordering::SeqCst);
+        *lock(&self.failed) = None;
+        if self.applier_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let e = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pgshift-apply".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(apply::run(e.clone())),
+                    Err(err) => {
+                        *lock(&e.failed) = Some(format!("cannot start the applier: {err}"));
+                    }
+                }
+                e.applier_running.store(false, Ordering::SeqCst);
+            });
+        if let Err(err) = spawned {
+            self.applier_running.store(false, Ordering::SeqCst);
+            *lock(&self.failed) = Some(format!("cannot start the applier thread: {err}"));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl control::Capture for Engine {
+    fn start(&self, gen: u64, from: Side) -> Result<(), String> {
+        self.apply_gen.store(0, Ordering::SeqCst);
+        self.from.store(0, Ordering::SeqCst);
+        self.writer.store(None);
+        // Earlier generations are done with.
+        if let Ok(gens) = queue::generations(&self.dir) {
+            for g in gens.into_iter().filter(|g| *g != gen) {
+                let _ = queue::remove(&self.dir, g);
+            }
+        }
+        let _ = queue::remove(&self.dir, gen);
+        let w = queue::Writer::open(&self.dir, gen)
+            .map_err(|e| format!("capture queue {}: {e}", self.dir.display()))?;
+        let p = Persisted {
+            gen,
+            from: Some(from.as_str().into()),
+            applying: false,
+        };
+        self.persist(&p)?;
+        *lock(&self.persisted) = p;
+        *lock(&self.failed) = None;
+        self.applied.store(0, Ordering::SeqCst);
+        self.applied_pos.store(0, Ordering::SeqCst);
+        self.writer.store(Some(Arc::new(w)));
+        self.from.store(side_code(Some(from)), Ordering::SeqCst);
+        tracing::info!(
+            gen,
+            from = from.as_str(),
+            "capture of committed writes started"
+        );
+        Ok(())
+    }
+
+    fn apply(&self, gen: u64) -> Result<(), String> {
+        let mut p = lock(&self.persisted).clone();
+        if p.gen != gen {
+            return Err(format!(
+                "capture generation {gen} is not the one recorded ({})",
+                p.gen
+            ));
+        }
+        p.applying = true;
+        self.persist(&p)?;
+        *lock(&self.persisted) = p;
+        // `self` is behind an Arc in the proxy; the applier needs one.
+        match self.me.upgrade() {
+            Some(e) => {
+                e.run_applier(gen);
+                Ok(())
+            }
+            None => Err("capture engine not registered".into()),
+        }
+    }
+
+    fn stop(&self, remove: bool) {
+        self.apply_gen.store(0, Ordering::SeqCst);
+        self.from.store(0, Ordering::SeqCst);
+        if let Some(w) = self.writer.swap(None) {
+            let _ = w.sync();
+        }
+        let mut p = lock(&self.persisted).clone();
+        p.from = None;
+        p.applying = false;
+        if let Err(e) = self.persist(&p) {
+            tracing::warn!("capture stop: {e}");
+        }
+        let gen = p.gen;
+        *lock(&self.persisted) = p;
+        if remove {
+            let _ = queue::remove(&self.dir, gen);
+        }
+    }
+
+    fn state(&self) -> CaptureState {
+        let p = lock(&self.persisted).clone();
+        let w = self.writer.load_full();
+        let captured = w.as_ref().map(|w| w.last_seq()).unwrap_or(0);
+        let pos = w.as_ref().map(|w| w.position()).unwrap_or(0);
+        CaptureState {
+            gen: p.gen,
+            from: match self.from.load(Ordering::Relaxed) {
+                1 => Some(Side::Source),
+                2 => Some(Side::Target),
+                _ => None,
+            },
+            applying: p.applying && self.applier_running.load(Ordering::Relaxed),
+            captured,
+            applied: self.applied.load(Ordering::Relaxed),
+            lag_bytes: pos.saturating_sub(self.applied_pos.load(Ordering::Relaxed)),
+            failed: lock(&self.failed).clone(),
+        }
+    }
+}
