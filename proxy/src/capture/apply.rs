@@ -130,7 +130,7 @@ pub fn state_table(prefix: &str) -> String {
 
 async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
     let from = e
-        .from_side(gen)
+        .source_side_of(gen)
         .ok_or_else(|| Halt::Fatal(format!("capture generation {gen} is unknown")))?;
     let to = from.other();
     let (addr, user, password) = e.server(to);

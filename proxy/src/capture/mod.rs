@@ -329,7 +329,7 @@ impl Engine {
     }
 
     /// The side the recorded units came from.
-    pub(crate) fn from_side(&self, gen: u64) -> Option<Side> {
+    pub(crate) fn source_side_of(&self, gen: u64) -> Option<Side> {
         let p = lock(&self.persisted);
         if p.gen == gen {
             p.from
