@@ -1467,22 +1467,15 @@ impl Controller {
         traffic.pause();
         let pre_swap: Result<(), Abandon> = async {
             // a. drain
-            loop {
-                let busy = traffic.busy_sessions();
-                if busy == 0 {
-                    break;
-                }
-                if paused_at.elapsed() >= drain_timeout {
-                    traffic.resume();
-                    return Err(Abandon {
-                        reason: format!(
-                            "drain deadline passed: {busy} sessions still in a transaction; {what} abandoned, traffic stays on the {}",
-                            from.as_str()
-                        ),
-                        resumed: true,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Err(busy) = drain(&traffic, paused_at, drain_timeout).await {
+                traffic.resume();
+                return Err(Abandon {
+                    reason: format!(
+                        "drain deadline passed: {busy} sessions still in a transaction; {what} abandoned, traffic stays on the {}",
+                        from.as_str()
+                    ),
+                    resumed: true,
+                });
             }
             let drained = laps.lap("drain");
             self.transition(id, actor, &key("drain"), format!("drained in {drained:.1} ms"), &key("catchup"))
@@ -2040,6 +2033,25 @@ impl From<JournalError> for Abandon {
             reason: format!("journal: {e}"),
             resumed: false,
         }
+    }
+}
+
+/// Waits (polling every 1 ms) until no session is inside a transaction, while traffic is
+/// paused. `Err(busy)`: the sessions still in one when `timeout` after `paused_at` passed.
+pub(super) async fn drain(
+    traffic: &Traffic,
+    paused_at: Instant,
+    timeout: Duration,
+) -> Result<(), usize> {
+    loop {
+        let busy = traffic.busy_sessions();
+        if busy == 0 {
+            return Ok(());
+        }
+        if paused_at.elapsed() >= timeout {
+            return Err(busy);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -1446,21 +1446,12 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&format!("{}: cutover barrier", self.label(side)), &e))?;
-        let text = msgs
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    r.try_get(0).ok().flatten().map(str::to_string)
-                }
-                _ => None,
-            })
-            .ok_or_else(|| {
-                DriverError::new(format!(
-                    "{}: cutover barrier returned no position",
-                    self.label(side)
-                ))
-            })?;
+        let text = last_text(&msgs).ok_or_else(|| {
+            DriverError::new(format!(
+                "{}: cutover barrier returned no position",
+                self.label(side)
+            ))
+        })?;
         parse_lsn(&text).ok_or_else(|| {
             DriverError::new(format!(
                 "{}: cutover barrier: bad LSN {text:?}",
@@ -1661,6 +1652,16 @@ impl Logical {
         let n: i64 = r.col(0)?;
         Ok(n as usize)
     }
+}
+
+/// The first column of the last row of a simple-protocol answer (`None`: no row, or NULL).
+pub(crate) fn last_text(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.try_get(0).ok().flatten().map(str::to_string)
+        }
+        _ => None,
+    })
 }
 
 /// Parses PostgreSQL's text form of an LSN (`16/B374D848`).

@@ -759,26 +759,13 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
         return Err("unit without a final Sync");
     }
     // Server side: answers end after each ReadyForQuery.
-    let s = &job.server[..];
-    let mut answers: Vec<(Bytes, u8)> = Vec::new();
-    let (mut start, mut at) = (0usize, 0usize);
-    while at < s.len() {
-        let (tag, total) = match header(&s[at..], usize::MAX) {
-            Ok(Some((t, n))) if at + n <= s.len() => (t, n),
-            _ => return Err("incomplete server messages"),
-        };
-        if tag == msg::READY_FOR_QUERY {
-            let status = s.get(at + 5).copied().unwrap_or(msg::TX_IDLE);
-            answers.push((Bytes::copy_from_slice(&s[start..at + total]), status));
-            start = at + total;
-        }
-        at += total;
-    }
+    let answers = cut_answers(&job.server)?;
     if reqs.len() != answers.len() {
         return Err("requests and answers do not pair up");
     }
     let mut out = Vec::with_capacity(reqs.len());
     for ((client, sqls, parses), (server, status)) in reqs.into_iter().zip(answers) {
+        let server = Bytes::copy_from_slice(server);
         let mut kind = Kind::Read;
         // Transaction control together with other statements in one group (a Query text
         // `BEGIN; UPDATE …; COMMIT`, or several Executes before one Sync) cannot be left out
@@ -828,8 +815,42 @@ fn is_show(sql: &str) -> bool {
 }
 
 /// `'text'` as a SQL string literal.
-fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `"name"` as a quoted SQL identifier.
+pub(crate) fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Appends a Close of the named statement `name` (53.7 "Close").
+pub(crate) fn close_statement(out: &mut BytesMut, name: &str) {
+    msg::put_msg(out, msg::CLOSE, |b| {
+        b.extend_from_slice(b"S");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&[0]);
+    });
+}
+
+/// A server's answer cut after each ReadyForQuery: (bytes through it, its transaction status).
+/// Errors: the bytes end inside a message.
+pub(crate) fn cut_answers(s: &[u8]) -> Result<Vec<(&[u8], u8)>, &'static str> {
+    let mut out = Vec::new();
+    let (mut start, mut at) = (0usize, 0usize);
+    while at < s.len() {
+        let (tag, total) = match header(&s[at..], usize::MAX) {
+            Ok(Some((t, n))) if at + n <= s.len() => (t, n),
+            _ => return Err("incomplete server messages"),
+        };
+        if tag == msg::READY_FOR_QUERY {
+            let status = s.get(at + 5).copied().unwrap_or(msg::TX_IDLE);
+            out.push((&s[start..at + total], status));
+            start = at + total;
+        }
+        at += total;
+    }
+    Ok(out)
 }
 
 async fn replay_on(
@@ -846,22 +867,14 @@ async fn replay_on(
         for (n, _) in &g.parses {
             // The group parses it itself (inside the transaction, where it may fail): close
             // any other session's statement of that name, and forget it afterwards.
-            msg::put_msg(&mut prep, msg::CLOSE, |b| {
-                b.extend_from_slice(b"S");
-                b.extend_from_slice(n.as_bytes());
-                b.extend_from_slice(&[0]);
-            });
+            close_statement(&mut prep, n);
             conn.prepared.remove(n);
         }
     }
     let mut prepare_errors: HashMap<String, (String, String)> = HashMap::new();
     want.retain(|(n, f)| conn.prepared.get(n) != Some(f));
     for (n, f) in &want {
-        msg::put_msg(&mut prep, msg::CLOSE, |b| {
-            b.extend_from_slice(b"S");
-            b.extend_from_slice(n.as_bytes());
-            b.extend_from_slice(&[0]);
-        });
+        close_statement(&mut prep, n);
         prep.extend_from_slice(f);
         msg::sync(&mut prep);
     }

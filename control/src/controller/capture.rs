@@ -19,7 +19,7 @@
 //! * **DetachOld / rollback before cutover**: capture stops, its queue files and the
 //!   `<prefix>_mirror` schema (the applied positions) are removed.
 
-use super::{lock, now_rfc3339, ControlError, Controller, Laps, Phase, DONE, RUNNING};
+use super::{drain, lock, now_rfc3339, ControlError, Controller, Laps, Phase, DONE, RUNNING};
 use crate::journal::{Durability, StepStatus};
 use crate::logical::{quote_ident, Direction, DriverError, Preflight};
 use crate::{Capture, CaptureState, Side};
@@ -101,18 +101,11 @@ impl Controller {
         let paused_at = Instant::now();
         traffic.pause();
         let held: Result<_, DriverError> = async {
-            loop {
-                let busy = traffic.busy_sessions();
-                if busy == 0 {
-                    break;
-                }
-                if paused_at.elapsed() >= drain_timeout {
-                    return Err(DriverError::temporary(format!(
-                        "drain deadline passed: {busy} sessions still in a transaction; the capture did not start (tried again)"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            drain(&traffic, paused_at, drain_timeout).await.map_err(|busy| {
+                DriverError::temporary(format!(
+                    "drain deadline passed: {busy} sessions still in a transaction; the capture did not start (tried again)"
+                ))
+            })?;
             let snap = d.export_snapshot().await?;
             let seqs = d
                 .sync_sequences(&src, Side::Source, &tgt, Side::Target)
@@ -293,18 +286,11 @@ impl Controller {
         laps.start(paused_at);
         traffic.pause();
         let held: Result<(), String> = async {
-            loop {
-                let busy = traffic.busy_sessions();
-                if busy == 0 {
-                    break;
-                }
-                if paused_at.elapsed() >= drain_timeout {
-                    return Err(format!(
-                        "drain deadline passed: {busy} sessions still in a transaction"
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            drain(&traffic, paused_at, drain_timeout)
+                .await
+                .map_err(|busy| {
+                    format!("drain deadline passed: {busy} sessions still in a transaction")
+                })?;
             laps.lap("drain");
             let x = cap.state().captured;
             self.capture_reach(&cap, x, catchup_timeout).await?;

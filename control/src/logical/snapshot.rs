@@ -121,19 +121,11 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error(&format!("{label}: exporting a snapshot"), &e))?;
-        let id = rows
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    r.try_get(0).ok().flatten().map(str::to_string)
-                }
-                _ => None,
-            })
-            .ok_or_else(|| {
-                DriverError::new(format!(
-                    "{label}: pg_export_snapshot() returned no identifier"
-                ))
-            })?;
+        let id = super::last_text(&rows).ok_or_else(|| {
+            DriverError::new(format!(
+                "{label}: pg_export_snapshot() returned no identifier"
+            ))
+        })?;
         tracing::info!(server = %label, snapshot = %id, "snapshot exported");
         Ok(ExportedSnapshot { id, client, label })
     }

@@ -2,8 +2,9 @@
 //! runs each committed unit on the other side, exactly once (see the [module
 //! docs](super)).
 
-use super::{queue, Engine, Unit, CLOSE, LOST, OPEN, RESTART, UNIT};
+use super::{le_u64, queue, Engine, Unit, CLOSE, LOST, OPEN, RESTART, UNIT};
 use crate::backend;
+use crate::mirror::{close_statement, cut_answers, ident, literal};
 use bytes::BytesMut;
 use control::Side;
 use std::collections::HashMap;
@@ -41,11 +42,10 @@ pub(super) async fn run(e: Arc<Engine>) {
                 tracing::error!(gen, "applying captured transactions stopped: {m}");
                 super::lock(&e.failed).get_or_insert(m);
                 crate::metrics::capture_state(&e);
+                // Stays stopped until another generation is asked for (Capture::start
+                // clears the failure).
                 while e.apply_gen.load(Ordering::SeqCst) == gen {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if super::lock(&e.failed).is_some() {
-                    // A new generation starts clean (Capture::start clears it).
                 }
             }
         }
@@ -111,14 +111,6 @@ impl Conn {
             None => Ok(rows),
         })
     }
-}
-
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The table on the applying side that holds, per generation, the seq of the last applied
@@ -207,19 +199,12 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         };
-        let uid_of = |p: &[u8]| {
-            u64::from_le_bytes(
-                p.get(..8)
-                    .and_then(|s| s.try_into().ok())
-                    .unwrap_or_default(),
-            )
-        };
         match rec.kind {
             OPEN => {
-                open.insert(uid_of(&rec.payload), rec.seq);
+                open.insert(le_u64(&rec.payload).unwrap_or_default(), rec.seq);
             }
             CLOSE => {
-                open.remove(&uid_of(&rec.payload));
+                open.remove(&le_u64(&rec.payload).unwrap_or_default());
             }
             RESTART => {
                 if !open.is_empty() {
@@ -321,27 +306,6 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
     Ok(s)
 }
 
-/// The source's answer cut at each ReadyForQuery: (bytes, status).
-fn answers(s: &[u8]) -> Result<Vec<(&[u8], u8)>, String> {
-    let mut out = Vec::new();
-    let (mut start, mut at) = (0, 0);
-    while at < s.len() {
-        let (tag, total) = match header(&s[at..], usize::MAX) {
-            Ok(Some((t, n))) if at + n <= s.len() => (t, n),
-            _ => return Err("incomplete server messages".into()),
-        };
-        if tag == msg::READY_FOR_QUERY {
-            out.push((
-                &s[start..at + total],
-                s.get(at + 5).copied().unwrap_or(msg::TX_IDLE),
-            ));
-            start = at + total;
-        }
-        at += total;
-    }
-    Ok(out)
-}
-
 /// `INSERT 0 n` (oid 0 since PostgreSQL 12; older servers may print a row's oid): the
 /// oid is not compared.
 fn norm_tag(t: &str) -> String {
@@ -390,7 +354,7 @@ async fn apply_unit(
     to: Side,
 ) -> Result<(), Halt> {
     let fatal = |m: String| Halt::Fatal(format!("transaction at queue seq {seq}: {m}"));
-    let src = answers(&unit.server).map_err(fatal)?;
+    let src = cut_answers(&unit.server).map_err(|m| fatal(m.to_string()))?;
     if rolled_back(&src) {
         return Ok(());
     }
@@ -410,14 +374,14 @@ async fn apply_unit(
     let mut out = BytesMut::new();
     let mut prep_requests = 0;
     for (n, _) in &sc.parses {
-        put_close(&mut out, n);
+        close_statement(&mut out, n);
         conn.prepared.remove(n);
     }
     for (n, f) in &unit.statements {
         if sc.parses.iter().any(|(p, _)| p == n) || conn.prepared.get(n) == Some(f) {
             continue;
         }
-        put_close(&mut out, n);
+        close_statement(&mut out, n);
         out.extend_from_slice(f);
         msg::sync(&mut out);
         prep_requests += 1;
@@ -553,12 +517,4 @@ async fn apply_unit(
         ))),
         _ => Ok(()),
     }
-}
-
-fn put_close(out: &mut BytesMut, name: &str) {
-    msg::put_msg(out, msg::CLOSE, |b| {
-        b.extend_from_slice(b"S");
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(&[0]);
-    });
 }

@@ -79,16 +79,25 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// The u64 (little-endian) at the start of `b`, if it has 8 bytes.
+pub(crate) fn le_u64(b: &[u8]) -> Option<u64> {
+    b.get(..8)?.try_into().ok().map(u64::from_le_bytes)
+}
+
+/// Takes a u64 (little-endian) off the front of `b`.
+fn take_u64(b: &mut &[u8]) -> Result<u64, String> {
+    let v = le_u64(b).ok_or("record cut short")?;
+    *b = &b[8..];
+    Ok(v)
+}
+
 fn take_bytes<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    if b.len() < 8 {
+    let n = take_u64(b)? as usize;
+    if b.len() < n {
         return Err("record cut short".into());
     }
-    let n = u64::from_le_bytes(b[..8].try_into().unwrap_or_default()) as usize;
-    if b.len() - 8 < n {
-        return Err("record cut short".into());
-    }
-    let v = &b[8..8 + n];
-    *b = &b[8 + n..];
+    let (v, rest) = b.split_at(n);
+    *b = rest;
     Ok(v)
 }
 
@@ -126,21 +135,13 @@ impl Unit {
     pub fn decode(mut b: &[u8]) -> Result<Unit, String> {
         let b = &mut b;
         let count = |b: &mut &[u8]| -> Result<usize, String> {
-            if b.len() < 8 {
-                return Err("record cut short".into());
-            }
-            let n = u64::from_le_bytes(b[..8].try_into().unwrap_or_default()) as usize;
-            *b = &b[8..];
+            let n = take_u64(b)? as usize;
             if n > b.len() {
                 return Err("record with an impossible count".into());
             }
             Ok(n)
         };
-        if b.len() < 8 {
-            return Err("record cut short".into());
-        }
-        let uid = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        *b = &b[8..];
+        let uid = take_u64(b)?;
         let user = take_str(b)?;
         let mut params = Vec::new();
         for _ in 0..count(b)? {

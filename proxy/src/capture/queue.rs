@@ -755,11 +755,13 @@ fn corrupt(path: &Path, offset: u64, what: &str) -> io::Error {
 }
 
 fn le_u32(b: &[u8]) -> u32 {
-    u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+    b.get(..4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn le_u64(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+    super::le_u64(b).unwrap_or(0)
 }
 
 /// What a segment holds at the reading offset.
