@@ -311,6 +311,22 @@ impl Pgshift {
 impl Drop for Pgshift {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // A failing test: what pgshift warned about is the first thing to read (CI keeps
+            // nothing else).
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            let from = notable.len().saturating_sub(40);
+            eprintln!(
+                "[integration] the test failed; pgshift's last warnings and errors ({} in all):\n{}",
+                notable.len(),
+                notable[from..].join("\n")
+            );
+        }
         if crate::keep_data() {
             eprintln!(
                 "[integration] PGSHIFT_KEEP_DATA: kept pgshift directory {}",

@@ -216,12 +216,18 @@ async fn live_upgrade_13_to_17_under_pgbench_with_cutover_and_rollback() {
         .iter()
         .filter(|r| r["user"].as_deref() == Some("app"))
         .collect();
+    let s = stack.status().await.unwrap();
+    assert_eq!(
+        s["phase"].as_deref(),
+        Some("cut_over"),
+        "still cut over 3 s later: {s:?}"
+    );
     assert!(app_clients.len() >= 18, "{clients:?}");
     assert!(
         app_clients
             .iter()
             .all(|r| r["side"].as_deref() == Some("target")),
-        "{clients:?}"
+        "{clients:?}\n{s:?}"
     );
 
     tokio::time::sleep(Duration::from_secs(20)).await;

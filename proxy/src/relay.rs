@@ -103,6 +103,8 @@ pub(crate) struct Relay<'p> {
     /// Counted in the router's busy sessions; set from the unit's start to its end.
     busy: bool,
     unit_started: Instant,
+    /// The unit runs on a backend connection opened for it: no latency sample.
+    unit_cold: bool,
     held: bool,
     /// Bytes of the current (streamed) client / server message still to pass through.
     c_skip: usize,
@@ -207,6 +209,7 @@ pub(crate) async fn relay(
         tx: msg::TX_IDLE,
         busy: false,
         unit_started: Instant::now(),
+        unit_cold: false,
         held: false,
         c_skip: 0,
         s_skip: 0,
@@ -800,6 +803,7 @@ impl Relay<'_> {
         }
         let started = Instant::now();
         let (c, params) = self.open(side, false).await?;
+        self.unit_cold = true;
         // ParameterStatus values that differ on the new server (server_version at least).
         let mut note = BytesMut::new();
         for (k, v) in params {
@@ -839,9 +843,8 @@ impl Relay<'_> {
                 }
                 match self.open(side, side != self.side).await {
                     Ok((c, _)) => {
-                        // The unit's latency (health checks: p99 per side) is the server's
-                        // answer time, not the one-off cost of opening this connection.
-                        self.unit_started = Instant::now();
+                        // Its latency is not the server's answer time (see `unit_done`).
+                        self.unit_cold = true;
                         c
                     }
                     Err(e) if side != self.side && self.backend.is_some() => {
@@ -855,7 +858,7 @@ impl Relay<'_> {
                             match &e { End::Fatal { message, .. } => message.as_str(), End::Closed => "closed" },
                             self.side.as_str()
                         );
-                        self.proxy.router.traffic.unit_done(side, true, 0);
+                        self.proxy.router.traffic.unit_done(side, true, None);
                         self.unit_raw = None;
                         return Ok(());
                     }
@@ -881,7 +884,7 @@ impl Relay<'_> {
         };
         let failed = self.lost_side.take().unwrap_or_else(|| self.active_side());
         let us = self.unit_started.elapsed().as_micros() as u64;
-        self.proxy.router.traffic.unit_done(failed, true, us);
+        self.proxy.router.traffic.unit_done(failed, true, Some(us));
         crate::metrics::shift_replayed();
         if let Some(c) = self.backend.take() {
             if c.side == failed {
@@ -1238,10 +1241,13 @@ impl Relay<'_> {
             self.proxy.router.leave();
             let us = self.unit_started.elapsed().as_micros() as u64;
             let side = self.active_side();
+            // The first unit on a connection just opened pays for its cold catalog caches:
+            // counted, but no sample for the health checks' p99.
+            let cold = std::mem::take(&mut self.unit_cold);
             self.proxy
                 .router
                 .traffic
-                .unit_done(side, self.unit_error, us);
+                .unit_done(side, self.unit_error, (!cold).then_some(us));
             crate::metrics::txn_done(side, self.unit_error, us);
         }
         self.info.state.store(STATE_IDLE, Ordering::Relaxed);

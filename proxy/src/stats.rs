@@ -75,15 +75,19 @@ impl Traffic {
         }
     }
 
-    /// A unit of work on `side` ended after `latency_us`, with or without an error.
+    /// A unit of work on `side` ended, with or without an error, after `latency_us` (µs;
+    /// `None`: the unit is counted but is no latency sample, e.g. the first unit on a
+    /// backend connection just opened, whose catalog caches are cold).
     #[inline]
-    pub fn unit_done(&self, side: Side, error: bool, latency_us: u64) {
+    pub fn unit_done(&self, side: Side, error: bool, latency_us: Option<u64>) {
         let s = &self.sides[idx(side)];
         s.units.fetch_add(1, Ordering::Relaxed);
         if error {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }
-        s.buckets[bucket(latency_us)].fetch_add(1, Ordering::Relaxed);
+        if let Some(us) = latency_us {
+            s.buckets[bucket(us)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Take the per-second snapshot (called by a 1 s ticker).
@@ -185,13 +189,16 @@ mod tests {
     fn p99_follows_the_window() {
         let t = Traffic::new(Duration::from_secs(2));
         for _ in 0..99 {
-            t.unit_done(Side::Target, false, 1000);
+            t.unit_done(Side::Target, false, Some(1000));
         }
-        t.unit_done(Side::Target, true, 500_000);
-        t.unit_done(Side::Source, false, 200);
+        t.unit_done(Side::Target, true, Some(500_000));
+        t.unit_done(Side::Source, false, Some(200));
+        // Counted, but no latency sample.
+        t.unit_done(Side::Source, false, None);
         let s = t.stats();
         assert_eq!(s.target.transactions, 100);
         assert_eq!(s.target.errors, 1);
+        assert_eq!(s.source.transactions, 2);
         assert!(
             s.target.p99_ms >= 1.0 && s.target.p99_ms < 1.3,
             "{}",
