@@ -609,6 +609,10 @@ pub struct ReplicationConfig {
     /// `mirror` driver: directory of the on-disk queue of captured write transactions
     /// (segments of 64 MiB, removed once applied). Default `./data/mirror-queue`.
     pub queue_dir: PathBuf,
+    /// `mirror` driver: most captured transactions the applier sends before reading their
+    /// answers, ended by one commit that waits for the WAL flush (1 to 1024; 1: one round
+    /// trip and one flush per transaction). Default 64.
+    pub apply_batch: u32,
 }
 
 impl Default for ReplicationConfig {
@@ -621,6 +625,7 @@ impl Default for ReplicationConfig {
             psql: PathBuf::from("psql"),
             copy_jobs: 4,
             queue_dir: PathBuf::from("./data/mirror-queue"),
+            apply_batch: 64,
         }
     }
 }

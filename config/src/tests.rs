@@ -1194,3 +1194,71 @@ min_duration_ms = 0
         assert!(err.contains(fragment), "{err}");
     }
 }
+
+#[test]
+fn mirror_driver_keys() {
+    let c = load(MINIMAL).unwrap();
+    let r = &c.replication;
+    assert_eq!(r.driver, crate::Driver::Logical);
+    assert_eq!((r.copy_jobs, r.apply_batch), (4, 64));
+    assert_eq!(r.queue_dir, std::path::PathBuf::from("./data/mirror-queue"));
+
+    let text = format!(
+        "{MINIMAL}
+[replication]
+driver = \"mirror\"
+copy_jobs = 8
+apply_batch = 16
+queue_dir = \"/var/lib/pgshift/queue\"
+"
+    );
+    let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    let r = &c.replication;
+    assert_eq!(r.driver, crate::Driver::Mirror);
+    assert_eq!(r.driver.as_str(), "mirror");
+    assert_eq!((r.copy_jobs, r.apply_batch), (8, 16));
+    for (old, new) in [
+        ("copy_jobs = 8", "copy_jobs = 1"),
+        ("copy_jobs = 8", "copy_jobs = 64"),
+        ("apply_batch = 16", "apply_batch = 1"),
+        ("apply_batch = 16", "apply_batch = 1024"),
+    ] {
+        load(&text.replace(old, new)).unwrap_or_else(|e| panic!("{new}: {e}"));
+    }
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "copy_jobs = 8",
+            "copy_jobs = 0",
+            "replication.copy_jobs: 0 is out of range: 1 to 64",
+        ),
+        (
+            "copy_jobs = 8",
+            "copy_jobs = 65",
+            "replication.copy_jobs: 65 is out of range",
+        ),
+        (
+            "apply_batch = 16",
+            "apply_batch = 0",
+            "replication.apply_batch: 0 is out of range: 1 to 1024",
+        ),
+        (
+            "apply_batch = 16",
+            "apply_batch = 1025",
+            "replication.apply_batch: 1025 is out of range",
+        ),
+        (
+            "queue_dir = \"/var/lib/pgshift/queue\"",
+            "queue_dir = \"\"",
+            "replication.queue_dir: must not be empty",
+        ),
+        (
+            "driver = \"mirror\"",
+            "driver = \"pgactive2\"",
+            "unknown variant `pgactive2`, expected `logical` or `mirror`",
+        ),
+    ];
+    for (old, new, fragment) in cases {
+        let err = fail(&text.replace(old, new));
+        assert!(err.contains(fragment), "{new}: {err}");
+    }
+}

@@ -205,6 +205,15 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
             ),
         );
     }
+    if !(1..=1024).contains(&r.apply_batch) {
+        f.add(
+            at("replication").key("apply_batch"),
+            format!(
+                "{} is out of range: 1 to 1024 transactions per batch",
+                r.apply_batch
+            ),
+        );
+    }
     if r.queue_dir.as_os_str().is_empty() {
         f.add(at("replication").key("queue_dir"), "must not be empty");
     }

@@ -171,9 +171,9 @@ async fn write(stream: &mut TcpStream, out: &mut BytesMut, a: &str) -> Result<()
     })
 }
 
-/// Read one whole message (tag, body) from a backend.
-pub async fn read_frame(
-    stream: &mut TcpStream,
+/// Read one whole message (tag, body) from a backend (a connection or its read half).
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    stream: &mut R,
     buf: &mut BytesMut,
     a: &str,
 ) -> Result<(u8, BytesMut), BackendError> {

@@ -130,7 +130,15 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
         &addr,
         &user,
         password.as_deref(),
-        &[("application_name".into(), "pgshift-apply".into())],
+        &[
+            ("application_name".into(), "pgshift-apply".into()),
+            // Units commit without waiting for their WAL flush; each batch ends with one
+            // commit that waits (`flush`), before the batch counts as applied. A crash of
+            // the other side loses at most a tail of units together with their seqs in the
+            // state table, as if they had aborted (PostgreSQL docs, "synchronous_commit":
+            // no risk of inconsistency), and they are applied again from the queue.
+            ("synchronous_commit".into(), "off".into()),
+        ],
         e.cfg().proxy.connect_timeout_ms,
     )
     .await
@@ -186,29 +194,27 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
         if e.apply_gen.load(Ordering::SeqCst) != gen {
             return Ok(());
         }
-        let rec = reader
-            .next()
-            .map_err(|err| Halt::Fatal(format!("capture queue: {err}")))?;
-        let Some(rec) = rec else {
-            crate::metrics::capture_state(e);
-            if last_purge.elapsed() > Duration::from_secs(5) {
-                last_purge = Instant::now();
-                let keep = open.values().min().copied().unwrap_or(applied + 1);
-                let _ = queue::purge(e.dir(), gen, keep.saturating_sub(1).min(applied));
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        };
-        match rec.kind {
-            OPEN => {
-                open.insert(le_u64(&rec.payload).unwrap_or_default(), rec.seq);
-            }
-            CLOSE => {
-                open.remove(&le_u64(&rec.payload).unwrap_or_default());
-            }
-            RESTART => {
-                if !open.is_empty() {
-                    return Err(Halt::Fatal(format!(
+        // A batch: the units read so far, up to apply_batch / BATCH_BYTES; a record that
+        // stops applying ends it (the units before it are still applied).
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut bytes = 0;
+        let mut last_seq = None;
+        let mut stop = None;
+        let most = e.cfg().replication.apply_batch.max(1) as usize;
+        while batch.len() < most && bytes < BATCH_BYTES {
+            let rec = reader
+                .next()
+                .map_err(|err| Halt::Fatal(format!("capture queue: {err}")))?;
+            let Some(rec) = rec else { break };
+            match rec.kind {
+                OPEN => {
+                    open.insert(le_u64(&rec.payload).unwrap_or_default(), rec.seq);
+                }
+                CLOSE => {
+                    open.remove(&le_u64(&rec.payload).unwrap_or_default());
+                }
+                RESTART if !open.is_empty() => {
+                    stop = Some(Halt::Fatal(format!(
                         "{} transaction(s) were in flight when pgshift stopped (queue seq {}); the {} may have committed them without pgshift recording them, so the {} cannot be trusted to hold every write: roll back the upgrade and start it again (a new initial copy)",
                         open.len(),
                         rec.seq,
@@ -216,37 +222,131 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
                         to.as_str()
                     )));
                 }
-            }
-            LOST => {
-                return Err(Halt::Fatal(format!(
-                    "transaction at queue seq {} was over {} MiB and could not be recorded: roll back the upgrade and start it again",
-                    rec.seq,
-                    super::MAX_UNIT_BYTES >> 20
-                )));
-            }
-            UNIT => {
-                let unit = Unit::decode(&rec.payload)
-                    .map_err(|m| Halt::Fatal(format!("capture queue seq {}: {m}", rec.seq)))?;
-                open.remove(&unit.uid);
-                if rec.seq > applied {
-                    let low = open.values().min().copied().unwrap_or(rec.seq + 1);
-                    apply_unit(&mut conn, &table, gen, rec.seq, low, &unit, to).await?;
-                    applied = rec.seq;
-                    e.applied.store(applied, Ordering::SeqCst);
+                RESTART => {}
+                LOST => {
+                    stop = Some(Halt::Fatal(format!(
+                        "transaction at queue seq {} was over {} MiB and could not be recorded: roll back the upgrade and start it again",
+                        rec.seq,
+                        super::MAX_UNIT_BYTES >> 20
+                    )));
+                }
+                UNIT => {
+                    let unit = Unit::decode(&rec.payload)
+                        .map_err(|m| Halt::Fatal(format!("capture queue seq {}: {m}", rec.seq)))?;
+                    open.remove(&unit.uid);
+                    if rec.seq > applied {
+                        let low = open.values().min().copied().unwrap_or(rec.seq + 1);
+                        if let Some(p) =
+                            encode(&mut conn.prepared, &table, gen, rec.seq, low, unit)?
+                        {
+                            bytes += p.out.len();
+                            batch.push(p);
+                        }
+                        applied = rec.seq;
+                    }
+                }
+                k => {
+                    stop = Some(Halt::Fatal(format!(
+                        "capture queue seq {}: unknown record kind {k}",
+                        rec.seq
+                    )));
                 }
             }
-            k => {
-                return Err(Halt::Fatal(format!(
-                    "capture queue seq {}: unknown record kind {k}",
-                    rec.seq
-                )))
+            if stop.is_some() {
+                break;
+            }
+            last_seq = Some(rec.seq);
+        }
+        if !batch.is_empty() {
+            run_batch(&mut conn, &table, gen, batch, to).await?;
+        }
+        if let Some(seq) = last_seq {
+            // In memory, "applied" is every record dealt with (OPEN and CLOSE records too),
+            // once durable on the other side; the seq kept there is that of the last unit.
+            e.applied.fetch_max(seq, Ordering::SeqCst);
+            e.applied_pos.store(reader.position(), Ordering::SeqCst);
+        }
+        if let Some(h) = stop {
+            return Err(h);
+        }
+        if last_seq.is_none() {
+            crate::metrics::capture_state(e);
+            if last_purge.elapsed() > Duration::from_secs(5) {
+                last_purge = Instant::now();
+                let keep = open.values().min().copied().unwrap_or(applied + 1);
+                let _ = queue::purge(e.dir(), gen, keep.saturating_sub(1).min(applied));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Most bytes sent in one batch (a batch has at least one unit; its most units are
+/// `[replication] apply_batch`: one round trip and one WAL flush per batch).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Sends the batch's units and one commit that waits for the WAL flush (so every unit of
+/// the batch is durable when it answers), reading the answers while sending; then checks
+/// each unit's answers against the source's, in order.
+async fn run_batch(
+    conn: &mut Conn,
+    table: &str,
+    gen: u64,
+    batch: Vec<Pending>,
+    to: Side,
+) -> Result<(), Halt> {
+    let mut out = BytesMut::with_capacity(batch.iter().map(|p| p.out.len()).sum::<usize>() + 128);
+    for p in &batch {
+        out.extend_from_slice(&p.out);
+    }
+    msg::query(
+        &mut out,
+        &format!(
+            "BEGIN; SET LOCAL synchronous_commit = on; UPDATE {table} SET seq = seq WHERE gen = {gen}; COMMIT"
+        ),
+    );
+    let expected: usize = batch.iter().map(Pending::answers).sum::<usize>() + 1;
+    let (mut rd, mut wr) = conn.stream.split();
+    let buf = &mut conn.buf;
+    let send = async {
+        wr.write_all(&out)
+            .await
+            .map_err(|e| Halt::Retry(format!("connection lost: {e}")))
+    };
+    let receive = async {
+        let mut segs: Vec<BytesMut> = Vec::with_capacity(expected);
+        let mut cur = BytesMut::new();
+        while segs.len() < expected {
+            let (tag, body) = backend::read_frame(&mut rd, buf, "apply")
+                .await
+                .map_err(|e| Halt::Retry(format!("connection lost: {e}")))?;
+            msg::put_msg(&mut cur, tag, |b| b.extend_from_slice(&body));
+            if tag == msg::READY_FOR_QUERY {
+                segs.push(std::mem::take(&mut cur));
             }
         }
-        // In memory, "applied" is every record dealt with (OPEN and CLOSE records too); the
-        // seq kept on the other side is that of the last unit applied.
-        e.applied.fetch_max(rec.seq, Ordering::SeqCst);
-        e.applied_pos.store(reader.position(), Ordering::SeqCst);
+        Ok(segs)
+    };
+    let ((), segs) = tokio::try_join!(send, receive)?;
+    let mut at = 0;
+    for p in &batch {
+        let n = p.answers();
+        check(p, &segs[at..at + n], to)?;
+        at += n;
     }
+    if let Some(Outcome::Error { sqlstate, message }) =
+        Answer::parse(&segs[at]).ok().and_then(|a| {
+            a.outcomes
+                .into_iter()
+                .find(|o| matches!(o, Outcome::Error { .. }))
+        })
+    {
+        return Err(Halt::Retry(format!(
+            "{}: flushing the applied transactions: {sqlstate} {message}",
+            to.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// The client's messages split into requests: per request whether it is counted by a
@@ -343,20 +443,45 @@ fn rolled_back(src: &[(&[u8], u8)]) -> bool {
     }
 }
 
-/// Applies one unit (see the [module docs](super)).
-async fn apply_unit(
-    conn: &mut Conn,
+/// One unit encoded for the other side, waiting for its answers.
+struct Pending {
+    seq: u64,
+    unit: Unit,
+    /// Requests that prepare the unit's named statements first.
+    prep_requests: usize,
+    /// The unit's own requests.
+    requests: usize,
+    out: BytesMut,
+}
+
+impl Pending {
+    /// ReadyForQuery messages that answer it: preparation, the session set-up, the unit's
+    /// requests, COMMIT (or the state update), the reset.
+    fn answers(&self) -> usize {
+        self.prep_requests + 1 + self.requests + 2
+    }
+
+    fn fatal(&self, m: impl std::fmt::Display) -> Halt {
+        Halt::Fatal(format!("transaction at queue seq {}: {m}", self.seq))
+    }
+}
+
+/// Encodes one unit (see the [module docs](super)) for the connection whose named
+/// statements are `prepared` (updated as if it ran). `None`: the unit rolled back on the
+/// source, nothing to apply. Errors (fatal): the recorded answers do not match the
+/// recorded requests.
+fn encode(
+    prepared: &mut HashMap<String, Vec<u8>>,
     table: &str,
     gen: u64,
     seq: u64,
     low: u64,
-    unit: &Unit,
-    to: Side,
-) -> Result<(), Halt> {
+    unit: Unit,
+) -> Result<Option<Pending>, Halt> {
     let fatal = |m: String| Halt::Fatal(format!("transaction at queue seq {seq}: {m}"));
     let src = cut_answers(&unit.server).map_err(|m| fatal(m.to_string()))?;
     if rolled_back(&src) {
-        return Ok(());
+        return Ok(None);
     }
     let sc = scan(&unit.client).map_err(fatal)?;
     if sc.requests != src.len() {
@@ -375,17 +500,17 @@ async fn apply_unit(
     let mut prep_requests = 0;
     for (n, _) in &sc.parses {
         close_statement(&mut out, n);
-        conn.prepared.remove(n);
+        prepared.remove(n);
     }
     for (n, f) in &unit.statements {
-        if sc.parses.iter().any(|(p, _)| p == n) || conn.prepared.get(n) == Some(f) {
+        if sc.parses.iter().any(|(p, _)| p == n) || prepared.get(n) == Some(f) {
             continue;
         }
         close_statement(&mut out, n);
         out.extend_from_slice(f);
         msg::sync(&mut out);
         prep_requests += 1;
-        conn.prepared.insert(n.clone(), f.clone());
+        prepared.insert(n.clone(), f.clone());
     }
     if !out.is_empty() {
         msg::sync(&mut out);
@@ -402,7 +527,10 @@ async fn apply_unit(
     }
     head.push_str(&ident(&unit.user));
     for (k, v) in &unit.params {
-        if matches!(k.as_str(), "options" | "replication" | "application_name") {
+        if matches!(
+            k.as_str(),
+            "options" | "replication" | "application_name" | "synchronous_commit"
+        ) {
             continue;
         }
         head.push_str(&format!(
@@ -423,25 +551,34 @@ async fn apply_unit(
         msg::query(&mut out, &state);
     }
     msg::query(&mut out, "RESET ROLE; RESET ALL");
-    conn.send(&out).await?;
-    let total = prep_requests + 1 + sc.requests + 2;
-    let mut segs: Vec<BytesMut> = Vec::with_capacity(total);
-    let mut cur = BytesMut::new();
-    while segs.len() < total {
-        let (tag, body) = conn.read().await?;
-        msg::put_msg(&mut cur, tag, |b| b.extend_from_slice(&body));
-        if tag == msg::READY_FOR_QUERY {
-            segs.push(std::mem::take(&mut cur));
-        }
-    }
+    // What the connection holds once these run (a failure stops applying, and a new
+    // connection starts with none).
     if sc.forgets {
-        conn.prepared.clear();
+        prepared.clear();
     }
     for (n, f) in &sc.parses {
-        conn.prepared.insert(n.clone(), f.clone());
+        prepared.insert(n.clone(), f.clone());
     }
+    let requests = sc.requests;
+    Ok(Some(Pending {
+        seq,
+        unit,
+        prep_requests,
+        requests,
+        out,
+    }))
+}
+
+/// Compares a unit's answers on the other side (`segs`: one per ReadyForQuery, as counted
+/// by [`Pending::answers`]) with the source's. Errors (fatal): a statement that does not
+/// prepare, a session set-up that fails, an answer that differs (error, command tag, rows
+/// affected), a transaction that did not commit.
+fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
+    let unit = &p.unit;
+    let src = cut_answers(&unit.server).map_err(|m| p.fatal(m))?;
+    let prep_requests = p.prep_requests;
     let parse =
-        |b: &[u8]| Answer::parse(b).map_err(|err| fatal(format!("unreadable answer: {err}")));
+        |b: &[u8]| Answer::parse(b).map_err(|err| p.fatal(format!("unreadable answer: {err}")));
     // Statement preparation: a named statement that does not prepare on this side.
     for s in &segs[..prep_requests] {
         if let Some(Outcome::Error { sqlstate, message }) = parse(s)?
@@ -449,8 +586,7 @@ async fn apply_unit(
             .iter()
             .find(|o| matches!(o, Outcome::Error { .. }))
         {
-            conn.prepared.clear();
-            return Err(fatal(format!(
+            return Err(p.fatal(format!(
                 "a prepared statement of the session does not prepare on the {}: {sqlstate} {message}",
                 to.as_str()
             )));
@@ -462,7 +598,7 @@ async fn apply_unit(
         .iter()
         .find(|o| matches!(o, Outcome::Error { .. }))
     {
-        return Err(fatal(format!(
+        return Err(p.fatal(format!(
             "setting up the session (role {}, its start-up parameters and SETs) failed on the {}: {sqlstate} {message}",
             unit.user,
             to.as_str()
@@ -472,7 +608,7 @@ async fn apply_unit(
         let a = parse(s)?;
         let b = parse(&segs[prep_requests + 1 + i])?;
         if a.outcomes.len() != b.outcomes.len() {
-            return Err(fatal(format!(
+            return Err(p.fatal(format!(
                 "request {} gave {} results on the source and {} on the {}",
                 i + 1,
                 a.outcomes.len(),
@@ -493,7 +629,7 @@ async fn apply_unit(
                 _ => false,
             };
             if !same {
-                return Err(fatal(format!(
+                return Err(p.fatal(format!(
                     "the {} answered differently from the source, so the data would diverge: source {} / {} {} (request {} of {})",
                     to.as_str(),
                     excerpt(x),
@@ -505,13 +641,13 @@ async fn apply_unit(
             }
         }
     }
-    let fin = parse(&segs[prep_requests + 1 + sc.requests])?;
+    let fin = parse(&segs[prep_requests + 1 + p.requests])?;
     match fin.outcomes.first() {
-        Some(Outcome::Command { tag }) if tag == "ROLLBACK" => Err(fatal(format!(
+        Some(Outcome::Command { tag }) if tag == "ROLLBACK" => Err(p.fatal(format!(
             "the transaction did not commit on the {} (it did on the source)",
             to.as_str()
         ))),
-        Some(Outcome::Error { sqlstate, message }) => Err(fatal(format!(
+        Some(Outcome::Error { sqlstate, message }) => Err(p.fatal(format!(
             "recording the applied position failed on the {}: {sqlstate} {message}",
             to.as_str()
         ))),

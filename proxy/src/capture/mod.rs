@@ -20,7 +20,12 @@
 //!   `<prefix>_mirror.applied` (exactly once: a unit whose seq is there is not applied
 //!   again), then takes the session's role (`SET LOCAL ROLE`), start-up parameters and SETs,
 //!   prepares the named statements it uses and runs the client's messages as they were
-//!   sent. Each answer is compared with the source's: an error the source did not have, or
+//!   sent. Units are sent in batches (up to `[replication] apply_batch` units or 4 MiB)
+//!   before their answers are
+//!   read, and commit without waiting for their WAL flush (`synchronous_commit = off`); one
+//!   commit that waits ends each batch, and only then do its units count as applied (so
+//!   the queue keeps them until they are durable on the other side).
+//!   Each answer is compared with the source's: an error the source did not have, or
 //!   a different command tag (rows affected), stops applying (the data would diverge);
 //!   different rows of a read inside the transaction are reported to validation.
 //!
