@@ -26,8 +26,10 @@
 //!   commit that waits ends each batch, and only then do its units count as applied (so
 //!   the queue keeps them until they are durable on the other side).
 //!   Each answer is compared with the source's: an error the source did not have, or
-//!   a different command tag (rows affected), stops applying (the data would diverge);
-//!   different rows of a read inside the transaction are reported to validation.
+//!   a different command tag (rows affected), stops applying (the data would diverge).
+//!   Row values (a read inside the transaction, `RETURNING`) are not compared: under
+//!   concurrency a read on the source may not have seen a transaction that committed after
+//!   it and before its own commit, which the other side applies first.
 //!
 //! Limits (statement-based replication): every writer must go through pgshift; statements
 //! whose effect depends on more than the data (`now()`, `random()`, sequence values drawn
