@@ -216,8 +216,11 @@ pub struct Preflight {
     pub failures: Vec<String>,
     /// Facts worth recording (versions, sequences to sync at cutover).
     pub notes: Vec<String>,
-    /// Source major version (e.g. 13), if reachable.
+    /// Source major version (e.g. 13; 9 for any 9.x), if reachable.
     pub source_major: Option<u32>,
+    /// The source's `server_version_num` (e.g. 90624 for 9.6.24, 130022 for 13.22), if
+    /// reachable: before 10 the major is two numbers, which `source_major` cannot tell apart.
+    pub source_version: Option<i32>,
     /// Target major version, if reachable.
     pub target_major: Option<u32>,
     /// Sequences of the source (`schema.name`), synced to the target at cutover.
@@ -476,67 +479,126 @@ impl Logical {
         tables: &mut Vec<String>,
     ) -> Result<()> {
         let ctx = |what: &str| format!("source: {what}");
-        let r = c
-            .query_one(
-                "SELECT current_setting('server_version_num')::int4,
-                        current_setting('wal_level'),
-                        current_setting('max_replication_slots')::int8,
-                        current_setting('max_wal_senders')::int8,
-                        (SELECT count(*) FROM pg_replication_slots
-                          WHERE slot_name <> ALL($1::text[]) AND slot_name !~ '^pg_[0-9]+_sync_'),
-                        (SELECT count(*) FROM pg_stat_replication r
-                          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid
-                                  AND (s.slot_name = ANY($1::text[]) OR s.slot_name ~ '^pg_[0-9]+_sync_'))),
-                        current_setting('max_logical_replication_workers')::int8,
-                        (SELECT system_identifier::text FROM pg_control_system()),
-                        current_database()::text",
-                &[&ours],
-            )
+        let version = server_version_num(c)
             .await
-            .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
-        let version: i32 = r.col(0)?;
+            .map_err(|e| pg_error(&ctx("reading server_version_num"), &e))?;
         let major = (version / 10000) as u32;
         out.source_major = Some(major);
+        out.source_version = Some(version);
         out.notes.push(format!(
-            "source: PostgreSQL {major} (server_version_num {version})"
+            "source: PostgreSQL {} (server_version_num {version})",
+            version_label(version)
         ));
-        let wal_level: String = r.col(1)?;
-        if wal_level != "logical" {
+        if version >= 100000 {
+            self.preflight_source_replication(c, ours, sync_workers, out, sysid)
+                .await?;
+        } else {
+            // Before 10 the settings and views the logical driver checks are missing
+            // (max_logical_replication_workers is 10+, docs "Logical Replication ›
+            // Configuration Settings"; pg_replication_slots and max_replication_slots 9.4+,
+            // docs "pg_replication_slots"): only what exists is read. The system identifier
+            // (pg_control_system(), 9.6+, docs "System Information Functions › Control Data
+            // Functions") tells the source from the target; older servers go without that
+            // check (a target of another major is another server anyway).
+            let (wal_level, db, sid): (String, String, Option<String>) = if version >= 90600 {
+                let r = c
+                    .query_one(
+                        "SELECT current_setting('wal_level'), current_database()::text,
+                                (SELECT system_identifier::text FROM pg_control_system())",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
+                (r.col(0)?, r.col(1)?, Some(r.col(2)?))
+            } else {
+                let r = c
+                    .query_one(
+                        "SELECT current_setting('wal_level'), current_database()::text",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
+                (r.col(0)?, r.col(1)?, None)
+            };
             out.failures.push(format!(
-                "source: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the source server"
+                "source: PostgreSQL {} has no native logical replication (publications and subscriptions are PostgreSQL 10+); \
+                 set [replication] driver = \"mirror\" (wal_level is '{wal_level}')",
+                version_label(version)
             ));
+            *sysid = sid.map(|s| (s, db));
         }
-        let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
-            (r.col(2)?, r.col(4)?, r.col(3)?, r.col(5)?);
-        let need = 1 + sync_workers;
-        if max_slots - used_slots < need {
-            out.failures.push(format!(
-                "source: max_replication_slots is {max_slots} with {used_slots} in use by others; pgshift needs {need} \
-                 (slot {} + {sync_workers} for the initial table copy, max_sync_workers_per_subscription on the target); \
-                 set max_replication_slots >= {} in postgresql.conf and restart",
-                self.names.forward,
-                used_slots + need
-            ));
-        }
-        if max_senders - used_senders < need {
-            out.failures.push(format!(
-                "source: max_wal_senders is {max_senders} with {used_senders} in use by others; pgshift needs {need}; \
-                 set max_wal_senders >= {} in postgresql.conf and restart",
-                used_senders + need
-            ));
-        }
-        let lrw: i64 = r.col(6)?;
-        if lrw < 1 {
-            out.failures.push(
-                "source: max_logical_replication_workers is 0; the reverse subscription (after cutover) needs 1; \
-                 set max_logical_replication_workers >= 1 in postgresql.conf and restart"
-                    .to_string(),
-            );
-        }
-        *sysid = Some((r.col(7)?, r.col(8)?));
 
-        // Replica identity: UPDATE and DELETE of a published table need a primary key or a
-        // replica identity (PostgreSQL docs 31.1, "Publication"; ALTER TABLE ... REPLICA IDENTITY).
+        if version < 100000 {
+            // No native logical replication to check a replica identity for (and no
+            // relreplident / indisreplident before 9.4): the tables only. relkind 'p'
+            // (partitioned, 10+) cannot occur.
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT n.nspname::text, c.relname::text
+                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND {USER_SCHEMA}
+                          ORDER BY 1, 2"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error(&ctx("listing tables"), &e))?;
+            for row in &rows {
+                tables.push(format!(
+                    "{}.{}",
+                    quote_ident_min(&row.col::<String>(0)?),
+                    quote_ident_min(&row.col::<String>(1)?)
+                ));
+            }
+            out.notes.push(format!("source: {} tables", tables.len()));
+        } else {
+            self.preflight_source_identity(c, out, tables).await?;
+        }
+
+        // pg_sequences is PostgreSQL 10+; before, the catalog (see `sequence_values_catalog`).
+        let catalog = catalog_sequences_sql();
+        let seqs = c
+            .query(
+                if version >= 100000 {
+                    "SELECT schemaname::text, sequencename::text FROM pg_sequences ORDER BY 1, 2"
+                } else {
+                    &catalog
+                },
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&ctx("listing sequences"), &e))?;
+        out.sequences = seqs
+            .iter()
+            .map(|r| {
+                Ok(format!(
+                    "{}.{}",
+                    quote_ident_min(&r.col::<String>(0)?),
+                    quote_ident_min(&r.col::<String>(1)?)
+                ))
+            })
+            .collect::<Result<_>>()?;
+        if !out.sequences.is_empty() {
+            out.notes.push(format!(
+                "source: {} sequences, synced to the target at cutover: {}",
+                out.sequences.len(),
+                out.sequences.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replica identity of the source's tables (PostgreSQL 10+, native logical replication):
+    /// UPDATE and DELETE of a published table need a primary key or a replica identity
+    /// (PostgreSQL docs 31.1, "Publication"; ALTER TABLE ... REPLICA IDENTITY).
+    async fn preflight_source_identity(
+        &self,
+        c: &Client,
+        out: &mut Preflight,
+        tables: &mut Vec<String>,
+    ) -> Result<()> {
+        let ctx = |what: &str| format!("source: {what}");
         let rows = c
             .query(
                 &format!(
@@ -583,31 +645,71 @@ impl Logical {
             "source: {} tables, {no_identity} without a usable replica identity",
             tables.len()
         ));
+        Ok(())
+    }
 
-        let seqs = c
-            .query(
-                "SELECT schemaname::text, sequencename::text FROM pg_sequences ORDER BY 1, 2",
-                &[],
+    /// The source's settings for native logical replication (PostgreSQL 10+ only:
+    /// `max_logical_replication_workers`, `pg_replication_slots`, `pg_control_system()`).
+    async fn preflight_source_replication(
+        &self,
+        c: &Client,
+        ours: &[String],
+        sync_workers: i64,
+        out: &mut Preflight,
+        sysid: &mut Option<(String, String)>,
+    ) -> Result<()> {
+        let ctx = |what: &str| format!("source: {what}");
+        let r = c
+            .query_one(
+                "SELECT current_setting('wal_level'),
+                        current_setting('max_replication_slots')::int8,
+                        current_setting('max_wal_senders')::int8,
+                        (SELECT count(*) FROM pg_replication_slots
+                          WHERE slot_name <> ALL($1::text[]) AND slot_name !~ '^pg_[0-9]+_sync_'),
+                        (SELECT count(*) FROM pg_stat_replication r
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid
+                                  AND (s.slot_name = ANY($1::text[]) OR s.slot_name ~ '^pg_[0-9]+_sync_'))),
+                        current_setting('max_logical_replication_workers')::int8,
+                        (SELECT system_identifier::text FROM pg_control_system()),
+                        current_database()::text",
+                &[&ours],
             )
             .await
-            .map_err(|e| pg_error(&ctx("listing sequences"), &e))?;
-        out.sequences = seqs
-            .iter()
-            .map(|r| {
-                Ok(format!(
-                    "{}.{}",
-                    quote_ident_min(&r.col::<String>(0)?),
-                    quote_ident_min(&r.col::<String>(1)?)
-                ))
-            })
-            .collect::<Result<_>>()?;
-        if !out.sequences.is_empty() {
-            out.notes.push(format!(
-                "source: {} sequences, synced to the target at cutover: {}",
-                out.sequences.len(),
-                out.sequences.join(", ")
+            .map_err(|e| pg_error(&ctx("reading settings"), &e))?;
+        let wal_level: String = r.col(0)?;
+        if wal_level != "logical" {
+            out.failures.push(format!(
+                "source: wal_level is '{wal_level}'; set wal_level = logical in postgresql.conf and restart the source server"
             ));
         }
+        let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
+            (r.col(1)?, r.col(3)?, r.col(2)?, r.col(4)?);
+        let need = 1 + sync_workers;
+        if max_slots - used_slots < need {
+            out.failures.push(format!(
+                "source: max_replication_slots is {max_slots} with {used_slots} in use by others; pgshift needs {need} \
+                 (slot {} + {sync_workers} for the initial table copy, max_sync_workers_per_subscription on the target); \
+                 set max_replication_slots >= {} in postgresql.conf and restart",
+                self.names.forward,
+                used_slots + need
+            ));
+        }
+        if max_senders - used_senders < need {
+            out.failures.push(format!(
+                "source: max_wal_senders is {max_senders} with {used_senders} in use by others; pgshift needs {need}; \
+                 set max_wal_senders >= {} in postgresql.conf and restart",
+                used_senders + need
+            ));
+        }
+        let lrw: i64 = r.col(5)?;
+        if lrw < 1 {
+            out.failures.push(
+                "source: max_logical_replication_workers is 0; the reverse subscription (after cutover) needs 1; \
+                 set max_logical_replication_workers >= 1 in postgresql.conf and restart"
+                    .to_string(),
+            );
+        }
+        *sysid = Some((r.col(6)?, r.col(7)?));
         Ok(())
     }
 
@@ -743,6 +845,14 @@ impl Logical {
         match tool_major(&self.pg_dump).await {
             Ok(m) => {
                 out.notes.push(format!("pg_dump {} is major {m}", self.pg_dump.display()));
+                if m < 10 {
+                    // --no-publications / --no-subscriptions are pg_dump 10+ options.
+                    out.failures.push(format!(
+                        "replication.pg_dump: {} is major {m}; the schema copy needs pg_dump 10 or newer (--no-publications, --no-subscriptions); \
+                         set replication.pg_dump to the pg_dump of the target's major (it dumps servers back to 9.2)",
+                        self.pg_dump.display()
+                    ));
+                }
                 if let Some(s) = source_major {
                     if m < s {
                         out.failures.push(format!(
@@ -1597,10 +1707,11 @@ impl Logical {
         Ok(Some((enabled, running, errors)))
     }
 
-    /// Copies every used sequence's position from `from` to `to`: reads `pg_sequences`
-    /// (schemaname, sequencename, last_value; serial and identity sequences included, NULL
-    /// `last_value` = never used or no privilege: skipped) in one query, and applies all with
-    /// `setval(.., last_value, true)` in one statement. Returns the number set.
+    /// Copies every used sequence's position from `from` to `to`:
+    /// [`sequence_values`](Self::sequence_values) on `from`, then
+    /// [`set_sequences`](Self::set_sequences) on `to`. Returns the number set. Works with
+    /// either side on PostgreSQL 9.2 or later (the `mirror` driver's old source, which after
+    /// cutover is where sequences are set on rollback).
     pub async fn sync_sequences(
         &self,
         from: &Client,
@@ -1608,35 +1719,146 @@ impl Logical {
         to: &Client,
         to_side: Side,
     ) -> Result<usize> {
-        let rows = from
+        let values = self.sequence_values(from, from_side).await?;
+        self.set_sequences(to, to_side, from_side, &values).await
+    }
+
+    /// The position of every used sequence of `c`'s database (serial and identity sequences
+    /// included): from the `pg_sequences` view on PostgreSQL 10 and later
+    /// ([`sequence_values_view`](Self::sequence_values_view)), from the catalog before
+    /// ([`sequence_values_catalog`](Self::sequence_values_catalog)), chosen by
+    /// `server_version_num`. Sorted by schema and name.
+    pub async fn sequence_values(&self, c: &Client, side: Side) -> Result<Vec<SequenceValue>> {
+        let version = server_version_num(c).await.map_err(|e| {
+            pg_error(
+                &format!("{}: reading server_version_num", self.label(side)),
+                &e,
+            )
+        })?;
+        if version >= 100000 {
+            self.sequence_values_view(c, side).await
+        } else {
+            self.sequence_values_catalog(c, side).await
+        }
+    }
+
+    /// [`sequence_values`](Self::sequence_values) from the `pg_sequences` view (PostgreSQL 10+:
+    /// docs "pg_sequences"; release notes of 10, "Add view pg_sequences"): schemaname,
+    /// sequencename, last_value, in one query. `last_value` is NULL for a sequence never used
+    /// (`is_called` false) or one the user may neither SELECT nor USAGE: skipped.
+    pub async fn sequence_values_view(&self, c: &Client, side: Side) -> Result<Vec<SequenceValue>> {
+        let rows = c
             .query(
-                "SELECT schemaname::text, sequencename::text, last_value FROM pg_sequences
+                "SELECT schemaname::text, sequencename::text, last_value FROM pg_catalog.pg_sequences
                   WHERE last_value IS NOT NULL ORDER BY 1, 2",
                 &[],
             )
             .await
-            .map_err(|e| {
-                pg_error(
-                    &format!("{}: reading pg_sequences", self.label(from_side)),
-                    &e,
-                )
-            })?;
-        if rows.is_empty() {
+            .map_err(|e| pg_error(&format!("{}: reading pg_sequences", self.label(side)), &e))?;
+        let mut out: Vec<SequenceValue> = rows
+            .iter()
+            .map(|r| {
+                Ok(SequenceValue {
+                    schema: r.col(0)?,
+                    name: r.col(1)?,
+                    last_value: r.col(2)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// [`sequence_values`](Self::sequence_values) from the catalog, for servers without
+    /// `pg_sequences` (before 10), and correct on every version from 9.0: the sequences are
+    /// `pg_class` rows of `relkind 'S'` in user schemas (the schemas `pg_sequences` shows
+    /// sequences of, less the system ones, which hold none) that the user may `SELECT`
+    /// (`has_sequence_privilege`, 9.0+); each sequence relation is then read with
+    /// `SELECT last_value, is_called` (columns of a sequence on every version: docs "CREATE
+    /// SEQUENCE", "Notes"; 10 dropped the others from the relation but kept these). Only
+    /// sequences with `is_called` true count: that is what a non-NULL
+    /// `pg_sequences.last_value` means (`pg_sequence_last_value()` returns NULL otherwise).
+    ///
+    /// Round trips: `server_version_num` aside, one for the list and one for the values: the
+    /// reads are [`SEQUENCE_BATCH`] sequences per `UNION ALL` query, all queries sent in one
+    /// simple-protocol message. A sequence dropped between the two fails the read (naming the
+    /// server); the caller tries again. A role with USAGE but no SELECT on a sequence sees it
+    /// in `pg_sequences` but not here (reading the relation needs SELECT); pgshift's
+    /// control-plane user is a superuser.
+    pub async fn sequence_values_catalog(
+        &self,
+        c: &Client,
+        side: Side,
+    ) -> Result<Vec<SequenceValue>> {
+        let label = self.label(side);
+        let rows = c
+            .query(&catalog_sequences_sql(), &[])
+            .await
+            .map_err(|e| pg_error(&format!("{label}: listing sequences"), &e))?;
+        let names: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| Ok((r.col(0)?, r.col(1)?)))
+            .collect::<Result<_>>()?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sequence_read_sql(&names, SEQUENCE_BATCH);
+        let msgs = c
+            .simple_query(&sql)
+            .await
+            .map_err(|e| pg_error(&format!("{label}: reading {} sequences", names.len()), &e))?;
+        let mut out = Vec::new();
+        for m in &msgs {
+            let tokio_postgres::SimpleQueryMessage::Row(r) = m else {
+                continue;
+            };
+            let bad = || {
+                DriverError::new(format!(
+                    "{label}: unexpected row reading sequences: {:?}",
+                    (r.get(0), r.get(1))
+                ))
+            };
+            let i: usize = r.get(0).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            let last_value: i64 = r.get(1).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+            let (schema, name) = names.get(i).ok_or_else(bad)?.clone();
+            out.push(SequenceValue {
+                schema,
+                name,
+                last_value,
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Sets each of `values` on `to` with `setval(.., last_value, true)` (so the next
+    /// `nextval` gives the one after), all in one statement. Returns the number set.
+    ///
+    /// The arrays are walked with `generate_series` and subscripts rather than the
+    /// multi-argument `unnest(a, b, c)` in FROM, which is PostgreSQL 9.4+ (release notes of
+    /// 9.4, "Allow unnest() to take multiple arguments"): the statement runs on 9.1 and later (`format('%I')` is 9.1+, docs
+    /// "String Functions and Operators"), so on the `mirror` driver's old source too, where
+    /// the sequences are set on rollback after cutover. A sequence missing on `to` fails the
+    /// statement, and none is set.
+    pub async fn set_sequences(
+        &self,
+        to: &Client,
+        to_side: Side,
+        from_side: Side,
+        values: &[SequenceValue],
+    ) -> Result<usize> {
+        if values.is_empty() {
             return Ok(0);
         }
-        let mut schemas = Vec::with_capacity(rows.len());
-        let mut names = Vec::with_capacity(rows.len());
-        let mut values = Vec::with_capacity(rows.len());
-        for r in &rows {
-            schemas.push(r.col::<String>(0)?);
-            names.push(r.col::<String>(1)?);
-            values.push(r.col::<i64>(2)?);
-        }
+        let schemas: Vec<&str> = values.iter().map(|v| v.schema.as_str()).collect();
+        let names: Vec<&str> = values.iter().map(|v| v.name.as_str()).collect();
+        let last: Vec<i64> = values.iter().map(|v| v.last_value).collect();
         let r = to
             .query_one(
-                "SELECT count(pg_catalog.setval(format('%I.%I', s, n)::regclass, v, true))
-                   FROM unnest($1::text[], $2::text[], $3::int8[]) AS t(s, n, v)",
-                &[&schemas, &names, &values],
+                "SELECT count(pg_catalog.setval(pg_catalog.format('%I.%I', a.s[i], a.n[i])::regclass, a.v[i], true))
+                   FROM (SELECT $1::text[] AS s, $2::text[] AS n, $3::int8[] AS v) a,
+                        pg_catalog.generate_series(1, pg_catalog.array_length($1::text[], 1)) AS i",
+                &[&schemas, &names, &last],
             )
             .await
             .map_err(|e| {
@@ -1651,6 +1873,83 @@ impl Logical {
             })?;
         let n: i64 = r.col(0)?;
         Ok(n as usize)
+    }
+}
+
+/// A used sequence and its position (see [`Logical::sequence_values`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SequenceValue {
+    /// Schema name, unquoted.
+    pub schema: String,
+    /// Sequence name, unquoted.
+    pub name: String,
+    /// The last value handed out (or, with `CACHE` > 1, reserved), as `pg_sequences.last_value`.
+    pub last_value: i64,
+}
+
+/// Sequences read per `UNION ALL` query by [`Logical::sequence_values_catalog`].
+pub const SEQUENCE_BATCH: usize = 200;
+
+/// The user schemas' sequences the connected role may read, by schema and name: `pg_class`
+/// `relkind 'S'` (every version). `has_sequence_privilege` raises an error for any other
+/// relation and the planner may call it before the `relkind` test: hence the `CASE`.
+fn catalog_sequences_sql() -> String {
+    format!(
+        "SELECT n.nspname::text, c.relname::text
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'S' AND {USER_SCHEMA}
+            AND CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, 'SELECT') END
+          ORDER BY 1, 2"
+    )
+}
+
+/// The reads of [`Logical::sequence_values_catalog`]: per `batch` sequences one query
+/// `SELECT <i>, last_value FROM "s"."n" WHERE is_called UNION ALL ...` (`i`: the position in
+/// `names`), the queries joined with `;` for one simple-protocol message.
+fn sequence_read_sql(names: &[(String, String)], batch: usize) -> String {
+    names
+        .chunks(batch.max(1))
+        .enumerate()
+        .map(|(b, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(k, (s, n))| {
+                    format!(
+                        "SELECT {}, last_value FROM {}.{} WHERE is_called",
+                        b * batch.max(1) + k,
+                        quote_ident(s),
+                        quote_ident(n)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        })
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+/// `server_version_num` of the connected server (e.g. 90624, 130022): what version-dependent
+/// SQL branches on. Readable on every version pgshift supports (8.2+).
+pub(crate) async fn server_version_num(c: &Client) -> Result<i32, tokio_postgres::Error> {
+    c.query_one(
+        "SELECT pg_catalog.current_setting('server_version_num')::int4",
+        &[],
+    )
+    .await?
+    .try_get(0)
+}
+
+/// A version for messages: `9.6` before 10 (two-part majors), `13` from 10 on.
+pub fn version_label(server_version_num: i32) -> String {
+    if server_version_num >= 100000 {
+        (server_version_num / 10000).to_string()
+    } else {
+        format!(
+            "{}.{}",
+            server_version_num / 10000,
+            (server_version_num / 100) % 100
+        )
     }
 }
 
@@ -1799,6 +2098,30 @@ mod tests {
         );
         assert_eq!(parse_tool_major("psql (PostgreSQL) 17.2\n"), Some(17));
         assert_eq!(parse_tool_major("garbage"), None);
+    }
+
+    #[test]
+    fn versions_and_sequence_reads() {
+        assert_eq!(version_label(90224), "9.2");
+        assert_eq!(version_label(90624), "9.6");
+        assert_eq!(version_label(100023), "10");
+        assert_eq!(version_label(170010), "17");
+        let names: Vec<(String, String)> = (0..5)
+            .map(|i| ("s".to_string(), format!("q{i}")))
+            .chain([("My \"Schema\"".to_string(), "Seq".to_string())])
+            .collect();
+        let sql = sequence_read_sql(&names, 2);
+        let queries: Vec<&str> = sql.split(";\n").collect();
+        assert_eq!(queries.len(), 3, "{sql}");
+        assert_eq!(
+            queries[0],
+            "SELECT 0, last_value FROM \"s\".\"q0\" WHERE is_called UNION ALL SELECT 1, last_value FROM \"s\".\"q1\" WHERE is_called"
+        );
+        assert_eq!(
+            queries[2],
+            "SELECT 4, last_value FROM \"s\".\"q4\" WHERE is_called UNION ALL SELECT 5, last_value FROM \"My \"\"Schema\"\"\".\"Seq\" WHERE is_called"
+        );
+        assert_eq!(sequence_read_sql(&names, 200).split(";\n").count(), 1);
     }
 
     #[test]
