@@ -18,6 +18,13 @@
 //!   back); traffic goes over.
 //! * **DetachOld / rollback before cutover**: capture stops, its queue files and the
 //!   `<prefix>_mirror` schema (the applied positions) are removed.
+//!
+//! **Source versions.** What the control plane runs on the source (preflight, snapshot
+//! export and copy, sequence reads, and on rollback after cutover the sequence writes and
+//! the health probe) branches on `server_version_num` down to PostgreSQL 9.2; preflight
+//! refuses older sources, and 9.2 for the rollback after cutover (see
+//! [`mirror_version_failures`]). Tested against real servers from 10 on (the oldest major
+//! the test harness has).
 
 use super::{drain, lock, now_rfc3339, ControlError, Controller, Laps, Phase, DONE, RUNNING};
 use crate::journal::{Durability, StepStatus};
@@ -36,9 +43,41 @@ fn logical_only(failure: &str) -> bool {
         "max_logical_replication_workers",
         "max_sync_workers",
         "REPLICA IDENTITY",
+        "no native logical replication",
     ]
     .iter()
     .any(|k| failure.contains(k))
+}
+
+/// What the `mirror` driver cannot do on a source of `server_version_num` `v` (empty from
+/// 9.3 on). The SQL the control plane sends to the source branches on the version down to
+/// 9.2; what is left:
+///
+/// * before 9.2 there is no `pg_export_snapshot()` (docs 9.27.5, "Snapshot Synchronization
+///   Functions", new in 9.2): the initial copy cannot be consistent with the start of the
+///   capture;
+/// * before 9.3 there is no `CREATE SCHEMA IF NOT EXISTS` (docs "CREATE SCHEMA"; release
+///   notes of 9.3), which the proxy's applier sends first on the server it applies to
+///   (`proxy/src/capture/apply.rs`, retried every second): after cutover that is the source,
+///   so the target's writes would never be applied back, and ROLLBACK UPGRADE after cutover
+///   would be refused for the lag (the applier, not the control plane, would have to branch
+///   there, e.g. a `DO` block that creates the schema when `pg_namespace` lacks it).
+pub(crate) fn mirror_version_failures(v: i32) -> Vec<String> {
+    let label = crate::logical::version_label(v);
+    if v < 90200 {
+        vec![format!(
+            "source: PostgreSQL {label} (server_version_num {v}) is older than 9.2; the mirror driver's initial copy needs \
+             pg_export_snapshot() (PostgreSQL 9.2+) to start the capture at the instant of the copied snapshot; upgrade the source to 9.2 or later first"
+        )]
+    } else if v < 90300 {
+        vec![format!(
+            "source: PostgreSQL {label} (server_version_num {v}): after cutover the mirror driver applies the target's writes back to the source, \
+             and its applier starts with CREATE SCHEMA IF NOT EXISTS (PostgreSQL 9.3+): they would never reach the source and \
+             ROLLBACK UPGRADE after cutover would be refused; upgrade the source to 9.3 or later first"
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A new capture generation: milliseconds since the epoch (unique and increasing).
@@ -76,7 +115,8 @@ impl Controller {
         })
     }
 
-    /// Drops the preflight failures that only the `logical` driver has.
+    /// Drops the preflight failures that only the `logical` driver has, and adds what the
+    /// `mirror` driver needs of the source's version ([`mirror_version_failures`]).
     pub(super) fn driver_preflight(&self, mut pf: Preflight) -> Preflight {
         if self.mirror_driver() {
             let n = pf.failures.len();
@@ -85,6 +125,9 @@ impl Controller {
                 "mirror driver: no logical decoding needed ({} logical-replication requirement(s) not applied)",
                 n - pf.failures.len()
             ));
+            if let Some(v) = pf.source_version {
+                pf.failures.extend(mirror_version_failures(v));
+            }
         }
         pf
     }
@@ -391,5 +434,30 @@ impl Controller {
         }
         done.push(format!("schema {schema} dropped on both servers"));
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_limits_of_the_mirror_driver() {
+        assert!(mirror_version_failures(130022).is_empty());
+        assert!(mirror_version_failures(100023).is_empty());
+        assert!(mirror_version_failures(90300).is_empty());
+        let f = mirror_version_failures(90224);
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].contains("PostgreSQL 9.2") && f[0].contains("9.3"),
+            "{f:?}"
+        );
+        let f = mirror_version_failures(90124);
+        assert!(f[0].contains("pg_export_snapshot"), "{f:?}");
+        // The logical driver's refusal of a 9.x source is not the mirror driver's business.
+        assert!(logical_only(
+            "source: PostgreSQL 9.6 has no native logical replication (publications and subscriptions are PostgreSQL 10+)"
+        ));
+        assert!(!logical_only(&mirror_version_failures(90224)[0]));
     }
 }
