@@ -101,7 +101,9 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
             Mode::Shift => Direction::Forward,
             Mode::AfterCutover => Direction::Reverse,
         };
-        let mut probe = prober.tick(&this.driver, dir, interval).await;
+        let mut probe = prober
+            .tick(&this.driver, dir, interval, this.capture_state().is_some())
+            .await;
         if let Some(st) = this.capture_state() {
             // The mirror driver: no subscription; pgshift's own applier is the worker.
             probe.worker_running = Some(st.applying && st.failed.is_none());
@@ -180,7 +182,17 @@ impl Prober {
     /// answer; unreachable after [`PROBE_FAILURES`] errors in a row (connection refused or
     /// lost, a server error; the next probe starts at once on a new connection) or when a
     /// probe has been running for longer than `max(2 s, 5 intervals)`.
-    async fn tick(&mut self, driver: &Logical, dir: Direction, interval: Duration) -> Probe {
+    ///
+    /// `reach_only` (the `mirror` driver: no subscription, pgshift's applier is the worker)
+    /// probes with `SELECT 1` instead of reading `pg_subscription`, which PostgreSQL has only
+    /// from 10: after cutover the subscriber is the old source, perhaps a 9.x.
+    async fn tick(
+        &mut self,
+        driver: &Logical,
+        dir: Direction,
+        interval: Duration,
+        reach_only: bool,
+    ) -> Probe {
         let side = dir.subscriber();
         let stall = (interval * 5).max(Duration::from_secs(2));
         if let Some((started, h)) = &self.inflight {
@@ -239,12 +251,19 @@ impl Prober {
                         Err(e) => return (None, Err(e.message)),
                     },
                 };
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    d.subscription_health(&c.1, dir),
-                )
-                .await
-                {
+                let probe = async {
+                    if reach_only {
+                        c.1.simple_query("SELECT 1")
+                            .await
+                            .map(|_| None)
+                            .map_err(|e| {
+                                crate::logical::pg_error(&format!("{}: probe", d.label(side)), &e)
+                            })
+                    } else {
+                        d.subscription_health(&c.1, dir).await
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(10), probe).await {
                     Ok(Ok(r)) => (Some(c), Ok(r)),
                     Ok(Err(e)) => (None, Err(e.message)),
                     Err(_) => (None, Err("no answer within 10 s".into())),
