@@ -663,11 +663,23 @@ impl Local {
         let tgt = self.connect("postgres").await?;
         let perr =
             |what: &str, e: &tokio_postgres::Error| crate::logical::pg_error(&self.ctx(what), e);
+        // rolbypassrls is PostgreSQL 9.5+ (docs "pg_roles"; row security came in 9.5): an
+        // older source's roles have no such attribute, NOBYPASSRLS.
+        let version = crate::logical::server_version_num(src)
+            .await
+            .map_err(|e| perr("source: reading server_version_num", &e))?;
+        let bypassrls = if version >= 90500 {
+            "rolbypassrls"
+        } else {
+            "false"
+        };
         let roles = src
             .query(
-                "SELECT rolname::text, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
-                        rolreplication, rolbypassrls, rolconnlimit, rolvaliduntil::text
-                   FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY oid",
+                &format!(
+                    "SELECT rolname::text, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
+                            rolreplication, {bypassrls}, rolconnlimit, rolvaliduntil::text
+                       FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY oid"
+                ),
                 &[],
             )
             .await
