@@ -1,0 +1,321 @@
+//! The `mirror` replication driver from an old source: PostgreSQL 10 with `wal_level =
+//! replica` (the oldest major the harness has; before 10 there is no `pg_sequences`, and the
+//! driver's server-side SQL branches on the version) carried to a 17 under a short,
+//! rate-limited pgbench and a writer of acknowledged ids, all through pgshift: START UPGRADE
+//! to replicating, INITIATE CUTOVER, contents equal on both sides, sequences set at the
+//! cutover (a sequence advanced by draws that no committed transaction carries, so only the
+//! sync can tell the target), then ROLLBACK UPGRADE after cutover: nothing written on the 17
+//! lost, and the 10's sequences set from the 17.
+
+use integration::load::{missing_ids, Writer};
+use integration::stack::field as get;
+use integration::{PgServer, Stack, StackOptions};
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+/// A table with a sequence, written by one session at a time (ids drawn on the side the
+/// statement runs on; one writer keeps the draws in commit order, so both sides get the same
+/// ids when the statement is applied again on the other).
+const EVENTS_SQL: &str =
+    "CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL); ALTER TABLE events OWNER TO app";
+
+/// md5 of a table's rows in key order (the same on both servers when their data is equal).
+fn digest(s: &PgServer, table: &str, key: &str) -> String {
+    s.psql(
+        "app",
+        &format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, ',' ORDER BY {key}), '')) FROM {table} t"
+        ),
+    )
+    .unwrap()
+}
+
+/// The tables whose contents differ between `a` and `b`.
+fn tables_differ(a: &PgServer, b: &PgServer) -> Vec<String> {
+    let mut differ = Vec::new();
+    for (t, k) in [
+        ("pgbench_accounts", "aid"),
+        ("pgbench_branches", "bid"),
+        ("pgbench_tellers", "tid"),
+        // mtime is CURRENT_TIMESTAMP: another value where the statement is applied again.
+        (
+            "(SELECT tid, bid, aid, delta FROM pgbench_history)",
+            "tid, bid, aid, delta",
+        ),
+        ("(SELECT id FROM acked)", "id"),
+        ("events", "id"),
+    ] {
+        if digest(a, t, k) != digest(b, t, k) {
+            differ.push(t.to_string());
+        }
+    }
+    differ
+}
+
+/// Waits until `a` and `b` hold the same data (the applier catches up), at most 30 s.
+async fn wait_equal(stack: &Stack, a: &PgServer, b: &PgServer, when: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let differ = tables_differ(a, b);
+        if differ.is_empty() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{when}: the servers differ in {differ:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 100)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Inserts `n` events, one autocommit statement each; returns the ids.
+///
+/// The statement is prepared first, on its own (as [`Writer`] does): with the text
+/// (`query_one("INSERT ...")`) tokio-postgres sends Parse/Describe/Sync and then
+/// Bind/Execute/Sync, the capture records both requests as one unit whose first answer ends
+/// idle, and the applier runs such a unit unwrapped with the applied position stored while
+/// the session's role is still set (`proxy/src/capture/apply.rs`): "permission denied for
+/// schema pgshift_mirror", and applying stops. That is not a matter of the source's version.
+async fn insert_events(c: &Client, n: usize, note: &str) -> Vec<i64> {
+    let st = c
+        .prepare("INSERT INTO events (note) VALUES ($1) RETURNING id")
+        .await
+        .expect("prepare");
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id: i64 = c
+            .query_one(&st, &[&note])
+            .await
+            .unwrap_or_else(|e| panic!("insert into events ({note}): {e:?}"))
+            .get(0);
+        ids.push(id);
+    }
+    ids
+}
+
+/// Draws `n` values of events' sequence in a transaction that rolls back (as a failed insert
+/// does): the sequence moves on the serving side, and nothing is carried to the other one.
+/// Returns the last value drawn.
+async fn burn(c: &Client, n: i64) -> i64 {
+    c.batch_execute("BEGIN").await.unwrap();
+    let last: i64 = c
+        .query_one(
+            "SELECT max(nextval('events_id_seq')) FROM generate_series(1, $1::int8)",
+            &[&n],
+        )
+        .await
+        .expect("nextval")
+        .get(0);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    last
+}
+
+/// `last_value` of events' sequence on a server (its own view of it, not through pgshift).
+fn seq_last(s: &PgServer) -> i64 {
+    s.psql("app", "SELECT last_value FROM events_id_seq")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_10_to_17_cutover_and_rollback() {
+    let t0 = Instant::now();
+    let stack = Stack::start(StackOptions {
+        source_major: 10,
+        target_major: 17,
+        pgbench_scale: 1,
+        source_settings: vec![("wal_level".into(), "replica".into())],
+        extra_config: "[replication]\ndriver = \"mirror\"\ncopy_jobs = 2\n\n\
+                       [upgrade]\napprove_cutover = true\nshift = []\nshift_hold_ms = 90000\n\
+                       drain_timeout_ms = 5000\ncatchup_timeout_ms = 20000\npoll_interval_ms = 100\n\n\
+                       [health]\ninterval_ms = 250\nmax_p99_ratio = 100.0\n"
+            .into(),
+        // max_p99_ratio 100: the health checks guard the 17 after the cutover (their probe
+        // of the 10 runs too), and the latency ratio on a loaded 2-core machine is noise.
+        ..Default::default()
+    })
+    .expect("stack");
+    let (src, tgt) = (&stack.source, &stack.target);
+    stack.prepare_source().unwrap();
+    src.psql("app", EVENTS_SQL).unwrap();
+    assert_eq!(src.psql("app", "SHOW wal_level").unwrap(), "replica");
+    assert_eq!(
+        src.psql("app", "SHOW server_version_num").unwrap()[..2].to_string(),
+        "10"
+    );
+    eprintln!(
+        "[{:>5.1?}] stack up: 10 (wal_level=replica) and 17",
+        t0.elapsed()
+    );
+
+    // Rate-limited: the applier runs one transaction at a time.
+    let tpcb = stack.pgbench_loop(&[
+        "-n", "-c", "2", "-j", "1", "-T", "3", "-R", "100", "-M", "prepared",
+    ]);
+    let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(3));
+    let app = stack.app_client().await.unwrap();
+    let mut events = insert_events(&app, 20, "before start").await;
+
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let s = stack.status().await.unwrap();
+        let state = get(&s, "state");
+        assert!(
+            !matches!(state.as_str(), "error" | "paused" | "alert"),
+            "plan stopped: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 100)
+        );
+        if state == "waiting" {
+            assert_eq!(get(&s, "phase"), "replicating", "{s:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replicating in time: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 100)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "[{:>5.1?}] replicating {:.1?} after START UPGRADE",
+        t0.elapsed(),
+        started.elapsed()
+    );
+    let e = stack
+        .admin("FORCE RESYNC TABLE 'events'")
+        .await
+        .expect_err("FORCE RESYNC with the mirror driver");
+    assert!(e.to_string().contains("logical\" only"), "{e}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    events.extend(insert_events(&app, 20, "replicating").await);
+    // The source's sequence moves on without a committed transaction to carry it.
+    let burned_on_10 = burn(&app, 1000).await;
+    assert_eq!(seq_last(src), burned_on_10);
+    assert!(
+        seq_last(tgt) < burned_on_10 - 900,
+        "the target saw the draws"
+    );
+
+    let r = stack.admin("INITIATE CUTOVER").await;
+    assert!(
+        r.is_ok(),
+        "cutover: {r:?}\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 100)
+    );
+    let msg = r.unwrap();
+    eprintln!("[{:>5.1?}] cutover: {msg:?}", t0.elapsed());
+    let s = stack.status().await.unwrap();
+    assert_eq!(get(&s, "target_weight"), "100", "{s:?}");
+    assert_eq!(stack.app_server_major().await.unwrap(), 17);
+    // Sequences set at the cutover: the 17 goes on after the 10's last draw.
+    assert!(seq_last(tgt) >= burned_on_10, "target sequence not set");
+    let app = stack.app_client().await.unwrap();
+    let on_17 = insert_events(&app, 20, "on 17").await;
+    assert!(
+        on_17.iter().all(|id| *id > burned_on_10),
+        "ids on the 17 {on_17:?} not after the 10's {burned_on_10}"
+    );
+    events.extend(&on_17);
+    // Load on the 17; its writes are recorded and applied back to the 10.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The health checks after the cutover ran, their probe of the 10 included.
+    let s = stack.status().await.unwrap();
+    let health = get(&s, "health");
+    eprintln!(
+        "[{:>5.1?}] health after the cutover: {health}",
+        t0.elapsed()
+    );
+    assert!(
+        !health.is_empty() && !health.contains("unreachable"),
+        "{s:?}"
+    );
+    let burned_on_17 = burn(&app, 1000).await;
+
+    let written = writer.stop().await;
+    let tpcb = tokio::task::spawn_blocking(move || tpcb.stop())
+        .await
+        .unwrap();
+    eprintln!(
+        "[{:>5.1?}] load stopped: pgbench {tpcb:?}; writer {} acked, errors {:?}",
+        t0.elapsed(),
+        written.acked.len(),
+        written.errors
+    );
+    assert!(tpcb.transactions > 100, "{tpcb:?}");
+    assert_eq!((tpcb.failed, tpcb.errors.len()), (0, 0), "{tpcb:?}");
+    assert!(written.errors.is_empty(), "writer: {:?}", written.errors);
+    assert!(written.acked.len() > 200, "{} writes", written.acked.len());
+    let lost = missing_ids(tgt, "app", "acked", &written.acked).unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes not on the 17",
+        lost.len()
+    );
+    let caught_up = wait_equal(&stack, src, tgt, "after cutover").await;
+    eprintln!(
+        "[{:>5.1?}] the 10 equals the 17 ({caught_up:.1?} after the load stopped)",
+        t0.elapsed()
+    );
+    let n_events: usize = src
+        .psql("app", "SELECT count(*) FROM events")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(n_events, events.len());
+    for s in [src, tgt] {
+        assert_eq!(
+            s.psql(
+                "app",
+                "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT sum(bbalance) FROM pgbench_branches)"
+            )
+            .unwrap(),
+            "t"
+        );
+    }
+
+    // Rollback after cutover: back on the 10, nothing written on the 17 lost, and the 10's
+    // sequence set from the 17.
+    assert!(
+        seq_last(src) < burned_on_17 - 900,
+        "the source saw the draws"
+    );
+    let r = stack.admin("ROLLBACK UPGRADE").await;
+    assert!(
+        r.is_ok(),
+        "rollback: {r:?}\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 100)
+    );
+    eprintln!("[{:>5.1?}] rollback: {:?}", t0.elapsed(), r.unwrap());
+    let s = stack.status().await.unwrap();
+    assert_eq!(get(&s, "source_weight"), "100", "{s:?}");
+    assert_eq!(stack.app_server_major().await.unwrap(), 10);
+    let lost = missing_ids(src, "app", "acked", &written.acked).unwrap();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes not on the 10 after rollback",
+        lost.len()
+    );
+    assert!(seq_last(src) >= burned_on_17, "source sequence not set");
+    let app = stack.app_client().await.unwrap();
+    let on_10 = insert_events(&app, 5, "back on 10").await;
+    assert!(
+        on_10.iter().all(|id| *id > burned_on_17),
+        "ids on the 10 {on_10:?} not after the 17's {burned_on_17}"
+    );
+    let history = stack.history_lines().await.unwrap();
+    for l in history.iter().filter(|l| l.contains("pause")) {
+        eprintln!("  {l}");
+    }
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("capture of committed writes started")),
+        "{}",
+        history.join("\n")
+    );
+    eprintln!("done in {:.1?}", t0.elapsed());
+}
