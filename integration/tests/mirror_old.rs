@@ -69,29 +69,46 @@ async fn wait_equal(stack: &Stack, a: &PgServer, b: &PgServer, when: &str) -> Du
     }
 }
 
-/// Inserts `n` events, one autocommit statement each; returns the ids.
+/// A session through pgshift that inserts events with one statement prepared when it
+/// opens and kept as long as the session lives.
 ///
-/// The statement is prepared first, on its own (as [`Writer`] does): with the text
-/// (`query_one("INSERT ...")`) tokio-postgres sends Parse/Describe/Sync and then
-/// Bind/Execute/Sync, the capture records both requests as one unit whose first answer ends
-/// idle, and the applier runs such a unit unwrapped with the applied position stored while
-/// the session's role is still set (`proxy/src/capture/apply.rs`): "permission denied for
-/// schema pgshift_mirror", and applying stops. That is not a matter of the source's version.
-async fn insert_events(c: &Client, n: usize, note: &str) -> Vec<i64> {
-    let st = c
-        .prepare("INSERT INTO events (note) VALUES ($1) RETURNING id")
-        .await
-        .expect("prepare");
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id: i64 = c
-            .query_one(&st, &[&note])
+/// Not `query_one("INSERT ...")` with the text: tokio-postgres then prepares a statement per
+/// call and closes it when done, and that Close + Sync can reach pgshift in one write with
+/// the next call's Parse/Describe/Sync. The capture records those two requests as one unit
+/// that may write; its first answer ends idle, so the applier runs it as "several
+/// transactions" (`wrap` false in `proxy/src/capture/apply.rs`), storing the applied
+/// position with `SET ROLE <session user>` still in force: "permission denied for schema
+/// pgshift_mirror", and applying stops. Seen from a 13 source as from a 10: not a matter of
+/// the source's version.
+struct Events {
+    c: Client,
+    insert: tokio_postgres::Statement,
+}
+
+impl Events {
+    async fn open(stack: &Stack) -> Events {
+        let c = stack.app_client().await.unwrap();
+        let insert = c
+            .prepare("INSERT INTO events (note) VALUES ($1) RETURNING id")
             .await
-            .unwrap_or_else(|e| panic!("insert into events ({note}): {e:?}"))
-            .get(0);
-        ids.push(id);
+            .expect("prepare");
+        Events { c, insert }
     }
-    ids
+
+    /// Inserts `n` events, one autocommit statement each; returns the ids.
+    async fn insert(&self, n: usize, note: &str) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id: i64 = self
+                .c
+                .query_one(&self.insert, &[&note])
+                .await
+                .unwrap_or_else(|e| panic!("insert into events ({note}): {e:?}"))
+                .get(0);
+            ids.push(id);
+        }
+        ids
+    }
 }
 
 /// Draws `n` values of events' sequence in a transaction that rolls back (as a failed insert
@@ -155,8 +172,8 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
         "-n", "-c", "2", "-j", "1", "-T", "3", "-R", "100", "-M", "prepared",
     ]);
     let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(3));
-    let app = stack.app_client().await.unwrap();
-    let mut events = insert_events(&app, 20, "before start").await;
+    let app = Events::open(&stack).await;
+    let mut events = app.insert(20, "before start").await;
 
     stack.admin("START UPGRADE").await.expect("START UPGRADE");
     let started = Instant::now();
@@ -191,9 +208,9 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
         .expect_err("FORCE RESYNC with the mirror driver");
     assert!(e.to_string().contains("logical\" only"), "{e}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    events.extend(insert_events(&app, 20, "replicating").await);
+    events.extend(app.insert(20, "replicating").await);
     // The source's sequence moves on without a committed transaction to carry it.
-    let burned_on_10 = burn(&app, 1000).await;
+    let burned_on_10 = burn(&app.c, 1000).await;
     assert_eq!(seq_last(src), burned_on_10);
     assert!(
         seq_last(tgt) < burned_on_10 - 900,
@@ -213,8 +230,8 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
     assert_eq!(stack.app_server_major().await.unwrap(), 17);
     // Sequences set at the cutover: the 17 goes on after the 10's last draw.
     assert!(seq_last(tgt) >= burned_on_10, "target sequence not set");
-    let app = stack.app_client().await.unwrap();
-    let on_17 = insert_events(&app, 20, "on 17").await;
+    let app = Events::open(&stack).await;
+    let on_17 = app.insert(20, "on 17").await;
     assert!(
         on_17.iter().all(|id| *id > burned_on_10),
         "ids on the 17 {on_17:?} not after the 10's {burned_on_10}"
@@ -233,7 +250,7 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
         !health.is_empty() && !health.contains("unreachable"),
         "{s:?}"
     );
-    let burned_on_17 = burn(&app, 1000).await;
+    let burned_on_17 = burn(&app.c, 1000).await;
 
     let written = writer.stop().await;
     let tpcb = tokio::task::spawn_blocking(move || tpcb.stop())
@@ -300,8 +317,8 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
         lost.len()
     );
     assert!(seq_last(src) >= burned_on_17, "source sequence not set");
-    let app = stack.app_client().await.unwrap();
-    let on_10 = insert_events(&app, 5, "back on 10").await;
+    let app = Events::open(&stack).await;
+    let on_10 = app.insert(5, "back on 10").await;
     assert!(
         on_10.iter().all(|id| *id > burned_on_17),
         "ids on the 10 {on_10:?} not after the 17's {burned_on_17}"
