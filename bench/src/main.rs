@@ -8,6 +8,7 @@
 //! cargo run --release -p bench -- demo       # the main job end to end, narrated
 //! cargo run --release -p bench -- plan       # the unattended plan under load, then a target-stop fault
 //! cargo run --release -p bench -- mirror     # pgbench TPC-B with mirroring and validation off / on
+//! cargo run --release -p bench -- apply      # the mirror driver's applier throughput per apply_batch
 //! ```
 
 mod clock;
@@ -55,6 +56,11 @@ enum Scenario {
     /// switched off and on in alternating rounds: TPS and p99 latency per mode, statements
     /// compared, mismatches, shed units. Exits 1 on any mismatch or failed transaction.
     Mirror(scenario::mirror::Opts),
+    /// The mirror replication driver's applier (13 with wal_level = replica -> 17) under
+    /// unlimited pgbench TPC-B, one stack per `[replication] apply_batch` (default 1 and
+    /// 64): apply rate during the load and the catch-up, catch-up time, lag, data equal on
+    /// both sides. Exits 1 on an apply failure, a failed transaction or differing data.
+    Apply(scenario::apply::Opts),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
             Scenario::Demo(o) => scenario::demo::run(o).await,
             Scenario::Plan(o) => scenario::plan::run(o).await,
             Scenario::Mirror(o) => scenario::mirror::run(o).await,
+            Scenario::Apply(o) => scenario::apply::run(o).await,
         }
     });
     match result {

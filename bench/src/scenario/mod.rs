@@ -1,5 +1,6 @@
-//! The scenarios: `cutover`, `overhead`, `demo`, `plan` and `mirror`.
+//! The scenarios: `cutover`, `overhead`, `demo`, `plan`, `mirror` and `apply`.
 
+pub mod apply;
 pub mod cutover;
 pub mod demo;
 pub mod mirror;
