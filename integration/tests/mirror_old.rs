@@ -69,30 +69,23 @@ async fn wait_equal(stack: &Stack, a: &PgServer, b: &PgServer, when: &str) -> Du
     }
 }
 
-/// A session through pgshift that inserts events with one statement prepared when it
-/// opens and kept as long as the session lives.
+/// A session through pgshift that inserts events with the statement's text on every call.
 ///
-/// Not `query_one("INSERT ...")` with the text: tokio-postgres then prepares a statement per
-/// call and closes it when done, and that Close + Sync can reach pgshift in one write with
-/// the next call's Parse/Describe/Sync. The capture records those two requests as one unit
-/// that may write; its first answer ends idle, so the applier runs it as "several
-/// transactions" (`wrap` false in `proxy/src/capture/apply.rs`), storing the applied
-/// position with `SET ROLE <session user>` still in force: "permission denied for schema
-/// pgshift_mirror", and applying stops. Seen from a 13 source as from a 10: not a matter of
-/// the source's version.
+/// tokio-postgres then prepares a statement per call and closes it when done, and that
+/// Close + Sync can reach pgshift in one write with the next call's Parse/Describe/Sync:
+/// one recorded unit whose first request ends idle without running a statement. The
+/// applier must still wrap it in its transaction with the applied position (it once ran it
+/// unwrapped and stored the position under the session's role: "permission denied for
+/// schema pgshift_mirror").
 struct Events {
     c: Client,
-    insert: tokio_postgres::Statement,
 }
 
 impl Events {
     async fn open(stack: &Stack) -> Events {
-        let c = stack.app_client().await.unwrap();
-        let insert = c
-            .prepare("INSERT INTO events (note) VALUES ($1) RETURNING id")
-            .await
-            .expect("prepare");
-        Events { c, insert }
+        Events {
+            c: stack.app_client().await.unwrap(),
+        }
     }
 
     /// Inserts `n` events, one autocommit statement each; returns the ids.
@@ -101,7 +94,10 @@ impl Events {
         for _ in 0..n {
             let id: i64 = self
                 .c
-                .query_one(&self.insert, &[&note])
+                .query_one(
+                    "INSERT INTO events (note) VALUES ($1) RETURNING id",
+                    &[&note],
+                )
                 .await
                 .unwrap_or_else(|e| panic!("insert into events ({note}): {e:?}"))
                 .get(0);

@@ -265,6 +265,7 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
             // once durable on the other side; the seq kept there is that of the last unit.
             e.applied.fetch_max(seq, Ordering::SeqCst);
             e.applied_pos.store(reader.position(), Ordering::SeqCst);
+            crate::metrics::capture_state(e);
         }
         if let Some(h) = stop {
             return Err(h);
@@ -358,6 +359,8 @@ struct Scan {
     forgets: bool,
     /// Client bytes without a trailing Terminate.
     len: usize,
+    /// Client bytes through the end of the first request.
+    first_end: usize,
 }
 
 fn scan(c: &[u8]) -> Result<Scan, String> {
@@ -366,6 +369,7 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
         parses: Vec::new(),
         forgets: false,
         len: 0,
+        first_end: 0,
     };
     let mut at = 0;
     while at < c.len() {
@@ -377,6 +381,9 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
         match tag {
             msg::QUERY | msg::SYNC | msg::FUNCTION_CALL => {
                 s.requests += 1;
+                if s.requests == 1 {
+                    s.first_end = at + total;
+                }
                 if tag == msg::QUERY {
                     let q = msg::parse_query(body).unwrap_or("").to_ascii_lowercase();
                     if q.contains("deallocate") || q.contains("discard") {
@@ -404,6 +411,24 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
         s.len = at;
     }
     Ok(s)
+}
+
+/// Whether an answer shows a statement that ran (CommandComplete, EmptyQueryResponse,
+/// ErrorResponse, PortalSuspended, FunctionCallResponse, CopyData; PostgreSQL docs 53.7
+/// "Message Formats"), rather than only preparing, describing or closing statements.
+fn ran_statement(a: &[u8]) -> bool {
+    let mut at = 0;
+    while let Ok(Some((tag, total))) = header(&a[at..], usize::MAX) {
+        if matches!(tag, b'C' | b'I' | b'E' | b's' | b'V' | b'd') {
+            return true;
+        }
+        at += total;
+        if at >= a.len() {
+            break;
+        }
+    }
+    // Unreadable: as if it ran (not wrapped).
+    at < a.len()
 }
 
 /// `INSERT 0 n` (oid 0 since PostgreSQL 12; older servers may print a row's oid): the
@@ -451,14 +476,32 @@ struct Pending {
     prep_requests: usize,
     /// The unit's own requests.
     requests: usize,
+    /// The unit opens its transaction block itself with a first request that is only
+    /// `BEGIN`: pgshift's set-up runs inside that block, after it, and the unit's own
+    /// COMMIT ends it (no BEGIN or COMMIT of pgshift's, which the server would warn about).
+    inner: bool,
     out: BytesMut,
 }
 
 impl Pending {
     /// ReadyForQuery messages that answer it: preparation, the session set-up, the unit's
-    /// requests, COMMIT (or the state update), the reset.
+    /// requests, COMMIT (or the state update; none when `inner`), the reset.
     fn answers(&self) -> usize {
-        self.prep_requests + 1 + self.requests + 2
+        self.prep_requests + 1 + self.requests + if self.inner { 1 } else { 2 }
+    }
+
+    /// Index among the answers of the session set-up.
+    fn head_at(&self) -> usize {
+        self.prep_requests + usize::from(self.inner)
+    }
+
+    /// Index among the answers of the unit's request `i`.
+    fn request_at(&self, i: usize) -> usize {
+        if self.inner && i == 0 {
+            self.prep_requests
+        } else {
+            self.prep_requests + 1 + i
+        }
     }
 
     fn fatal(&self, m: impl std::fmt::Display) -> Halt {
@@ -492,10 +535,11 @@ fn encode(
         )));
     }
     // Several transactions in one unit (pipelined requests each committing on its own):
-    // not wrapped in pgshift's transaction; the seq is stored after them.
+    // not wrapped in pgshift's transaction; the seq is stored after them. A request that
+    // ran no statement (Close, Parse, Describe and their Sync) ends no transaction.
     let wrap = src[..src.len() - 1]
         .iter()
-        .all(|(_, st)| *st != msg::TX_IDLE);
+        .all(|(a, st)| *st != msg::TX_IDLE || !ran_statement(a));
     let mut out = BytesMut::new();
     let mut prep_requests = 0;
     for (n, _) in &sc.parses {
@@ -516,9 +560,18 @@ fn encode(
         msg::sync(&mut out);
         prep_requests += 1;
     }
+    let inner = wrap
+        && src.len() > 1
+        && src[0].1 == msg::TX_BLOCK
+        && Answer::parse(src[0].0).is_ok_and(
+            |a| matches!(a.outcomes.as_slice(), [Outcome::Command { tag }] if tag == "BEGIN"),
+        );
     let state = format!("UPDATE {table} SET seq = {seq}, low = {low} WHERE gen = {gen}");
     let mut head = String::new();
-    if wrap {
+    if inner {
+        head.push_str(&state);
+        head.push_str("; SET LOCAL ROLE ");
+    } else if wrap {
         head.push_str("BEGIN; ");
         head.push_str(&state);
         head.push_str("; SET LOCAL ROLE ");
@@ -543,14 +596,24 @@ fn encode(
         head.push_str("; ");
         head.push_str(s);
     }
-    msg::query(&mut out, &head);
-    out.extend_from_slice(&unit.client[..sc.len]);
-    if wrap {
+    if inner {
+        out.extend_from_slice(&unit.client[..sc.first_end]);
+        msg::query(&mut out, &head);
+        out.extend_from_slice(&unit.client[sc.first_end..sc.len]);
+        msg::query(&mut out, "RESET ROLE; RESET ALL");
+    } else if wrap {
+        msg::query(&mut out, &head);
+        out.extend_from_slice(&unit.client[..sc.len]);
         msg::query(&mut out, "COMMIT");
+        msg::query(&mut out, "RESET ROLE; RESET ALL");
     } else {
-        msg::query(&mut out, &state);
+        msg::query(&mut out, &head);
+        out.extend_from_slice(&unit.client[..sc.len]);
+        // pgshift's own role again before its state table (the session's role may not
+        // reach it).
+        msg::query(&mut out, &format!("RESET ROLE; {state}"));
+        msg::query(&mut out, "RESET ALL");
     }
-    msg::query(&mut out, "RESET ROLE; RESET ALL");
     // What the connection holds once these run (a failure stops applying, and a new
     // connection starts with none).
     if sc.forgets {
@@ -565,6 +628,7 @@ fn encode(
         unit,
         prep_requests,
         requests,
+        inner,
         out,
     }))
 }
@@ -592,21 +656,21 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
             )));
         }
     }
-    let h = parse(&segs[prep_requests])?;
+    let h = parse(&segs[p.head_at()])?;
     if let Some(Outcome::Error { sqlstate, message }) = h
         .outcomes
         .iter()
         .find(|o| matches!(o, Outcome::Error { .. }))
     {
         return Err(p.fatal(format!(
-            "setting up the session (role {}, its start-up parameters and SETs) failed on the {}: {sqlstate} {message}",
+            "setting up the session (applied position, role {}, its start-up parameters and SETs) failed on the {}: {sqlstate} {message}",
             unit.user,
             to.as_str()
         )));
     }
     for (i, (s, _)) in src.iter().enumerate() {
         let a = parse(s)?;
-        let b = parse(&segs[prep_requests + 1 + i])?;
+        let b = parse(&segs[p.request_at(i)])?;
         if a.outcomes.len() != b.outcomes.len() {
             return Err(p.fatal(format!(
                 "request {} gave {} results on the source and {} on the {}",
@@ -641,14 +705,24 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
             }
         }
     }
+    if p.inner {
+        // The unit's own COMMIT was compared with the source's above.
+        return Ok(());
+    }
     let fin = parse(&segs[prep_requests + 1 + p.requests])?;
+    if let Some(Outcome::Error { sqlstate, message }) = fin
+        .outcomes
+        .iter()
+        .find(|o| matches!(o, Outcome::Error { .. }))
+    {
+        return Err(p.fatal(format!(
+            "recording the applied position failed on the {}: {sqlstate} {message}",
+            to.as_str()
+        )));
+    }
     match fin.outcomes.first() {
         Some(Outcome::Command { tag }) if tag == "ROLLBACK" => Err(p.fatal(format!(
             "the transaction did not commit on the {} (it did on the source)",
-            to.as_str()
-        ))),
-        Some(Outcome::Error { sqlstate, message }) => Err(p.fatal(format!(
-            "recording the applied position failed on the {}: {sqlstate} {message}",
             to.as_str()
         ))),
         _ => Ok(()),
