@@ -451,9 +451,9 @@ fn excerpt(o: &Outcome) -> String {
     }
 }
 
-/// Whether the unit's transaction ended in a rollback on the source (nothing to apply): its
-/// last statement's tag is `ROLLBACK`, or it was one request that failed outside a
-/// transaction block.
+/// Whether the unit's transaction (a unit of one transaction) ended in a rollback on the
+/// source: its last statement's tag is `ROLLBACK`, or it was one request that failed
+/// outside a transaction block.
 fn rolled_back(src: &[(&[u8], u8)]) -> bool {
     let Some((last, _)) = src.last() else {
         return true;
@@ -480,6 +480,9 @@ struct Pending {
     /// `BEGIN`: pgshift's set-up runs inside that block, after it, and the unit's own
     /// COMMIT ends it (no BEGIN or COMMIT of pgshift's, which the server would warn about).
     inner: bool,
+    /// The unit rolled back on the source: its answers are not compared (a deadlock or a
+    /// lock timeout there need not happen here), and it is rolled back here too.
+    discard: bool,
     out: BytesMut,
 }
 
@@ -523,7 +526,7 @@ fn encode(
 ) -> Result<Option<Pending>, Halt> {
     let fatal = |m: String| Halt::Fatal(format!("transaction at queue seq {seq}: {m}"));
     let src = cut_answers(&unit.server).map_err(|m| fatal(m.to_string()))?;
-    if rolled_back(&src) {
+    if src.is_empty() {
         return Ok(None);
     }
     let sc = scan(&unit.client).map_err(fatal)?;
@@ -540,6 +543,9 @@ fn encode(
     let wrap = src[..src.len() - 1]
         .iter()
         .all(|(a, st)| *st != msg::TX_IDLE || !ran_statement(a));
+    // One transaction that rolled back (or one statement that failed) on the source: run
+    // too, for what it does outside transactions (sequence draws), then rolled back.
+    let discard = wrap && rolled_back(&src);
     let mut out = BytesMut::new();
     let mut prep_requests = 0;
     for (n, _) in &sc.parses {
@@ -568,13 +574,15 @@ fn encode(
         );
     let state = format!("UPDATE {table} SET seq = {seq}, low = {low} WHERE gen = {gen}");
     let mut head = String::new();
-    if inner {
-        head.push_str(&state);
-        head.push_str("; SET LOCAL ROLE ");
-    } else if wrap {
-        head.push_str("BEGIN; ");
-        head.push_str(&state);
-        head.push_str("; SET LOCAL ROLE ");
+    if wrap {
+        if !inner {
+            head.push_str("BEGIN; ");
+        }
+        if !discard {
+            head.push_str(&state);
+            head.push_str("; ");
+        }
+        head.push_str("SET LOCAL ROLE ");
     } else {
         head.push_str("SET ROLE ");
     }
@@ -596,16 +604,23 @@ fn encode(
         head.push_str("; ");
         head.push_str(s);
     }
+    // A discarded unit's position is stored after it, on its own (a crash in between
+    // draws its sequence values once more).
+    let reset = if discard {
+        format!("RESET ROLE; RESET ALL; {state}")
+    } else {
+        "RESET ROLE; RESET ALL".to_string()
+    };
     if inner {
         out.extend_from_slice(&unit.client[..sc.first_end]);
         msg::query(&mut out, &head);
         out.extend_from_slice(&unit.client[sc.first_end..sc.len]);
-        msg::query(&mut out, "RESET ROLE; RESET ALL");
+        msg::query(&mut out, &reset);
     } else if wrap {
         msg::query(&mut out, &head);
         out.extend_from_slice(&unit.client[..sc.len]);
-        msg::query(&mut out, "COMMIT");
-        msg::query(&mut out, "RESET ROLE; RESET ALL");
+        msg::query(&mut out, if discard { "ROLLBACK" } else { "COMMIT" });
+        msg::query(&mut out, &reset);
     } else {
         msg::query(&mut out, &head);
         out.extend_from_slice(&unit.client[..sc.len]);
@@ -629,6 +644,7 @@ fn encode(
         prep_requests,
         requests,
         inner,
+        discard,
         out,
     }))
 }
@@ -639,6 +655,20 @@ fn encode(
 /// affected), a transaction that did not commit.
 fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
     let unit = &p.unit;
+    if p.discard {
+        let last = segs.last().map(|b| &b[..]).unwrap_or_default();
+        if let Some(Outcome::Error { sqlstate, message }) = Answer::parse(last).ok().and_then(|a| {
+            a.outcomes
+                .into_iter()
+                .find(|o| matches!(o, Outcome::Error { .. }))
+        }) {
+            return Err(p.fatal(format!(
+                "recording the applied position failed on the {}: {sqlstate} {message}",
+                to.as_str()
+            )));
+        }
+        return Ok(());
+    }
     let src = cut_answers(&unit.server).map_err(|m| p.fatal(m))?;
     let prep_requests = p.prep_requests;
     let parse =
