@@ -33,9 +33,9 @@
 //!
 //! Limits (statement-based replication): every writer must go through pgshift; statements
 //! whose effect depends on more than the data (`now()`, `random()`, sequence values drawn
-//! by concurrent transactions in another order than their commits, or by transactions that
-//! rolled back or failed, which are not applied) can give other values on the target;
-//! validation of reads reports such tables.
+//! by concurrent transactions in another order than their commits) can give other values
+//! on the target; validation of reads reports such tables. A transaction that rolled back
+//! or failed on the source is run too and rolled back, uncompared, for its sequence draws.
 
 pub mod apply;
 pub mod queue;
