@@ -212,6 +212,12 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     events.extend(app.insert(20, "replicating").await);
     // The source's sequence moves on without a committed transaction to carry it.
+    // Statements PostgreSQL refuses inside a transaction block are applied outside one.
+    app.c
+        .batch_execute("CREATE INDEX CONCURRENTLY events_note_idx ON events (note)")
+        .await
+        .expect("CREATE INDEX CONCURRENTLY");
+    app.c.batch_execute("VACUUM events").await.expect("VACUUM");
     let burned_on_10 = burn(&app.c, 1000).await;
     assert_eq!(seq_last(src), burned_on_10);
     // Inserts after the draws get the same ids on the 17 (the draws were applied too).
@@ -232,6 +238,15 @@ async fn mirror_driver_10_to_17_cutover_and_rollback() {
     }
     let applied = waited.elapsed();
     assert!(seq_last(tgt) >= burned_on_10, "the 17 did not draw");
+    assert_eq!(
+        tgt.psql(
+            "app",
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'events_note_idx'"
+        )
+        .unwrap(),
+        "1",
+        "the index built concurrently on the 10 is on the 17"
+    );
     eprintln!(
         "[{:>5.1?}] rolled-back draws applied: ids equal on both sides ({applied:.1?})",
         t0.elapsed()

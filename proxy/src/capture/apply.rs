@@ -361,6 +361,8 @@ struct Scan {
     len: usize,
     /// Client bytes through the end of the first request.
     first_end: usize,
+    /// A statement that cannot run inside a transaction block (see [`outside_block_only`]).
+    no_block: bool,
 }
 
 fn scan(c: &[u8]) -> Result<Scan, String> {
@@ -370,6 +372,7 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
         forgets: false,
         len: 0,
         first_end: 0,
+        no_block: false,
     };
     let mut at = 0;
     while at < c.len() {
@@ -389,6 +392,7 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
                     if q.contains("deallocate") || q.contains("discard") {
                         s.forgets = true;
                     }
+                    s.no_block |= outside_block_only(&q);
                 }
             }
             msg::PARSE => {
@@ -401,6 +405,7 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
                     if q.contains("deallocate") || q.contains("discard") {
                         s.forgets = true;
                     }
+                    s.no_block |= outside_block_only(&q);
                 }
             }
             msg::CLOSE => s.forgets = true,
@@ -411,6 +416,20 @@ fn scan(c: &[u8]) -> Result<Scan, String> {
         s.len = at;
     }
     Ok(s)
+}
+
+/// Whether a statement (lower-case text) is one PostgreSQL refuses inside a transaction
+/// block (SQLSTATE 25001; the reference pages of VACUUM, CREATE/DROP DATABASE, CREATE/DROP
+/// TABLESPACE, ALTER SYSTEM, and the CONCURRENTLY forms of CREATE/DROP INDEX and REINDEX):
+/// such a unit is applied without pgshift's transaction.
+fn outside_block_only(q: &str) -> bool {
+    let w: Vec<&str> = q.split_whitespace().take(3).collect();
+    match w.as_slice() {
+        ["vacuum", ..] | ["alter", "system", ..] => true,
+        ["create" | "drop", "database" | "tablespace", ..] => true,
+        ["create" | "drop" | "reindex", ..] => q.contains("concurrently"),
+        _ => false,
+    }
 }
 
 /// Whether an answer shows a statement that ran (CommandComplete, EmptyQueryResponse,
@@ -540,9 +559,10 @@ fn encode(
     // Several transactions in one unit (pipelined requests each committing on its own):
     // not wrapped in pgshift's transaction; the seq is stored after them. A request that
     // ran no statement (Close, Parse, Describe and their Sync) ends no transaction.
-    let wrap = src[..src.len() - 1]
-        .iter()
-        .all(|(a, st)| *st != msg::TX_IDLE || !ran_statement(a));
+    let wrap = !sc.no_block
+        && src[..src.len() - 1]
+            .iter()
+            .all(|(a, st)| *st != msg::TX_IDLE || !ran_statement(a));
     // One transaction that rolled back (or one statement that failed) on the source: run
     // too, for what it does outside transactions (sequence draws), then rolled back.
     let discard = wrap && rolled_back(&src);
