@@ -120,6 +120,49 @@ pub fn missing_ids(
         .collect())
 }
 
+/// pgbench's tables as (table or subquery, key order) for [`tables_differ`]: history without
+/// `mtime`, which is `CURRENT_TIMESTAMP` and takes another value where a statement is
+/// applied again (the `mirror` driver).
+pub const PGBENCH_TABLES: [(&str, &str); 4] = [
+    ("pgbench_accounts", "aid"),
+    ("pgbench_branches", "bid"),
+    ("pgbench_tellers", "tid"),
+    (
+        "(SELECT tid, bid, aid, delta FROM pgbench_history)",
+        "tid, bid, aid, delta",
+    ),
+];
+
+/// Row count and md5 of a table's (or subquery's) rows in `key` order, in database `app`:
+/// the same on two servers when their data is equal.
+pub fn table_digest(server: &crate::PgServer, table: &str, key: &str) -> Result<String> {
+    server.psql(
+        "app",
+        &format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, ',' ORDER BY {key}), '')) FROM {table} t"
+        ),
+    )
+}
+
+/// The `tables` (as (table or subquery, key order)) whose contents differ between `a` and
+/// `b`, in database `app`; one that cannot be read counts as differing.
+pub fn tables_differ(
+    a: &crate::PgServer,
+    b: &crate::PgServer,
+    tables: &[(&str, &str)],
+) -> Vec<String> {
+    tables
+        .iter()
+        .filter(
+            |(t, k)| match (table_digest(a, t, k), table_digest(b, t, k)) {
+                (Ok(x), Ok(y)) => x != y,
+                _ => true,
+            },
+        )
+        .map(|(t, _)| t.to_string())
+        .collect()
+}
+
 /// pgbench run again and again (each run `-T chunk_s`) until stopped, on a thread of its own.
 pub struct PgbenchLoop {
     stop: Arc<AtomicBool>,

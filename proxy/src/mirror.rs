@@ -814,6 +814,36 @@ fn is_show(sql: &str) -> bool {
     sql.trim_start().to_ascii_lowercase().starts_with("show ")
 }
 
+/// Appends to a simple-query text (`; `-separated) what gives another connection a
+/// session's state: its start-up parameters through `set_config` (`local`: for the
+/// transaction only) and its SET statements. Not carried: `options`, `replication` (start-up
+/// only), `application_name` (the connection's own) and `synchronous_commit` (the
+/// replaying connection's own choice; a dry run that rolls back does not depend on it).
+pub(crate) fn push_session_state(
+    out: &mut String,
+    params: &[(String, String)],
+    sets: &[String],
+    local: bool,
+) {
+    for (k, v) in params {
+        if matches!(
+            k.as_str(),
+            "options" | "replication" | "application_name" | "synchronous_commit"
+        ) {
+            continue;
+        }
+        out.push_str(&format!(
+            "; SELECT pg_catalog.set_config({}, {}, {local})",
+            literal(k),
+            literal(v)
+        ));
+    }
+    for s in sets {
+        out.push_str("; ");
+        out.push_str(s);
+    }
+}
+
 /// `'text'` as a SQL string literal.
 pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -912,20 +942,7 @@ async fn replay_on(
         literal(&format!("{}ms", cfg.lock_timeout_ms)),
         literal(&format!("{}ms", cfg.statement_timeout_ms))
     ));
-    for (k, v) in &job.params {
-        if matches!(k.as_str(), "options" | "replication" | "application_name") {
-            continue;
-        }
-        begin.push_str(&format!(
-            "; SELECT pg_catalog.set_config({}, {}, true)",
-            literal(k),
-            literal(v)
-        ));
-    }
-    for s in &job.sets {
-        begin.push_str("; ");
-        begin.push_str(s);
-    }
+    push_session_state(&mut begin, &job.params, &job.sets, true);
     simple(conn, &begin).await?;
     let mut out = Vec::with_capacity(groups.len());
     let mut aborted = false;

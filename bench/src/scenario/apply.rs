@@ -229,14 +229,15 @@ impl Cores {
 impl Cpu {
     fn take(p: &Pids) -> Result<Cpu> {
         let tick_us = 1_000_000 / cpu::clock_ticks_per_second()?;
-        let (machine_us, irq_us) = machine_busy_us()?;
+        let (machine_ticks, irq_ticks) = cpu::machine_busy_ticks()?;
+        let (machine_us, irq_us) = (machine_ticks * tick_us, irq_ticks * tick_us);
         Ok(Cpu {
             backend_us: cpu::process_cpu_us(p.backend)
                 .context("the applier's backend on the target (did it reconnect?)")?,
             pgshift_us: cpu::process_cpu_us(p.pgshift)?,
-            source_us: server_ticks(p.source)? * tick_us,
-            target_us: server_ticks(p.target)? * tick_us,
-            bench_us: own_and_children_us(),
+            source_us: cpu::server_ticks(p.source)? * tick_us,
+            target_us: cpu::server_ticks(p.target)? * tick_us,
+            bench_us: cpu::rusage_us(libc::RUSAGE_SELF) + cpu::rusage_us(libc::RUSAGE_CHILDREN),
             machine_us,
             irq_us,
             at: Some(Instant::now()),
@@ -260,91 +261,6 @@ impl Cpu {
             irq: c(self.irq_us, before.irq_us),
         }
     }
-}
-
-/// `utime + stime`, with `children` also `cutime + cstime`, of a `/proc/…/stat` file, in
-/// clock ticks (fields counted from the last `)`, after the command name).
-fn stat_ticks(path: &std::path::Path, children: bool) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let own = cpu::parse_stat_ticks(&text)?;
-    if !children {
-        return Ok(own);
-    }
-    let rest = &text[text.rfind(')').map_or(0, |at| at + 1)..];
-    // cutime and cstime (fields 16, 17) are the 14th and 15th after the `)`.
-    let reaped: u64 = rest
-        .split_ascii_whitespace()
-        .skip(13)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Ok(own + reaped)
-}
-
-/// Clock ticks of a postmaster, its reaped children and its children running now.
-fn server_ticks(postmaster: u32) -> Result<u64> {
-    let proc = std::path::Path::new("/proc");
-    let mut ticks = stat_ticks(&proc.join(postmaster.to_string()).join("stat"), true)?;
-    let parent = postmaster.to_string();
-    for entry in std::fs::read_dir(proc).context("listing /proc")?.flatten() {
-        let stat = entry.path().join("stat");
-        // The parent's pid (field 4) is the second field after the command name's `)`.
-        let child = std::fs::read_to_string(&stat).is_ok_and(|t| {
-            t.rfind(')')
-                .and_then(|at| t[at + 1..].split_ascii_whitespace().nth(1))
-                == Some(parent.as_str())
-        });
-        if child {
-            // One that exited since the listing is in the postmaster's reaped time.
-            ticks += stat_ticks(&stat, false).unwrap_or(0);
-        }
-    }
-    Ok(ticks)
-}
-
-/// CPU microseconds of this process and its reaped children (the pgbench runs).
-fn own_and_children_us() -> u64 {
-    let us = |who: libc::c_int| {
-        // SAFETY: getrusage writes into the struct it is given.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(who, &mut ru) } != 0 {
-            return 0;
-        }
-        let t = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-        t(ru.ru_utime) + t(ru.ru_stime)
-    };
-    us(libc::RUSAGE_SELF) + us(libc::RUSAGE_CHILDREN)
-}
-
-/// The postmaster's pid: the first line of `postmaster.pid` in its data directory.
-fn postmaster_pid(datadir: &std::path::Path) -> Result<u32> {
-    let path = datadir.join("postmaster.pid");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("no pid in {}", path.display()))
-}
-
-/// Busy CPU microseconds of all CPUs since boot from the `cpu` line of `/proc/stat`:
-/// (user + nice + system + steal, irq + softirq). Idle and iowait are not busy; interrupt
-/// time (loopback networking, mostly) is charged to no process.
-fn machine_busy_us() -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("no cpu line in /proc/stat")?;
-    let f: Vec<u64> = line
-        .split_ascii_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let at = |i: usize| f.get(i).copied().unwrap_or(0);
-    let us = 1_000_000 / cpu::clock_ticks_per_second()?;
-    Ok(((at(0) + at(1) + at(2) + at(7)) * us, (at(5) + at(6)) * us))
 }
 
 /// The `WARNING:` lines of a server log from byte `from` on: their count, the distinct
@@ -815,8 +731,8 @@ async fn one_batch(o: &Opts, batch: u32) -> Result<Figures> {
     let pids = Pids {
         backend,
         pgshift: pgshift_pid,
-        source: postmaster_pid(&s.stack.source.datadir)?,
-        target: postmaster_pid(&s.stack.target.datadir)?,
+        source: cpu::postmaster_pid(&s.stack.source.datadir)?,
+        target: cpu::postmaster_pid(&s.stack.target.datadir)?,
     };
     let cpu0 = Cpu::take(&pids)?;
     let spec = Spec::tpcb(o.clients, o.threads, o.duration);

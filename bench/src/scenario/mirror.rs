@@ -332,8 +332,8 @@ pub async fn run(o: Opts) -> Result<Outcome> {
 
     let pids = Pids {
         pgshift: s.stack.pgshift.pid().context("pgshift's pid")?,
-        source: postmaster_pid(&s.stack.source.datadir)?,
-        target: postmaster_pid(&s.stack.target.datadir)?,
+        source: cpu::postmaster_pid(&s.stack.source.datadir)?,
+        target: cpu::postmaster_pid(&s.stack.target.datadir)?,
     };
     let mut rounds = Vec::new();
     let mut failure_output = Vec::new();
@@ -714,16 +714,19 @@ impl CpuSample {
                     .is_ok_and(|c| c.trim() == MIRROR_THREAD)
             });
         let mirror_ticks = match mirror {
-            Some(t) => stat_ticks(&t.path().join("stat"), false)?,
+            Some(t) => cpu::stat_ticks(&t.path().join("stat"), false)?,
             None => 0,
         };
         Ok(CpuSample {
             pgshift_us: cpu::process_cpu_us(p.pgshift)?,
             mirror_us: mirror_ticks * tick_us,
-            source_us: server_ticks(p.source)? * tick_us,
-            target_us: server_ticks(p.target)? * tick_us,
-            pgbench_us: children_us(),
-            machine_us: machine_ticks()? * tick_us,
+            source_us: cpu::server_ticks(p.source)? * tick_us,
+            target_us: cpu::server_ticks(p.target)? * tick_us,
+            pgbench_us: cpu::rusage_us(libc::RUSAGE_CHILDREN),
+            machine_us: {
+                let (busy, irq) = cpu::machine_busy_ticks()?;
+                (busy + irq) * tick_us
+            },
         })
     }
 
@@ -744,89 +747,4 @@ impl CpuSample {
         self.machine_us
             .saturating_sub(self.pgshift_us + self.source_us + self.target_us + self.pgbench_us)
     }
-}
-
-/// `utime + stime` (and with `children`, `cutime + cstime`) of a `/proc/…/stat` file, in
-/// clock ticks. The fields are counted from the last `)`, after the command name.
-fn stat_ticks(path: &Path, children: bool) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let own = cpu::parse_stat_ticks(&text)?;
-    if !children {
-        return Ok(own);
-    }
-    let rest = &text[text.rfind(')').map_or(0, |at| at + 1)..];
-    // Fields 16 and 17 (cutime, cstime) are the 14th and 15th after the `)`.
-    let reaped: u64 = rest
-        .split_ascii_whitespace()
-        .skip(13)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Ok(own + reaped)
-}
-
-/// Clock ticks of a postmaster, its reaped children and its children running now.
-fn server_ticks(postmaster: u32) -> Result<u64> {
-    let mut ticks = stat_ticks(
-        &Path::new("/proc").join(postmaster.to_string()).join("stat"),
-        true,
-    )?;
-    let parent = postmaster.to_string();
-    for entry in std::fs::read_dir("/proc")
-        .context("listing /proc")?
-        .flatten()
-    {
-        let stat = entry.path().join("stat");
-        // Field 4 (the parent's pid) comes second after the command name's closing `)`.
-        let child = std::fs::read_to_string(&stat).is_ok_and(|t| {
-            t.rfind(')')
-                .and_then(|at| t[at + 1..].split_ascii_whitespace().nth(1))
-                == Some(parent.as_str())
-        });
-        if child {
-            // A backend that exited since the listing is in the postmaster's reaped time.
-            ticks += stat_ticks(&stat, false).unwrap_or(0);
-        }
-    }
-    Ok(ticks)
-}
-
-/// CPU microseconds of this process's reaped children (the pgbench runs).
-fn children_us() -> u64 {
-    // SAFETY: getrusage writes into the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
-        return 0;
-    }
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    us(ru.ru_utime) + us(ru.ru_stime)
-}
-
-/// Busy clock ticks of all CPUs since boot: the `cpu` line of `/proc/stat` without idle and
-/// iowait (user, nice, system, irq, softirq, steal; guest time is part of user).
-fn machine_ticks() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("no cpu line in /proc/stat")?;
-    let f: Vec<u64> = line
-        .split_ascii_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let at = |i: usize| f.get(i).copied().unwrap_or(0);
-    Ok(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
-}
-
-/// The postmaster's pid: the first line of `postmaster.pid` in its data directory.
-fn postmaster_pid(datadir: &Path) -> Result<u32> {
-    let path = datadir.join("postmaster.pid");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("no pid in {}", path.display()))
 }

@@ -4,7 +4,7 @@
 
 use super::{le_u64, queue, Engine, Unit, CLOSE, LOST, OPEN, RESTART, UNIT};
 use crate::backend;
-use crate::mirror::{close_statement, cut_answers, ident, literal};
+use crate::mirror::{close_statement, cut_answers, ident, push_session_state};
 use bytes::BytesMut;
 use control::Side;
 use std::collections::HashMap;
@@ -335,19 +335,21 @@ async fn run_batch(
         check(p, &segs[at..at + n], to)?;
         at += n;
     }
-    if let Some(Outcome::Error { sqlstate, message }) =
-        Answer::parse(&segs[at]).ok().and_then(|a| {
-            a.outcomes
-                .into_iter()
-                .find(|o| matches!(o, Outcome::Error { .. }))
-        })
-    {
+    if let Some(e) = Answer::parse(&segs[at]).ok().as_ref().and_then(first_error) {
         return Err(Halt::Retry(format!(
-            "{}: flushing the applied transactions: {sqlstate} {message}",
+            "{}: flushing the applied transactions: {e}",
             to.as_str()
         )));
     }
     Ok(())
+}
+
+/// The first ErrorResponse of an answer, as `SQLSTATE message`.
+fn first_error(a: &Answer) -> Option<String> {
+    a.outcomes.iter().find_map(|o| match o {
+        Outcome::Error { sqlstate, message } => Some(format!("{sqlstate} {message}")),
+        _ => None,
+    })
 }
 
 /// The client's messages split into requests: per request whether it is counted by a
@@ -607,23 +609,7 @@ fn encode(
         head.push_str("SET ROLE ");
     }
     head.push_str(&ident(&unit.user));
-    for (k, v) in &unit.params {
-        if matches!(
-            k.as_str(),
-            "options" | "replication" | "application_name" | "synchronous_commit"
-        ) {
-            continue;
-        }
-        head.push_str(&format!(
-            "; SELECT pg_catalog.set_config({}, {}, {wrap})",
-            literal(k),
-            literal(v)
-        ));
-    }
-    for s in &unit.sets {
-        head.push_str("; ");
-        head.push_str(s);
-    }
+    push_session_state(&mut head, &unit.params, &unit.sets, wrap);
     // A discarded unit's position is stored after it, on its own (a crash in between
     // draws its sequence values once more).
     let reset = if discard {
@@ -677,13 +663,9 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
     let unit = &p.unit;
     if p.discard {
         let last = segs.last().map(|b| &b[..]).unwrap_or_default();
-        if let Some(Outcome::Error { sqlstate, message }) = Answer::parse(last).ok().and_then(|a| {
-            a.outcomes
-                .into_iter()
-                .find(|o| matches!(o, Outcome::Error { .. }))
-        }) {
+        if let Some(e) = Answer::parse(last).ok().as_ref().and_then(first_error) {
             return Err(p.fatal(format!(
-                "recording the applied position failed on the {}: {sqlstate} {message}",
+                "recording the applied position failed on the {}: {e}",
                 to.as_str()
             )));
         }
@@ -695,25 +677,16 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
         |b: &[u8]| Answer::parse(b).map_err(|err| p.fatal(format!("unreadable answer: {err}")));
     // Statement preparation: a named statement that does not prepare on this side.
     for s in &segs[..prep_requests] {
-        if let Some(Outcome::Error { sqlstate, message }) = parse(s)?
-            .outcomes
-            .iter()
-            .find(|o| matches!(o, Outcome::Error { .. }))
-        {
+        if let Some(e) = first_error(&parse(s)?) {
             return Err(p.fatal(format!(
-                "a prepared statement of the session does not prepare on the {}: {sqlstate} {message}",
+                "a prepared statement of the session does not prepare on the {}: {e}",
                 to.as_str()
             )));
         }
     }
-    let h = parse(&segs[p.head_at()])?;
-    if let Some(Outcome::Error { sqlstate, message }) = h
-        .outcomes
-        .iter()
-        .find(|o| matches!(o, Outcome::Error { .. }))
-    {
+    if let Some(e) = first_error(&parse(&segs[p.head_at()])?) {
         return Err(p.fatal(format!(
-            "setting up the session (applied position, role {}, its start-up parameters and SETs) failed on the {}: {sqlstate} {message}",
+            "setting up the session (applied position, role {}, its start-up parameters and SETs) failed on the {}: {e}",
             unit.user,
             to.as_str()
         )));
@@ -760,13 +733,9 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
         return Ok(());
     }
     let fin = parse(&segs[prep_requests + 1 + p.requests])?;
-    if let Some(Outcome::Error { sqlstate, message }) = fin
-        .outcomes
-        .iter()
-        .find(|o| matches!(o, Outcome::Error { .. }))
-    {
+    if let Some(e) = first_error(&fin) {
         return Err(p.fatal(format!(
-            "recording the applied position failed on the {}: {sqlstate} {message}",
+            "recording the applied position failed on the {}: {e}",
             to.as_str()
         )));
     }
