@@ -530,6 +530,16 @@ impl Controller {
         )
     }
 
+    /// Whether the upgrade carries database `db` of the source (the client's database name):
+    /// sessions of a carried database follow the serving side and may be shifted; sessions of
+    /// any other database stay on the source. Cheap (memory only); the proxy asks at each
+    /// switch of a session.
+    ///
+    /// Today the upgrade carries `[source] dbname` only.
+    pub fn carries(&self, db: &str) -> bool {
+        db == self.cfg.source.dbname
+    }
+
     /// The weighted share of eligible traffic for the side that is not serving, as journaled
     /// (0-100). [`attach`](Self::attach) publishes it with
     /// [`TrafficControl::set_weight`](crate::TrafficControl::set_weight).

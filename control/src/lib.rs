@@ -91,6 +91,14 @@ pub trait TrafficControl: Send + Sync + 'static {
     /// flight) keep their next message in the proxy until [`resume`](Self::resume) or
     /// [`switch_to`](Self::switch_to). Transactions already open run on.
     fn pause(&self);
+    /// [`pause`](Self::pause) for a switch to `to`: the same pause, and a hint that sessions
+    /// held meanwhile may open and authenticate their connection to `to` (with their state
+    /// replayed) before the swap, so that they go on the moment [`switch_to`](Self::switch_to)
+    /// publishes `to`. The default is a plain pause.
+    fn pause_for_switch(&self, to: Side) {
+        let _ = to;
+        self.pause();
+    }
     /// Publish `paused = false` with the same side and epoch.
     fn resume(&self);
     /// Publish a new table: `side`, epoch `epoch`, not paused. `epoch` is the new table's epoch
@@ -124,6 +132,32 @@ pub trait TrafficControl: Send + Sync + 'static {
     fn stats(&self) -> TrafficStats {
         TrafficStats::default()
     }
+    /// Client sessions holding state that cannot move to another server (temporary tables,
+    /// session-level advisory locks, `WITH HOLD` cursors): a switch waits for them (up to
+    /// `[upgrade] drain_timeout_ms`), then refuses or ends them (`[upgrade] pinned`). Cheap:
+    /// read from memory.
+    fn pinned(&self) -> Vec<PinnedSession> {
+        Vec::new()
+    }
+    /// Ends every pinned session with a FATAL ErrorResponse (SQLSTATE 57P01) whose message
+    /// is `message`, and closes its backend connection; returns how many were ended. Used by
+    /// a switch under `[upgrade] pinned = "terminate"` once the drain deadline has passed.
+    fn end_pinned(&self, message: &str) -> usize {
+        let _ = message;
+        0
+    }
+}
+
+/// A client session that holds state a backend switch would lose ([`TrafficControl::pinned`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedSession {
+    /// pgshift's pid of the session (the `BackendKeyData` pid its client was given).
+    pub pid: i32,
+    /// Login name and database of the session.
+    pub user: String,
+    pub database: String,
+    /// What pins it, e.g. `temporary tables, session advisory locks`.
+    pub reason: String,
 }
 
 /// Client traffic through the proxy to one side, counted since start.
