@@ -39,10 +39,15 @@ pub struct Opts {
     /// Seconds of a warm-up run (direct) before the rounds; 0 for none.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Another pgshift binary (an earlier build) to run as a fourth path, `baseline`, in
+    /// the same rounds: before/after figures of a change measured side by side.
+    #[arg(long)]
+    pub baseline_bin: Option<std::path::PathBuf>,
 }
 
-/// The three ways to the server, in the order of the first round.
-const PATHS: [&str; 3] = ["direct", "pgshift", "pgbouncer"];
+/// The ways to the server, in the order of the first round (`baseline` only with
+/// `--baseline-bin`).
+const PATHS: [&str; 4] = ["direct", "pgshift", "pgbouncer", "baseline"];
 
 /// One pgbench run's figures.
 struct RunFigures {
@@ -72,7 +77,8 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         o.clients, o.threads, o.duration, o.rounds
     ));
     let scale = o.scale;
-    let (server, target, pgshift) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let baseline_bin = o.baseline_bin.clone();
+    let (server, target, pgshift, baseline) = tokio::task::spawn_blocking(move || -> Result<_> {
         let server = scene::app_server(major, scale)?;
         // pgshift wants a target too; an idle second server of the same major will do.
         let target = PgServer::start(major)?;
@@ -80,7 +86,19 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         let config =
             integration::stack::stack_config(&server, &target, integration::free_port(), "");
         let pgshift = Pgshift::start(&config)?;
-        Ok((server, target, pgshift))
+        let baseline = match &baseline_bin {
+            Some(bin) => {
+                let config = integration::stack::stack_config(
+                    &server,
+                    &target,
+                    integration::free_port(),
+                    "",
+                );
+                Some(Pgshift::start_binary(bin, &config)?)
+            }
+            None => None,
+        };
+        Ok((server, target, pgshift, baseline))
     })
     .await??;
     let work = WorkDir::create("overhead")?;
@@ -95,11 +113,22 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         bouncer.port,
         bouncer.pid().map_or("?".into(), |p| p.to_string())
     ));
-    let endpoints = [
+    let mut endpoints = vec![
         (direct.clone(), None),
         (Endpoint::pgshift(&pgshift), pgshift.pid()),
         (bouncer.endpoint(), bouncer.pid()),
     ];
+    if let Some(b) = &baseline {
+        say(format!(
+            "baseline pgshift {} on :{}",
+            o.baseline_bin
+                .as_deref()
+                .map_or("?".into(), |p| p.display().to_string()),
+            b.port
+        ));
+        endpoints.push((Endpoint::pgshift(b), b.pid()));
+    }
+    let paths = &PATHS[..endpoints.len()];
     let spec = |prefix: Option<std::path::PathBuf>, seconds: u64| Spec {
         clients: o.clients,
         threads: o.threads,
@@ -118,9 +147,9 @@ pub async fn run(o: Opts) -> Result<Outcome> {
 
     let mut runs = Vec::new();
     for round in 1..=o.rounds {
-        for k in 0..PATHS.len() {
+        for k in 0..paths.len() {
             // Rotate the order each round so that no path always runs first.
-            let i = (k + round as usize - 1) % PATHS.len();
+            let i = (k + round as usize - 1) % paths.len();
             let (endpoint, pid) = &endpoints[i];
             let prefix = work.join(&format!("r{round}-{}", PATHS[i]));
             let meter = pid.map(CpuMeter::start).transpose()?;
@@ -157,7 +186,7 @@ pub async fn run(o: Opts) -> Result<Outcome> {
             runs.push(f);
         }
     }
-    drop((bouncer, pgshift, target, server));
+    drop((bouncer, pgshift, baseline, target, server));
 
     let mut t = Table::new(&[
         "round",
@@ -192,7 +221,7 @@ pub async fn run(o: Opts) -> Result<Outcome> {
                 .collect::<Vec<_>>(),
         )
     };
-    for path in PATHS {
+    for path in paths {
         t.row(vec![
             "median".into(),
             path.to_string(),
@@ -231,6 +260,8 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         "p99_ms_pgbouncer": val("pgbouncer", |r| Some(r.p99_ms), 3),
         "cpu_us_per_txn_pgshift": val("pgshift", |r| r.cpu_us_per_txn, 2),
         "cpu_us_per_txn_pgbouncer": val("pgbouncer", |r| r.cpu_us_per_txn, 2),
+        "tps_baseline": val("baseline", |r| Some(r.tps), 1),
+        "cpu_us_per_txn_baseline": val("baseline", |r| r.cpu_us_per_txn, 2),
         "failed_transactions": failures,
     });
     Ok(Outcome {
