@@ -1,10 +1,17 @@
-//! Connecting and authenticating to a PostgreSQL server as a client (PostgreSQL docs 53.2.1
-//! "Start-up" and 53.3 "SASL Authentication").
+//! Backend connections: connecting and authenticating to a PostgreSQL server as a client
+//! (PostgreSQL docs 53.2.1 "Start-up" and 53.3 "SASL Authentication"), retrying transient
+//! refusals, and opening a session's connection with its state replayed ([`open`]).
 
 use crate::routing::BackendAddr;
+use crate::server::{Proxy, UserEntry};
+use crate::session::state::SessionState;
+use crate::session::End;
 use bytes::BytesMut;
+use control::Side;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use wire::auth::{md5_password, ScramClient, SCRAM_SHA_256};
 use wire::frame::header;
@@ -219,4 +226,185 @@ pub async fn cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::io::Re
     let mut b = [0u8; 1];
     let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await;
     Ok(())
+}
+
+/// Connect to the side the routing table names, retrying until the connect timeout.
+pub(crate) async fn connect_backend(
+    proxy: &Proxy,
+    user: &UserEntry,
+    side: Side,
+    params: &[(String, String)],
+) -> Result<BackendConn, End> {
+    connect_backend_within(
+        proxy,
+        user,
+        side,
+        params,
+        proxy.cfg.proxy.connect_timeout_ms,
+    )
+    .await
+}
+
+/// Like [`connect_backend`], giving up after `timeout` ms (connect, log-in and retries of
+/// transient refusals all included). For optional connections (a shifted read-only
+/// transaction, which can run on the serving side instead) that must not keep a client
+/// waiting on a side that is going away.
+pub(crate) async fn connect_backend_within(
+    proxy: &Proxy,
+    user: &UserEntry,
+    side: Side,
+    params: &[(String, String)],
+    timeout: u64,
+) -> Result<BackendConn, End> {
+    let addr = proxy.router.load().addr(side).clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    let mut wait = 10;
+    loop {
+        match connect(
+            &addr,
+            user.cfg.server_user(),
+            user.cfg.server_password(),
+            params,
+            timeout,
+        )
+        .await
+        {
+            Ok(b) => return Ok(b),
+            // The server said no for a reason of its own: retrying will not help.
+            Err(e @ BackendError::Refused { .. }) if !is_transient(&e) => {
+                crate::metrics::backend_connect_failed(side);
+                return Err(End::Fatal {
+                    sqlstate: e.sqlstate(),
+                    message: format!(
+                        "pgshift could not log in to the {} server: {e}",
+                        side.as_str()
+                    ),
+                });
+            }
+            Err(e) => {
+                if tokio::time::Instant::now() + Duration::from_millis(wait) >= deadline {
+                    crate::metrics::backend_connect_failed(side);
+                    return Err(End::Fatal {
+                        sqlstate: e.sqlstate(),
+                        message: format!(
+                            "pgshift could not reach the {} server: {e}",
+                            side.as_str()
+                        ),
+                    });
+                }
+                tracing::debug!(side = side.as_str(), error = %e, "backend connect failed; retrying");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                wait = (wait * 2).min(500);
+            }
+        }
+    }
+}
+
+fn is_transient(e: &BackendError) -> bool {
+    // 57P03 cannot_connect_now (starting up / shutting down), 53300 too_many_connections.
+    matches!(e, BackendError::Refused { fields, .. } if fields.sqlstate == "57P03" || fields.sqlstate == "53300")
+}
+
+/// One backend connection of a session, split for the relay (which reads and writes at once).
+pub struct Conn {
+    pub rd: OwnedReadHalf,
+    pub wr: OwnedWriteHalf,
+    pub side: Side,
+    /// BackendKeyData of the server process.
+    pub pid: i32,
+    pub secret: i32,
+    /// What the session's scanners keep per connection.
+    pub st: crate::session::scan::ConnState,
+}
+
+impl Conn {
+    /// Wraps an authenticated connection to `side`.
+    pub fn new(b: BackendConn, side: Side) -> Conn {
+        let (rd, wr) = b.stream.into_split();
+        Conn {
+            rd,
+            wr,
+            side,
+            pid: b.pid,
+            secret: b.secret,
+            st: Default::default(),
+        }
+    }
+
+    /// Sends Terminate (53.2.9) without waiting and drops the connection.
+    pub fn terminate(self) {
+        let mut t = BytesMut::new();
+        msg::terminate(&mut t);
+        let _ = self.wr.try_write(&t);
+    }
+}
+
+/// How long a shifted read-only transaction waits for a connection to the other side before
+/// it runs on the serving side instead, in ms.
+const SHIFT_CONNECT_TIMEOUT_MS: u64 = 1000;
+
+/// Opens a connection to `side` carrying a session's state: its start-up parameters, then
+/// its SETs and named prepared statements replayed (each answered before the connection is
+/// handed over). `read_only` adds `default_transaction_read_only = on` and gives up after
+/// at most [`SHIFT_CONNECT_TIMEOUT_MS`] (the unit can run on the serving side instead).
+/// Returns the connection and the server's ParameterStatus values. A statement of the state
+/// that fails to replay is logged and skipped; a connection lost meanwhile is an error
+/// (08006).
+pub async fn open(
+    proxy: &Proxy,
+    user: &UserEntry,
+    side: Side,
+    state: &SessionState,
+    read_only: bool,
+    pid: i32,
+) -> Result<(Conn, Vec<(String, String)>), End> {
+    let mut params = state.params.clone();
+    if read_only {
+        params.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    let mut b = if read_only {
+        let t = proxy
+            .cfg
+            .proxy
+            .connect_timeout_ms
+            .min(SHIFT_CONNECT_TIMEOUT_MS);
+        connect_backend_within(proxy, user, side, &params, t).await?
+    } else {
+        connect_backend(proxy, user, side, &params).await?
+    };
+    let (out, expected) = state.replay();
+    if expected > 0 {
+        let a = format!("{} server", side.as_str());
+        b.stream.write_all(&out).await.map_err(|e| {
+            End::fatal(
+                "08006",
+                format!("lost the {a} while restoring session state: {e}"),
+            )
+        })?;
+        let mut buf = BytesMut::new();
+        let mut done = 0;
+        while done < expected {
+            let (tag, body) = read_frame(&mut b.stream, &mut buf, &a)
+                .await
+                .map_err(|e| End::fatal("08006", format!("restoring session state: {e}")))?;
+            match tag {
+                msg::READY_FOR_QUERY => done += 1,
+                msg::ERROR_RESPONSE => {
+                    let e = msg::parse_error(&body)
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        pid,
+                        side = side.as_str(),
+                        "replaying session state failed: {e}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    let params = std::mem::take(&mut b.params);
+    let mut c = Conn::new(b, side);
+    c.st.known = state.statement_names().collect::<HashSet<_>>();
+    Ok((c, params))
 }

@@ -7,12 +7,10 @@ mod http;
 mod logfmt;
 mod metrics;
 mod mirror;
-mod relay;
 mod routing;
 mod server;
 mod session;
 mod stats;
-mod tracking;
 
 use clap::{Parser, Subcommand};
 use control::Controller;

@@ -68,8 +68,8 @@ pub struct Job {
     pub at: SystemTime,
 }
 
-/// What a session collects for a sampled unit (see `relay`).
-#[derive(Default)]
+/// What a session collects for a sampled unit (see `session::record`).
+#[derive(Debug, Default)]
 pub struct Capture {
     pub client: BytesMut,
     pub server: BytesMut,
@@ -772,7 +772,7 @@ fn split(job: &Job) -> Result<Vec<Group>, Skip> {
         // of the replay, and its COMMIT would commit the dry-run on the target: never sent.
         let pieces: Vec<&str> = sqls
             .iter()
-            .flat_map(|q| crate::tracking::split_statements(q))
+            .flat_map(|q| crate::session::track::split_statements(q))
             .collect();
         if pieces.len() > 1 && pieces.iter().any(|p| info(p).kind == Kind::Transaction) {
             return Err("transaction control inside a multi-statement request");

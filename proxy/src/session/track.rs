@@ -3,6 +3,7 @@
 //! DISCARD, DEALLOCATE).
 
 /// A change to replayable session state, applied when its unit of work succeeds.
+#[derive(Debug)]
 pub enum SessionChange {
     Set(String, String),
     Reset(String),

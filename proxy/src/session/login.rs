@@ -1,0 +1,180 @@
+//! Start-up and authentication of a client (PostgreSQL docs 53.2.1 "Start-up", 53.3 "SASL
+//! Authentication"), up to but not including AuthenticationOk.
+
+use super::{ClientConn, End};
+use crate::server::{Proxy, UserEntry};
+use bytes::Bytes;
+use config::AuthMethod;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use wire::auth::{md5_verify, ScramServer, SCRAM_SHA_256};
+use wire::frame::{StartupFrame, PROTOCOL_3_0};
+use wire::msg;
+
+/// What a logged-in connection is.
+pub(crate) enum Login {
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    Admin {
+        user: Arc<UserEntry>,
+    },
+    Data {
+        user: Arc<UserEntry>,
+        database: String,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Start-up and authentication (53.2.1), up to but not including AuthenticationOk.
+pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, End> {
+    let (version, params) = loop {
+        match c.read_startup().await? {
+            StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
+                if !c.buf.is_empty() {
+                    return Err(End::fatal(
+                        "08P01",
+                        "received unencrypted data after SSL request",
+                    ));
+                }
+                c.stream.write_all(b"N").await?;
+            }
+            StartupFrame::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
+            StartupFrame::Startup { version, params } => break (version, params),
+        }
+    };
+    // Newer minor protocol versions or `_pq_.` options: say what we speak (53.2.1).
+    let unknown: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if version != PROTOCOL_3_0 || !unknown.is_empty() {
+        msg::negotiate_protocol_version(&mut c.out, 0, &unknown);
+    }
+    let Some(user_name) = StartupFrame::param(&params, "user").filter(|u| !u.is_empty()) else {
+        return Err(End::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    };
+    let database = StartupFrame::param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user_name)
+        .to_string();
+    if StartupFrame::param(&params, "replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        return Err(End::fatal(
+            "0A000",
+            "pgshift does not proxy replication connections",
+        ));
+    }
+    let user = proxy.users.get(user_name).cloned();
+    authenticate(proxy, c, user_name, user.as_deref()).await?;
+    let user = user.ok_or_else(|| {
+        End::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user_name}\""),
+        )
+    })?;
+    let admin_db = &proxy.cfg.proxy.admin_database;
+    if &database == admin_db {
+        if !user.cfg.admin {
+            return Err(End::fatal("28000", format!("user \"{user_name}\" may not open the admin console (database \"{admin_db}\"): only users with admin = true may")));
+        }
+        return Ok(Login::Admin { user });
+    }
+    if user.cfg.admin {
+        return Err(End::fatal("28000", format!("user \"{user_name}\" is an admin user: it may only open the admin console (database \"{admin_db}\")")));
+    }
+    let (src, tgt) = (&proxy.cfg.source.dbname, &proxy.cfg.target.dbname);
+    if &database != src && &database != tgt {
+        return Err(End::fatal(
+            "3D000",
+            format!("database \"{database}\" is not served by pgshift (it serves \"{src}\")"),
+        ));
+    }
+    let params = params
+        .into_iter()
+        .filter(|(k, _)| k != "user" && k != "database")
+        .collect();
+    Ok(Login::Data {
+        user,
+        database,
+        params,
+    })
+}
+
+/// Authenticate the client per its configured method. Unknown users go through a mock
+/// SCRAM exchange and fail like a wrong password, so their existence is not revealed.
+async fn authenticate(
+    proxy: &Proxy,
+    c: &mut ClientConn,
+    name: &str,
+    user: Option<&UserEntry>,
+) -> Result<(), End> {
+    let failed = || {
+        End::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{name}\""),
+        )
+    };
+    let method = user.map(|u| u.cfg.auth).unwrap_or(AuthMethod::ScramSha256);
+    const AUTH_MSG_MAX: usize = 10_000;
+    match method {
+        AuthMethod::Trust => Ok(()),
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            msg::auth_md5(&mut c.out, salt);
+            c.flush().await?;
+            let body = expect_password(c, AUTH_MSG_MAX).await?;
+            let resp = msg::parse_password(&body)?;
+            let pw = user
+                .and_then(|u| u.cfg.password.as_deref())
+                .ok_or_else(failed)?;
+            if md5_verify(name, pw, salt, resp) {
+                Ok(())
+            } else {
+                Err(failed())
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let verifier = user
+                .and_then(|u| u.verifier.clone())
+                .unwrap_or_else(|| proxy.mock_verifier.clone());
+            let mut server = ScramServer::new(verifier);
+            msg::auth_sasl(&mut c.out, &[SCRAM_SHA_256]);
+            c.flush().await?;
+            let body = expect_password(c, AUTH_MSG_MAX).await?;
+            let (mech, data) = msg::parse_sasl_initial(&body)?;
+            let first = server
+                .client_first(mech, data)
+                .map_err(|e| End::fatal("28000", format!("SCRAM authentication failed: {e}")))?;
+            msg::auth_sasl_continue(&mut c.out, &first);
+            c.flush().await?;
+            let body = expect_password(c, AUTH_MSG_MAX).await?;
+            let fin = server.client_final(&body).map_err(|_| failed())?;
+            if user.is_none() {
+                return Err(failed());
+            }
+            msg::auth_sasl_final(&mut c.out, &fin);
+            Ok(())
+        }
+    }
+}
+
+async fn expect_password(c: &mut ClientConn, max: usize) -> Result<Bytes, End> {
+    let (tag, body) = c.read_msg(max).await?;
+    if tag != msg::PASSWORD {
+        return Err(End::fatal(
+            "08P01",
+            format!(
+                "expected password response, got message type '{}'",
+                tag as char
+            ),
+        ));
+    }
+    Ok(body)
+}

@@ -1,0 +1,908 @@
+//! The relay of one client session to its backends, with backend switches at transaction
+//! boundaries: the I/O loop. What to do with each frame is decided by [`super::scan`]; what
+//! moves with the session lives in [`SessionState`]; copies of a unit's bytes go to
+//! [`Recorders`].
+//!
+//! Bytes move in whole chunks: the relay reads what a socket has, finds frame boundaries with
+//! [`wire::frame::header`], and forwards the complete part in one write. One task serves
+//! both directions and never blocks one on the other (no deadlock when a client pipelines
+//! without reading).
+//!
+//! A session follows the routing table's serving side. During a weighted shift it may also
+//! hold a second, read-only connection to the other side: a unit of work (a transaction, or
+//! an extended-protocol batch up to Sync) that the classifier proves read-only goes there with
+//! the table's probability. That connection is opened with `default_transaction_read_only =
+//! on`, so a misclassified write fails instead of diverging the replica.
+
+use super::record::{Recorders, WriteCapture};
+use super::scan::{self, ClientStep, Proto, Route, ServerStep};
+use super::state::SessionState;
+use super::{ClientConn, End};
+use crate::backend::{self, Conn};
+use crate::mirror::Capture;
+use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use control::Side;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use wire::frame::header;
+use wire::msg;
+
+/// Largest answer of a shifted read-only unit held back until its ReadyForQuery (see
+/// [`scan::hold_answer`]), in bytes. Larger answers stream, and can no longer run again on
+/// the serving side if the other side fails in the middle of them.
+const SHIFT_HOLD_BYTES: usize = 256 * 1024;
+
+/// What a boundary check decided.
+enum Stop {
+    /// Traffic is paused: keep the message in the proxy until the table changes.
+    Hold,
+    /// The table's serving side changed (or the backend is gone): switch, then go on.
+    Switch,
+    /// This unit goes to `side`'s connection (weighted shift).
+    Swap(Side),
+}
+
+/// The unit of work in progress, as the relay accounts for it.
+struct Unit {
+    /// Counted in the router's busy sessions; set from the unit's start to its end.
+    busy: bool,
+    started: Instant,
+    /// The unit runs on a backend connection opened for it: no latency sample.
+    cold: bool,
+    /// Whether any byte of the unit's answer was queued for the client.
+    answered: bool,
+    /// Set when a shifted unit failed unanswered: [`Relay::replay_unit`] runs it again on
+    /// the serving side.
+    replay: bool,
+    /// The side that failed the unit to replay.
+    lost_side: Option<Side>,
+}
+
+pub(crate) struct Relay<'p> {
+    proxy: &'p Proxy,
+    info: &'p SessionInfo,
+    user: Arc<UserEntry>,
+    state: SessionState,
+    proto: Proto,
+    unit: Unit,
+    rec: Recorders,
+    c_rd: OwnedReadHalf,
+    c_wr: OwnedWriteHalf,
+    cbuf: BytesMut,
+    to_server: Bytes,
+    /// The connection the current unit runs on; `None` after it was lost while idle.
+    backend: Option<Conn>,
+    /// The other connection, idle: to the serving side while a unit runs on the read-only
+    /// one, or the read-only one while units run on the serving side.
+    spare: Option<Conn>,
+    sbuf: BytesMut,
+    to_client: Bytes,
+    /// The serving side this session follows, and the table epoch it runs under.
+    side: Side,
+    epoch: u64,
+    held: bool,
+    /// Bytes of the current (streamed) client / server message still to pass through.
+    c_skip: usize,
+    s_skip: usize,
+    c_rescan: bool,
+    s_rescan: bool,
+    max_msg: usize,
+    rx: watch::Receiver<u64>,
+}
+
+/// Serve a logged-in client: open the serving side, finish the start-up, relay.
+pub(crate) async fn relay(
+    proxy: &Proxy,
+    mut c: ClientConn,
+    info: &SessionInfo,
+    user: Arc<UserEntry>,
+    params: Vec<(String, String)>,
+) -> Result<(), (ClientConn, End)> {
+    let mut rx = proxy.router.subscribe();
+    // New sessions wait while traffic is paused, then open the side in force.
+    let (side, epoch) = loop {
+        rx.borrow_and_update();
+        let t = proxy.router.load();
+        if !t.paused {
+            break (t.side, t.epoch);
+        }
+        info.state.store(STATE_HELD, Ordering::Relaxed);
+        if rx.changed().await.is_err() {
+            return Ok(());
+        }
+    };
+    let mut state = SessionState::new(params);
+    let mut b = match backend::connect_backend(proxy, &user, side, &state.params).await {
+        Ok(b) => b,
+        Err(e) => return Err((c, e)),
+    };
+    crate::metrics::login_accepted(false);
+    info.set_backend(side, b.pid, b.secret);
+    info.state.store(STATE_IDLE, Ordering::Relaxed);
+    msg::auth_ok(&mut c.out);
+    for (k, v) in std::mem::take(&mut b.params) {
+        msg::parameter_status(&mut c.out, &k, &v);
+        state.client_param(&k, &v);
+    }
+    msg::backend_key_data(&mut c.out, info.pid, info.secret);
+    msg::ready_for_query(&mut c.out, msg::TX_IDLE);
+    if let Err(e) = c.flush().await {
+        return Err((c, e));
+    }
+    let c_rescan = !c.buf.is_empty();
+    let (c_rd, c_wr) = c.stream.into_split();
+    let mut r = Relay {
+        proxy,
+        info,
+        user,
+        state,
+        proto: Proto::default(),
+        unit: Unit {
+            busy: false,
+            started: Instant::now(),
+            cold: false,
+            answered: false,
+            replay: false,
+            lost_side: None,
+        },
+        rec: Recorders {
+            mirror_max: usize::try_from(proxy.cfg.mirror.max_answer_bytes).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
+        c_rd,
+        c_wr,
+        cbuf: c.buf,
+        to_server: Bytes::new(),
+        backend: Some(Conn::new(b, side)),
+        spare: None,
+        sbuf: BytesMut::with_capacity(16 * 1024),
+        to_client: Bytes::new(),
+        side,
+        epoch,
+        held: false,
+        c_skip: 0,
+        s_skip: 0,
+        c_rescan,
+        s_rescan: false,
+        max_msg: proxy.cfg.proxy.max_message_bytes,
+        rx,
+    };
+    let res = r.run().await;
+    // A unit cut short: the server rolls an open transaction back when its connection
+    // closes (a commit whose answer was lost is in doubt, as for the client).
+    r.close_write_capture();
+    if r.unit.busy {
+        proxy.router.leave();
+    }
+    for c in [r.backend.take(), r.spare.take()].into_iter().flatten() {
+        c.terminate();
+    }
+    match res {
+        Ok(()) | Err(End::Closed) => Ok(()),
+        Err(e) => match r.c_rd.reunite(r.c_wr) {
+            Ok(stream) => Err((
+                ClientConn {
+                    stream,
+                    buf: BytesMut::new(),
+                    out: BytesMut::new(),
+                },
+                e,
+            )),
+            Err(_) => Ok(()),
+        },
+    }
+}
+
+enum Ev {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    Writable,
+    RouteChanged,
+    ClientGone,
+}
+
+impl Relay<'_> {
+    async fn run(&mut self) -> Result<(), End> {
+        loop {
+            if self.unit.replay {
+                self.unit.replay = false;
+                self.replay_unit().await?;
+            }
+            self.flush_some()?;
+            if self.unit.replay {
+                continue;
+            }
+            if self.proto.closing && self.to_server.is_empty() {
+                return Ok(());
+            }
+            if self.c_rescan && self.to_server.is_empty() && !self.held {
+                self.c_rescan = false;
+                self.scan_client().await?;
+                continue;
+            }
+            if self.s_rescan && self.to_client.is_empty() {
+                self.s_rescan = false;
+                self.scan_server()?;
+                continue;
+            }
+            let want_client = self.to_server.is_empty() && !self.held && !self.proto.closing;
+            let want_server = self.to_client.is_empty() && self.backend.is_some();
+            // read_buf on a full buffer would read 0 bytes and look like EOF.
+            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                self.cbuf.reserve(16 * 1024);
+            }
+            if self.sbuf.capacity() - self.sbuf.len() < 4096 {
+                self.sbuf.reserve(16 * 1024);
+            }
+            let write_server = !self.to_server.is_empty() && self.backend.is_some();
+            let ev = {
+                let (b_rd, b_wr) = match self.backend.as_mut() {
+                    Some(c) => (Some(&mut c.rd), Some(&c.wr)),
+                    None => (None, None),
+                };
+                tokio::select! {
+                    r = self.c_rd.read_buf(&mut self.cbuf), if want_client => Ev::ClientRead(r),
+                    r = async { b_rd.expect("guarded").read_buf(&mut self.sbuf).await }, if want_server => Ev::ServerRead(r),
+                    r = async { b_wr.expect("guarded").writable().await }, if write_server => r.map_or(Ev::Writable, |_| Ev::Writable),
+                    r = self.c_wr.writable(), if !self.to_client.is_empty() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
+                    r = self.rx.changed(), if self.held => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
+                }
+            };
+            match ev {
+                Ev::ClientRead(Ok(0)) | Ev::ClientRead(Err(_)) | Ev::ClientGone => {
+                    return Err(End::Closed)
+                }
+                Ev::ClientRead(Ok(_)) => {
+                    if self.backend.is_none() && self.unit.busy && self.unit.replay {
+                        // The replay runs first (top of the loop); what the client sent
+                        // meanwhile is scanned after it.
+                        self.c_rescan = true;
+                    } else {
+                        self.scan_client().await?
+                    }
+                }
+                Ev::ServerRead(Ok(0)) => self.backend_lost("closed the connection")?,
+                Ev::ServerRead(Err(e)) => self.backend_lost(&e.to_string())?,
+                Ev::ServerRead(Ok(_)) => self.scan_server()?,
+                Ev::Writable => {}
+                Ev::RouteChanged => {
+                    self.held = false;
+                    self.c_rescan = true;
+                }
+            }
+        }
+    }
+
+    /// Write what is pending without waiting.
+    fn flush_some(&mut self) -> Result<(), End> {
+        if !self.to_server.is_empty() {
+            if let Some(c) = &self.backend {
+                match c.wr.try_write(&self.to_server) {
+                    Ok(n) => self.to_server.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => self.backend_lost(&e.to_string())?,
+                }
+            }
+        }
+        if !self.to_client.is_empty() {
+            match self.c_wr.try_write(&self.to_client) {
+                Ok(n) => self.to_client.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(End::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    fn active_side(&self) -> Side {
+        self.backend.as_ref().map_or(self.side, |c| c.side)
+    }
+
+    /// A shifted unit runs and none of its answer reached the client yet.
+    fn shifted_unanswered(&self) -> bool {
+        self.rec.replay.is_some() && !self.unit.answered
+    }
+
+    /// The backend went away. Idle: drop it, the next transaction reconnects. Busy: the
+    /// client loses its connection, as it would have with PostgreSQL directly.
+    fn backend_lost(&mut self, why: &str) -> Result<(), End> {
+        let side = self.active_side();
+        tracing::warn!(
+            pid = self.info.pid,
+            side = side.as_str(),
+            idle = self.proto.idle(),
+            shifted = self.rec.replay.is_some(),
+            answered = self.unit.answered,
+            "backend {why}"
+        );
+        self.backend = None;
+        self.sbuf.clear();
+        self.s_skip = 0;
+        self.to_server = Bytes::new();
+        if self.proto.idle() {
+            return Ok(());
+        }
+        if self.shifted_unanswered() {
+            self.unit.lost_side = Some(side);
+            self.unit.replay = true;
+            return Ok(());
+        }
+        Err(End::fatal("08006", format!("the {} server closed the connection unexpectedly ({why}) while a query was in progress", side.as_str())))
+    }
+
+    /// Scan client bytes: track protocol state, stop at a transaction boundary when the
+    /// routing table says so, queue the complete part for the backend.
+    async fn scan_client(&mut self) -> Result<(), End> {
+        loop {
+            let mut fwd = 0;
+            let mut stop = None;
+            // Bytes already taken out of `cbuf` because pgshift inserted a message into them.
+            let mut spliced: Option<BytesMut> = None;
+            while fwd < self.cbuf.len() {
+                if self.c_skip > 0 {
+                    let n = self.c_skip.min(self.cbuf.len() - fwd);
+                    self.c_skip -= n;
+                    fwd += n;
+                    continue;
+                }
+                let Some((tag, total)) = header(&self.cbuf[fwd..], self.max_msg)? else {
+                    break;
+                };
+                let avail = self.cbuf.len() - fwd;
+                let inspect = scan::client_inspects(tag);
+                if inspect && avail < total {
+                    break;
+                }
+                let end = fwd + total.min(avail);
+                let mut entered = false;
+                if !self.unit.busy || self.backend.is_none() {
+                    let body = inspect.then_some(fwd + 5..end);
+                    if let Some(s) = self.boundary(tag, body) {
+                        stop = Some(s);
+                        break;
+                    }
+                    entered = true;
+                }
+                // A unit that looked read-only at its start: a later statement may write.
+                if !entered
+                    && matches!(tag, msg::QUERY | msg::PARSE | msg::BIND)
+                    && self.rec.write.as_ref().is_some_and(|w| w.read_only)
+                    && !self
+                        .state
+                        .unit_read_only(tag, Some(&self.cbuf[fwd + 5..end]))
+                {
+                    if let Some(w) = self.rec.write.as_mut() {
+                        w.read_only = false;
+                        w.uid = self.proxy.capture.as_deref().map(|e| e.open_unit());
+                    }
+                }
+                let step = scan::client_frame(
+                    tag,
+                    &self.cbuf[fwd..end],
+                    &mut self.proto,
+                    &mut self.state,
+                    self.backend.as_mut().map(|c| &mut c.st),
+                )?;
+                match step {
+                    ClientStep::Forward => {}
+                    ClientStep::Bind { statement, prepare } => {
+                        self.rec.bound(statement);
+                        if let Some(parse) = prepare {
+                            // The statement goes first: take what precedes the Bind out of
+                            // the buffer and put the Parse after it.
+                            let out = spliced.get_or_insert_with(BytesMut::new);
+                            let part = self.cbuf.split_to(fwd);
+                            self.rec.client(&part);
+                            out.extend_from_slice(&part);
+                            out.extend_from_slice(&parse);
+                            fwd = 0;
+                        }
+                    }
+                    ClientStep::Closed => self.drop_spare(),
+                    ClientStep::Terminate => {
+                        fwd += total;
+                        break;
+                    }
+                }
+                if avail < total {
+                    self.c_skip = total - avail;
+                    fwd += avail;
+                } else {
+                    fwd += total;
+                }
+            }
+            if fwd > 0 || spliced.is_some() {
+                let head = self.cbuf.split_to(fwd);
+                self.rec.client(&head);
+                self.to_server = match spliced {
+                    Some(mut out) => {
+                        out.extend_from_slice(&head);
+                        out.freeze()
+                    }
+                    None => head.freeze(),
+                };
+                if self.backend.is_none() {
+                    return Err(End::fatal("08006", "no server connection"));
+                }
+            }
+            match stop {
+                None => return Ok(()),
+                Some(Stop::Hold) => {
+                    self.held = true;
+                    self.info.state.store(STATE_HELD, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Some(Stop::Switch) => self.switch().await?,
+                Some(Stop::Swap(side)) => self.swap(side).await?,
+            }
+            // Go on scanning what the client sent, now on the chosen backend.
+        }
+    }
+
+    /// The idle connection may hold a statement or setting the session no longer has: drop
+    /// it (it is reopened on demand).
+    fn drop_spare(&mut self) {
+        if let Some(s) = self.spare.take() {
+            s.terminate();
+        }
+    }
+
+    /// At a transaction boundary with a new message from the client (`body` given for the
+    /// inspected messages): decide where it goes. Returns `None` to go on (the session is
+    /// then busy).
+    fn boundary(&mut self, tag: u8, body: Option<std::ops::Range<usize>>) -> Option<Stop> {
+        if self.unit.busy {
+            // Busy and no backend: it was lost while idle.
+            return Some(Stop::Switch);
+        }
+        self.rx.borrow_and_update();
+        if !self.proxy.router.try_enter() {
+            return Some(Stop::Hold);
+        }
+        self.unit.busy = true;
+        self.rec.mirror = None;
+        self.close_write_capture();
+        self.proto.unit_error = false;
+        self.unit.started = Instant::now();
+        self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
+        let t = self.proxy.router.load();
+        let (cbuf, state) = (&self.cbuf, &mut self.state);
+        let body_of = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &cbuf[r]);
+        let route = scan::route(
+            &t,
+            self.side,
+            self.epoch,
+            self.backend.as_ref().map(|c| c.side),
+            |w| {
+                rand::random::<u32>() % 100 < u32::from(w)
+                    && state.unit_read_only(tag, body_of(&body))
+            },
+        );
+        // The side the unit runs on: other than the serving side for a shifted unit (which
+        // may find the session's connection there already, after a shifted unit before it).
+        let runs_on = match route {
+            Route::Go => self.active_side(),
+            Route::Swap(s) => s,
+            Route::Switch => t.side,
+        };
+        let shifted = runs_on != t.side;
+        self.unit.answered = false;
+        self.rec.replay = shifted.then(BytesMut::new);
+        if !shifted {
+            // The mirror driver's capture: every unit on the serving side (once switched).
+            self.start_write_capture(t.side, tag, body.clone());
+        }
+        if matches!(route, Route::Switch) {
+            return Some(Stop::Switch);
+        }
+        // Mirroring: a sample of the units that run on the serving side.
+        if !shifted {
+            if let Some(m) = self.proxy.mirror.as_deref() {
+                let (cbuf, state) = (&self.cbuf, &mut self.state);
+                if m.sample(|| state.unit_read_only(tag, body.map(|r| &cbuf[r]))) {
+                    self.rec.mirror = Some(Capture::default());
+                }
+            }
+        }
+        match route {
+            Route::Swap(side) => Some(Stop::Swap(side)),
+            _ => None,
+        }
+    }
+
+    /// A unit starts on the serving side `side`: while the mirror driver records that side,
+    /// keep its bytes (`OPEN` first unless its first statement is read-only).
+    fn start_write_capture(&mut self, side: Side, tag: u8, body: Option<std::ops::Range<usize>>) {
+        if let Some(e) = self.proxy.capture.as_deref().filter(|e| e.capturing(side)) {
+            let ro = self.state.unit_read_only(tag, body.map(|r| &self.cbuf[r]));
+            self.rec.write = Some(WriteCapture {
+                cap: Capture::default(),
+                uid: (!ro).then(|| e.open_unit()),
+                read_only: ro,
+            });
+        }
+    }
+
+    /// The mirror driver's recording of a unit that did not complete: close its `OPEN`.
+    fn close_write_capture(&mut self) {
+        if let Some(uid) = self.rec.write.take().and_then(|w| w.uid) {
+            if let Some(e) = self.proxy.capture.as_deref() {
+                e.close_unit(uid);
+            }
+        }
+    }
+
+    /// Opens a connection to `side` with this session's state (see [`backend::open`]).
+    async fn open(
+        &self,
+        side: Side,
+        read_only: bool,
+    ) -> Result<(Conn, Vec<(String, String)>), End> {
+        backend::open(
+            self.proxy,
+            &self.user,
+            side,
+            &self.state,
+            read_only,
+            self.info.pid,
+        )
+        .await
+    }
+
+    /// Move this session to the serving side the routing table names.
+    async fn switch(&mut self) -> Result<(), End> {
+        let (side, epoch) = {
+            let t = self.proxy.router.load();
+            (t.side, t.epoch)
+        };
+        self.drop_spare();
+        if self.backend.as_ref().is_some_and(|c| c.side == side) {
+            self.side = side;
+            self.epoch = epoch;
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (c, params) = self.open(side, false).await?;
+        self.unit.cold = true;
+        // ParameterStatus values that differ on the new server (server_version at least).
+        let mut note = BytesMut::new();
+        for (k, v) in params {
+            if self.state.client_param(&k, &v) {
+                msg::parameter_status(&mut note, &k, &v);
+            }
+        }
+        if !note.is_empty() {
+            let mut all = BytesMut::from(&self.to_client[..]);
+            all.put(note);
+            self.to_client = all.freeze();
+        }
+        let from = self.active_side();
+        self.install(c);
+        self.info.switches.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            pid = self.info.pid,
+            from = from.as_str(),
+            to = side.as_str(),
+            ms = started.elapsed().as_millis() as u64,
+            "session switched backend"
+        );
+        self.side = side;
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// Run this unit on `side`'s connection: the spare if it is there, else a new one (read-only
+    /// unless `side` is the serving side).
+    async fn swap(&mut self, side: Side) -> Result<(), End> {
+        let next = match self.spare.take() {
+            Some(s) if s.side == side => s,
+            other => {
+                if let Some(o) = other {
+                    o.terminate();
+                }
+                match self.open(side, side != self.side).await {
+                    Ok((c, _)) => {
+                        // Its latency is not the server's answer time (see `unit_done`).
+                        self.unit.cold = true;
+                        c
+                    }
+                    Err(e) if side != self.side && self.backend.is_some() => {
+                        // The other side is unreachable: this read-only unit stays on the
+                        // serving side; the failure counts against the other side for the
+                        // health checks, which take its weight away.
+                        tracing::warn!(
+                            pid = self.info.pid,
+                            side = side.as_str(),
+                            "cannot open a connection for a shifted read-only transaction ({}); it runs on the {} side",
+                            match &e { End::Fatal { message, .. } => message.as_str(), End::Closed => "closed" },
+                            self.side.as_str()
+                        );
+                        self.proxy.router.traffic.unit_done(side, true, None);
+                        self.rec.replay = None;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let prev = self.install(next);
+        self.spare = prev;
+        Ok(())
+    }
+
+    /// A unit shifted to the other side failed there before any answer reached the client:
+    /// count the failure against that side (health checks see it), drop that connection, and
+    /// run the unit again from its first byte on the serving side. The client sees only the
+    /// serving side's answer.
+    async fn replay_unit(&mut self) -> Result<(), End> {
+        let Some(raw) = self.rec.replay.take() else {
+            return Err(End::fatal(
+                "08006",
+                "lost the server connection during a query",
+            ));
+        };
+        let failed = self
+            .unit
+            .lost_side
+            .take()
+            .unwrap_or_else(|| self.active_side());
+        let us = self.unit.started.elapsed().as_micros() as u64;
+        self.proxy.router.traffic.unit_done(failed, true, Some(us));
+        crate::metrics::shift_replayed();
+        if let Some(c) = self.backend.take() {
+            if c.side == failed {
+                c.terminate();
+            } else {
+                self.spare = Some(c);
+            }
+        }
+        let serving = match self.spare.take() {
+            Some(s) if s.side == self.side => s,
+            other => {
+                if let Some(o) = other {
+                    o.terminate();
+                }
+                self.open(self.side, false).await?.0
+            }
+        };
+        tracing::info!(
+            pid = self.info.pid,
+            failed = failed.as_str(),
+            bytes = raw.len(),
+            "running the shifted read-only transaction again on the {} side",
+            self.side.as_str()
+        );
+        self.install(serving);
+        self.proto.unit_open = false;
+        self.proto.unit_error = false;
+        self.proto.tx = msg::TX_IDLE;
+        self.state.unit_restart();
+        self.c_skip = 0;
+        self.to_server = Bytes::new();
+        let mut again = raw;
+        again.extend_from_slice(&self.cbuf);
+        self.cbuf = again;
+        self.c_rescan = true;
+        Ok(())
+    }
+
+    /// Make `c` the active connection; returns the previous one.
+    fn install(&mut self, c: Conn) -> Option<Conn> {
+        self.info.set_backend(c.side, c.pid, c.secret);
+        self.sbuf.clear();
+        self.s_skip = 0;
+        self.proto.in_flight = 0;
+        self.backend.replace(c)
+    }
+
+    /// Scan server bytes: ReadyForQuery ends units; queue the complete part for the client.
+    fn scan_server(&mut self) -> Result<(), End> {
+        let shifted = self.shifted_unanswered();
+        if shifted
+            && scan::hold_answer(
+                &self.sbuf,
+                self.s_skip > 0,
+                self.proto.in_flight,
+                SHIFT_HOLD_BYTES,
+            )
+        {
+            return Ok(());
+        }
+        let mut fwd = 0;
+        // Bytes taken out of `sbuf` because a message in them is not for the client.
+        let mut kept: Option<BytesMut> = None;
+        while fwd < self.sbuf.len() {
+            if self.s_skip > 0 {
+                let n = self.s_skip.min(self.sbuf.len() - fwd);
+                self.s_skip -= n;
+                fwd += n;
+                continue;
+            }
+            let Some(conn) = self.backend.as_mut() else {
+                break;
+            };
+            let side = conn.side;
+            let (tag, total) = match header(&self.sbuf[fwd..], usize::MAX) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(End::fatal(
+                        "08P01",
+                        format!("invalid message from the {} server: {e}", side.as_str()),
+                    ))
+                }
+            };
+            let avail = self.sbuf.len() - fwd;
+            if avail < total && scan::server_inspects(tag, &conn.st, shifted) {
+                break;
+            }
+            let end = fwd + total.min(avail);
+            let step = scan::server_frame(
+                tag,
+                &self.sbuf[fwd..end],
+                &mut self.proto,
+                &mut conn.st,
+                &mut self.state,
+                shifted,
+            );
+            let drop = matches!(step, ServerStep::Drop | ServerStep::Dying(_));
+            let dying = match step {
+                ServerStep::Forward => false,
+                ServerStep::UnitDone => {
+                    self.unit_done(side);
+                    false
+                }
+                ServerStep::Drop => false,
+                ServerStep::Dying(e) => {
+                    // Unsolicited error while idle: the server is ending this connection
+                    // (FATAL). Keep it from the client; the next transaction reconnects.
+                    tracing::warn!(
+                        pid = self.info.pid,
+                        side = side.as_str(),
+                        "idle backend said: {e}"
+                    );
+                    true
+                }
+                ServerStep::Replay(e) => {
+                    // Nothing of the unanswered shifted unit reached the client (its answer
+                    // is held back): what is in `sbuf` can all be thrown away.
+                    tracing::warn!(
+                        pid = self.info.pid,
+                        side = side.as_str(),
+                        "shifted read-only transaction failed before any answer: {e}"
+                    );
+                    self.unit.lost_side = Some(side);
+                    self.unit.replay = true;
+                    return Ok(());
+                }
+            };
+            if drop {
+                let out = kept.get_or_insert_with(BytesMut::new);
+                out.extend_from_slice(&self.sbuf.split_to(fwd));
+                self.sbuf.advance(total);
+                fwd = 0;
+                if dying {
+                    break;
+                }
+                continue;
+            }
+            if avail < total {
+                self.s_skip = total - avail;
+                fwd += avail;
+            } else {
+                fwd += total;
+            }
+        }
+        let head = self.sbuf.split_to(fwd);
+        if fwd > 0 || kept.as_ref().is_some_and(|k| !k.is_empty()) {
+            // Answered: the unit can no longer run again elsewhere; its bytes are not needed.
+            self.unit.answered = true;
+            self.rec.replay = None;
+        }
+        match kept {
+            Some(mut out) => {
+                out.extend_from_slice(&head);
+                self.to_client = out.freeze();
+                self.s_rescan = !self.sbuf.is_empty();
+            }
+            None if fwd > 0 => self.to_client = head.freeze(),
+            None => {}
+        }
+        if !self.rec.idle() {
+            if fwd > 0 || !self.to_client.is_empty() {
+                self.rec.server(&self.to_client);
+            }
+            if self.rec.write.as_ref().is_some_and(|w| w.cap.done) {
+                self.record_unit();
+            }
+            if self.rec.mirror.as_ref().is_some_and(|c| c.done) {
+                self.mirror_unit();
+            }
+        }
+        Ok(())
+    }
+
+    /// The captured unit ended (its final ReadyForQuery is about to be forwarded): record it
+    /// for the mirror driver, before the client can see it committed.
+    fn record_unit(&mut self) {
+        let Some(w) = self.rec.write.take() else {
+            return;
+        };
+        let (Some(uid), Some(e)) = (w.uid, self.proxy.capture.as_deref()) else {
+            return;
+        };
+        let cap = w.cap;
+        if cap.too_big {
+            e.lost(uid, cap.client.len() + cap.server.len());
+            return;
+        }
+        let statements = cap
+            .used
+            .iter()
+            .filter_map(|n| self.state.statement(n).map(|f| (n.clone(), f.to_vec())))
+            .collect();
+        e.record(&crate::capture::Unit {
+            uid,
+            user: self.user.cfg.server_user().to_string(),
+            params: self.state.params.clone(),
+            sets: self.state.set_statements().map(str::to_string).collect(),
+            statements,
+            client: cap.client.to_vec(),
+            server: cap.server.to_vec(),
+        });
+    }
+
+    /// The captured unit ended: hand it to the mirror (without waiting).
+    fn mirror_unit(&mut self) {
+        let (Some(cap), Some(m)) = (self.rec.mirror.take(), self.proxy.mirror.as_deref()) else {
+            return;
+        };
+        if cap.too_big {
+            m.too_big();
+            return;
+        }
+        let statements = cap
+            .used
+            .iter()
+            .filter_map(|n| self.state.statement(n).map(|f| (n.clone(), f.clone())))
+            .collect();
+        m.offer(crate::mirror::Job {
+            user: self.user.clone(),
+            params: self.state.params.clone(),
+            sets: self.state.set_statements().map(str::to_string).collect(),
+            statements,
+            client: cap.client.freeze(),
+            server: cap.server.freeze(),
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// A unit of work ended with ReadyForQuery `I` and nothing in flight, on `side`.
+    fn unit_done(&mut self, side: Side) {
+        self.rec.unit_done();
+        // The idle connection did not see a change of the state: drop it, it is reopened on
+        // demand.
+        if self.state.unit_end(!self.proto.unit_error) {
+            self.drop_spare();
+        }
+        if self.unit.busy {
+            self.unit.busy = false;
+            self.proxy.router.leave();
+            let us = self.unit.started.elapsed().as_micros() as u64;
+            // The first unit on a connection just opened pays for its cold catalog caches:
+            // counted, but no sample for the health checks' p99.
+            let cold = std::mem::take(&mut self.unit.cold);
+            self.proxy
+                .router
+                .traffic
+                .unit_done(side, self.proto.unit_error, (!cold).then_some(us));
+            crate::metrics::txn_done(side, self.proto.unit_error, us);
+        }
+        self.info.state.store(STATE_IDLE, Ordering::Relaxed);
+    }
+}
