@@ -60,6 +60,8 @@ pub struct Router {
     table: ArcSwap<RoutingTable>,
     paused: AtomicBool,
     busy: AtomicUsize,
+    /// Held while a table is published (see [`Router::publish`]).
+    publishing: std::sync::Mutex<()>,
     changes: watch::Sender<u64>,
     /// Client traffic per side, for health checks.
     pub traffic: Traffic,
@@ -121,6 +123,7 @@ impl Router {
             table: ArcSwap::from_pointee(t),
             paused: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            publishing: std::sync::Mutex::new(()),
             changes,
             traffic: Traffic::new(std::time::Duration::from_secs(10)),
             failpoint: Failpoint::from_env(),
@@ -156,11 +159,28 @@ impl Router {
         self.busy.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Publishes the table `f` makes of the current one. Publications are serialised (a
+    /// weight change from the health checks must not undo a concurrent switch), and ordered
+    /// against sessions entering a unit ([`try_enter`](Self::try_enter), then
+    /// [`load`](Self::load)):
+    ///
+    /// * pausing sets the `paused` flag before the table: a session that enters from then on
+    ///   holds, and one that entered just before is counted busy, so the drain waits for it;
+    /// * resuming or switching stores the new table before it clears the flag: a session that
+    ///   sees the pause lifted (a SeqCst load after the SeqCst store) also sees the new
+    ///   table. In the other order a session could enter in between, load the old table and
+    ///   write on the old side after the cutover's barrier: acknowledged, and never
+    ///   replicated.
     fn publish(&self, f: impl FnOnce(&RoutingTable) -> RoutingTable) {
-        let cur = self.table.load_full();
-        let next = f(&cur);
-        self.paused.store(next.paused, Ordering::SeqCst);
-        self.table.store(Arc::new(next));
+        let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let next = f(&self.table.load_full());
+        if next.paused {
+            self.paused.store(true, Ordering::SeqCst);
+            self.table.store(Arc::new(next));
+        } else {
+            self.table.store(Arc::new(next));
+            self.paused.store(false, Ordering::SeqCst);
+        }
         self.changes.send_modify(|v| *v += 1);
     }
 }
@@ -217,5 +237,146 @@ impl TrafficControl for Router {
     }
     fn stats(&self) -> TrafficStats {
         self.traffic.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    impl Router {
+        /// The publication order before issue 9 (the flag cleared before the new table is
+        /// stored), kept to show that the stress test below catches it.
+        fn publish_flag_first(&self, f: impl FnOnce(&RoutingTable) -> RoutingTable) {
+            let next = f(&self.table.load_full());
+            self.paused.store(next.paused, Ordering::SeqCst);
+            // Widen the window between the two stores (a descheduling can fall here too).
+            std::thread::yield_now();
+            self.table.store(Arc::new(next));
+        }
+    }
+
+    fn router() -> Arc<Router> {
+        let a = || BackendAddr {
+            host: "127.0.0.1".into(),
+            port: 1,
+            dbname: "app".into(),
+        };
+        Router::new(Side::Source, 1, a(), a())
+    }
+
+    /// Sessions enter units and load the table as fast as they can while the control side
+    /// runs `switches` cutover protocols (pause, drain, barrier, switch). Returns the units
+    /// that started on an epoch whose barrier had already passed: writes that a real cutover
+    /// would acknowledge on the old side and never replicate. The sessions act on whatever
+    /// table they load (as the relay did before it also held on a paused table), so this
+    /// tests the publication order alone.
+    fn race(r: Arc<Router>, switches: u64, flag_first: bool) -> u64 {
+        // The last epoch whose barrier has passed: no unit may start on it any more.
+        let closed = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let late = Arc::new(AtomicU64::new(0));
+        let units = Arc::new(AtomicU64::new(0));
+        let sessions: Vec<_> = (0..3)
+            .map(|_| {
+                let (r, closed, done, late, units) = (
+                    r.clone(),
+                    closed.clone(),
+                    done.clone(),
+                    late.clone(),
+                    units.clone(),
+                );
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        if !r.try_enter() {
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        let t = r.load();
+                        if t.epoch <= closed.load(Ordering::SeqCst) {
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        units.fetch_add(1, Ordering::Relaxed);
+                        r.leave();
+                    }
+                })
+            })
+            .collect();
+        // Let the sessions start before the first switch.
+        while units.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        for _ in 0..switches {
+            let t = r.table.load_full();
+            r.pause();
+            while r.busy_sessions() > 0 {
+                std::thread::yield_now();
+            }
+            closed.store(t.epoch, Ordering::SeqCst);
+            let next = |c: &RoutingTable| RoutingTable {
+                side: c.side.other(),
+                epoch: c.epoch + 1,
+                paused: false,
+                ..c.clone()
+            };
+            if flag_first {
+                r.publish_flag_first(next);
+            } else {
+                r.publish(next);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        for s in sessions {
+            s.join().expect("session thread");
+        }
+        let units = units.load(Ordering::Relaxed);
+        assert!(units >= switches, "the sessions hardly ran: {units} units");
+        late.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn no_unit_starts_on_the_old_side_after_a_switch() {
+        assert_eq!(
+            race(router(), 2_000, false),
+            0,
+            "units started after the barrier"
+        );
+        // The old order loses: some session enters between the two stores.
+        let mut late = 0;
+        for _ in 0..10 {
+            late += race(router(), 2_000, true);
+            if late > 0 {
+                break;
+            }
+        }
+        eprintln!("flag-first order: {late} units started after their barrier");
+        assert!(
+            late > 0,
+            "the stress test did not catch the flag-first order"
+        );
+    }
+
+    #[test]
+    fn concurrent_publications_do_not_undo_each_other() {
+        let r = router();
+        let writers: Vec<_> = (0..2)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for n in 0..2_000u32 {
+                        if i == 0 {
+                            r.switch_to(Side::Target, u64::from(n) + 2);
+                        } else {
+                            r.set_weight((n % 100) as u8);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        assert_eq!((r.load().side, r.load().epoch), (Side::Target, 2_001));
     }
 }

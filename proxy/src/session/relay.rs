@@ -464,13 +464,18 @@ impl Relay<'_> {
         if !self.proxy.router.try_enter() {
             return Some(Stop::Hold);
         }
+        let t = self.proxy.router.load();
+        if t.paused {
+            // Entered as the pause was being published: hold like the sessions after it.
+            self.proxy.router.leave();
+            return Some(Stop::Hold);
+        }
         self.unit.busy = true;
         self.rec.mirror = None;
         self.close_write_capture();
         self.proto.unit_error = false;
         self.unit.started = Instant::now();
         self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
-        let t = self.proxy.router.load();
         let (cbuf, state) = (&self.cbuf, &mut self.state);
         let body_of = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &cbuf[r]);
         let route = scan::route(
