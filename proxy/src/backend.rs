@@ -372,7 +372,7 @@ pub async fn open(
     } else {
         connect_backend(proxy, user, side, &params).await?
     };
-    let (out, expected) = state.replay();
+    let (out, expected) = state.replay(read_only);
     if expected > 0 {
         let a = format!("{} server", side.as_str());
         b.stream.write_all(&out).await.map_err(|e| {

@@ -167,6 +167,23 @@ impl Proxy {
         v
     }
 
+    /// The pgshift pid (the one its client was given in BackendKeyData) of the session
+    /// whose current backend on `side` is server process `backend_pid`, if a pgshift session
+    /// has it. For NotificationResponse messages: a scan of the session list, as rare as
+    /// notifications from other sessions.
+    pub fn session_of_backend(&self, side: Side, backend_pid: i32) -> Option<i32> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|s| {
+                !s.admin
+                    && s.side() == Some(side)
+                    && s.backend_pid.load(Ordering::Relaxed) == backend_pid
+            })
+            .map(|s| s.pid)
+    }
+
     /// Forward a client's CancelRequest to the backend now serving that session. Wrong keys
     /// are ignored silently, as PostgreSQL does (53.2.7).
     pub async fn cancel(&self, pid: i32, secret: i32) {

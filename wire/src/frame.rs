@@ -246,6 +246,19 @@ pub fn take_cstr<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a str, 
     Ok(s)
 }
 
+/// Read a NUL-terminated string off the front of `buf` as bytes, in whatever encoding the
+/// peer uses: SQL texts, names and server messages are in the session's `client_encoding`
+/// (PostgreSQL docs 24.3.3 "Automatic Character Set Conversion Between Server and Client"),
+/// not necessarily UTF-8.
+pub fn take_cbytes<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a [u8], WireError> {
+    let Some(nul) = buf.iter().position(|&b| b == 0) else {
+        return Err(WireError::malformed(what, "string without terminating NUL"));
+    };
+    let s = &buf[..nul];
+    *buf = &buf[nul + 1..];
+    Ok(s)
+}
+
 /// Read a big-endian Int32 off the front of `buf`.
 pub fn take_i32(buf: &mut &[u8], what: &'static str) -> Result<i32, WireError> {
     if buf.len() < 4 {

@@ -13,6 +13,8 @@ pub const READY_FOR_QUERY: u8 = b'Z';
 pub const ERROR_RESPONSE: u8 = b'E';
 pub const NOTICE_RESPONSE: u8 = b'N';
 pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+pub const COMMAND_COMPLETE: u8 = b'C';
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
 // ---- frontend message tags (53.7) ----
 pub const QUERY: u8 = b'Q';
 pub const PARSE: u8 = b'P';
@@ -265,6 +267,14 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     put_msg(buf, QUERY, |b| put_cstr(b, sql));
 }
 /// Sync (S).
+/// Query message with a SQL text in the client's encoding (not necessarily UTF-8).
+pub fn query_bytes(buf: &mut BytesMut, sql: &[u8]) {
+    put_msg(buf, QUERY, |b| {
+        b.put_slice(sql);
+        b.put_u8(0);
+    });
+}
+
 pub fn sync(buf: &mut BytesMut) {
     put_msg(buf, SYNC, |_| {});
 }
@@ -376,6 +386,66 @@ pub fn parse_parse(body: &[u8]) -> Result<(&str, &str), WireError> {
     Ok((name, q))
 }
 
+/// Query body: the SQL text as sent, in the client's encoding (see
+/// [`take_cbytes`](crate::frame::take_cbytes)).
+pub fn query_text(body: &[u8]) -> Result<&[u8], WireError> {
+    let mut b = body;
+    crate::frame::take_cbytes(&mut b, "Query")
+}
+
+/// Parse body: `(statement name, query text)` as sent, in the client's encoding; parameter
+/// types are left unread (53.7 Parse).
+pub fn parse_text(body: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
+    let mut b = body;
+    let name = crate::frame::take_cbytes(&mut b, "Parse")?;
+    let q = crate::frame::take_cbytes(&mut b, "Parse")?;
+    let n = take_i16(&mut b, "Parse")?;
+    if n < 0 || b.len() != n as usize * 4 {
+        return Err(WireError::malformed(
+            "Parse",
+            "parameter type count does not match the message",
+        ));
+    }
+    Ok((name, q))
+}
+
+/// Close body as sent: `(kind, name)`, kind `S` (statement) or `P` (portal) (53.7 Close).
+pub fn close_target(body: &[u8]) -> Result<(u8, &[u8]), WireError> {
+    let Some((&kind, mut b)) = body.split_first() else {
+        return Err(WireError::malformed("Close", "empty message"));
+    };
+    let name = crate::frame::take_cbytes(&mut b, "Close")?;
+    Ok((kind, name))
+}
+
+/// Bind body: `(portal name, statement name)` as sent; the rest is left unread (53.7 Bind).
+pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
+    let mut b = body;
+    let portal = crate::frame::take_cbytes(&mut b, "Bind")?;
+    let stmt = crate::frame::take_cbytes(&mut b, "Bind")?;
+    Ok((portal, stmt))
+}
+
+/// Execute body: the portal name as sent (53.7 Execute).
+pub fn execute_portal(body: &[u8]) -> Result<&[u8], WireError> {
+    let mut b = body;
+    crate::frame::take_cbytes(&mut b, "Execute")
+}
+
+/// CommandComplete body: the command tag, e.g. `SET` or `INSERT 0 1` (53.7 CommandComplete).
+pub fn command_tag(body: &[u8]) -> Result<&[u8], WireError> {
+    let mut b = body;
+    crate::frame::take_cbytes(&mut b, "CommandComplete")
+}
+
+/// NotificationResponse body: `(process id of the notifying backend, the rest)` — the rest
+/// being the channel and payload strings as sent (53.7 NotificationResponse).
+pub fn notification_pid(body: &[u8]) -> Result<(i32, &[u8]), WireError> {
+    let mut b = body;
+    let pid = take_i32(&mut b, "NotificationResponse")?;
+    Ok((pid, b))
+}
+
 /// Close body: `(kind, name)`, kind `S` (statement) or `P` (portal).
 pub fn parse_close(body: &[u8]) -> Result<(u8, &str), WireError> {
     let mut b = body;
@@ -441,9 +511,11 @@ pub fn parse_error(body: &[u8]) -> Result<ErrorFields, WireError> {
         if code == 0 {
             break;
         }
-        let v = take_cstr(&mut b, "ErrorResponse")?;
+        // Message texts are in the client's encoding: read them lossily.
+        let v = crate::frame::take_cbytes(&mut b, "ErrorResponse")?;
+        let v = String::from_utf8_lossy(v);
         match code {
-            b'S' if e.severity.is_empty() => e.severity = v.to_string(),
+            b'S' if e.severity.is_empty() => e.severity = v.into_owned(),
             b'V' => e.severity = v.to_string(),
             b'C' => e.sqlstate = v.to_string(),
             b'M' => e.message = v.to_string(),

@@ -71,7 +71,11 @@ impl Recorders {
     }
 
     /// A Bind of named statement `name` (its Parse goes with the recording).
-    pub fn bound(&mut self, name: &str) {
+    pub fn bound(&mut self, name: &[u8]) {
+        if self.mirror.is_none() && self.write.is_none() {
+            return;
+        }
+        let name = String::from_utf8_lossy(name);
         for c in [
             self.mirror.as_mut(),
             self.write.as_mut().map(|w| &mut w.cap),
@@ -79,7 +83,7 @@ impl Recorders {
         .into_iter()
         .flatten()
         {
-            if !c.used.iter().any(|u| u == name) {
+            if !c.used.iter().any(|u| *u == name) {
                 c.used.push(name.to_string());
             }
         }
@@ -115,8 +119,8 @@ mod tests {
         r.write = Some(WriteCapture::default());
         r.client(b"abc");
         r.server(b"de");
-        r.bound("s1");
-        r.bound("s1");
+        r.bound(b"s1");
+        r.bound(b"s1");
         assert_eq!(&r.replay.as_ref().unwrap()[..], b"abc");
         let m = r.mirror.as_ref().unwrap();
         assert_eq!(

@@ -354,7 +354,7 @@ impl Relay<'_> {
                     break;
                 };
                 let avail = self.cbuf.len() - fwd;
-                let inspect = scan::client_inspects(tag);
+                let inspect = scan::client_inspects(tag, &self.state);
                 if inspect && avail < total {
                     break;
                 }
@@ -743,7 +743,7 @@ impl Relay<'_> {
                 }
             };
             let avail = self.sbuf.len() - fwd;
-            if avail < total && scan::server_inspects(tag, &conn.st, shifted) {
+            if avail < total && scan::server_inspects(tag, &conn.st, &self.state, shifted) {
                 break;
             }
             let end = fwd + total.min(avail);
@@ -763,6 +763,17 @@ impl Relay<'_> {
                     false
                 }
                 ServerStep::Drop => false,
+                ServerStep::Notification { pid } => {
+                    let client_pid = if pid == conn.pid {
+                        Some(self.info.pid)
+                    } else {
+                        self.proxy.session_of_backend(side, pid)
+                    };
+                    if let Some(p) = client_pid {
+                        self.sbuf[fwd + 5..fwd + 9].copy_from_slice(&p.to_be_bytes());
+                    }
+                    false
+                }
                 ServerStep::Dying(e) => {
                     // Unsolicited error while idle: the server is ending this connection
                     // (FATAL). Keep it from the client; the next transaction reconnects.
@@ -849,13 +860,21 @@ impl Relay<'_> {
         let statements = cap
             .used
             .iter()
-            .filter_map(|n| self.state.statement(n).map(|f| (n.clone(), f.to_vec())))
+            .filter_map(|n| {
+                self.state
+                    .statement(n.as_bytes())
+                    .map(|f| (n.clone(), f.to_vec()))
+            })
             .collect();
         e.record(&crate::capture::Unit {
             uid,
             user: self.user.cfg.server_user().to_string(),
             params: self.state.params.clone(),
-            sets: self.state.set_statements().map(str::to_string).collect(),
+            sets: self
+                .state
+                .set_statements()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
             statements,
             client: cap.client.to_vec(),
             server: cap.server.to_vec(),
@@ -874,12 +893,20 @@ impl Relay<'_> {
         let statements = cap
             .used
             .iter()
-            .filter_map(|n| self.state.statement(n).map(|f| (n.clone(), f.clone())))
+            .filter_map(|n| {
+                self.state
+                    .statement(n.as_bytes())
+                    .map(|f| (n.clone(), f.clone()))
+            })
             .collect();
         m.offer(crate::mirror::Job {
             user: self.user.clone(),
             params: self.state.params.clone(),
-            sets: self.state.set_statements().map(str::to_string).collect(),
+            sets: self
+                .state
+                .set_statements()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
             statements,
             client: cap.client.freeze(),
             server: cap.server.freeze(),
@@ -892,7 +919,7 @@ impl Relay<'_> {
         self.rec.unit_done();
         // The idle connection did not see a change of the state: drop it, it is reopened on
         // demand.
-        if self.state.unit_end(!self.proto.unit_error) {
+        if self.state.take_changed() {
             self.drop_spare();
         }
         if self.unit.busy {

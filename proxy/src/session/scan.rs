@@ -55,18 +55,20 @@ impl Proto {
 #[derive(Debug, Default)]
 pub struct ConnState {
     /// Named prepared statements that exist on this connection.
-    pub known: HashSet<String>,
+    pub known: HashSet<Vec<u8>>,
     /// ParseComplete messages still to drop (answers to Parse messages pgshift injected).
     pub swallow: u32,
 }
 
 /// Whether the client scan reads the whole body of a message of type `tag` (the others are
-/// forwarded as they stream through).
-pub fn client_inspects(tag: u8) -> bool {
-    matches!(
-        tag,
-        msg::QUERY | msg::PARSE | msg::CLOSE | msg::TERMINATE | msg::BIND
-    )
+/// forwarded as they stream through). Execute is read only while some portal changes the
+/// session state when executed.
+pub fn client_inspects(tag: u8, state: &SessionState) -> bool {
+    match tag {
+        msg::QUERY | msg::PARSE | msg::CLOSE | msg::TERMINATE | msg::BIND => true,
+        msg::EXECUTE => state.watches_execute(),
+        _ => false,
+    }
 }
 
 /// What to do with one client frame.
@@ -77,7 +79,7 @@ pub enum ClientStep<'a> {
     /// A Bind of named statement `statement`; forward it, after `prepare` (the statement's
     /// Parse message) when the connection does not have the statement yet.
     Bind {
-        statement: &'a str,
+        statement: &'a [u8],
         prepare: Option<Bytes>,
     },
     /// A statement was closed: forward it; an idle spare connection may still hold the
@@ -89,9 +91,11 @@ pub enum ClientStep<'a> {
 
 /// Scans one client frame of type `tag`: `frame` is the whole message (tag and length
 /// included) when [`client_inspects`] the tag, else whatever part of it is buffered. Updates
-/// the protocol state, the session state and `conn` (the connection it goes to).
+/// the protocol state, the session state and `conn` (the connection it goes to). Texts are
+/// bytes in the client's encoding, never required to be UTF-8.
 ///
-/// Errors: a malformed Query, Parse or Close body (the session ends with 08P01).
+/// Errors: a malformed Query, Parse, Bind, Execute or Close body (the session ends with
+/// 08P01).
 pub fn client_frame<'a>(
     tag: u8,
     frame: &'a [u8],
@@ -104,26 +108,27 @@ pub fn client_frame<'a>(
         msg::QUERY => {
             p.in_flight += 1;
             p.unit_open = false;
-            state.note_sql(msg::parse_query(body)?);
+            state.on_query(msg::query_text(body)?);
         }
         msg::SYNC | msg::FUNCTION_CALL => {
             p.in_flight += 1;
             p.unit_open = false;
+            state.on_sync();
         }
         msg::PARSE => {
             p.unit_open = true;
-            let (name, sql) = msg::parse_parse(body)?;
-            state.note_sql(sql);
+            let (name, sql) = msg::parse_text(body)?;
+            state.on_parse(name, sql, frame);
             if !name.is_empty() {
                 if let Some(c) = conn {
-                    c.known.insert(name.to_string());
+                    c.known.insert(name.to_vec());
                 }
-                state.parsed(name, Bytes::copy_from_slice(frame));
             }
         }
         msg::BIND => {
             p.unit_open = true;
-            let name = bind_statement(body).unwrap_or("");
+            let (portal, name) = msg::bind_names(body)?;
+            state.on_bind(portal, name);
             if name.is_empty() {
                 return Ok(ClientStep::Forward);
             }
@@ -131,7 +136,7 @@ pub fn client_frame<'a>(
             let mut prepare = None;
             if let (Some(c), Some(parse)) = (conn, state.statement(name)) {
                 if !c.known.contains(name) {
-                    c.known.insert(name.to_string());
+                    c.known.insert(name.to_vec());
                     c.swallow += 1;
                     prepare = Some(parse.clone());
                 }
@@ -141,11 +146,17 @@ pub fn client_frame<'a>(
                 prepare,
             });
         }
+        msg::EXECUTE => {
+            p.unit_open = true;
+            if state.watches_execute() {
+                state.on_execute(msg::execute_portal(body)?);
+            }
+        }
         msg::CLOSE => {
             p.unit_open = true;
-            let (kind, name) = msg::parse_close(body)?;
+            let (kind, name) = msg::close_target(body)?;
+            state.on_close(kind, name);
             if kind == b'S' {
-                state.forget(name);
                 if let Some(c) = conn {
                     c.known.remove(name);
                 }
@@ -160,13 +171,6 @@ pub fn client_frame<'a>(
         _ => p.unit_open = true,
     }
     Ok(ClientStep::Forward)
-}
-
-/// Statement name of a Bind body (portal name first, then statement name; 53.7 Bind).
-pub fn bind_statement(body: &[u8]) -> Option<&str> {
-    let mut b = body;
-    wire::frame::take_cstr(&mut b, "Bind").ok()?;
-    wire::frame::take_cstr(&mut b, "Bind").ok()
 }
 
 /// Where a new unit of work goes, decided at its first message.
@@ -212,11 +216,20 @@ pub fn route(
 
 /// Whether the server scan reads the whole body of a message of type `tag`.
 /// `shifted_unanswered`: a shifted unit runs and none of its answer reached the client.
-pub fn server_inspects(tag: u8, conn: &ConnState, shifted_unanswered: bool) -> bool {
+pub fn server_inspects(
+    tag: u8,
+    conn: &ConnState,
+    state: &SessionState,
+    shifted_unanswered: bool,
+) -> bool {
     match tag {
-        msg::READY_FOR_QUERY | msg::ERROR_RESPONSE | msg::PARAMETER_STATUS => true,
+        msg::READY_FOR_QUERY
+        | msg::ERROR_RESPONSE
+        | msg::PARAMETER_STATUS
+        | msg::NOTIFICATION_RESPONSE => true,
         PARSE_COMPLETE => conn.swallow > 0,
         msg::NOTICE_RESPONSE => shifted_unanswered,
+        msg::COMMAND_COMPLETE => state.watches_answers(),
         _ => false,
     }
 }
@@ -237,6 +250,10 @@ pub enum ServerStep {
     /// The shifted unit failed before any answer reached the client (a FATAL error, or a
     /// class 57 notice: that server is going away): run it again on the serving side.
     Replay(String),
+    /// A NotificationResponse from the backend process `pid`: forward it, with the pid
+    /// that process's client was given in BackendKeyData when it is a pgshift session (the
+    /// session's own notifications included), so that clients recognise the sender.
+    Notification { pid: i32 },
 }
 
 /// Scans one server frame of type `tag`; `frame` is the whole message when
@@ -255,6 +272,7 @@ pub fn server_frame(
             if let Some(&s) = body.first() {
                 p.tx = s;
             }
+            state.on_ready(p.tx);
             p.in_flight = p.in_flight.saturating_sub(1);
             if p.in_flight == 0 && !p.unit_open && p.tx == msg::TX_IDLE {
                 return ServerStep::UnitDone;
@@ -278,6 +296,17 @@ pub fn server_frame(
                 }
             }
             p.unit_error = true;
+            state.on_error();
+        }
+        msg::COMMAND_COMPLETE => {
+            if let Ok(t) = msg::command_tag(body) {
+                state.on_command_complete(t);
+            }
+        }
+        msg::NOTIFICATION_RESPONSE => {
+            if let Ok((pid, _)) = msg::notification_pid(body) {
+                return ServerStep::Notification { pid };
+            }
         }
         msg::NOTICE_RESPONSE if shifted_unanswered => {
             // "terminating connection due to immediate shutdown command" is a WARNING of
@@ -372,12 +401,12 @@ mod tests {
             client_frame(msg::PARSE, &f, &mut p, &mut s, Some(&mut a)).unwrap(),
             ClientStep::Forward
         );
-        assert!(p.unit_open && a.known.contains("s1"));
+        assert!(p.unit_open && a.known.contains(&b"s1"[..]));
         let b = bind("s1");
         assert_eq!(
             client_frame(msg::BIND, &b, &mut p, &mut s, Some(&mut a)).unwrap(),
             ClientStep::Bind {
-                statement: "s1",
+                statement: b"s1",
                 prepare: None
             }
         );
@@ -426,7 +455,7 @@ mod tests {
             client_frame(msg::CLOSE, &close, &mut p, &mut s, Some(&mut a)).unwrap(),
             ClientStep::Closed
         );
-        assert!(s.statement("s1").is_none() && !a.known.contains("s1"));
+        assert!(s.statement(b"s1").is_none() && !a.known.contains(&b"s1"[..]));
     }
 
     #[test]
@@ -547,8 +576,8 @@ mod tests {
             msg::NOTICE_RESPONSE,
             b"SWARNING\0VWARNING\0C57P01\0Mterminating connection\0\0",
         );
-        assert!(server_inspects(msg::NOTICE_RESPONSE, &a, true));
-        assert!(!server_inspects(msg::NOTICE_RESPONSE, &a, false));
+        assert!(server_inspects(msg::NOTICE_RESPONSE, &a, &s, true));
+        assert!(!server_inspects(msg::NOTICE_RESPONSE, &a, &s, false));
         assert!(matches!(
             server_frame(msg::NOTICE_RESPONSE, &notice, &mut p, &mut a, &mut s, true),
             ServerStep::Replay(_)
@@ -582,6 +611,60 @@ mod tests {
         );
         assert!(!hold_answer(&answer, false, 1, 4), "too large");
         assert!(!hold_answer(&error("ERROR", "22012"), false, 1, 1 << 20));
+    }
+
+    #[test]
+    fn notifications_and_tracked_answers() {
+        let (mut p, mut s, mut a) = (
+            Proto::default(),
+            SessionState::new(Vec::new()),
+            ConnState::default(),
+        );
+        let n = frame(msg::NOTIFICATION_RESPONSE, b"\0\0\x30\x39chan\0payload\0");
+        assert!(server_inspects(msg::NOTIFICATION_RESPONSE, &a, &s, false));
+        assert_eq!(
+            server_frame(
+                msg::NOTIFICATION_RESPONSE,
+                &n,
+                &mut p,
+                &mut a,
+                &mut s,
+                false
+            ),
+            ServerStep::Notification { pid: 12345 }
+        );
+        // CommandComplete is read only while a tracked statement awaits its answer.
+        assert!(!server_inspects(msg::COMMAND_COMPLETE, &a, &s, false));
+        let q = frame(msg::QUERY, b"SET search_path = x\0");
+        client_frame(msg::QUERY, &q, &mut p, &mut s, Some(&mut a)).unwrap();
+        assert!(server_inspects(msg::COMMAND_COMPLETE, &a, &s, false));
+        server_frame(
+            msg::COMMAND_COMPLETE,
+            &frame(msg::COMMAND_COMPLETE, b"SET\0"),
+            &mut p,
+            &mut a,
+            &mut s,
+            false,
+        );
+        server_frame(
+            msg::READY_FOR_QUERY,
+            &rfq(b'I'),
+            &mut p,
+            &mut a,
+            &mut s,
+            false,
+        );
+        assert!(s.take_changed());
+        assert_eq!(
+            s.set_statements().collect::<Vec<_>>(),
+            [&b"SET search_path = x"[..]]
+        );
+        // A LATIN1 query text is no protocol error.
+        let latin1 = frame(msg::QUERY, b"SELECT '\xe9'\0");
+        assert_eq!(
+            client_frame(msg::QUERY, &latin1, &mut p, &mut s, None).unwrap(),
+            ClientStep::Forward
+        );
     }
 
     #[test]
