@@ -228,21 +228,35 @@ pub async fn cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::io::Re
     Ok(())
 }
 
-/// Connect to the side the routing table names, retrying until the connect timeout.
+/// Connect to database `database` (the client's name for it) on `side`, retrying until the
+/// connect timeout.
 pub(crate) async fn connect_backend(
     proxy: &Proxy,
     user: &UserEntry,
     side: Side,
+    database: &str,
     params: &[(String, String)],
 ) -> Result<BackendConn, End> {
     connect_backend_within(
         proxy,
         user,
         side,
+        database,
         params,
         proxy.cfg.proxy.connect_timeout_ms,
     )
     .await
+}
+
+/// The name on `side` of the database a client calls `database`: the same name, but for
+/// the configured database, which may be called otherwise on the target (`[source] dbname`
+/// → `[target] dbname`).
+pub fn database_on<'a>(proxy: &'a Proxy, side: Side, database: &'a str) -> &'a str {
+    if side == Side::Target && database == proxy.cfg.source.dbname {
+        &proxy.cfg.target.dbname
+    } else {
+        database
+    }
 }
 
 /// Like [`connect_backend`], giving up after `timeout` ms (connect, log-in and retries of
@@ -253,10 +267,12 @@ pub(crate) async fn connect_backend_within(
     proxy: &Proxy,
     user: &UserEntry,
     side: Side,
+    database: &str,
     params: &[(String, String)],
     timeout: u64,
 ) -> Result<BackendConn, End> {
-    let addr = proxy.router.load().addr(side).clone();
+    let mut addr = BackendAddr::clone(proxy.router.load().addr(side));
+    addr.dbname = database_on(proxy, side, database).to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut wait = 10;
     loop {
@@ -270,7 +286,16 @@ pub(crate) async fn connect_backend_within(
         .await
         {
             Ok(b) => return Ok(b),
-            // The server said no for a reason of its own: retrying will not help.
+            // The server said no for a reason of its own: retrying will not help. What is
+            // about the client's request (no such database, no CONNECT privilege, ...) it
+            // hears in the server's words, as it would straight from PostgreSQL; a refused
+            // log-in (class 28) is pgshift's credentials' problem and says so.
+            Err(BackendError::Refused { fields, .. })
+                if !is_transient_state(&fields.sqlstate) && !fields.sqlstate.starts_with("28") =>
+            {
+                crate::metrics::backend_connect_failed(side);
+                return Err(End::fatal(&fields.sqlstate, fields.message));
+            }
             Err(e @ BackendError::Refused { .. }) if !is_transient(&e) => {
                 crate::metrics::backend_connect_failed(side);
                 return Err(End::Fatal {
@@ -301,8 +326,12 @@ pub(crate) async fn connect_backend_within(
 }
 
 fn is_transient(e: &BackendError) -> bool {
-    // 57P03 cannot_connect_now (starting up / shutting down), 53300 too_many_connections.
-    matches!(e, BackendError::Refused { fields, .. } if fields.sqlstate == "57P03" || fields.sqlstate == "53300")
+    matches!(e, BackendError::Refused { fields, .. } if is_transient_state(&fields.sqlstate))
+}
+
+/// 57P03 cannot_connect_now (starting up / shutting down), 53300 too_many_connections.
+fn is_transient_state(sqlstate: &str) -> bool {
+    sqlstate == "57P03" || sqlstate == "53300"
 }
 
 /// One backend connection of a session, split for the relay (which reads and writes at once).
@@ -343,7 +372,7 @@ impl Conn {
 /// it runs on the serving side instead, in ms.
 const SHIFT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
-/// Opens a connection to `side` carrying a session's state: its start-up parameters, then
+/// Opens a connection to `database` (the client's name) on `side` carrying a session's state: its start-up parameters, then
 /// its SETs and named prepared statements replayed (each answered before the connection is
 /// handed over). `read_only` adds `default_transaction_read_only = on` and gives up after
 /// at most [`SHIFT_CONNECT_TIMEOUT_MS`] (the unit can run on the serving side instead).
@@ -354,6 +383,7 @@ pub async fn open(
     proxy: &Proxy,
     user: &UserEntry,
     side: Side,
+    database: &str,
     state: &SessionState,
     read_only: bool,
     pid: i32,
@@ -368,9 +398,9 @@ pub async fn open(
             .proxy
             .connect_timeout_ms
             .min(SHIFT_CONNECT_TIMEOUT_MS);
-        connect_backend_within(proxy, user, side, &params, t).await?
+        connect_backend_within(proxy, user, side, database, &params, t).await?
     } else {
-        connect_backend(proxy, user, side, &params).await?
+        connect_backend(proxy, user, side, database, &params).await?
     };
     let (out, expected) = state.replay(read_only);
     if expected > 0 {

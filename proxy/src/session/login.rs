@@ -89,13 +89,6 @@ pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, En
     if user.cfg.admin {
         return Err(End::fatal("28000", format!("user \"{user_name}\" is an admin user: it may only open the admin console (database \"{admin_db}\")")));
     }
-    let (src, tgt) = (&proxy.cfg.source.dbname, &proxy.cfg.target.dbname);
-    if &database != src && &database != tgt {
-        return Err(End::fatal(
-            "3D000",
-            format!("database \"{database}\" is not served by pgshift (it serves \"{src}\")"),
-        ));
-    }
     let params = params
         .into_iter()
         .filter(|(k, _)| k != "user" && k != "database")

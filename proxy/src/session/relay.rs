@@ -84,6 +84,12 @@ pub(crate) struct Relay<'p> {
     to_client: Bytes,
     /// The serving side this session follows, and the table epoch it runs under.
     side: Side,
+    /// The upgrade carries the session's database (asked again at each new epoch); if not,
+    /// the session stays on the source.
+    carried: bool,
+    /// The session's database is the configured one (`[source] dbname`), the only one that
+    /// mirroring and the mirror driver's capture know.
+    home: bool,
     epoch: u64,
     held: bool,
     /// Bytes of the current (streamed) client / server message still to pass through.
@@ -105,11 +111,12 @@ pub(crate) async fn relay(
 ) -> Result<(), (ClientConn, End)> {
     let mut rx = proxy.router.subscribe();
     // New sessions wait while traffic is paused, then open the side in force.
+    let carried = proxy.controller.carries(&info.database);
     let (side, epoch) = loop {
         rx.borrow_and_update();
         let t = proxy.router.load();
         if !t.paused {
-            break (t.side, t.epoch);
+            break (scan::serving_side(&t, carried), t.epoch);
         }
         info.state.store(STATE_HELD, Ordering::Relaxed);
         if rx.changed().await.is_err() {
@@ -117,7 +124,7 @@ pub(crate) async fn relay(
         }
     };
     let mut state = SessionState::new(params);
-    let mut b = match backend::connect_backend(proxy, &user, side, &state.params).await {
+    let mut b = match backend::connect_backend(proxy, &user, side, &info.database, &state.params).await {
         Ok(b) => b,
         Err(e) => return Err((c, e)),
     };
@@ -163,6 +170,8 @@ pub(crate) async fn relay(
         sbuf: BytesMut::with_capacity(16 * 1024),
         to_client: Bytes::new(),
         side,
+        carried,
+        home: info.database == proxy.cfg.source.dbname,
         epoch,
         held: false,
         c_skip: 0,
@@ -470,6 +479,10 @@ impl Relay<'_> {
             self.proxy.router.leave();
             return Some(Stop::Hold);
         }
+        if t.epoch != self.epoch {
+            self.carried = self.proxy.controller.carries(&self.info.database);
+        }
+        let serving = scan::serving_side(&t, self.carried);
         self.unit.busy = true;
         self.rec.mirror = None;
         self.close_write_capture();
@@ -483,6 +496,7 @@ impl Relay<'_> {
             self.side,
             self.epoch,
             self.backend.as_ref().map(|c| c.side),
+            self.carried,
             |w| {
                 rand::random::<u32>() % 100 < u32::from(w)
                     && state.unit_read_only(tag, body_of(&body))
@@ -493,20 +507,20 @@ impl Relay<'_> {
         let runs_on = match route {
             Route::Go => self.active_side(),
             Route::Swap(s) => s,
-            Route::Switch => t.side,
+            Route::Switch => serving,
         };
-        let shifted = runs_on != t.side;
+        let shifted = runs_on != serving;
         self.unit.answered = false;
         self.rec.replay = shifted.then(BytesMut::new);
-        if !shifted {
+        if !shifted && self.home {
             // The mirror driver's capture: every unit on the serving side (once switched).
-            self.start_write_capture(t.side, tag, body.clone());
+            self.start_write_capture(serving, tag, body.clone());
         }
         if matches!(route, Route::Switch) {
             return Some(Stop::Switch);
         }
         // Mirroring: a sample of the units that run on the serving side.
-        if !shifted {
+        if !shifted && self.home {
             if let Some(m) = self.proxy.mirror.as_deref() {
                 let (cbuf, state) = (&self.cbuf, &mut self.state);
                 if m.sample(|| state.unit_read_only(tag, body.map(|r| &cbuf[r]))) {
@@ -552,6 +566,7 @@ impl Relay<'_> {
             self.proxy,
             &self.user,
             side,
+            &self.info.database,
             &self.state,
             read_only,
             self.info.pid,
@@ -563,7 +578,7 @@ impl Relay<'_> {
     async fn switch(&mut self) -> Result<(), End> {
         let (side, epoch) = {
             let t = self.proxy.router.load();
-            (t.side, t.epoch)
+            (scan::serving_side(&t, self.carried), t.epoch)
         };
         self.drop_spare();
         if self.backend.as_ref().is_some_and(|c| c.side == side) {

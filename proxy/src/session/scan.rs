@@ -186,31 +186,44 @@ pub enum Route {
 }
 
 /// Routes a unit of work under table `t` for a session that follows `side` at `epoch` and
-/// whose unit would run on `active` (`None`: no backend). `shift` says whether the unit goes
-/// to the other side (asked only when the table shifts traffic: the weight's roll and the
-/// read-only proof).
+/// whose unit would run on `active` (`None`: no backend). `carried`: the upgrade carries the
+/// session's database (otherwise it stays on the source and is never shifted). `shift` says
+/// whether the unit goes to the other side (asked only when the table shifts traffic: the
+/// weight's roll and the read-only proof).
 pub fn route(
     t: &RoutingTable,
     side: Side,
     epoch: u64,
     active: Option<Side>,
+    carried: bool,
     shift: impl FnOnce(u8) -> bool,
 ) -> Route {
     let Some(active) = active else {
         return Route::Switch;
     };
-    if t.epoch != epoch || t.side != side {
+    let serving = serving_side(t, carried);
+    if t.epoch != epoch || serving != side {
         return Route::Switch;
     }
-    let want = if t.weight > 0 && shift(t.weight) {
-        t.side.other()
+    let want = if carried && t.weight > 0 && shift(t.weight) {
+        serving.other()
     } else {
-        t.side
+        serving
     };
     if want != active {
         Route::Swap(want)
     } else {
         Route::Go
+    }
+}
+
+/// The side serving a session under table `t`: the table's, or the source for a database
+/// the upgrade does not carry.
+pub fn serving_side(t: &RoutingTable, carried: bool) -> Side {
+    if carried {
+        t.side
+    } else {
+        Side::Source
     }
 }
 
@@ -684,30 +697,34 @@ mod tests {
         };
         let never = |_: u8| -> bool { panic!("no shift without weight") };
         assert_eq!(
-            route(&t, Side::Source, 2, Some(Side::Source), never),
+            route(&t, Side::Source, 2, Some(Side::Source), true, never),
             Route::Go
         );
         assert_eq!(
-            route(&t, Side::Source, 1, Some(Side::Source), never),
+            route(&t, Side::Source, 1, Some(Side::Source), true, never),
             Route::Switch
         );
         assert_eq!(
-            route(&t, Side::Target, 2, Some(Side::Target), never),
+            route(&t, Side::Target, 2, Some(Side::Target), true, never),
             Route::Switch
         );
-        assert_eq!(route(&t, Side::Source, 2, None, never), Route::Switch);
+        assert_eq!(route(&t, Side::Source, 2, None, true, never), Route::Switch);
         // A unit that ran shifted leaves the session on the other side's connection.
         assert_eq!(
-            route(&t, Side::Source, 2, Some(Side::Target), never),
+            route(&t, Side::Source, 2, Some(Side::Target), true, never),
             Route::Swap(Side::Source)
         );
         let w = RoutingTable { weight: 25, ..t };
         assert_eq!(
-            route(&w, Side::Source, 2, Some(Side::Source), |p| p == 25),
+            route(&w, Side::Source, 2, Some(Side::Source), true, |p| p == 25),
             Route::Swap(Side::Target)
         );
+        // A database the upgrade does not carry stays on the source, unshifted.
+        let cut = RoutingTable { side: Side::Target, epoch: 3, ..w.clone() };
+        assert_eq!(route(&cut, Side::Source, 3, Some(Side::Source), false, never), Route::Go);
+        assert_eq!(route(&cut, Side::Source, 2, Some(Side::Source), false, never), Route::Switch);
         assert_eq!(
-            route(&w, Side::Source, 2, Some(Side::Source), |_| false),
+            route(&w, Side::Source, 2, Some(Side::Source), true, |_| false),
             Route::Go
         );
     }
