@@ -77,23 +77,32 @@ async fn bad_input_gets_clean_errors_and_disturbs_nobody() {
     // A prepared statement on the existing session, used after each bad input.
     still_serving(&existing, "start").await;
 
-    // 1. Garbage bytes instead of a startup packet.
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let got = read_to_close(&mut s);
-    assert_eq!(sqlstate(&got).as_deref(), Some("08P01"), "garbage: {got:?}");
-    still_serving(&existing, "garbage").await;
-
-    // 2. A startup length field of 2^31-1.
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
-    let got = read_to_close(&mut s);
-    assert_eq!(
-        sqlstate(&got).as_deref(),
-        Some("08P01"),
-        "huge startup length: {got:?}"
+    // 1. Garbage bytes instead of a startup packet, a startup length field of 2^31-1, and a
+    //    Terminate before any startup packet: PostgreSQL logs "invalid length of startup
+    //    packet" and closes without a word; so does pgshift.
+    for (what, bytes) in [
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "huge startup length",
+            vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+        ),
+        ("Terminate first", vec![b'X', 0, 0, 0, 4]),
+    ] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(&bytes).unwrap();
+        let got = read_to_close(&mut s);
+        assert!(got.is_empty(), "{what}: closed with a reply: {got:?}");
+        still_serving(&existing, what).await;
+    }
+    assert!(
+        stack
+            .pgshift
+            .log()
+            .matches("invalid length of startup packet")
+            .count()
+            >= 3,
+        "the bad start-up packets are logged"
     );
-    still_serving(&existing, "huge startup length").await;
 
     // 3. A regular message with length 2^31-1 after login (trust-free path: log in with SCRAM via
     //    tokio-postgres is not possible on a raw socket, so send it where a password is expected).
@@ -113,7 +122,7 @@ async fn bad_input_gets_clean_errors_and_disturbs_nobody() {
     still_serving(&existing, "huge message length").await;
 
     // 4. Unknown user, wrong password, non-admin on the admin database, admin on the app database,
-    //    a database pgshift does not serve.
+    //    a database the server does not have (the server's own 3D000).
     let cases = [
         (
             format!(

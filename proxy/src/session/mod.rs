@@ -100,12 +100,34 @@ impl ClientConn {
         }
     }
 
+    /// Reads one start-up packet. A packet whose length cannot be one (what a client that
+    /// sends a regular message first, a Terminate say, or garbage, sends) is logged and the
+    /// connection closed without a reply, as PostgreSQL does ("invalid length of startup
+    /// packet", logged as COMMERROR: 53.2.1, and the server's ProcessStartupPacket); so is
+    /// a connection closed before a whole packet.
     pub(crate) async fn read_startup(&mut self) -> Result<StartupFrame, End> {
         loop {
-            if let Some(f) = StartupCodec.decode(&mut self.buf)? {
-                return Ok(f);
+            match StartupCodec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(WireError::BadStartupLength(n)) => {
+                    let peer = self.stream.peer_addr().ok();
+                    tracing::info!(
+                        client = ?peer,
+                        length = n,
+                        "invalid length of startup packet; connection closed"
+                    );
+                    return Err(End::Closed);
+                }
+                Err(e) => return Err(e.into()),
             }
-            self.fill().await?;
+            match self.fill().await {
+                Err(End::Closed) if !self.buf.is_empty() => {
+                    tracing::info!("incomplete startup packet; connection closed");
+                    return Err(End::Closed);
+                }
+                r => r?,
+            }
         }
     }
 

@@ -124,10 +124,11 @@ pub(crate) async fn relay(
         }
     };
     let mut state = SessionState::new(params);
-    let mut b = match backend::connect_backend(proxy, &user, side, &info.database, &state.params).await {
-        Ok(b) => b,
-        Err(e) => return Err((c, e)),
-    };
+    let mut b =
+        match backend::connect_backend(proxy, &user, side, &info.database, &state.params).await {
+            Ok(b) => b,
+            Err(e) => return Err((c, e)),
+        };
     crate::metrics::login_accepted(false);
     info.set_backend(side, b.pid, b.secret);
     info.state.store(STATE_IDLE, Ordering::Relaxed);

@@ -720,9 +720,19 @@ mod tests {
             Route::Swap(Side::Target)
         );
         // A database the upgrade does not carry stays on the source, unshifted.
-        let cut = RoutingTable { side: Side::Target, epoch: 3, ..w.clone() };
-        assert_eq!(route(&cut, Side::Source, 3, Some(Side::Source), false, never), Route::Go);
-        assert_eq!(route(&cut, Side::Source, 2, Some(Side::Source), false, never), Route::Switch);
+        let cut = RoutingTable {
+            side: Side::Target,
+            epoch: 3,
+            ..w.clone()
+        };
+        assert_eq!(
+            route(&cut, Side::Source, 3, Some(Side::Source), false, never),
+            Route::Go
+        );
+        assert_eq!(
+            route(&cut, Side::Source, 2, Some(Side::Source), false, never),
+            Route::Switch
+        );
         assert_eq!(
             route(&w, Side::Source, 2, Some(Side::Source), true, |_| false),
             Route::Go
