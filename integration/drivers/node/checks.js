@@ -161,7 +161,7 @@ class Sessions {
     const n = await this.next()
     if (!n) return { received: false, stale }
     return {
-      received: true, stale, channel: n.channel, payload: n.payload,
+      received: true, stale, channel_matches: n.channel === CHANNEL, payload: n.payload,
       sender_pid_matches: n.processId === sender, own_pid_matches: n.processId === this.app.processID,
     }
   }
@@ -423,7 +423,7 @@ async function idleInTransactionTimeout() {
     await c.query("SET idle_in_transaction_session_timeout = '300ms'")
     await c.query('BEGIN')
     await c.query('SELECT 1')
-    await sleep(1200)
+    await sleep(2000)
     const res = { error_event: c.errors.length ? describe(c.errors[0]) : null }
     try {
       await c.query('SELECT 2')
@@ -492,6 +492,8 @@ async function main() {
   await waitGo('p1')
   await s.check('p1')
   await standalone('p1')
+  await withClient({}, async (c) =>
+    emit({ phase: 'p1', info: 'new_connection_server_major', value: await scalar(c, "SELECT current_setting('server_version_num')::int / 10000") }))
   await waitGo('p2')
   await s.check('p2')
   await Promise.all([s.app.end(), s.auth.end()].map((p) => p.catch(() => {})))

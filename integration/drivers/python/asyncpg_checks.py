@@ -93,7 +93,7 @@ class Sessions:
         if n is None:
             return {"received": False, "stale": stale}
         pid, channel, payload = n
-        return {"received": True, "stale": stale, "channel": channel, "payload": payload,
+        return {"received": True, "stale": stale, "channel_matches": channel == CHANNEL, "payload": payload,
                 "sender_pid_matches": pid == sender,
                 "own_pid_matches": pid == self.app.get_server_pid()}
 
@@ -372,7 +372,7 @@ async def idle_in_transaction_timeout():
         tr = c.transaction()
         await tr.start()
         await c.fetchval("SELECT 1")
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(2.0)
         closed_before = c.is_closed()
         try:
             await c.fetchval("SELECT 2")
@@ -446,6 +446,9 @@ async def main():
     await wait_go_async("p1")
     await sessions.check("p1")
     await standalone("p1")
+    c = await connect()
+    info("p1", "new_connection_server_major", await c.fetchval("SELECT current_setting('server_version_num')::int / 10000"))
+    await c.close()
     await wait_go_async("p2")
     await sessions.check("p2")
 

@@ -88,7 +88,7 @@ class Sessions:
         if not got:
             return {"received": False, "stale": stale}
         n = got[0]
-        return {"received": True, "stale": stale, "channel": n.channel, "payload": n.payload,
+        return {"received": True, "stale": stale, "channel_matches": n.channel == CHANNEL, "payload": n.payload,
                 "sender_pid_matches": n.pid == sender,
                 "own_pid_matches": n.pid == self.app.info.backend_pid}
 
@@ -232,7 +232,7 @@ def two_phase():
         c.tpc_prepare()
         seen_before = scalar(observer, f"SELECT count(*) FROM {S}.twopc")
         listed = scalar(observer, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (GID,))
-        recovered = [x.gtrid for x in observer.tpc_recover() if x.gtrid == GID]
+        recovered = len([x for x in observer.tpc_recover() if x.gtrid == GID])
         c.tpc_commit()
         seen_after = scalar(observer, f"SELECT count(*) FROM {S}.twopc")
         # A second one rolled back with ROLLBACK PREPARED from another session.
@@ -337,7 +337,7 @@ def idle_in_transaction_timeout():
         c.execute("SET idle_in_transaction_session_timeout = '300ms'")
         c.commit()
         c.execute("SELECT 1")  # opens a transaction and leaves it idle
-        time.sleep(1.2)
+        time.sleep(2.0)
         try:
             c.execute("SELECT 2")
             res = {"ended": False}
@@ -407,6 +407,8 @@ def main():
     wait_go("p1")
     sessions.check("p1")
     standalone("p1")
+    with connect() as c:
+        info("p1", "new_connection_server_major", scalar(c, "SELECT current_setting('server_version_num')::int / 10000"))
     wait_go("p2")
     sessions.check("p2")
 
