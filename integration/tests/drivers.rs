@@ -318,6 +318,8 @@ struct RunOutput {
     infos: BTreeMap<(String, String), Value>,
     /// Anything wrong with the run itself: exit status, time-out, lines that are not JSON.
     problems: Vec<String>,
+    /// Standard output as printed.
+    raw: String,
     stderr: String,
     elapsed: Duration,
 }
@@ -395,6 +397,8 @@ async fn run_script(
             Ok(Ok(None)) => break,
             Ok(Ok(Some(line))) => line,
         };
+        out.raw.push_str(&line);
+        out.raw.push('\n');
         let v: Value = match serde_json::from_str(&line) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
@@ -727,6 +731,15 @@ async fn drivers_give_identical_results_direct_and_through_pgshift_with_cutover_
             "the upgrade did not reach replicating, no cutover run: {e:#}"
         )),
     }
+
+    // Every run's lines as printed, for reading after a failure.
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("drivers");
+    let _ = std::fs::create_dir_all(&out_dir);
+    for ((d, m), out) in &runs {
+        let path = out_dir.join(format!("{}_{}.jsonl", d.ident(), m.name()));
+        let _ = std::fs::write(&path, &out.raw);
+    }
+    eprintln!("[drivers] every run's output: {}", out_dir.display());
 
     let (report, diffs) = compare(&launchers, &runs, &mut problems);
     eprintln!("{report}");

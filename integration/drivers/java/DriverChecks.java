@@ -65,7 +65,10 @@ public class DriverChecks {
     static final String CHANNEL = S + "_chan";
     static final String GID = S + "_gid";
     static final int NOTIFY_WAIT_MS = 3000;
-    static final String PREPARED_SQL = "SELECT ?::int * 2, current_setting('work_mem'), current_user::text";
+    static final String PREPARED_SQL = "SELECT /* chk_prepared */ ?::int * 2, current_setting('work_mem')";
+    /** How many named server-side statements of the session hold PREPARED_SQL. */
+    static final String PREPARED_COUNT_SQL = "SELECT count(*)::int FROM pg_prepared_statements WHERE statement "
+            + "LIKE '%chk\\_prepared%' AND statement NOT LIKE '%pg\\_prepared\\_statements%'";
 
     static final String NO_ENCODING = "pgjdbc writes every statement text and parameter as UTF-8 whatever the "
             + "client_encoding (allowEncodingChanges only changes how it decodes results, and not for KOI8R), "
@@ -315,7 +318,9 @@ public class DriverChecks {
             prepared.setInt(1, 21);
             try (ResultSet rs = prepared.executeQuery()) {
                 rs.next();
-                return obj("row", Arrays.asList(rs.getInt(1), rs.getString(2), rs.getString(3)));
+                List<Object> row = Arrays.asList(rs.getInt(1), rs.getString(2));
+                rs.close();
+                return obj("row", row, "named_on_server", scalar(app, PREPARED_COUNT_SQL));
             }
         }
 

@@ -33,7 +33,11 @@ const ROLE_B = env('CHK_ROLE_B')
 const CHANNEL = S + '_chan'
 const GID = S + '_gid'
 const NOTIFY_WAIT_MS = 3000
-const PREPARED_SQL = "SELECT $1::int * 2 AS doubled, current_setting('work_mem') AS work_mem, current_user::text AS who"
+const PREPARED_SQL = "SELECT /* chk_prepared */ $1::int * 2 AS doubled, current_setting('work_mem') AS work_mem"
+// How many named server-side statements of the session hold PREPARED_SQL.
+const PREPARED_COUNT_SQL =
+  "SELECT count(*)::int FROM pg_prepared_statements WHERE statement LIKE '%chk\\_prepared%' " +
+  "AND statement NOT LIKE '%pg\\_prepared\\_statements%'"
 
 const NO_ENCODING =
   'node-postgres always starts with client_encoding=UTF8 and encodes and decodes every text as UTF-8 ' +
@@ -178,7 +182,7 @@ class Sessions {
     // A named statement: node-postgres parses it once per connection (p0) and afterwards
     // sends only Bind/Execute.
     const r = await this.app.query({ name: 'chk_prepared', text: PREPARED_SQL, values: [21], rowMode: 'array' })
-    return { row: r.rows[0] }
+    return { row: r.rows[0], named_on_server: await scalar(this.app, PREPARED_COUNT_SQL) }
   }
 
   async settings() {

@@ -17,7 +17,10 @@ from common import (
 )
 
 S = SCHEMA
-PREPARED_SQL = "SELECT $1::int * 2, current_setting('work_mem'), current_user::text"
+PREPARED_SQL = "SELECT /* chk_prepared */ $1::int * 2, current_setting('work_mem')"
+# How many named server-side statements of the session hold PREPARED_SQL.
+PREPARED_COUNT_SQL = ("SELECT count(*)::int FROM pg_prepared_statements WHERE statement LIKE '%chk\\_prepared%' "
+                      "AND statement NOT LIKE '%pg\\_prepared\\_statements%'")
 
 NO_QUERY_ENCODING = ("asyncpg encodes every query text as UTF-8 whatever the client_encoding "
                      "(only data values use it), so a query text in this encoding cannot be sent")
@@ -108,7 +111,8 @@ class Sessions:
 
     async def prepared(self):
         # A PreparedStatement made in p0: bound and executed again without a new Parse.
-        return {"row": list(await self.stmt.fetchrow(21))}
+        row = list(await self.stmt.fetchrow(21))
+        return {"row": row, "named_on_server": await self.app.fetchval(PREPARED_COUNT_SQL)}
 
     async def settings(self):
         c = self.app

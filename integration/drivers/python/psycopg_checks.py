@@ -21,7 +21,10 @@ from common import (
 )
 
 S = SCHEMA
-PREPARED_SQL = "SELECT %s::int * 2, current_setting('work_mem'), current_user"
+PREPARED_SQL = "SELECT /* chk_prepared */ %s::int * 2, current_setting('work_mem')"
+# How many named server-side statements of the session hold PREPARED_SQL.
+PREPARED_COUNT_SQL = ("SELECT count(*)::int FROM pg_prepared_statements WHERE statement LIKE '%%chk\\_prepared%%' "
+                      "AND statement NOT LIKE '%%pg\\_prepared\\_statements%%'")
 
 
 def connect(user=USER, password=PASSWORD, dbname=DB, autocommit=True, **kw):
@@ -105,7 +108,7 @@ class Sessions:
     def prepared(self):
         # prepare=True: a named statement, parsed once (p0) and only bound afterwards.
         row = self.app.execute(PREPARED_SQL, (21,), prepare=True).fetchone()
-        return {"row": list(row)}
+        return {"row": list(row), "named_on_server": scalar(self.app, PREPARED_COUNT_SQL)}
 
     def settings(self):
         c = self.app
