@@ -738,10 +738,11 @@ async fn drivers_give_identical_results_direct_and_through_pgshift_with_cutover_
     for ((d, m), out) in &runs {
         let path = out_dir.join(format!("{}_{}.jsonl", d.ident(), m.name()));
         let _ = std::fs::write(&path, &out.raw);
+        let _ = std::fs::write(path.with_extension("stderr"), &out.stderr);
     }
     eprintln!("[drivers] every run's output: {}", out_dir.display());
 
-    let (report, diffs) = compare(&launchers, &runs, &mut problems);
+    let (report, diffs, summary) = compare(&launchers, &runs, &mut problems);
     eprintln!("{report}");
     eprintln!(
         "[drivers] {} differences, {} problems, whole test {:?}",
@@ -751,6 +752,12 @@ async fn drivers_give_identical_results_direct_and_through_pgshift_with_cutover_
     );
     if !diffs.is_empty() || !problems.is_empty() {
         let mut msg = String::new();
+        if !summary.is_empty() {
+            msg.push_str("checks that differ from the direct run (driver run phase):\n");
+            for (check, wheres) in &summary {
+                msg.push_str(&format!("  {check}: {}\n", wheres.join(", ")));
+            }
+        }
         if !diffs.is_empty() {
             msg.push_str(&format!(
                 "{} results differ from the direct run (driver / run / phase / check: direct vs other):\n",
@@ -767,7 +774,9 @@ async fn drivers_give_identical_results_direct_and_through_pgshift_with_cutover_
             }
         }
         for ((d, m), out) in &runs {
-            if !out.problems.is_empty() || !out.stderr.trim().is_empty() {
+            // (A check's unexpected error is in its line already; its traceback is in the
+            // run's stderr, kept with its output in CARGO_TARGET_TMPDIR/drivers.)
+            if !out.problems.is_empty() {
                 let tail: Vec<&str> = out.stderr.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 msg.push_str(&format!(
@@ -809,13 +818,14 @@ async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output
 }
 
 /// Compares every run with its driver's direct run. Returns a table of every check per
-/// driver and the differences, and adds what is wrong with the runs themselves to
-/// `problems`.
+/// driver, the differences, and per check where it differs (driver, run, phase); adds what
+/// is wrong with the runs themselves to `problems`.
 fn compare(
     launchers: &BTreeMap<Driver, Launcher>,
     runs: &BTreeMap<(Driver, Mode), RunOutput>,
     problems: &mut Vec<String>,
-) -> (String, Vec<String>) {
+) -> (String, Vec<String>, BTreeMap<String, Vec<String>>) {
+    let mut summary: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut report =
         String::from("[drivers] results (= same as direct, DIFF, skip: the driver cannot):\n");
     let mut diffs = Vec::new();
@@ -893,6 +903,12 @@ fn compare(
                     cols.push(format!("{}: {same}", mode.name()));
                 } else {
                     cols.push(format!("{}: DIFF", mode.name()));
+                    summary.entry(key.1.clone()).or_default().push(format!(
+                        "{} {} {}",
+                        d.name(),
+                        mode.name(),
+                        key.0
+                    ));
                     diffs.push(format!(
                         "{} / {} / {} / {}: direct {} vs {} {}",
                         d.name(),
@@ -926,5 +942,5 @@ fn compare(
             }
         }
     }
-    (report, diffs)
+    (report, diffs, summary)
 }
