@@ -4,7 +4,6 @@
 
 use crate::routing::BackendAddr;
 use crate::server::{Proxy, UserEntry};
-use crate::session::state::SessionState;
 use crate::session::End;
 use bytes::BytesMut;
 use control::Side;
@@ -372,26 +371,46 @@ impl Conn {
 /// it runs on the serving side instead, in ms.
 const SHIFT_CONNECT_TIMEOUT_MS: u64 = 1000;
 
-/// Opens a connection to `database` (the client's name) on `side` carrying a session's state: its start-up parameters, then
-/// its SETs and named prepared statements replayed (each answered before the connection is
-/// handed over). `read_only` adds `default_transaction_read_only = on` and gives up after
-/// at most [`SHIFT_CONNECT_TIMEOUT_MS`] (the unit can run on the serving side instead).
-/// Returns the connection and the server's ParameterStatus values. A statement of the state
-/// that fails to replay is logged and skipped; a connection lost meanwhile is an error
-/// (08006).
+/// What a new backend connection of a session is given: a snapshot of its
+/// `SessionState` (see `SessionState::replay_plan`), owned so that a connection can be
+/// opened while the session goes on (ahead of a switch).
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// Start-up parameters (with `default_transaction_read_only = on` for a read-only one).
+    pub params: Vec<(String, String)>,
+    /// The messages that put the backend into the session's state, and how many
+    /// ReadyForQuery answers they bring.
+    pub script: BytesMut,
+    pub expected: usize,
+    /// Named prepared statements the backend has once the script ran.
+    pub statements: HashSet<Vec<u8>>,
+    /// A read-only connection (a shifted unit's).
+    pub read_only: bool,
+}
+
+/// Opens a connection to `database` (the client's name) on `side` carrying a session's
+/// state (`plan`): its start-up parameters, then its SETs, role, LISTEN channels and named
+/// prepared statements replayed (each answered before the connection is handed over). A
+/// read-only plan gives up after at most [`SHIFT_CONNECT_TIMEOUT_MS`] (the unit can run on
+/// the serving side instead). Returns the connection and the server's ParameterStatus
+/// values. A statement of the state that fails to replay is logged and skipped; a
+/// connection lost meanwhile is an error (08006). `pid` is the session's, for the log and
+/// for [`Proxy::note_backend`].
 pub async fn open(
     proxy: &Proxy,
     user: &UserEntry,
     side: Side,
     database: &str,
-    state: &SessionState,
-    read_only: bool,
+    plan: ReplayPlan,
     pid: i32,
 ) -> Result<(Conn, Vec<(String, String)>), End> {
-    let mut params = state.params.clone();
-    if read_only {
-        params.push(("default_transaction_read_only".into(), "on".into()));
-    }
+    let ReplayPlan {
+        params,
+        script: out,
+        expected,
+        statements,
+        read_only,
+    } = plan;
     let mut b = if read_only {
         let t = proxy
             .cfg
@@ -402,7 +421,6 @@ pub async fn open(
     } else {
         connect_backend(proxy, user, side, database, &params).await?
     };
-    let (out, expected) = state.replay(read_only);
     if expected > 0 {
         let a = format!("{} server", side.as_str());
         b.stream.write_all(&out).await.map_err(|e| {
@@ -433,8 +451,9 @@ pub async fn open(
             }
         }
     }
+    proxy.note_backend(side, b.pid, pid);
     let params = std::mem::take(&mut b.params);
     let mut c = Conn::new(b, side);
-    c.st.known = state.statement_names().collect::<HashSet<_>>();
+    c.st.known = statements;
     Ok((c, params))
 }

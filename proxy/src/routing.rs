@@ -35,6 +35,10 @@ pub struct RoutingTable {
     pub side: Side,
     /// While true, idle sessions hold their next message in the proxy.
     pub paused: bool,
+    /// While paused for a switch: the side traffic is about to move to. Held sessions open
+    /// their connection there meanwhile, so that they go on the moment the switch is
+    /// published (see [`TrafficControl::pause_for_switch`]).
+    pub next: Option<Side>,
     /// Percentage (0..=100) of eligible (read-only) units sent to the side that is not serving.
     pub weight: u8,
     pub source: Arc<BackendAddr>,
@@ -114,6 +118,7 @@ impl Router {
             epoch,
             side,
             paused: false,
+            next: None,
             weight: 0,
             source: Arc::new(source),
             target: Arc::new(target),
@@ -134,6 +139,11 @@ impl Router {
     #[inline]
     pub fn load(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
         self.table.load()
+    }
+
+    /// The table in force, owned (to keep across an await).
+    pub fn load_full(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
     }
 
     /// Receiver woken by every publication.
@@ -200,12 +210,24 @@ impl TrafficControl for Router {
         }
         self.publish(|t| RoutingTable {
             paused: true,
+            next: None,
+            ..t.clone()
+        });
+    }
+    fn pause_for_switch(&self, to: Side) {
+        if let Some(f) = self.failpoint {
+            f.hit(Failpoint::Pause);
+        }
+        self.publish(|t| RoutingTable {
+            paused: true,
+            next: Some(to),
             ..t.clone()
         });
     }
     fn resume(&self) {
         self.publish(|t| RoutingTable {
             paused: false,
+            next: None,
             ..t.clone()
         });
     }
@@ -218,6 +240,7 @@ impl TrafficControl for Router {
             side,
             epoch,
             paused: false,
+            next: None,
             weight: 0,
             ..t.clone()
         });
@@ -308,7 +331,7 @@ mod tests {
             std::thread::yield_now();
         }
         for _ in 0..switches {
-            let t = r.table.load_full();
+            let t = r.load_full();
             r.pause();
             while r.busy_sessions() > 0 {
                 std::thread::yield_now();
@@ -318,6 +341,7 @@ mod tests {
                 side: c.side.other(),
                 epoch: c.epoch + 1,
                 paused: false,
+                next: None,
                 ..c.clone()
             };
             if flag_first {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio::net::TcpListener;
 use wire::auth::ScramVerifier;
 
@@ -38,6 +38,10 @@ pub struct SessionInfo {
     pub switches: AtomicU64,
 }
 
+/// How long the owner of an ended session's backend processes is remembered
+/// ([`Proxy::session_of_backend`]): long enough for its last notifications to be delivered.
+pub const BACKEND_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub const STATE_IDLE: u8 = 0;
 pub const STATE_ACTIVE: u8 = 1;
 pub const STATE_HELD: u8 = 2;
@@ -58,6 +62,9 @@ impl SessionInfo {
     }
 }
 
+/// (side, server pid) → (pgshift pid, when its session ended; `None` while it runs).
+type BackendOwners = HashMap<(Side, i32), (i32, Option<Instant>)>;
+
 /// Everything sessions share.
 pub struct Proxy {
     pub cfg: Arc<Config>,
@@ -69,6 +76,10 @@ pub struct Proxy {
     /// Runtime of the control plane: admin commands run there, not on the I/O threads.
     pub control_rt: tokio::runtime::Handle,
     pub sessions: Mutex<HashMap<i32, Arc<SessionInfo>>>,
+    /// Which session opened each backend process: (side, server pid) → pgshift pid and, once
+    /// the session ended, when. For NotificationResponse, whose pid names the notifying
+    /// process even after its session closed; ended entries are kept [`BACKEND_MEMORY`].
+    backends: Mutex<BackendOwners>,
     next_pid: AtomicI32,
     /// Mirroring with result validation (`[mirror] enabled`).
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
@@ -112,6 +123,7 @@ impl Proxy {
             controller,
             control_rt: tokio::runtime::Handle::current(),
             sessions: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
             next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
             mirror,
             capture,
@@ -153,6 +165,30 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pid);
+        let now = Instant::now();
+        let mut b = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        for (owner, ended) in b.values_mut() {
+            if *owner == pid {
+                *ended = Some(now);
+            }
+        }
+    }
+
+    /// Session `pid` opened a connection to server process `backend_pid` on `side`.
+    pub fn note_backend(&self, side: Side, backend_pid: i32, pid: i32) {
+        let mut b = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= 1024 {
+            let now = Instant::now();
+            b.retain(|_, (_, ended)| ended.is_none_or(|t| now - t < BACKEND_MEMORY));
+        }
+        b.insert((side, backend_pid), (pid, None));
+    }
+
+    /// The pgshift pid (the one its client was given in BackendKeyData) of the session that
+    /// opened server process `backend_pid` on `side`, if a pgshift session did.
+    pub fn session_of_backend(&self, side: Side, backend_pid: i32) -> Option<i32> {
+        let b = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        b.get(&(side, backend_pid)).map(|(pid, _)| *pid)
     }
 
     pub fn session_list(&self) -> Vec<Arc<SessionInfo>> {
@@ -165,23 +201,6 @@ impl Proxy {
             .collect();
         v.sort_by_key(|s| s.pid);
         v
-    }
-
-    /// The pgshift pid (the one its client was given in BackendKeyData) of the session
-    /// whose current backend on `side` is server process `backend_pid`, if a pgshift session
-    /// has it. For NotificationResponse messages: a scan of the session list, as rare as
-    /// notifications from other sessions.
-    pub fn session_of_backend(&self, side: Side, backend_pid: i32) -> Option<i32> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .find(|s| {
-                !s.admin
-                    && s.side() == Some(side)
-                    && s.backend_pid.load(Ordering::Relaxed) == backend_pid
-            })
-            .map(|s| s.pid)
     }
 
     /// Forward a client's CancelRequest to the backend now serving that session. Wrong keys

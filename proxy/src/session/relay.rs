@@ -20,13 +20,16 @@ use super::state::SessionState;
 use super::{ClientConn, End};
 use crate::backend::{self, Conn};
 use crate::mirror::Capture;
+use crate::routing::RoutingTable;
 use crate::server::{Proxy, SessionInfo, UserEntry, STATE_ACTIVE, STATE_HELD, STATE_IDLE};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use control::Side;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use wire::frame::header;
@@ -36,6 +39,16 @@ use wire::msg;
 /// [`scan::hold_answer`]), in bytes. Larger answers stream, and can no longer run again on
 /// the serving side if the other side fails in the middle of them.
 const SHIFT_HOLD_BYTES: usize = 256 * 1024;
+
+/// A backend connection being opened while the session goes on (ahead of a switch).
+type Opening<'p> = Pin<Box<dyn Future<Output = Result<Opened, End>> + Send + Sync + 'p>>;
+
+/// An opened connection and the server's ParameterStatus values.
+type Opened = (Conn, Vec<(String, String)>);
+
+/// How long a listening session waits for its old backend's last notifications when it
+/// moves, in ms.
+const NOTIFY_FLUSH_MS: u64 = 1000;
 
 /// What a boundary check decided.
 enum Stop {
@@ -99,6 +112,13 @@ pub(crate) struct Relay<'p> {
     s_rescan: bool,
     max_msg: usize,
     rx: watch::Receiver<u64>,
+    /// A connection being opened to the side a paused table names next (see
+    /// [`Relay::prepare_ahead`]).
+    opening: Option<(Side, Opening<'p>)>,
+    /// A connection opened ahead of a switch, ready to be installed.
+    ready: Option<Opened>,
+    /// ParameterStatus messages of a switch made while idle, for the next unit's answer.
+    status_note: BytesMut,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -130,6 +150,7 @@ pub(crate) async fn relay(
             Err(e) => return Err((c, e)),
         };
     crate::metrics::login_accepted(false);
+    proxy.note_backend(side, b.pid, info.pid);
     info.set_backend(side, b.pid, b.secret);
     info.state.store(STATE_IDLE, Ordering::Relaxed);
     msg::auth_ok(&mut c.out);
@@ -181,6 +202,9 @@ pub(crate) async fn relay(
         s_rescan: false,
         max_msg: proxy.cfg.proxy.max_message_bytes,
         rx,
+        opening: None,
+        ready: None,
+        status_note: BytesMut::new(),
     };
     let res = r.run().await;
     // A unit cut short: the server rolls an open transaction back when its connection
@@ -189,7 +213,11 @@ pub(crate) async fn relay(
     if r.unit.busy {
         proxy.router.leave();
     }
-    for c in [r.backend.take(), r.spare.take()].into_iter().flatten() {
+    let ready = r.ready.take().map(|(c, _)| c);
+    for c in [r.backend.take(), r.spare.take(), ready]
+        .into_iter()
+        .flatten()
+    {
         c.terminate();
     }
     match res {
@@ -208,15 +236,24 @@ pub(crate) async fn relay(
     }
 }
 
+/// What an [`End`] says, for a log line.
+fn end_text(e: &End) -> &str {
+    match e {
+        End::Fatal { message, .. } => message,
+        End::Closed => "closed",
+    }
+}
+
 enum Ev {
     ClientRead(std::io::Result<usize>),
     ServerRead(std::io::Result<usize>),
     Writable,
     RouteChanged,
+    Opened(Result<Opened, End>),
     ClientGone,
 }
 
-impl Relay<'_> {
+impl<'p> Relay<'p> {
     async fn run(&mut self) -> Result<(), End> {
         loop {
             if self.unit.replay {
@@ -250,17 +287,23 @@ impl Relay<'_> {
                 self.sbuf.reserve(16 * 1024);
             }
             let write_server = !self.to_server.is_empty() && self.backend.is_some();
+            // Held sessions, and idle ones that listen (they move as soon as the table does),
+            // follow the routing table.
+            let watch = self.held || (!self.unit.busy && !self.state.channels().is_empty());
             let ev = {
                 let (b_rd, b_wr) = match self.backend.as_mut() {
                     Some(c) => (Some(&mut c.rd), Some(&c.wr)),
                     None => (None, None),
                 };
+                let opening = self.opening.as_mut().map(|(_, f)| f);
+                let is_opening = opening.is_some();
                 tokio::select! {
                     r = self.c_rd.read_buf(&mut self.cbuf), if want_client => Ev::ClientRead(r),
                     r = async { b_rd.expect("guarded").read_buf(&mut self.sbuf).await }, if want_server => Ev::ServerRead(r),
                     r = async { b_wr.expect("guarded").writable().await }, if write_server => r.map_or(Ev::Writable, |_| Ev::Writable),
                     r = self.c_wr.writable(), if !self.to_client.is_empty() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
-                    r = self.rx.changed(), if self.held => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
+                    r = self.rx.changed(), if watch => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
+                    r = async { opening.expect("guarded").as_mut().await }, if is_opening => Ev::Opened(r),
                 }
             };
             match ev {
@@ -281,8 +324,23 @@ impl Relay<'_> {
                 Ev::ServerRead(Ok(_)) => self.scan_server()?,
                 Ev::Writable => {}
                 Ev::RouteChanged => {
-                    self.held = false;
-                    self.c_rescan = true;
+                    if self.held {
+                        self.held = false;
+                        self.c_rescan = true;
+                    }
+                    self.route_changed().await?;
+                }
+                Ev::Opened(r) => {
+                    let side = self.opening.take().map(|(s, _)| s);
+                    match r {
+                        Ok(c) if side.is_some_and(|s| self.still_ahead(s)) => self.ready = Some(c),
+                        Ok((c, _)) => c.terminate(),
+                        Err(e) => tracing::debug!(
+                            pid = self.info.pid,
+                            "opening a connection ahead of the switch failed ({}); it is opened at the switch",
+                            end_text(&e)
+                        ),
+                    }
                 }
             }
         }
@@ -445,6 +503,8 @@ impl Relay<'_> {
                 Some(Stop::Hold) => {
                     self.held = true;
                     self.info.state.store(STATE_HELD, Ordering::Relaxed);
+                    let t = self.proxy.router.load();
+                    self.prepare_ahead(&t);
                     return Ok(());
                 }
                 Some(Stop::Switch) => self.switch().await?,
@@ -484,6 +544,11 @@ impl Relay<'_> {
             self.carried = self.proxy.controller.carries(&self.info.database);
         }
         let serving = scan::serving_side(&t, self.carried);
+        if !self.status_note.is_empty() {
+            let mut all = BytesMut::from(&self.to_client[..]);
+            all.put(std::mem::take(&mut self.status_note));
+            self.to_client = all.freeze();
+        }
         self.unit.busy = true;
         self.rec.mirror = None;
         self.close_write_capture();
@@ -563,13 +628,13 @@ impl Relay<'_> {
         side: Side,
         read_only: bool,
     ) -> Result<(Conn, Vec<(String, String)>), End> {
+        let plan = self.state.replay_plan(read_only);
         backend::open(
             self.proxy,
             &self.user,
             side,
             &self.info.database,
-            &self.state,
-            read_only,
+            plan,
             self.info.pid,
         )
         .await
@@ -588,7 +653,13 @@ impl Relay<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let (c, params) = self.open(side, false).await?;
+        let (c, params) = match self.take_ahead(side).await {
+            Some(c) => c,
+            None => self.open(side, false).await?,
+        };
+        if !self.state.channels().is_empty() {
+            self.flush_notifications().await;
+        }
         self.unit.cold = true;
         // ParameterStatus values that differ on the new server (server_version at least).
         let mut note = BytesMut::new();
@@ -598,9 +669,17 @@ impl Relay<'_> {
             }
         }
         if !note.is_empty() {
-            let mut all = BytesMut::from(&self.to_client[..]);
-            all.put(note);
-            self.to_client = all.freeze();
+            if self.unit.busy {
+                let mut all = BytesMut::from(&self.to_client[..]);
+                all.put(note);
+                self.to_client = all.freeze();
+            } else {
+                // Moved while idle (a listening session): PostgreSQL reports changed
+                // parameters only while answering a query, and drivers take a
+                // ParameterStatus among idle notifications for a protocol error; it goes
+                // with the session's next unit.
+                self.status_note.put(note);
+            }
         }
         let from = self.active_side();
         self.install(c);
@@ -615,6 +694,143 @@ impl Relay<'_> {
         self.side = side;
         self.epoch = epoch;
         Ok(())
+    }
+
+    /// The routing table changed. While it is paused for a switch, open the connection to
+    /// the side it names next; once it is not, drop a connection opened for nothing, and move
+    /// an idle listening session at once: notifications come from the new side now.
+    async fn route_changed(&mut self) -> Result<(), End> {
+        let t = self.proxy.router.load_full();
+        if t.paused {
+            self.prepare_ahead(&t);
+            return Ok(());
+        }
+        if t.epoch != self.epoch {
+            self.carried = self.proxy.controller.carries(&self.info.database);
+        }
+        let serving = scan::serving_side(&t, self.carried);
+        if self.ready.as_ref().is_some_and(|(c, _)| c.side != serving) {
+            if let Some((c, _)) = self.ready.take() {
+                c.terminate();
+            }
+        }
+        let moved = t.epoch != self.epoch || serving != self.side;
+        if moved && !self.unit.busy && self.proto.idle() && !self.state.channels().is_empty() {
+            self.switch().await?;
+        }
+        Ok(())
+    }
+
+    /// While the table is paused for a switch to another side, start opening this session's
+    /// connection there, its state replayed, so that it goes on the moment the switch is
+    /// published (the session is held or idle: its state cannot change meanwhile).
+    fn prepare_ahead(&mut self, t: &RoutingTable) {
+        let Some(to) = t.next.filter(|_| t.paused && self.carried) else {
+            return;
+        };
+        if to == self.side
+            || self.opening.is_some()
+            || self.ready.as_ref().is_some_and(|(c, _)| c.side == to)
+        {
+            return;
+        }
+        let plan = self.state.replay_plan(false);
+        let (proxy, info, user) = (self.proxy, self.info, self.user.clone());
+        self.opening = Some((
+            to,
+            Box::pin(async move {
+                backend::open(proxy, &user, to, &info.database, plan, info.pid).await
+            }),
+        ));
+    }
+
+    /// Whether a connection opened ahead to `side` is still wanted.
+    fn still_ahead(&self, side: Side) -> bool {
+        let t = self.proxy.router.load();
+        side != self.side
+            && if t.paused {
+                t.next == Some(side)
+            } else {
+                scan::serving_side(&t, self.carried) == side
+            }
+    }
+
+    /// The connection to `side` opened ahead of this switch, if there is one (waiting for
+    /// it when it is still being opened); others are dropped.
+    async fn take_ahead(&mut self, side: Side) -> Option<Opened> {
+        if let Some((c, p)) = self.ready.take() {
+            if c.side == side {
+                return Some((c, p));
+            }
+            c.terminate();
+        }
+        let (s, opening) = self.opening.take()?;
+        if s != side {
+            return None;
+        }
+        match opening.await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(
+                    pid = self.info.pid,
+                    "opening ahead failed ({}); opening again",
+                    end_text(&e)
+                );
+                None
+            }
+        }
+    }
+
+    /// A listening session leaves its backend: forward the notifications it still holds.
+    /// A Sync is answered only after the notifications signalled before it have been sent
+    /// (the backend delivers them when idle), so everything up to its ReadyForQuery is read,
+    /// for at most [`NOTIFY_FLUSH_MS`].
+    async fn flush_notifications(&mut self) {
+        let Some(c) = self.backend.as_mut() else {
+            return;
+        };
+        let (side, backend_pid) = (c.side, c.pid);
+        let mut sync = BytesMut::new();
+        msg::sync(&mut sync);
+        let mut buf = std::mem::take(&mut self.sbuf);
+        self.s_skip = 0;
+        let mut out = BytesMut::from(&self.to_client[..]);
+        let read = async {
+            c.wr.write_all(&sync).await.ok()?;
+            loop {
+                let (tag, body) = backend::read_frame(&mut c.rd, &mut buf, "flush")
+                    .await
+                    .ok()?;
+                match tag {
+                    msg::READY_FOR_QUERY => return Some(()),
+                    msg::NOTIFICATION_RESPONSE => {
+                        let mut body = body;
+                        if let Ok((pid, _)) = msg::notification_pid(&body) {
+                            let mine = if pid == backend_pid {
+                                Some(self.info.pid)
+                            } else {
+                                self.proxy.session_of_backend(side, pid)
+                            };
+                            if let Some(p) = mine {
+                                body[..4].copy_from_slice(&p.to_be_bytes());
+                            }
+                        }
+                        msg::put_msg(&mut out, tag, |b| b.extend_from_slice(&body));
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let done =
+            tokio::time::timeout(std::time::Duration::from_millis(NOTIFY_FLUSH_MS), read).await;
+        if !matches!(done, Ok(Some(()))) {
+            tracing::debug!(
+                pid = self.info.pid,
+                "the old backend did not answer the notification flush"
+            );
+        }
+        self.to_client = out.freeze();
+        self.sbuf = BytesMut::with_capacity(16 * 1024);
     }
 
     /// Run this unit on `side`'s connection: the spare if it is there, else a new one (read-only
@@ -640,7 +856,7 @@ impl Relay<'_> {
                             pid = self.info.pid,
                             side = side.as_str(),
                             "cannot open a connection for a shifted read-only transaction ({}); it runs on the {} side",
-                            match &e { End::Fatal { message, .. } => message.as_str(), End::Closed => "closed" },
+                            end_text(&e),
                             self.side.as_str()
                         );
                         self.proxy.router.traffic.unit_done(side, true, None);
@@ -744,6 +960,8 @@ impl Relay<'_> {
                 fwd += n;
                 continue;
             }
+            // A unit done earlier in this buffer ends the shift: ask again per message.
+            let shifted = self.shifted_unanswered();
             let Some(conn) = self.backend.as_mut() else {
                 break;
             };

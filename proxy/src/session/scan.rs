@@ -691,6 +691,7 @@ mod tests {
             epoch: 2,
             side: Side::Source,
             paused: false,
+            next: None,
             weight: 0,
             source: addr.clone(),
             target: addr,

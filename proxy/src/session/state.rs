@@ -468,6 +468,22 @@ impl SessionState {
         (out, expected)
     }
 
+    /// A snapshot of the state for a new backend (see [`replay`](Self::replay)).
+    pub fn replay_plan(&self, read_only: bool) -> crate::backend::ReplayPlan {
+        let mut params = self.params.clone();
+        if read_only {
+            params.push(("default_transaction_read_only".into(), "on".into()));
+        }
+        let (script, expected) = self.replay(read_only);
+        crate::backend::ReplayPlan {
+            params,
+            script,
+            expected,
+            statements: self.statement_names().collect(),
+            read_only,
+        }
+    }
+
     /// Can the unit starting with message `tag` (`body`: its body, for Query, Parse and
     /// Bind) be proven read-only? Bind is judged by its statement's text.
     pub fn unit_read_only(&mut self, tag: u8, body: Option<&[u8]>) -> bool {
