@@ -1455,6 +1455,23 @@ impl Controller {
                 return Err(ControlError(msg));
             }
         }
+        // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
+        // (it cannot come during the pause: the sessions are held).
+        if let Err(e) = wait_no_prepared(d, &pub_c, from, drain_timeout).await {
+            let msg = self
+                .abandon_switch(
+                    dir,
+                    actor,
+                    prev_phase,
+                    &format!(
+                        "{what} not started: {}; traffic stays on the {}",
+                        e.message,
+                        from.as_str()
+                    ),
+                )
+                .await;
+            return Err(ControlError(msg));
+        }
         let new_epoch = i64::try_from(traffic.route().epoch)
             .unwrap_or(0)
             .max(prev.epoch)
@@ -1474,7 +1491,7 @@ impl Controller {
         }
         let paused_at = Instant::now();
         laps.start(paused_at);
-        traffic.pause();
+        traffic.pause_for_switch(to);
         let pre_swap: Result<(), Abandon> = async {
             // a. drain
             if let Err(busy) = drain(&traffic, paused_at, drain_timeout).await {
@@ -1482,6 +1499,21 @@ impl Controller {
                 return Err(Abandon {
                     reason: format!(
                         "drain deadline passed: {busy} sessions still in a transaction; {what} abandoned, traffic stays on the {}",
+                        from.as_str()
+                    ),
+                    resumed: true,
+                });
+            }
+            // One prepared between the wait above and the pause: the next attempt waits for it.
+            let open = d.prepared_xacts(&pub_c, from).await.map_err(abandon)?;
+            if !open.is_empty() {
+                traffic.resume();
+                return Err(Abandon {
+                    reason: format!(
+                        "{} prepared transaction(s) open on the {}: {}; {what} abandoned, traffic stays on the {}",
+                        open.len(),
+                        from.as_str(),
+                        open.join(", "),
                         from.as_str()
                     ),
                     resumed: true,
@@ -1711,6 +1743,18 @@ impl Controller {
         msg
     }
 
+    /// Whether a switch of direction `dir` swapped traffic but its post-swap steps
+    /// ([`finish_switch`](Self::finish_switch)) have not all succeeded: the row is still in
+    /// the switch's phase with traffic on `dir`'s subscriber.
+    pub(super) fn switch_incomplete(&self, dir: Direction) -> bool {
+        let row = self.row();
+        let phase = match dir {
+            Direction::Forward => Phase::CuttingOver,
+            Direction::Reverse => Phase::RollingBack,
+        };
+        Phase::parse(&row.phase) == phase && row.serving_side == dir.subscriber().as_str()
+    }
+
     /// Post-swap steps of a switch of direction `dir` (the direction that ran before it):
     /// subscription of the other direction on the new slot, then drop the old subscription.
     async fn finish_switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
@@ -1773,10 +1817,24 @@ impl Controller {
             Err(e) => {
                 let side = new_dir.publisher();
                 let msg = format!(
-                    "traffic is on the {} but a step after the swap failed: {}; run the command again to finish",
+                    "traffic is on the {} but a step after the swap failed: {}; {} replication {} → {} is not running yet",
                     side.as_str(),
-                    e.0
+                    e.0,
+                    new_dir.as_str(),
+                    new_dir.publisher().as_str(),
+                    new_dir.subscriber().as_str()
                 );
+                if self.retrying_switch.load(Ordering::SeqCst) {
+                    // The plan tries again: state `running`, the reason in last_error.
+                    let _ = self
+                        .save(actor, "retry", &msg, |r| {
+                            r.state = RUNNING.into();
+                            r.last_error = Some(msg.clone());
+                        })
+                        .await;
+                    return Err(ControlError(msg));
+                }
+                let msg = format!("{msg}; run the command again to finish");
                 self.fail(actor, None, &msg).await;
                 Err(ControlError(msg))
             }
@@ -2043,6 +2101,34 @@ impl From<JournalError> for Abandon {
             reason: format!("journal: {e}"),
             resumed: false,
         }
+    }
+}
+
+/// Waits (polling every 10 ms, for at most `timeout`) until the publisher `side` (connection
+/// `c`) has no prepared transaction open in its database. `Err` names them when the time is up.
+async fn wait_no_prepared(
+    d: &crate::logical::Logical,
+    c: &tokio_postgres::Client,
+    side: Side,
+    timeout: Duration,
+) -> Result<(), DriverError> {
+    let started = Instant::now();
+    loop {
+        let open = d.prepared_xacts(c, side).await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(DriverError::new(format!(
+                "{} prepared transaction(s) still open on the {} after {} ms ([upgrade] drain_timeout_ms): {}; \
+                 COMMIT PREPARED or ROLLBACK PREPARED them",
+                open.len(),
+                side.as_str(),
+                timeout.as_millis(),
+                open.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1601,6 +1601,37 @@ impl Logical {
         })
     }
 
+    /// The prepared transactions (`PREPARE TRANSACTION`) of the connected database that are
+    /// neither committed nor rolled back, oldest first, each as
+    /// `'gid' (owner <role>, prepared <n> ms ago)` (view `pg_prepared_xacts`, PostgreSQL docs
+    /// "System Views"). Logical replication sends a prepared transaction only at its
+    /// `COMMIT PREPARED` (without `two_phase`), so a switch must not happen while one is open:
+    /// its changes would not be on the new side, and its `COMMIT PREPARED` would go there.
+    pub async fn prepared_xacts(&self, c: &Client, side: Side) -> Result<Vec<String>> {
+        let rows = c
+            .query(
+                "SELECT gid, owner::text, (extract(epoch FROM now() - prepared) * 1000)::bigint
+                   FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: reading pg_prepared_xacts", self.label(side)),
+                    &e,
+                )
+            })?;
+        rows.iter()
+            .map(|r| {
+                let (gid, owner, ms): (String, String, i64) = (r.col(0)?, r.col(1)?, r.col(2)?);
+                Ok(format!(
+                    "{} (owner {owner}, prepared {ms} ms ago)",
+                    quote_literal(&gid)
+                ))
+            })
+            .collect()
+    }
+
     /// `pg_current_wal_lsn()` of the connected server.
     pub async fn current_lsn(&self, c: &Client, side: Side) -> Result<u64> {
         let r = c

@@ -560,6 +560,13 @@ impl Controller {
             }
             StepKind::Cutover => {
                 let row = self.row();
+                if self.switch_incomplete(Direction::Forward) {
+                    // Swapped, but a step after the swap failed (the reverse subscription):
+                    // finish it before the plan goes on; without it there is no way back.
+                    self.run_step(actor, cancel, step, false, || self.finish_swapped_cutover(actor))
+                        .await?;
+                    return Ok(false);
+                }
                 if row.serving_side == Side::Target.as_str() {
                     return self
                         .record(actor, step, "traffic is on the target (cut over by INITIATE CUTOVER)")
@@ -623,7 +630,8 @@ impl Controller {
                         }
                     };
                     if self.row().serving_side == Side::Target.as_str() {
-                        return Ok(((), "traffic is already on the target".to_string()));
+                        // An earlier attempt swapped: only what comes after the swap is left.
+                        return self.finish_swapped_cutover(actor).await;
                     }
                     // An abandoned attempt is retried (after the last one the plan ends in
                     // state `error` with the reason).
@@ -737,6 +745,20 @@ impl Controller {
     }
 
     /// Records a step that does nothing (started and done in one go).
+    /// The plan's Cutover step after the swap: the post-swap steps (reverse subscription,
+    /// old subscription dropped) if they are not done yet, as a retryable attempt.
+    async fn finish_swapped_cutover(&self, actor: &str) -> Result<((), String), StepFailure> {
+        if !self.switch_incomplete(Direction::Forward) {
+            return Ok(((), "traffic is already on the target".to_string()));
+        }
+        self.retrying_switch
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = self.finish_switch(Direction::Forward, actor).await;
+        self.retrying_switch
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        r.map(|m| ((), m)).map_err(|e| StepFailure::transient(e.0))
+    }
+
     async fn record(&self, actor: &str, step: &PlanStep, detail: &str) -> Result<(), PlanError> {
         let id = self.row().id;
         self.journal
