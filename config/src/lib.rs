@@ -333,8 +333,24 @@ pub struct UpgradeConfig {
     pub backoff_initial_ms: u64,
     /// Largest retry delay, in ms. Default 60000.
     pub backoff_max_ms: u64,
+    /// What a switch does about client sessions that hold state it cannot carry to another
+    /// server (temporary tables, session advisory locks, `WITH HOLD` cursors) once they
+    /// still do after `drain_timeout_ms`: `"refuse"` (default: the switch is abandoned,
+    /// naming them) or `"terminate"` (they end with FATAL 57P01 when they move).
+    pub pinned: PinnedPolicy,
     /// `[upgrade.timeouts]`: how long each plan step may take.
     pub timeouts: StepTimeouts,
+}
+
+/// `[upgrade] pinned` (TOML: `"refuse"`, `"terminate"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PinnedPolicy {
+    /// The switch waits for them, then is abandoned; traffic stays where it is.
+    #[default]
+    Refuse,
+    /// The switch waits for them, then goes on; they end when they would move.
+    Terminate,
 }
 
 impl Default for UpgradeConfig {
@@ -353,6 +369,7 @@ impl Default for UpgradeConfig {
             max_attempts: 5,
             backoff_initial_ms: 1000,
             backoff_max_ms: 60000,
+            pinned: PinnedPolicy::Refuse,
             timeouts: StepTimeouts::default(),
         }
     }

@@ -251,6 +251,7 @@ fn defaults() {
     assert_eq!(c.users[0].server_password(), Some("pw"));
     assert!(!c.users[0].admin);
     assert_eq!(c.upgrade.drain_timeout_ms, 10000);
+    assert_eq!(c.upgrade.pinned, PinnedPolicy::Refuse);
     assert_eq!(c.upgrade.catchup_timeout_ms, 30000);
     assert_eq!(c.upgrade.poll_interval_ms, 500);
     assert!(!c.upgrade.auto_start);
@@ -909,6 +910,7 @@ approve_cutover = true
 decommission_source = true
 final_dump = "/tmp/final.dump"
 max_attempts = 2
+pinned = "terminate"
 
 [upgrade.timeouts]
 cutover_ms = 5000
@@ -933,6 +935,7 @@ data_dir = "/var/lib/postgresql/13/main"
     assert_eq!(c.upgrade.timeouts.cutover_ms, 5000);
     assert_eq!(c.upgrade.timeouts.detach_old_ms, 300000);
     assert_eq!(c.health.on_failure, OnFailure::Source);
+    assert_eq!(c.upgrade.pinned, PinnedPolicy::Terminate);
     let p = c.target.provision.as_ref().unwrap();
     assert_eq!(
         (p.provider, p.major, p.run_as.as_deref()),
@@ -956,6 +959,7 @@ data_dir = "/var/lib/postgresql/13/main"
         ("shift_hold_ms = 500", "shift_hold_ms = 0", "upgrade.shift_hold_ms: must be greater than 0"),
         ("final_dump = \"/tmp/final.dump\"", "final_dump = \"\"", "upgrade.final_dump: must not be empty"),
         ("max_attempts = 2", "max_attempts = 0", "upgrade.max_attempts: must be at least 1"),
+        ("pinned = \"terminate\"", "pinned = \"kill\"", "unknown variant `kill`, expected `refuse` or `terminate`"),
         ("max_attempts = 2", "backoff_max_ms = 10", "upgrade.backoff_max_ms: 10 is below backoff_initial_ms (1000)"),
         ("cutover_ms = 5000", "cutover_ms = 0", "upgrade.timeouts.cutover_ms: must be greater than 0"),
         ("interval_ms = 100", "interval_ms = 0", "health.interval_ms: must be greater than 0"),

@@ -1472,6 +1472,21 @@ impl Controller {
                 .await;
             return Err(ControlError(msg));
         }
+        // Client sessions that hold what cannot move: wait, then refuse or let them end.
+        if let Err(why) = self.wait_unpinned(&traffic, to, drain_timeout).await {
+            let msg = self
+                .abandon_switch(
+                    dir,
+                    actor,
+                    prev_phase,
+                    &format!(
+                        "{what} not started: {why}; traffic stays on the {}",
+                        from.as_str()
+                    ),
+                )
+                .await;
+            return Err(ControlError(msg));
+        }
         let new_epoch = i64::try_from(traffic.route().epoch)
             .unwrap_or(0)
             .max(prev.epoch)
@@ -1676,6 +1691,67 @@ impl Controller {
                 reason: format!("journal: {e}"),
                 resumed: false,
             })
+    }
+
+    /// Waits (polling every 10 ms, for at most `timeout`) until no client session of a
+    /// carried database is pinned ([`TrafficControl::pinned`](crate::TrafficControl::pinned)).
+    /// When some still are: `[upgrade] pinned = "refuse"` gives `Err(reason)` naming them;
+    /// `"terminate"` asks the proxy to end them when they move (FATAL 57P01) and gives `Ok`.
+    async fn wait_unpinned(
+        &self,
+        traffic: &Traffic,
+        to: Side,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let pinned: Vec<_> = traffic
+                .pinned()
+                .into_iter()
+                .filter(|p| self.carries(&p.database))
+                .collect();
+            if pinned.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                let names = pinned
+                    .iter()
+                    .take(10)
+                    .map(|p| {
+                        format!(
+                            "pid {} (user {}, database {}: {})",
+                            p.pid, p.user, p.database, p.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let more = if pinned.len() > 10 {
+                    format!(" and {} more", pinned.len() - 10)
+                } else {
+                    String::new()
+                };
+                return match self.cfg.upgrade.pinned {
+                    config::PinnedPolicy::Refuse => Err(format!(
+                        "{} client sessions still hold state that cannot move to the {} after {} ms ([upgrade] drain_timeout_ms): {names}{more}; \
+                         end them (or what they hold), or set [upgrade] pinned = \"terminate\"",
+                        pinned.len(),
+                        to.as_str(),
+                        timeout.as_millis()
+                    )),
+                    config::PinnedPolicy::Terminate => {
+                        let n = traffic.end_pinned(&format!(
+                            "terminating connection: the upgrade moves traffic to the {} server and this session holds state that cannot move with it",
+                            to.as_str()
+                        ));
+                        tracing::warn!(
+                            "{n} pinned client sessions end at the switch ([upgrade] pinned = \"terminate\"): {names}{more}"
+                        );
+                        Ok(())
+                    }
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// After a failure before the swap (traffic already resumed): re-enable the running

@@ -564,11 +564,14 @@ pub struct ClientRow {
     pub backend_pid: i32,
     pub switches: u64,
     pub connected_at: String,
+    /// What pins the session to its server process (a switch cannot carry it), e.g.
+    /// `temporary tables, session advisory locks`; empty when nothing does.
+    pub pinned: String,
 }
 
 impl ClientRow {
     /// Column names, in the order of [`values`](Self::values).
-    pub const COLUMNS: [&'static str; 9] = [
+    pub const COLUMNS: [&'static str; 10] = [
         "pid",
         "user",
         "database",
@@ -578,10 +581,11 @@ impl ClientRow {
         "backend_pid",
         "switches",
         "connected_at",
+        "pinned",
     ];
 
     /// The row as text, in the order of [`COLUMNS`](Self::COLUMNS).
-    pub fn values(&self) -> [String; 9] {
+    pub fn values(&self) -> [String; 10] {
         [
             self.pid.to_string(),
             self.user.clone(),
@@ -592,6 +596,7 @@ impl ClientRow {
             self.backend_pid.to_string(),
             self.switches.to_string(),
             self.connected_at.clone(),
+            self.pinned.clone(),
         ]
     }
 }
@@ -620,6 +625,7 @@ pub fn client_rows(proxy: &Proxy) -> Vec<ClientRow> {
             backend_pid: s.backend_pid.load(Relaxed),
             switches: s.switches.load(Relaxed),
             connected_at: rfc3339(s.connected_at),
+            pinned: crate::session::pins::describe(s.pinned.load(Relaxed)),
         })
         .collect()
 }

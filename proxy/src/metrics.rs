@@ -41,6 +41,8 @@ const TRANSACTION_DURATION: &str = "pgshift_transaction_duration_seconds";
 const BACKEND_CONNECT_ERRORS: &str = "pgshift_backend_connect_errors_total";
 /// Read-only units shifted to the other side that failed there before answering and ran again on the serving side.
 const SHIFT_REPLAYS: &str = "pgshift_shift_replays_total";
+const PINNED_SESSIONS: &str = "pgshift_pinned_sessions";
+const PINNED_ENDED: &str = "pgshift_pinned_sessions_ended_total";
 const LOGINS_ACCEPTED: &str = "pgshift_logins_accepted_total";
 const LOGINS_REFUSED: &str = "pgshift_logins_refused_total";
 const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
@@ -187,6 +189,14 @@ fn describe() {
     describe_counter!(
         SHIFT_REPLAYS,
         "Read-only units shifted to the other side that failed there before any answer and ran again on the serving side (the client saw no error)"
+    );
+    describe_gauge!(
+        PINNED_SESSIONS,
+        "Client sessions holding temporary tables, session advisory locks or WITH HOLD cursors, which a backend switch cannot carry"
+    );
+    describe_counter!(
+        PINNED_ENDED,
+        "Pinned client sessions ended (FATAL 57P01) because a switch moved traffic to another server"
     );
     describe_gauge!(CLIENT_CONNECTIONS, "Client sessions, by the backend side they are on (none: not connected yet; admin: admin console)");
     describe_gauge!(
@@ -360,6 +370,16 @@ pub fn capture_state(e: &crate::capture::Engine) {
     gauge!(CAPTURE_APPLIED).set(st.applied as f64);
     gauge!(CAPTURE_LAG).set(st.lag_bytes as f64);
     gauge!(CAPTURE_FAILED).set(if st.failed.is_some() { 1.0 } else { 0.0 });
+}
+
+/// Number of pinned sessions (see `session::pins`), set when it changes.
+pub fn pinned_sessions(n: usize) {
+    gauge!(PINNED_SESSIONS).set(n as f64);
+}
+
+/// A pinned session ended at a switch.
+pub fn pinned_ended() {
+    counter!(PINNED_ENDED).increment(1);
 }
 
 /// A shifted read-only unit failed on the other side before answering and runs again on the

@@ -36,6 +36,9 @@ pub struct SessionInfo {
     pub state: AtomicU8,
     /// Backend switches made by this session.
     pub switches: AtomicU64,
+    /// What pins the session to its server process, as [`crate::session::pins`] bits (0:
+    /// nothing; the session can move).
+    pub pinned: AtomicU8,
 }
 
 /// How long the owner of an ended session's backend processes is remembered
@@ -151,6 +154,7 @@ impl Proxy {
             backend_pid: AtomicI32::new(0),
             backend_secret: AtomicI32::new(0),
             state: AtomicU8::new(STATE_IDLE),
+            pinned: AtomicU8::new(0),
             switches: AtomicU64::new(0),
         });
         self.sessions

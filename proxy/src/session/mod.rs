@@ -14,6 +14,7 @@
 //! * [`relay`]: the I/O loop that moves bytes between the client and its backends.
 
 pub mod login;
+pub mod pins;
 pub mod record;
 pub mod relay;
 pub mod scan;

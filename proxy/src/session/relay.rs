@@ -14,6 +14,7 @@
 //! the table's probability. That connection is opened with `default_transaction_read_only =
 //! on`, so a misclassified write fails instead of diverging the replica.
 
+use super::pins;
 use super::record::{Recorders, WriteCapture};
 use super::scan::{self, ClientStep, Proto, Route, ServerStep};
 use super::state::SessionState;
@@ -119,6 +120,10 @@ pub(crate) struct Relay<'p> {
     ready: Option<Opened>,
     /// ParameterStatus messages of a switch made while idle, for the next unit's answer.
     status_note: BytesMut,
+    /// Ask the server what pins the session once it is idle (see [`pins`]).
+    check_pins: bool,
+    /// What pins it, as [`pins`] bits, from the last check.
+    pins: u8,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -205,8 +210,13 @@ pub(crate) async fn relay(
         opening: None,
         ready: None,
         status_note: BytesMut::new(),
+        check_pins: false,
+        pins: 0,
     };
     let res = r.run().await;
+    if r.pins != 0 {
+        proxy.router.set_pinned(info.pid, None);
+    }
     // A unit cut short: the server rolls an open transaction back when its connection
     // closes (a commit whose answer was lost is in doubt, as for the client).
     r.close_write_capture();
@@ -233,6 +243,32 @@ pub(crate) async fn relay(
             )),
             Err(_) => Ok(()),
         },
+    }
+}
+
+/// How long the check of what pins a session may take, in ms; a server that does not answer
+/// in time counts as lost.
+const PINS_CHECK_MS: u64 = 10_000;
+
+/// A NotificationResponse body from `side`'s server process `backend_pid` (the session
+/// `pid`'s): its sender pid becomes the pid the sender's client was given, when the sender is
+/// a pgshift session (its own or another).
+fn rewrite_notification_pid(
+    proxy: &Proxy,
+    side: Side,
+    backend_pid: i32,
+    pid: i32,
+    body: &mut [u8],
+) {
+    if let Ok((sender, _)) = msg::notification_pid(body) {
+        let mine = if sender == backend_pid {
+            Some(pid)
+        } else {
+            proxy.session_of_backend(side, sender)
+        };
+        if let Some(p) = mine {
+            body[..4].copy_from_slice(&p.to_be_bytes());
+        }
     }
 }
 
@@ -266,6 +302,17 @@ impl<'p> Relay<'p> {
             }
             if self.proto.closing && self.to_server.is_empty() {
                 return Ok(());
+            }
+            if self.check_pins
+                && !self.unit.busy
+                && self.proto.idle()
+                && self.to_server.is_empty()
+                && self.to_client.is_empty()
+                && self.sbuf.is_empty()
+            {
+                self.check_pins = false;
+                self.check_pins_now().await?;
+                continue;
             }
             if self.c_rescan && self.to_server.is_empty() && !self.held {
                 self.c_rescan = false;
@@ -393,6 +440,17 @@ impl<'p> Relay<'p> {
         self.s_skip = 0;
         self.to_server = Bytes::new();
         if self.proto.idle() {
+            if self.pins != 0 && side == self.side {
+                // What pinned the session is gone with its server process.
+                return Err(End::fatal(
+                    "08006",
+                    format!(
+                        "the {} server closed the connection unexpectedly ({why}); the session's {} are lost",
+                        side.as_str(),
+                        pins::describe(self.pins)
+                    ),
+                ));
+            }
             return Ok(());
         }
         if self.shifted_unanswered() {
@@ -555,6 +613,9 @@ impl<'p> Relay<'p> {
         self.proto.unit_error = false;
         self.unit.started = Instant::now();
         self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
+        // A session that holds (or may hold) what cannot move never runs a unit elsewhere.
+        let movable = self.pins == 0 && !self.state.suspect.any();
+        let max_msg = self.max_msg;
         let (cbuf, state) = (&self.cbuf, &mut self.state);
         let body_of = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &cbuf[r]);
         let route = scan::route(
@@ -564,8 +625,18 @@ impl<'p> Relay<'p> {
             self.backend.as_ref().map(|c| c.side),
             self.carried,
             |w| {
-                rand::random::<u32>() % 100 < u32::from(w)
-                    && state.unit_read_only(tag, body_of(&body))
+                movable
+                    && rand::random::<u32>() % 100 < u32::from(w)
+                    && match &body {
+                        // An extended batch: all of it, up to its Sync.
+                        Some(r) if matches!(tag, msg::PARSE | msg::BIND) => {
+                            scan::batch_read_only(state, &cbuf[r.start - 5..], max_msg)
+                        }
+                        _ => {
+                            !body_of(&body).is_some_and(|b| super::track::pin_hints(b).any())
+                                && state.unit_read_only(tag, body_of(&body))
+                        }
+                    }
             },
         );
         // The side the unit runs on: other than the serving side for a shifted unit (which
@@ -652,6 +723,23 @@ impl<'p> Relay<'p> {
             self.epoch = epoch;
             return Ok(());
         }
+        if self.pins != 0 && self.backend.is_some() {
+            // Never moved silently without what it holds: the client is told and reconnects.
+            let why = pins::describe(self.pins);
+            tracing::warn!(
+                pid = self.info.pid,
+                to = side.as_str(),
+                "session ended at the switch: it holds {why}, which cannot move to another server"
+            );
+            crate::metrics::pinned_ended();
+            return Err(End::fatal(
+                "57P01",
+                format!(
+                    "terminating connection: the upgrade moved traffic to the {} server and this session holds {why}, which cannot move with it",
+                    side.as_str()
+                ),
+            ));
+        }
         let started = Instant::now();
         let (c, params) = match self.take_ahead(side).await {
             Some(c) => c,
@@ -729,6 +817,7 @@ impl<'p> Relay<'p> {
             return;
         };
         if to == self.side
+            || self.pins != 0
             || self.opening.is_some()
             || self.ready.as_ref().is_some_and(|(c, _)| c.side == to)
         {
@@ -805,16 +894,13 @@ impl<'p> Relay<'p> {
                     msg::READY_FOR_QUERY => return Some(()),
                     msg::NOTIFICATION_RESPONSE => {
                         let mut body = body;
-                        if let Ok((pid, _)) = msg::notification_pid(&body) {
-                            let mine = if pid == backend_pid {
-                                Some(self.info.pid)
-                            } else {
-                                self.proxy.session_of_backend(side, pid)
-                            };
-                            if let Some(p) = mine {
-                                body[..4].copy_from_slice(&p.to_be_bytes());
-                            }
-                        }
+                        rewrite_notification_pid(
+                            self.proxy,
+                            side,
+                            backend_pid,
+                            self.info.pid,
+                            &mut body,
+                        );
                         msg::put_msg(&mut out, tag, |b| b.extend_from_slice(&body));
                     }
                     _ => {}
@@ -831,6 +917,69 @@ impl<'p> Relay<'p> {
         }
         self.to_client = out.freeze();
         self.sbuf = BytesMut::with_capacity(16 * 1024);
+    }
+
+    /// Asks the session's server process what pins it ([`pins::check`]), bounded by
+    /// [`PINS_CHECK_MS`]; publishes the answer for the admin console and the control plane.
+    async fn check_pins_now(&mut self) -> Result<(), End> {
+        let Some(c) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        if c.side != self.side {
+            return Ok(());
+        }
+        let (side, backend_pid, pid) = (c.side, c.pid, self.info.pid);
+        let proxy = self.proxy;
+        let mut buf = std::mem::take(&mut self.sbuf);
+        let mut out = BytesMut::new();
+        let mut status = BytesMut::new();
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(PINS_CHECK_MS),
+            pins::check(c, &mut buf, |tag, mut body| {
+                if tag == msg::PARAMETER_STATUS {
+                    msg::put_msg(&mut status, tag, |b| b.extend_from_slice(&body));
+                    return;
+                }
+                if tag == msg::NOTIFICATION_RESPONSE {
+                    rewrite_notification_pid(proxy, side, backend_pid, pid, &mut body);
+                }
+                msg::put_msg(&mut out, tag, |b| b.extend_from_slice(&body));
+            }),
+        )
+        .await;
+        self.sbuf = buf;
+        if !out.is_empty() {
+            self.to_client = out.freeze();
+        }
+        self.status_note.put(status);
+        self.state.suspect = Default::default();
+        match r {
+            Ok(Ok(bits)) => {
+                if bits != self.pins {
+                    tracing::debug!(pid, pinned = %pins::describe(bits), "session pins changed");
+                    self.pins = bits;
+                    self.info.pinned.store(bits, Ordering::Relaxed);
+                    self.proxy.router.set_pinned(
+                        pid,
+                        (bits != 0).then(|| control::PinnedSession {
+                            pid,
+                            user: self.info.user.clone(),
+                            database: self.info.database.clone(),
+                            reason: pins::describe(bits),
+                        }),
+                    );
+                }
+                Ok(())
+            }
+            Ok(Err(why)) if self.backend.is_some() && !why.contains("closed") => {
+                tracing::debug!(pid, "the server refused the pins check: {why}");
+                Ok(())
+            }
+            Ok(Err(why)) => self.backend_lost(&why),
+            Err(_) => self.backend_lost(&format!(
+                "did not answer pgshift's check of the session's temporary objects within {PINS_CHECK_MS} ms"
+            )),
+        }
     }
 
     /// Run this unit on `side`'s connection: the spare if it is there, else a new one (read-only
@@ -1151,6 +1300,11 @@ impl<'p> Relay<'p> {
     /// A unit of work ended with ReadyForQuery `I` and nothing in flight, on `side`.
     fn unit_done(&mut self, side: Side) {
         self.rec.unit_done();
+        // Pinned, or hints that it may now be: ask the server once idle. On the serving
+        // side only (a shifted unit never carries a hint, see `boundary`).
+        if (self.pins != 0 || self.state.suspect.any()) && side == self.side {
+            self.check_pins = true;
+        }
         // The idle connection did not see a change of the state: drop it, it is reopened on
         // demand.
         if self.state.take_changed() {

@@ -217,6 +217,47 @@ pub fn route(
     }
 }
 
+/// Whether an extended-protocol batch may run shifted: `buf` starts at the batch's first
+/// message, and every message up to its Sync is in it (else `false`: the rest is unknown),
+/// each Parse, Bind and Query proven read-only and without a hint of what pins a session
+/// (see `pins`); Describe, Execute, Close and Flush change nothing. A Bind of the unnamed
+/// statement counts as read-only when the batch parsed it read-only.
+pub fn batch_read_only(state: &mut SessionState, buf: &[u8], max_msg: usize) -> bool {
+    let mut at = 0;
+    let mut unnamed = false;
+    while let Ok(Some((tag, total))) = header(&buf[at..], max_msg) {
+        if buf.len() - at < total {
+            return false;
+        }
+        let body = &buf[at + 5..at + total];
+        at += total;
+        match tag {
+            msg::SYNC => return true,
+            msg::DESCRIBE | msg::EXECUTE | msg::CLOSE | msg::FLUSH => {}
+            msg::PARSE => {
+                let Ok((name, sql)) = msg::parse_text(body) else {
+                    return false;
+                };
+                if super::track::pin_hints(sql).any() || !state.unit_read_only(tag, Some(body)) {
+                    return false;
+                }
+                if name.is_empty() {
+                    unnamed = true;
+                }
+            }
+            msg::BIND => {
+                let unnamed_bind = msg::bind_names(body).is_ok_and(|(_, s)| s.is_empty());
+                let ok = (unnamed_bind && unnamed) || state.unit_read_only(tag, Some(body));
+                if !ok {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The side serving a session under table `t`: the table's, or the source for a database
 /// the upgrade does not carry.
 pub fn serving_side(t: &RoutingTable, carried: bool) -> Side {
@@ -678,6 +719,57 @@ mod tests {
             client_frame(msg::QUERY, &latin1, &mut p, &mut s, None).unwrap(),
             ClientStep::Forward
         );
+    }
+
+    #[test]
+    fn shifts_a_batch_only_when_all_of_it_is_read_only_and_here() {
+        let mut st = SessionState::new(Vec::new());
+        let frame = |tag: u8, body: &[u8]| {
+            let mut b = vec![tag];
+            b.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            b.extend_from_slice(body);
+            b
+        };
+        let parse = |sql: &str| frame(msg::PARSE, format!("\0{sql}\0\0\0").as_bytes());
+        let bind = frame(msg::BIND, b"\0\0\0\0\0\0\0\0");
+        let exec = frame(msg::EXECUTE, b"\0\0\0\0\0");
+        let sync = frame(msg::SYNC, b"");
+        let batch = |parts: &[&[u8]]| parts.concat();
+        let sel = parse("SELECT 1");
+        let ins = parse("INSERT INTO t VALUES (1)");
+        let lock = parse("SELECT pg_advisory_lock(1)");
+        let max = 1 << 20;
+        assert!(batch_read_only(
+            &mut st,
+            &batch(&[&sel, &bind, &exec, &sync]),
+            max
+        ));
+        // A write after a read: the whole batch stays on the serving side.
+        assert!(!batch_read_only(
+            &mut st,
+            &batch(&[&sel, &bind, &exec, &ins, &bind, &exec, &sync]),
+            max
+        ));
+        // Not all of it here yet.
+        assert!(!batch_read_only(
+            &mut st,
+            &batch(&[&sel, &bind, &exec]),
+            max
+        ));
+        let whole = batch(&[&sel, &bind, &exec, &sync]);
+        assert!(!batch_read_only(&mut st, &whole[..whole.len() - 2], max));
+        // What may pin the session.
+        assert!(!batch_read_only(
+            &mut st,
+            &batch(&[&lock, &bind, &exec, &sync]),
+            max
+        ));
+        // A Bind of an unnamed statement parsed in an earlier batch: unknown.
+        assert!(!batch_read_only(
+            &mut st,
+            &batch(&[&bind, &exec, &sync]),
+            max
+        ));
     }
 
     #[test]
