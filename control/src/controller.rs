@@ -1456,35 +1456,18 @@ impl Controller {
             }
         }
         // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
-        // (it cannot come during the pause: the sessions are held).
-        if let Err(e) = wait_no_prepared(d, &pub_c, from, drain_timeout).await {
-            let msg = self
-                .abandon_switch(
-                    dir,
-                    actor,
-                    prev_phase,
-                    &format!(
-                        "{what} not started: {}; traffic stays on the {}",
-                        e.message,
-                        from.as_str()
-                    ),
-                )
-                .await;
-            return Err(ControlError(msg));
-        }
-        // Client sessions that hold what cannot move: wait, then refuse or let them end.
-        if let Err(why) = self.wait_unpinned(&traffic, to, drain_timeout).await {
-            let msg = self
-                .abandon_switch(
-                    dir,
-                    actor,
-                    prev_phase,
-                    &format!(
-                        "{what} not started: {why}; traffic stays on the {}",
-                        from.as_str()
-                    ),
-                )
-                .await;
+        // (it cannot come during the pause: the sessions are held). Then client sessions
+        // that hold what cannot move: wait, then refuse or let them end.
+        let ready = match wait_no_prepared(d, &pub_c, from, drain_timeout).await {
+            Err(e) => Err(e.message),
+            Ok(()) => self.wait_unpinned(&traffic, to, drain_timeout).await,
+        };
+        if let Err(why) = ready {
+            let why = format!(
+                "{what} not started: {why}; traffic stays on the {}",
+                from.as_str()
+            );
+            let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
             return Err(ControlError(msg));
         }
         let new_epoch = i64::try_from(traffic.route().epoch)
