@@ -338,6 +338,10 @@ pub struct UpgradeConfig {
     /// still do after `drain_timeout_ms`: `"refuse"` (default: the switch is abandoned,
     /// naming them) or `"terminate"` (they end with FATAL 57P01 when they move).
     pub pinned: PinnedPolicy,
+    /// A switch pauses traffic only once the new side is at most this many bytes of WAL
+    /// behind the old one (waiting up to `catchup_timeout_ms`), so the catch-up inside the
+    /// pause is short. Default 262144 (256 KiB).
+    pub pause_lag_bytes: u64,
     /// `[upgrade.timeouts]`: how long each plan step may take.
     pub timeouts: StepTimeouts,
 }
@@ -370,6 +374,7 @@ impl Default for UpgradeConfig {
             backoff_initial_ms: 1000,
             backoff_max_ms: 60000,
             pinned: PinnedPolicy::Refuse,
+            pause_lag_bytes: 256 * 1024,
             timeouts: StepTimeouts::default(),
         }
     }

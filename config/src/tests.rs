@@ -252,6 +252,7 @@ fn defaults() {
     assert!(!c.users[0].admin);
     assert_eq!(c.upgrade.drain_timeout_ms, 10000);
     assert_eq!(c.upgrade.pinned, PinnedPolicy::Refuse);
+    assert_eq!(c.upgrade.pause_lag_bytes, 262144);
     assert_eq!(c.upgrade.catchup_timeout_ms, 30000);
     assert_eq!(c.upgrade.poll_interval_ms, 500);
     assert!(!c.upgrade.auto_start);

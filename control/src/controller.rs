@@ -92,9 +92,12 @@
 //! `drop_old_sub`. Any failure before `swap` resumes traffic on the side it was on, re-enables
 //! the running subscription, drops the new slot, and reports the error.
 //!
-//! Before the pause, `precatchup` waits (at most `catchup_timeout_ms`, traffic flowing) until
-//! the other side has applied the serving side's current position, so the pause covers only
-//! the last stretch; then the running subscription is set to `synchronous_commit = on`.
+//! Before the pause, traffic flowing: prepared transactions on the serving side and pinned
+//! client sessions are waited for (at most `drain_timeout_ms`; see `wait_no_prepared` and
+//! `wait_unpinned`); then `precatchup` waits (at most `catchup_timeout_ms`) until the other
+//! side has applied the serving side's current position and is at most `[upgrade]
+//! pause_lag_bytes` behind, so the pause covers only the last stretch; then the running
+//! subscription is set to `synchronous_commit = on`.
 //!
 //! The catch-up barrier: X comes from a tiny transaction on the serving side that writes WAL
 //! and commits with `synchronous_commit = on` (so every commit record inserted before it,
@@ -1388,6 +1391,21 @@ impl Controller {
         let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
         let catchup_timeout = Duration::from_millis(self.cfg.upgrade.catchup_timeout_ms);
 
+        // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
+        // (it cannot come during the pause: the sessions are held). Then client sessions
+        // that hold what cannot move: wait, then refuse or let them end.
+        let ready = match wait_no_prepared(d, &pub_c, from, drain_timeout).await {
+            Err(e) => Err(e.message),
+            Ok(()) => self.wait_unpinned(&traffic, to, drain_timeout).await,
+        };
+        if let Err(why) = ready {
+            let why = format!(
+                "{what} not started: {why}; traffic stays on the {}",
+                from.as_str()
+            );
+            let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
+            return Err(ControlError(msg));
+        }
         // Before the pause: let the subscriber apply the publisher's current position, so the
         // pause covers only what is written meanwhile. This also waits out an apply worker that
         // has not started yet (the launcher starts at most one per wal_retrieve_retry_interval,
@@ -1398,17 +1416,40 @@ impl Controller {
         let pre: Result<String, DriverError> = async {
             let x0 = d.current_lsn(&pub_c, from).await?;
             let started = Instant::now();
+            let pause_lag = self.cfg.upgrade.pause_lag_bytes;
+            let mut reached = None;
+            let mut lag = None;
             loop {
                 let a = d.applied(&pub_c, dir).await?;
-                if a.position().is_some_and(|p| p >= x0) {
-                    return Ok(format!(
-                        "{} applied {} in {} ms (before the pause)",
-                        to.as_str(),
-                        fmt_lsn(x0),
-                        started.elapsed().as_millis()
-                    ));
+                if reached.is_none() && a.position().is_some_and(|p| p >= x0) {
+                    reached = Some(started.elapsed());
+                }
+                if let (Some(t), Some(p)) = (reached, a.position()) {
+                    // Then the pause starts only while the lag is small: the catch-up inside
+                    // it is only as long as applying that much.
+                    let behind = d.current_lsn(&pub_c, from).await?.saturating_sub(p);
+                    if behind <= pause_lag {
+                        return Ok(format!(
+                            "{} applied {} in {} ms; {behind} bytes behind at the pause (pause_lag_bytes {pause_lag}) after {} ms",
+                            to.as_str(),
+                            fmt_lsn(x0),
+                            t.as_millis(),
+                            started.elapsed().as_millis()
+                        ));
+                    }
+                    lag = Some(behind);
                 }
                 if started.elapsed() >= catchup_timeout {
+                    if let Some(behind) = lag {
+                        return Err(DriverError::new(format!(
+                            "the {} stayed more than [upgrade] pause_lag_bytes ({pause_lag}) behind the {} for {} ms (last {behind} bytes); \
+                             {what} not started, traffic stays on the {}; lower the write load or raise pause_lag_bytes",
+                            to.as_str(),
+                            from.as_str(),
+                            catchup_timeout.as_millis(),
+                            from.as_str()
+                        )));
+                    }
                     let at = a.position();
                     return Err(DriverError::new(format!(
                         "the {} has not applied the {}'s position {} within {} ms (applied up to {}, {} bytes behind); \
@@ -1454,21 +1495,6 @@ impl Controller {
                     .await;
                 return Err(ControlError(msg));
             }
-        }
-        // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
-        // (it cannot come during the pause: the sessions are held). Then client sessions
-        // that hold what cannot move: wait, then refuse or let them end.
-        let ready = match wait_no_prepared(d, &pub_c, from, drain_timeout).await {
-            Err(e) => Err(e.message),
-            Ok(()) => self.wait_unpinned(&traffic, to, drain_timeout).await,
-        };
-        if let Err(why) = ready {
-            let why = format!(
-                "{what} not started: {why}; traffic stays on the {}",
-                from.as_str()
-            );
-            let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
-            return Err(ControlError(msg));
         }
         let new_epoch = i64::try_from(traffic.route().epoch)
             .unwrap_or(0)
