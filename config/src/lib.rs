@@ -342,6 +342,15 @@ pub struct UpgradeConfig {
     /// behind the old one (waiting up to `catchup_timeout_ms`), so the catch-up inside the
     /// pause is short. Default 262144 (256 KiB).
     pub pause_lag_bytes: u64,
+    /// The source databases the upgrade carries (each with its own schema copy, publication
+    /// and subscription, switched together under one pause). `[source] dbname` is always
+    /// carried (added when the list leaves it out). Default: absent = every database of the
+    /// source instance that accepts connections (`datallowconn`), except templates and
+    /// `rdsadmin`; only `[source] dbname` when source and target are the same host and port
+    /// (two databases of one server). On the target each database keeps its name, except
+    /// `[source] dbname`, which becomes `[target] dbname`. The `mirror` driver carries
+    /// `[source] dbname` only.
+    pub databases: Option<Vec<String>>,
     /// `[upgrade.timeouts]`: how long each plan step may take.
     pub timeouts: StepTimeouts,
 }
@@ -375,6 +384,7 @@ impl Default for UpgradeConfig {
             backoff_max_ms: 60000,
             pinned: PinnedPolicy::Refuse,
             pause_lag_bytes: 256 * 1024,
+            databases: None,
             timeouts: StepTimeouts::default(),
         }
     }

@@ -1267,3 +1267,39 @@ queue_dir = \"/var/lib/pgshift/queue\"
         assert!(err.contains(fragment), "{new}: {err}");
     }
 }
+
+#[test]
+fn upgrade_databases() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.upgrade.databases, None, "absent: the whole instance");
+    let c = load(&format!(
+        "{MINIMAL}\n[upgrade]\ndatabases = [\"db\", \"shop\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upgrade.databases.as_deref(),
+        Some(&["db".to_string(), "shop".to_string()][..])
+    );
+    for (list, fragment) in [
+        (
+            "[\"shop\", \"shop\"]",
+            "upgrade.databases[1]: \"shop\" is listed twice",
+        ),
+        (
+            "[\"\"]",
+            "upgrade.databases[0]: \"\" is not a database name",
+        ),
+        ("[\"pgshift\"]", "admin_database"),
+    ] {
+        let e = fail(&format!("{MINIMAL}\n[upgrade]\ndatabases = {list}\n"));
+        assert!(e.contains(fragment), "{list}: {e}");
+    }
+    // The mirror driver carries [source] dbname only.
+    let mirror = format!("{MINIMAL}\n[replication]\ndriver = \"mirror\"\n\n[upgrade]\n");
+    load(&format!("{mirror}databases = [\"db\"]\n")).unwrap();
+    let e = fail(&format!("{mirror}databases = [\"db\", \"shop\"]\n"));
+    assert!(
+        e.contains("the mirror driver carries [source] dbname (db) only"),
+        "{e}"
+    );
+}

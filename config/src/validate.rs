@@ -309,6 +309,37 @@ fn check_plan(f: &mut Findings, cfg: &Config) {
         );
     }
     positive(f, "upgrade", "shift_hold_ms", up.shift_hold_ms);
+    if let Some(dbs) = &up.databases {
+        let mut seen = std::collections::HashSet::new();
+        for (i, db) in dbs.iter().enumerate() {
+            if db.is_empty() || db.len() > 63 || db.contains('\0') {
+                f.add(
+                    at("upgrade").key("databases").index(i),
+                    format!("{db:?} is not a database name (1 to 63 bytes, no NUL)"),
+                );
+            } else if db == &cfg.proxy.admin_database {
+                f.add(
+                    at("upgrade").key("databases").index(i),
+                    format!("{db:?} is [proxy] admin_database, pgshift's own console, not a database of the source"),
+                );
+            } else if !seen.insert(db.as_str()) {
+                f.add(
+                    at("upgrade").key("databases").index(i),
+                    format!("{db:?} is listed twice"),
+                );
+            }
+        }
+        let others = dbs.iter().filter(|d| **d != cfg.source.dbname).count();
+        if cfg.replication.driver == crate::Driver::Mirror && others > 0 {
+            f.add(
+                at("upgrade").key("databases"),
+                format!(
+                    "the mirror driver carries [source] dbname ({}) only; remove the other {others} database(s), or use [replication] driver = \"logical\"",
+                    cfg.source.dbname
+                ),
+            );
+        }
+    }
     if up
         .final_dump
         .as_ref()

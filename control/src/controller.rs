@@ -39,6 +39,17 @@
 //! `pg_dump`, then `pg_ctl stop` of the source when `decommission_source` and
 //! `[source.provision]` say so (never deletes data).
 //!
+//! # Databases
+//!
+//! The upgrade carries every database of the source instance, or `[upgrade] databases` (see
+//! [`databases`]): ValidateInput resolves and journals the set; every step above runs for
+//! each database (its own preflight, schema copy, publications, subscription; a database
+//! missing on the target is created like the source's), with sub-step keys `<key>@<db>` for
+//! all but the primary one. A switch checks and waits for each database, then pauses once
+//! for all: one barrier per database, all caught up, stopped, their sequences and slots made
+//! at once (concurrently), then one swap; its abandon and post-swap steps run for each. The
+//! lag is the largest of the databases'. The `mirror` driver carries the primary only.
+//!
 //! # Phases and states
 //!
 //! Phases: `idle`, `preflight`, `provisioning`, `init_replication` (also for the no-op steps),
@@ -158,6 +169,7 @@
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
 mod capture;
+mod databases;
 mod plan;
 mod resync;
 mod watch;
@@ -178,6 +190,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use databases::{names_for, DatabaseStatus};
 pub use plan::StepKind;
 
 /// An error of an upgrade command or step; the message says what failed and what to do.
@@ -393,7 +406,12 @@ struct Inner {
 pub struct Controller {
     cfg: Arc<Config>,
     journal: Journal,
+    /// The primary database's driver (`[source] dbname` → `[target] dbname`).
     driver: Logical,
+    /// The drivers of every carried database, the primary first (see [`databases`]).
+    carried: std::sync::RwLock<Arc<Vec<Logical>>>,
+    /// Per-database progress and lag.
+    live: Mutex<databases::Live>,
     plan_steps: Vec<PlanStep>,
     inner: Mutex<Inner>,
     /// Serialises commands (start, cutover, rollback, pause, resume) and the plan's cutover.
@@ -462,6 +480,15 @@ impl Controller {
         tracing::info!(journal = %cfg.journal.path.display(), phase = %row.phase, state = %row.state,
             side = %row.serving_side, epoch = row.epoch, weight = row.weight, "upgrade journal opened");
         let driver = Logical::new(&cfg);
+        // The carried set of the current upgrade, as ValidateInput journaled it.
+        let dbs: Vec<String> = journal
+            .done_step_detail(row.id, databases::DATABASES_STEP)
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or_else(|| vec![cfg.source.dbname.clone()]);
+        let carried = databases::drivers_for(&driver, &cfg.replication.object_prefix, &dbs);
+        if carried.len() > 1 {
+            tracing::info!(databases = %dbs.join(","), "the upgrade carries {} databases", carried.len());
+        }
         let plan_steps = plan::plan_of(&cfg);
         let span = tracing::info_span!(
             parent: None,
@@ -474,6 +501,8 @@ impl Controller {
             cfg,
             journal,
             driver,
+            carried: std::sync::RwLock::new(Arc::new(carried)),
+            live: Mutex::new(databases::Live::default()),
             plan_steps,
             inner: Mutex::new(Inner {
                 row,
@@ -538,9 +567,16 @@ impl Controller {
     /// any other database stay on the source. Cheap (memory only); the proxy asks at each
     /// switch of a session.
     ///
-    /// Today the upgrade carries `[source] dbname` only.
+    /// The carried set is resolved by ValidateInput (see [`databases`]); before it, only
+    /// `[source] dbname`.
     pub fn carries(&self, db: &str) -> bool {
         db == self.cfg.source.dbname
+            || self
+                .carried
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|d| d.database(Side::Source) == db)
     }
 
     /// The weighted share of eligible traffic for the side that is not serving, as journaled
@@ -704,6 +740,7 @@ impl Controller {
             g.current = None;
             g.progress = None;
         }
+        self.journal_databases(actor).await?;
         let key = StepKind::ValidateInput.key();
         self.journal
             .step(id, &key, StepStatus::Started, None, actor)
@@ -1097,9 +1134,20 @@ impl Controller {
     }
 
     /// Runs the preflight checks now, without starting anything (for an admin `CHECK UPGRADE`).
+    /// Every database the upgrade would carry is checked (see [`databases`]).
     pub async fn preflight(&self) -> Preflight {
-        let pf = self.driver.preflight().await;
-        self.driver_preflight(pf)
+        match self.resolve_databases().await {
+            Ok(dbs) => {
+                let drivers =
+                    databases::drivers_for(&self.driver, &self.cfg.replication.object_prefix, &dbs);
+                self.preflight_carried(&drivers, true).await
+            }
+            Err(e) => {
+                let mut pf = self.driver_preflight(self.driver.preflight().await);
+                pf.failures.insert(0, e);
+                pf
+            }
+        }
     }
 
     /// Waits until the plan is not running any more (done, waiting for INITIATE CUTOVER,
@@ -1323,7 +1371,7 @@ impl Controller {
             return self.switch_capture(dir, actor).await;
         }
         let traffic = self.traffic()?;
-        let d = &self.driver;
+        let drivers = self.carried();
         let from = dir.publisher();
         let to = dir.subscriber();
         let (kp, what, busy_phase) = match dir {
@@ -1333,48 +1381,63 @@ impl Controller {
         let prev = self.row();
         let prev_phase = Phase::parse(&prev.phase);
         let id = prev.id;
-        let sub = d.names().subscription(dir).to_string();
-        let new_slot = d.names().subscription(dir.reverse()).to_string();
         let key = |k: &str| format!("{kp}.{k}");
 
-        // Connections and checks before the pause. Every statement inside the pause is bounded
-        // by statement_timeout (= catchup_timeout_ms): e.g. creating the slot waits for every
-        // transaction running on that server, including ones opened outside pgshift.
-        let pub_c = d.connect(from).await?;
-        let sub_c = d.connect(to).await?;
-        let bound = format!(
-            "SET statement_timeout = {}",
-            self.cfg.upgrade.catchup_timeout_ms.max(1000)
-        );
-        for (c, side) in [(&pub_c, from), (&sub_c, to)] {
-            c.batch_execute(&bound).await.map_err(|e| {
-                crate::logical::pg_error(&format!("{}: SET statement_timeout", d.label(side)), &e)
-            })?;
-        }
-        match d.subscription_state(&sub_c, to, &sub).await? {
-            None => {
-                let msg = format!(
-                    "{what} not possible: subscription {sub} is missing on the {}; traffic stays on the {}",
-                    to.as_str(),
-                    from.as_str()
-                );
-                self.fail(actor, None, &msg).await;
-                return Err(ControlError(msg));
+        // Connections and checks before the pause, for every carried database. Every
+        // statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
+        // e.g. creating the slot waits for every transaction running on that server,
+        // including ones opened outside pgshift.
+        let mut legs = Vec::with_capacity(drivers.len());
+        for (i, d) in drivers.iter().enumerate() {
+            let leg = Leg {
+                i,
+                d: d.clone(),
+                pub_c: d.connect(from).await?,
+                sub_c: d.connect(to).await?,
+                sub: d.names().subscription(dir).to_string(),
+                new_slot: d.names().subscription(dir.reverse()).to_string(),
+            };
+            let bound = format!(
+                "SET statement_timeout = {}",
+                self.cfg.upgrade.catchup_timeout_ms.max(1000)
+            );
+            for (c, side) in [(&leg.pub_c, from), (&leg.sub_c, to)] {
+                c.batch_execute(&bound).await.map_err(|e| {
+                    crate::logical::pg_error(
+                        &format!("{}: SET statement_timeout", d.label(side)),
+                        &e,
+                    )
+                })?;
             }
-            Some(false) => {
-                d.enable_subscription(&sub_c, to, &sub).await?;
-                tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
+            let sub = &leg.sub;
+            match d.subscription_state(&leg.sub_c, to, sub).await? {
+                None => {
+                    let msg = format!(
+                        "{what} not possible: {}subscription {sub} is missing on the {}; traffic stays on the {}",
+                        leg.tag(),
+                        to.as_str(),
+                        from.as_str()
+                    );
+                    self.fail(actor, None, &msg).await;
+                    return Err(ControlError(msg));
+                }
+                Some(false) => {
+                    d.enable_subscription(&leg.sub_c, to, sub).await?;
+                    tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
+                }
+                Some(true) => {}
             }
-            Some(true) => {}
-        }
-        if dir == Direction::Forward {
-            // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
-            // TABLE leaves one out, or copying).
-            if let Some(problem) = d.forward_problem(&sub_c).await? {
-                return Err(ControlError(format!(
-                    "cutover refused: {problem}; traffic stays on the source"
-                )));
+            if dir == Direction::Forward {
+                // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
+                // TABLE leaves one out, or copying).
+                if let Some(problem) = d.forward_problem(&leg.sub_c).await? {
+                    return Err(ControlError(format!(
+                        "cutover refused: {}{problem}; traffic stays on the source",
+                        leg.tag()
+                    )));
+                }
             }
+            legs.push(leg);
         }
         self.set_phase(
             actor,
@@ -1394,10 +1457,17 @@ impl Controller {
         // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
         // (it cannot come during the pause: the sessions are held). Then client sessions
         // that hold what cannot move: wait, then refuse or let them end.
-        let ready = match wait_no_prepared(d, &pub_c, from, drain_timeout).await {
-            Err(e) => Err(e.message),
-            Ok(()) => self.wait_unpinned(&traffic, to, drain_timeout).await,
-        };
+        let ready: Result<(), String> = async {
+            let started = Instant::now();
+            for leg in &legs {
+                let left = drain_timeout.saturating_sub(started.elapsed());
+                wait_no_prepared(&leg.d, &leg.pub_c, from, left)
+                    .await
+                    .map_err(|e| format!("{}{}", leg.tag(), e.message))?;
+            }
+            self.wait_unpinned(&traffic, to, drain_timeout).await
+        }
+        .await;
         if let Err(why) = ready {
             let why = format!(
                 "{what} not started: {why}; traffic stays on the {}",
@@ -1406,67 +1476,20 @@ impl Controller {
             let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
             return Err(ControlError(msg));
         }
-        // Before the pause: let the subscriber apply the publisher's current position, so the
-        // pause covers only what is written meanwhile. This also waits out an apply worker that
-        // has not started yet (the launcher starts at most one per wal_retrieve_retry_interval,
-        // 5 s by default, e.g. right after the previous switch created the subscription).
+        // Before the pause: let the subscribers apply the publishers' current positions, so
+        // the pause covers only what is written meanwhile. This also waits out an apply worker
+        // that has not started yet (the launcher starts at most one per
+        // wal_retrieve_retry_interval, 5 s by default, e.g. right after the previous switch
+        // created the subscription).
         self.journal
             .step(id, &key("precatchup"), StepStatus::Started, None, actor)
             .await?;
-        let pre: Result<String, DriverError> = async {
-            let x0 = d.current_lsn(&pub_c, from).await?;
-            let started = Instant::now();
-            let pause_lag = self.cfg.upgrade.pause_lag_bytes;
-            let mut reached = None;
-            let mut lag = None;
-            loop {
-                let a = d.applied(&pub_c, dir).await?;
-                if reached.is_none() && a.position().is_some_and(|p| p >= x0) {
-                    reached = Some(started.elapsed());
-                }
-                if let (Some(t), Some(p)) = (reached, a.position()) {
-                    // Then the pause starts only while the lag is small: the catch-up inside
-                    // it is only as long as applying that much.
-                    let behind = d.current_lsn(&pub_c, from).await?.saturating_sub(p);
-                    if behind <= pause_lag {
-                        return Ok(format!(
-                            "{} applied {} in {} ms; {behind} bytes behind at the pause (pause_lag_bytes {pause_lag}) after {} ms",
-                            to.as_str(),
-                            fmt_lsn(x0),
-                            t.as_millis(),
-                            started.elapsed().as_millis()
-                        ));
-                    }
-                    lag = Some(behind);
-                }
-                if started.elapsed() >= catchup_timeout {
-                    if let Some(behind) = lag {
-                        return Err(DriverError::new(format!(
-                            "the {} stayed more than [upgrade] pause_lag_bytes ({pause_lag}) behind the {} for {} ms (last {behind} bytes); \
-                             {what} not started, traffic stays on the {}; lower the write load or raise pause_lag_bytes",
-                            to.as_str(),
-                            from.as_str(),
-                            catchup_timeout.as_millis(),
-                            from.as_str()
-                        )));
-                    }
-                    let at = a.position();
-                    return Err(DriverError::new(format!(
-                        "the {} has not applied the {}'s position {} within {} ms (applied up to {}, {} bytes behind); \
-                         {what} not started, traffic stays on the {}; check replication (SHOW UPGRADE STATUS, the servers' logs)",
-                        to.as_str(),
-                        from.as_str(),
-                        fmt_lsn(x0),
-                        catchup_timeout.as_millis(),
-                        at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
-                        at.map(|p| x0.saturating_sub(p).to_string()).unwrap_or_else(|| "?".into()),
-                        from.as_str()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        .await;
+        let pre = futures_util::future::try_join_all(
+            legs.iter()
+                .map(|leg| self.precatchup(leg, dir, what, catchup_timeout)),
+        )
+        .await
+        .map(|v| v.join("; "));
         match pre {
             Ok(detail) => {
                 self.journal
@@ -1506,12 +1529,18 @@ impl Controller {
         self.journal
             .step(id, &key("drain"), StepStatus::Started, None, actor)
             .await?;
-        // Apply synchronously from now on, so the subscriber reports its position at once.
-        if let Err(e) = d.set_subscription_sync_commit(&sub_c, to, &sub, true).await {
-            let msg = self
-                .abandon_switch(dir, actor, prev_phase, &e.message)
-                .await;
-            return Err(ControlError(msg));
+        // Apply synchronously from now on, so the subscribers report their positions at once.
+        for leg in &legs {
+            if let Err(e) = leg
+                .d
+                .set_subscription_sync_commit(&leg.sub_c, to, &leg.sub, true)
+                .await
+            {
+                let msg = self
+                    .abandon_switch(dir, actor, prev_phase, &e.message)
+                    .await;
+                return Err(ControlError(msg));
+            }
         }
         let paused_at = Instant::now();
         laps.start(paused_at);
@@ -1529,7 +1558,11 @@ impl Controller {
                 });
             }
             // One prepared between the wait above and the pause: the next attempt waits for it.
-            let open = d.prepared_xacts(&pub_c, from).await.map_err(abandon)?;
+            let mut open = Vec::new();
+            for leg in &legs {
+                let gids = leg.d.prepared_xacts(&leg.pub_c, from).await.map_err(abandon)?;
+                open.extend(gids.into_iter().map(|g| format!("{}{g}", leg.tag())));
+            }
             if !open.is_empty() {
                 traffic.resume();
                 return Err(Abandon {
@@ -1548,61 +1581,68 @@ impl Controller {
                 .await?;
             laps.lap("journal");
 
-            // b. catch-up
-            let x = d.barrier_lsn(&pub_c, from).await.map_err(abandon)?;
-            let started = Instant::now();
-            loop {
-                let a = d.applied(&pub_c, dir).await.map_err(abandon)?;
-                if a.position().is_some_and(|p| p >= x) {
-                    break;
-                }
-                if started.elapsed() >= catchup_timeout {
-                    traffic.resume();
-                    let at = a.position();
-                    return Err(Abandon {
-                        reason: format!(
-                            "catch-up deadline passed after {} ms: the {} applied up to {}, the {} is at {} ({} bytes behind); \
-                             {what} abandoned, traffic stays on the {}",
-                            started.elapsed().as_millis(),
-                            to.as_str(),
-                            at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
-                            from.as_str(),
-                            fmt_lsn(x),
-                            at.map(|p| x.saturating_sub(p).to_string()).unwrap_or_else(|| "?".into()),
-                            from.as_str()
-                        ),
-                        resumed: true,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // b. catch-up: a barrier in every database, each waited for at once
+            let xs = futures_util::future::try_join_all(
+                legs.iter().map(|leg| catch_up(leg, dir, what, catchup_timeout)),
+            )
+            .await?;
             let caught = laps.lap("catch-up");
+            let applied: Vec<String> = legs
+                .iter()
+                .zip(&xs)
+                .map(|(leg, x)| format!("{}{}", leg.tag(), fmt_lsn(*x)))
+                .collect();
             self.transition(
                 id,
                 actor,
                 &key("catchup"),
-                format!("{} applied {} in {caught:.1} ms", to.as_str(), fmt_lsn(x)),
+                format!("{} applied {} in {caught:.1} ms", to.as_str(), applied.join(", ")),
                 &key("stop_apply"),
             )
             .await?;
             laps.lap("journal");
 
             // c. stop the running direction's apply
-            d.stop_subscription(&sub_c, to, &sub, Duration::from_secs(5)).await.map_err(abandon)?;
+            futures_util::future::try_join_all(legs.iter().map(|leg| async move {
+                leg.d
+                    .stop_subscription(&leg.sub_c, to, &leg.sub, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| leg.abandon(e))
+            }))
+            .await?;
             laps.lap("stop apply");
-            self.transition(id, actor, &key("stop_apply"), format!("subscription {sub} disabled"), &key("sequences"))
+            let subs: Vec<&str> = legs.iter().map(|l| l.sub.as_str()).collect();
+            self.transition(id, actor, &key("stop_apply"), format!("subscription {} disabled", subs.join(", ")), &key("sequences"))
                 .await?;
             laps.lap("journal");
 
             // d. sequences
-            let n = d.sync_sequences(&pub_c, from, &sub_c, to).await.map_err(abandon)?;
+            let ns = futures_util::future::try_join_all(legs.iter().map(|leg| async move {
+                leg.d
+                    .sync_sequences(&leg.pub_c, from, &leg.sub_c, to)
+                    .await
+                    .map_err(|e| leg.abandon(e))
+            }))
+            .await?;
+            let n: u64 = ns.iter().map(|n| *n as u64).sum();
             laps.lap("sequences");
             self.transition(id, actor, &key("sequences"), format!("{n} sequences set"), &key("slot")).await?;
             laps.lap("journal");
 
-            // e. the reverse slot, fresh
-            let lsn = d.recreate_slot(&sub_c, to, &new_slot).await.map_err(abandon)?;
+            // e. the reverse slots, fresh
+            let lsns = futures_util::future::try_join_all(legs.iter().map(|leg| async move {
+                leg.d
+                    .recreate_slot(&leg.sub_c, to, &leg.new_slot)
+                    .await
+                    .map_err(|e| leg.abandon(e))
+            }))
+            .await?;
             laps.lap("slot");
+            let slots: Vec<String> = legs
+                .iter()
+                .zip(&lsns)
+                .map(|(leg, lsn)| format!("slot {} created at {}", leg.new_slot, fmt_lsn(*lsn)))
+                .collect();
             // f. journal the swap (slot done + swap started + new side/epoch in one transaction) ...
             let _w = self.row_write.lock().await;
             let mut row = self.row();
@@ -1616,7 +1656,7 @@ impl Controller {
                 .transitions(
                     id,
                     vec![
-                        (key("slot"), StepStatus::Done, Some(format!("slot {new_slot} created at {}", fmt_lsn(lsn)))),
+                        (key("slot"), StepStatus::Done, Some(slots.join("; "))),
                         (key("swap"), StepStatus::Started, Some(format!("to {}, epoch {new_epoch}", to.as_str()))),
                     ],
                     Some(row.clone()),
@@ -1651,8 +1691,13 @@ impl Controller {
         lock(&self.inner).swapped_at = Some(Instant::now());
         let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
         let breakdown = laps.summary();
+        let dbs = if legs.len() > 1 {
+            format!(", {} databases", legs.len())
+        } else {
+            String::new()
+        };
         let swap_msg = format!(
-            "swapped to {}, epoch {new_epoch}: pause {pause_ms:.1} ms ({breakdown})",
+            "swapped to {}, epoch {new_epoch}{dbs}: pause {pause_ms:.1} ms ({breakdown})",
             to.as_str()
         );
         tracing::info!("{swap_msg}");
@@ -1667,13 +1712,79 @@ impl Controller {
             )
             .await;
         let _ = self.journal.event(actor, "swap", &swap_msg).await;
-        drop((pub_c, sub_c));
+        drop(legs);
 
         let fin = self.finish_switch(dir, actor).await?;
         Ok(format!(
-            "{what} done: traffic on the {} at epoch {new_epoch}; pause {pause_ms:.1} ms ({breakdown}); {fin}",
+            "{what} done: traffic on the {} at epoch {new_epoch}{dbs}; pause {pause_ms:.1} ms ({breakdown}); {fin}",
             to.as_str()
         ))
+    }
+
+    /// The precatchup of one database (module docs, "Cutover"): waits, at most `timeout`,
+    /// until the subscriber applied the publisher's current position and is at most
+    /// `[upgrade] pause_lag_bytes` behind. Returns what it saw.
+    async fn precatchup(
+        &self,
+        leg: &Leg,
+        dir: Direction,
+        what: &str,
+        catchup_timeout: Duration,
+    ) -> Result<String, DriverError> {
+        let (d, pub_c) = (&leg.d, &leg.pub_c);
+        let (from, to) = (dir.publisher(), dir.subscriber());
+        let tag = leg.tag();
+        let x0 = d.current_lsn(pub_c, from).await?;
+        let started = Instant::now();
+        let pause_lag = self.cfg.upgrade.pause_lag_bytes;
+        let mut reached = None;
+        let mut lag = None;
+        loop {
+            let a = d.applied(pub_c, dir).await?;
+            if reached.is_none() && a.position().is_some_and(|p| p >= x0) {
+                reached = Some(started.elapsed());
+            }
+            if let (Some(t), Some(p)) = (reached, a.position()) {
+                // Then the pause starts only while the lag is small: the catch-up inside
+                // it is only as long as applying that much.
+                let behind = d.current_lsn(pub_c, from).await?.saturating_sub(p);
+                if behind <= pause_lag {
+                    return Ok(format!(
+                        "{tag}{} applied {} in {} ms; {behind} bytes behind at the pause (pause_lag_bytes {pause_lag}) after {} ms",
+                        to.as_str(),
+                        fmt_lsn(x0),
+                        t.as_millis(),
+                        started.elapsed().as_millis()
+                    ));
+                }
+                lag = Some(behind);
+            }
+            if started.elapsed() >= catchup_timeout {
+                if let Some(behind) = lag {
+                    return Err(DriverError::new(format!(
+                        "{tag}the {} stayed more than [upgrade] pause_lag_bytes ({pause_lag}) behind the {} for {} ms (last {behind} bytes); \
+                         {what} not started, traffic stays on the {}; lower the write load or raise pause_lag_bytes",
+                        to.as_str(),
+                        from.as_str(),
+                        catchup_timeout.as_millis(),
+                        from.as_str()
+                    )));
+                }
+                let at = a.position();
+                return Err(DriverError::new(format!(
+                    "{tag}the {} has not applied the {}'s position {} within {} ms (applied up to {}, {} bytes behind); \
+                     {what} not started, traffic stays on the {}; check replication (SHOW UPGRADE STATUS, the servers' logs)",
+                    to.as_str(),
+                    from.as_str(),
+                    fmt_lsn(x0),
+                    catchup_timeout.as_millis(),
+                    at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
+                    at.map(|p| x0.saturating_sub(p).to_string()).unwrap_or_else(|| "?".into()),
+                    from.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn transition(
@@ -1772,35 +1883,37 @@ impl Controller {
         prev_phase: Phase,
         reason: &str,
     ) -> String {
-        let d = &self.driver;
         let to = dir.subscriber();
-        let sub = d.names().subscription(dir).to_string();
-        let new_slot = d.names().subscription(dir.reverse()).to_string();
         let mut msg = reason.to_string();
-        let cleanup: Result<(), DriverError> = async {
-            let c = d.connect(to).await?;
-            d.set_subscription_sync_commit(&c, to, &sub, false).await?;
-            d.enable_subscription(&c, to, &sub).await?;
-            // No subscription of the other direction exists before the swap: the slot is unused.
-            if d.subscription_state(
-                &d.connect(dir.publisher()).await?,
-                dir.publisher(),
-                &new_slot,
-            )
-            .await?
-            .is_none()
-            {
-                d.drop_slot(&c, to, &new_slot).await?;
+        for (i, d) in self.carried().iter().enumerate() {
+            let sub = d.names().subscription(dir).to_string();
+            let new_slot = d.names().subscription(dir.reverse()).to_string();
+            let cleanup: Result<(), DriverError> = async {
+                let c = d.connect(to).await?;
+                d.set_subscription_sync_commit(&c, to, &sub, false).await?;
+                d.enable_subscription(&c, to, &sub).await?;
+                // No subscription of the other direction exists before the swap: the slot is unused.
+                if d.subscription_state(
+                    &d.connect(dir.publisher()).await?,
+                    dir.publisher(),
+                    &new_slot,
+                )
+                .await?
+                .is_none()
+                {
+                    d.drop_slot(&c, to, &new_slot).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = cleanup {
-            msg.push_str(&format!(
-                "; cleanup incomplete ({}): subscription {sub} on the {} may still be disabled, retry the command",
-                e.message,
-                to.as_str()
-            ));
+            .await;
+            if let Err(e) = cleanup {
+                msg.push_str(&format!(
+                    "; cleanup incomplete ({}): {}subscription {sub} on the {} may still be disabled, retry the command",
+                    e.message,
+                    plan::db_tag(i, d),
+                    to.as_str()
+                ));
+            }
         }
         let row = self.row();
         let _ = self
@@ -1859,7 +1972,6 @@ impl Controller {
             .await?;
             return Ok(msg);
         }
-        let d = &self.driver;
         let (kp, done_phase, done_state) = match dir {
             // After a cutover the plan goes on (health checks, DetachOld...).
             Direction::Forward => ("cutover", Phase::CutOver, RUNNING),
@@ -1867,19 +1979,30 @@ impl Controller {
         };
         let new_dir = dir.reverse();
         let res: Result<(String, String), ControlError> = async {
-            let a = self
-                .step(actor, &format!("{kp}.new_sub"), || async {
-                    d.ensure_subscription_on_slot(new_dir)
-                        .await
-                        .map(|m| (m.clone(), m))
-                })
-                .await?;
-            let b = self
-                .step(actor, &format!("{kp}.drop_old_sub"), || async {
-                    d.drop_subscription(dir).await.map(|m| (m.clone(), m))
-                })
-                .await?;
-            Ok((a, b))
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for (i, d) in self.carried().iter().enumerate() {
+                let m = self
+                    .step(
+                        actor,
+                        &plan::db_key(&format!("{kp}.new_sub"), i, d),
+                        || async {
+                            d.ensure_subscription_on_slot(new_dir)
+                                .await
+                                .map(|m| (m.clone(), m))
+                        },
+                    )
+                    .await?;
+                a.push(plan::db_detail(i, d, &m));
+                let m = self
+                    .step(
+                        actor,
+                        &plan::db_key(&format!("{kp}.drop_old_sub"), i, d),
+                        || async { d.drop_subscription(dir).await.map(|m| (m.clone(), m)) },
+                    )
+                    .await?;
+                b.push(plan::db_detail(i, d, &m));
+            }
+            Ok((a.join("; "), b.join("; ")))
         }
         .await;
         match res {
@@ -1968,7 +2091,7 @@ impl Controller {
             g.current = None;
             g.post_watch = false;
         }
-        let d = &self.driver;
+        let drivers = self.carried();
         let local = crate::provider::Local::target(&self.cfg);
         let res: Result<Vec<String>, ControlError> = async {
             let mut done = Vec::new();
@@ -1981,13 +2104,13 @@ impl Controller {
                 .await
             } else if target_absent {
                 self.step(actor, "teardown", || async {
-                    d.teardown_source().await.map(|v| ((), v.join("; ")))
+                    teardown_all(&drivers, true).await.map(|v| ((), v))
                 })
                 .await
             } else {
                 let full = self
                     .step(actor, "teardown", || async {
-                        d.teardown().await.map(|v| ((), v.join("; ")))
+                        teardown_all(&drivers, false).await.map(|v| ((), v))
                     })
                     .await;
                 match (full, &local) {
@@ -1995,7 +2118,7 @@ impl Controller {
                     (Err(e), Some(_)) => {
                         tracing::warn!(error = %e, "teardown on both servers failed; cleaning the source, the provisioned target is deleted next");
                         self.step(actor, "teardown.source", || async {
-                            d.teardown_source().await.map(|v| ((), v.join("; ")))
+                            teardown_all(&drivers, true).await.map(|v| ((), v))
                         })
                         .await
                     }
@@ -2173,6 +2296,103 @@ impl Laps {
     }
 }
 
+/// One carried database's part of a switch: its driver and its connections to both sides.
+struct Leg {
+    /// Index in the carried set (0 = the primary database).
+    i: usize,
+    d: Logical,
+    pub_c: tokio_postgres::Client,
+    sub_c: tokio_postgres::Client,
+    /// The running direction's subscription.
+    sub: String,
+    /// The slot of the other direction, made fresh at the switch.
+    new_slot: String,
+}
+
+impl Leg {
+    /// `database <name>: ` for a non-primary database, for messages; empty for the primary.
+    fn tag(&self) -> String {
+        plan::db_tag(self.i, &self.d)
+    }
+
+    fn abandon(&self, e: DriverError) -> Abandon {
+        Abandon {
+            reason: format!("{}{}", self.tag(), e.message),
+            resumed: false,
+        }
+    }
+}
+
+/// Inside the pause: the barrier on the publisher (module docs, "The catch-up barrier") and
+/// the wait, at most `timeout`, until the subscriber applied it. Returns the barrier LSN.
+async fn catch_up(
+    leg: &Leg,
+    dir: Direction,
+    what: &str,
+    timeout: Duration,
+) -> Result<u64, Abandon> {
+    let (from, to) = (dir.publisher(), dir.subscriber());
+    let x = leg
+        .d
+        .barrier_lsn(&leg.pub_c, from)
+        .await
+        .map_err(|e| leg.abandon(e))?;
+    let started = Instant::now();
+    loop {
+        let a = leg
+            .d
+            .applied(&leg.pub_c, dir)
+            .await
+            .map_err(|e| leg.abandon(e))?;
+        if a.position().is_some_and(|p| p >= x) {
+            return Ok(x);
+        }
+        if started.elapsed() >= timeout {
+            let at = a.position();
+            return Err(Abandon {
+                reason: format!(
+                    "{}catch-up deadline passed after {} ms: the {} applied up to {}, the {} is at {} ({} bytes behind); \
+                     {what} abandoned, traffic stays on the {}",
+                    leg.tag(),
+                    started.elapsed().as_millis(),
+                    to.as_str(),
+                    at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
+                    from.as_str(),
+                    fmt_lsn(x),
+                    at.map(|p| x.saturating_sub(p).to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    from.as_str()
+                ),
+                resumed: false,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The larger of two optional values (`None` only when both are).
+fn max_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b > a { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Removes the replication objects of every carried database (`source_only`: on the source
+/// alone). What was removed, `; `-separated.
+async fn teardown_all(drivers: &[Logical], source_only: bool) -> Result<String, DriverError> {
+    let mut out = Vec::new();
+    for (i, d) in drivers.iter().enumerate() {
+        let v = if source_only {
+            d.teardown_source().await?
+        } else {
+            d.teardown().await?
+        };
+        out.extend(v.iter().map(|m| plan::db_detail(i, d, m)));
+    }
+    Ok(out.join("; "))
+}
+
 fn abandon(e: DriverError) -> Abandon {
     Abandon {
         reason: e.message,
@@ -2239,45 +2459,69 @@ pub(super) async fn drain(
 /// The lag collector: every `poll_interval_ms`, while a direction of replication should run,
 /// reads its lag on its publisher into the in-memory status. Ends when the controller is dropped.
 async fn collect(weak: Weak<Controller>) {
-    let mut clients: [Option<tokio_postgres::Client>; 2] = [None, None];
+    // Connections by (carried database, publisher side).
+    let mut clients: std::collections::HashMap<(String, Side), tokio_postgres::Client> =
+        std::collections::HashMap::new();
     let mut failures = 0u32;
     loop {
         let Some(this) = weak.upgrade() else { return };
         let interval = Duration::from_millis(this.cfg.upgrade.poll_interval_ms.max(10));
         let dir = Direction::parse(&this.row().direction);
         let lag = match dir {
-            None => None,
+            None => {
+                lock(&this.live).lag.clear();
+                None
+            }
             // The mirror driver: bytes recorded and not applied yet.
             Some(_) if this.capture.get().is_some() => this.capture_state().map(|st| Lag {
                 bytes: Some(i64::try_from(st.lag_bytes).unwrap_or(i64::MAX)),
                 seconds: None,
             }),
             Some(d) => {
+                // Every carried database; the upgrade's lag is the largest of theirs.
                 let side = d.publisher();
-                let i = match side {
-                    Side::Source => 0,
-                    Side::Target => 1,
-                };
-                if clients[i].as_ref().is_none_or(|c| c.is_closed()) {
-                    clients[i] = this.driver.connect(side).await.ok();
-                }
-                match clients[i].as_ref() {
-                    None => None,
-                    Some(c) => match this.driver.lag(c, d).await {
-                        Ok(l) => {
-                            failures = 0;
-                            l
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            if failures % 60 == 1 {
-                                tracing::warn!(error = %e.message, "lag collector");
+                let mut worst: Option<Lag> = None;
+                for drv in this.carried().iter() {
+                    let k = (drv.database(Side::Source).to_string(), side);
+                    if clients.get(&k).is_none_or(|c| c.is_closed()) {
+                        match drv.connect(side).await {
+                            Ok(c) => {
+                                clients.insert(k.clone(), c);
                             }
-                            clients[i] = None;
-                            None
+                            Err(_) => {
+                                clients.remove(&k);
+                            }
                         }
-                    },
+                    }
+                    let l = match clients.get(&k) {
+                        None => None,
+                        Some(c) => match drv.lag(c, d).await {
+                            Ok(l) => {
+                                failures = 0;
+                                l
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                if failures % 60 == 1 {
+                                    tracing::warn!(error = %e.message, database = %k.0, "lag collector");
+                                }
+                                clients.remove(&k);
+                                None
+                            }
+                        },
+                    };
+                    if let Some(l) = l {
+                        worst = Some(match worst {
+                            None => l,
+                            Some(w) => Lag {
+                                bytes: max_opt(w.bytes, l.bytes),
+                                seconds: max_opt(w.seconds, l.seconds),
+                            },
+                        });
+                    }
+                    lock(&this.live).lag.insert(k.0, l);
                 }
+                worst
             }
         };
         lock(&this.inner).lag = lag;

@@ -244,6 +244,20 @@ impl Journal {
         Ok((Journal { tx, path: shown }, current))
     }
 
+    /// The detail of step `key` of upgrade `upgrade_id` when it is done, read at once on a
+    /// connection of its own (for [`Controller::open`](crate::Controller::open), before any
+    /// runtime). `None` when absent, not done, or unreadable.
+    pub fn done_step_detail(&self, upgrade_id: i64, key: &str) -> Option<String> {
+        let conn = Connection::open(&self.path).ok()?;
+        conn.query_row(
+            "SELECT detail FROM steps WHERE upgrade_id = ?1 AND key = ?2 AND status = 'done'",
+            params![upgrade_id, key],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
+        .flatten()
+    }
+
     /// The file this journal writes.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(&self.path)

@@ -286,12 +286,24 @@ pub fn fmt_lsn(lsn: u64) -> String {
 
 const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
 
-/// The logical replication driver for one source/target pair.
+/// What the other databases carried by the same upgrade take from the same two servers, for
+/// the preflight's capacity checks: slots, WAL senders and workers are per instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Every slot (and subscription) name of the upgrade on both servers: not counted as
+    /// used by others.
+    pub slots: Vec<String>,
+    /// How many databases the upgrade carries (>= 1).
+    pub databases: usize,
+}
+
+/// The logical replication driver for one source/target pair of databases.
 #[derive(Clone)]
 pub struct Logical {
     source: ServerConfig,
     target: ServerConfig,
     names: Names,
+    instance: Instance,
     pg_dump: std::path::PathBuf,
     psql: std::path::PathBuf,
     copy_schema: bool,
@@ -302,10 +314,15 @@ pub struct Logical {
 impl Logical {
     /// A driver for the servers, names and tools of `cfg`.
     pub fn new(cfg: &Config) -> Logical {
+        let names = Names::new(&cfg.replication.object_prefix);
         Logical {
             source: cfg.source.clone(),
             target: cfg.target.clone(),
-            names: Names::new(&cfg.replication.object_prefix),
+            instance: Instance {
+                slots: vec![names.forward.clone(), names.reverse.clone()],
+                databases: 1,
+            },
+            names,
             pg_dump: cfg.replication.pg_dump.clone(),
             psql: cfg.replication.psql.clone(),
             copy_schema: cfg.replication.copy_schema,
@@ -323,6 +340,159 @@ impl Logical {
     /// Object names.
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// The same servers, tools and users for another pair of databases: `source_db` on the
+    /// source, `target_db` on the target, with its own object `names` (slot names are
+    /// per instance, so each database needs its own).
+    pub fn for_database(&self, source_db: &str, target_db: &str, names: Names) -> Logical {
+        let mut d = self.clone();
+        d.source.dbname = source_db.to_string();
+        d.target.dbname = target_db.to_string();
+        d.instance.slots = vec![names.forward.clone(), names.reverse.clone()];
+        d.names = names;
+        d
+    }
+
+    /// Tells the preflight what the upgrade's other databases take from the same servers.
+    pub fn set_instance(&mut self, instance: Instance) {
+        self.instance = instance;
+    }
+
+    /// The database this driver replicates on `side` (`[source] dbname`, `[target] dbname`
+    /// for the primary one).
+    pub fn database(&self, side: Side) -> &str {
+        &self.server(side).dbname
+    }
+
+    /// Whether source and target are the same host and port (two databases of one server).
+    pub fn same_server(&self) -> bool {
+        self.source.host == self.target.host && self.source.port == self.target.port
+    }
+
+    /// The source's databases an upgrade of the whole instance carries: every database that
+    /// accepts connections (`pg_database.datallowconn`), except templates and `rdsadmin`
+    /// (Amazon RDS's own), in name order (PostgreSQL docs, "pg_database").
+    pub async fn instance_databases(&self) -> Result<Vec<String>> {
+        let c = self.connect(Side::Source).await?;
+        let rows = c
+            .query(
+                "SELECT datname::text FROM pg_database
+                  WHERE NOT datistemplate AND datallowconn AND datname <> 'rdsadmin'
+                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: listing databases", self.label(Side::Source)),
+                    &e,
+                )
+            })?;
+        rows.iter().map(|r| r.col(0)).collect()
+    }
+
+    /// Which of `names` exist as databases on `side`.
+    pub async fn existing_databases(
+        &self,
+        side: Side,
+        names: &[String],
+    ) -> Result<HashSet<String>> {
+        let c = self.connect(side).await?;
+        let rows = c
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datname = ANY($1::text[])",
+                &[&names],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: listing databases", self.label(side)), &e))?;
+        rows.iter().map(|r| r.col(0)).collect()
+    }
+
+    /// Whether the target user may create databases (`rolcreatedb` or superuser).
+    pub async fn target_may_create_databases(&self) -> Result<bool> {
+        let c = self.connect(Side::Target).await?;
+        let r = c
+            .query_one(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: reading the role", self.label(Side::Target)),
+                    &e,
+                )
+            })?;
+        r.col(0)
+    }
+
+    /// Creates database `db` on the target unless it exists, like the source's: same encoding,
+    /// `LC_COLLATE` and `LC_CTYPE`, from `template0`, owned by the source database's owner
+    /// when that role exists on the target (PostgreSQL docs, "CREATE DATABASE"). Connects
+    /// through this driver's own databases (which must exist). Returns what was done.
+    pub async fn ensure_target_database(&self, db: &str) -> Result<String> {
+        let src = self.connect(Side::Source).await?;
+        let tgt = self.connect(Side::Target).await?;
+        let exists = tgt
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: looking for database {db}", self.label(Side::Target)),
+                    &e,
+                )
+            })?;
+        if exists.is_some() {
+            return Ok(format!("database {db} exists on the target"));
+        }
+        let r = src
+            .query_one(
+                "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, r.rolname::text
+                   FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
+                &[&db],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading database {db}", self.label(Side::Source)), &e))?;
+        let (encoding, collate, ctype, owner): (String, String, String, String) =
+            (r.col(0)?, r.col(1)?, r.col(2)?, r.col(3)?);
+        let owner_exists = tgt
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner])
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("{}: looking for role {owner}", self.label(Side::Target)),
+                    &e,
+                )
+            })?
+            .is_some();
+        let mut sql = format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(db),
+            quote_literal(&encoding),
+            quote_literal(&collate),
+            quote_literal(&ctype)
+        );
+        if owner_exists {
+            sql.push_str(&format!(" OWNER {}", quote_ident(&owner)));
+        }
+        tgt.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                &format!(
+                    "{}: CREATE DATABASE {db} (encoding {encoding}, LC_COLLATE {collate}, LC_CTYPE {ctype})",
+                    self.label(Side::Target)
+                ),
+                &e,
+            )
+        })?;
+        Ok(format!(
+            "database {db} created on the target (encoding {encoding}, LC_COLLATE {collate}, LC_CTYPE {ctype}{})",
+            if owner_exists {
+                format!(", owner {owner}")
+            } else {
+                format!(", owner the target user: role {owner} does not exist there")
+            }
+        ))
     }
 
     /// Whether the plan copies the schema (`replication.copy_schema`).
@@ -388,7 +558,7 @@ impl Logical {
     /// then taken as PostgreSQL's default, 2.
     pub async fn preflight_scope(&self, target: bool) -> Preflight {
         let mut out = Preflight::default();
-        let ours: Vec<String> = vec![self.names.forward.clone(), self.names.reverse.clone()];
+        let ours: Vec<String> = self.instance.slots.clone();
 
         let src = match self.connect(Side::Source).await {
             Ok(c) => Some(c),
@@ -684,13 +854,20 @@ impl Logical {
         }
         let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
             (r.col(1)?, r.col(3)?, r.col(2)?, r.col(4)?);
-        let need = 1 + sync_workers;
+        // One slot per carried database, and the table-sync workers of one subscription at a
+        // time (more run when there is room; the launcher retries the others).
+        let dbs = self.instance.databases.max(1) as i64;
+        let need = dbs + sync_workers;
         if max_slots - used_slots < need {
             out.failures.push(format!(
                 "source: max_replication_slots is {max_slots} with {used_slots} in use by others; pgshift needs {need} \
-                 (slot {} + {sync_workers} for the initial table copy, max_sync_workers_per_subscription on the target); \
+                 ({} + {sync_workers} for the initial table copy, max_sync_workers_per_subscription on the target); \
                  set max_replication_slots >= {} in postgresql.conf and restart",
-                self.names.forward,
+                if dbs == 1 {
+                    format!("slot {}", self.names.forward)
+                } else {
+                    format!("a slot for each of the {dbs} databases")
+                },
                 used_slots + need
             ));
         }
@@ -702,12 +879,11 @@ impl Logical {
             ));
         }
         let lrw: i64 = r.col(5)?;
-        if lrw < 1 {
-            out.failures.push(
-                "source: max_logical_replication_workers is 0; the reverse subscription (after cutover) needs 1; \
-                 set max_logical_replication_workers >= 1 in postgresql.conf and restart"
-                    .to_string(),
-            );
+        if lrw < dbs {
+            out.failures.push(format!(
+                "source: max_logical_replication_workers is {lrw}; the reverse subscriptions (after cutover) need {dbs}, one per database; \
+                 set max_logical_replication_workers >= {dbs} in postgresql.conf and restart"
+            ));
         }
         *sysid = Some((r.col(6)?, r.col(7)?));
         Ok(())
@@ -755,25 +931,30 @@ impl Logical {
         }
         let (max_slots, max_senders, used_slots, used_senders): (i64, i64, i64, i64) =
             (r.col(2)?, r.col(3)?, r.col(4)?, r.col(5)?);
-        if max_slots - used_slots < 1 {
+        let dbs = self.instance.databases.max(1) as i64;
+        if max_slots - used_slots < dbs {
             out.failures.push(format!(
-                "target: max_replication_slots is {max_slots} with {used_slots} in use; the reverse slot {} needs 1 more; \
+                "target: max_replication_slots is {max_slots} with {used_slots} in use; {} needs {dbs} more; \
                  raise max_replication_slots in postgresql.conf and restart",
-                self.names.reverse
+                if dbs == 1 {
+                    format!("the reverse slot {}", self.names.reverse)
+                } else {
+                    format!("a reverse slot for each of the {dbs} databases")
+                }
             ));
         }
-        if max_senders - used_senders < 1 {
+        if max_senders - used_senders < dbs {
             out.failures.push(format!(
-                "target: max_wal_senders is {max_senders} with {used_senders} in use; reverse replication needs 1 more; \
+                "target: max_wal_senders is {max_senders} with {used_senders} in use; reverse replication needs {dbs} more; \
                  raise max_wal_senders in postgresql.conf and restart"
             ));
         }
         let lrw: i64 = r.col(6)?;
-        if lrw < 1 + sync_workers {
+        if lrw < dbs + sync_workers {
             out.failures.push(format!(
-                "target: max_logical_replication_workers is {lrw}; the subscription needs {} (1 apply + {sync_workers} table sync workers); \
+                "target: max_logical_replication_workers is {lrw}; the subscriptions need {} ({dbs} apply + {sync_workers} table sync workers); \
                  raise it in postgresql.conf and restart",
-                1 + sync_workers
+                dbs + sync_workers
             ));
         }
         if let Some((sid, sdb)) = src_sysid {

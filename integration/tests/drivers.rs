@@ -84,8 +84,8 @@ fn roles_sql() -> String {
     )
 }
 
-/// The second database's one table, on both servers (it is not replicated: the same rows
-/// are created on each).
+/// The second database's one table, on the source only: the upgrade carries every database
+/// of the instance, so pgshift creates the database on the target and replicates the table.
 fn db2_sql() -> String {
     format!(
         "SET ROLE {APP_USER};
@@ -496,13 +496,16 @@ fn start_stack() -> Stack {
             &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
         )
         .expect("database");
-        s.psql(
+    }
+    source
+        .psql(
             "postgres",
             &format!("CREATE DATABASE {DB2} OWNER {APP_USER}"),
         )
         .expect("second database");
-        s.psql(DB2, &db2_sql()).expect("second database's table");
-    }
+    source
+        .psql(DB2, &db2_sql())
+        .expect("second database's table");
     let mut sql = rls_sql();
     for d in DRIVERS {
         for m in [Mode::Direct, Mode::Pgshift, Mode::Cutover] {

@@ -44,19 +44,26 @@ async fn kill_9_while_synchronising_then_restart_resumes_and_completes() {
             .unwrap(),
         "1"
     );
+    // Slots are per instance: one for each carried database (app and postgres).
     assert_eq!(
         stack
             .source
-            .psql("app", "SELECT count(*) FROM pg_replication_slots")
+            .psql(
+                "app",
+                "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots"
+            )
             .unwrap(),
-        "1"
+        "pgshift_fwd,pgshift_postgres_fwd"
     );
     assert_eq!(
         stack
             .target
-            .psql("app", "SELECT count(*) FROM pg_subscription")
+            .psql(
+                "app",
+                "SELECT string_agg(subname, ',' ORDER BY subname) FROM pg_subscription"
+            )
             .unwrap(),
-        "1"
+        "pgshift_fwd,pgshift_postgres_fwd"
     );
     // The copy is complete and the cutover works.
     let c = stack.app_client().await.unwrap();

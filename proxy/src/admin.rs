@@ -17,6 +17,7 @@ pub const COMMANDS: &[&str] = &[
     "PAUSE UPGRADE",
     "RESUME UPGRADE",
     "SHOW UPGRADE HISTORY",
+    "SHOW UPGRADE DATABASES",
     "SHOW CLIENTS",
     "SHOW SERVERS",
     "PAUSE",
@@ -123,6 +124,10 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
         let ok = match cmd.as_str() {
             "SHOW UPGRADE STATUS" => {
                 upgrade_status(proxy, out);
+                true
+            }
+            "SHOW UPGRADE DATABASES" => {
+                databases(proxy, out);
                 true
             }
             "SHOW CLIENTS" => {
@@ -528,6 +533,17 @@ fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
     msg::command_complete(out, "SHOW 1");
 }
 
+fn databases(proxy: &Proxy, out: &mut BytesMut) {
+    let rows = database_rows(proxy);
+    msg::row_description_text(out, &DatabaseRow::COLUMNS);
+    for r in &rows {
+        let vals = r.values();
+        let refs: Vec<Option<&str>> = vals.iter().map(|v| v.as_deref()).collect();
+        msg::data_row(out, &refs);
+    }
+    msg::command_complete(out, &format!("SHOW {}", rows.len()));
+}
+
 fn clients(proxy: &Proxy, out: &mut BytesMut) {
     let rows = client_rows(proxy);
     msg::row_description_text(out, &ClientRow::COLUMNS);
@@ -626,6 +642,85 @@ pub fn client_rows(proxy: &Proxy) -> Vec<ClientRow> {
             switches: s.switches.load(Relaxed),
             connected_at: rfc3339(s.connected_at),
             pinned: crate::session::pins::describe(s.pinned.load(Relaxed)),
+        })
+        .collect()
+}
+
+/// One row of `SHOW UPGRADE DATABASES` (and of `GET /databases`): a database the upgrade
+/// carries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatabaseRow {
+    /// Name on the source (what clients connect with).
+    pub database: String,
+    /// Name on the target.
+    pub target_database: String,
+    /// `[source] dbname`.
+    pub primary: bool,
+    /// Publication on the source.
+    pub publication: String,
+    /// Forward subscription on the target (and its slot on the source).
+    pub subscription: String,
+    /// Initial copy: tables synchronised, and tables of the subscription.
+    pub tables_ready: Option<u64>,
+    pub tables_total: Option<u64>,
+    /// Lag of the running direction, in bytes of WAL and seconds.
+    pub lag_bytes: Option<i64>,
+    pub lag_seconds: Option<f64>,
+    /// Client sessions connected to this database.
+    pub clients: usize,
+}
+
+impl DatabaseRow {
+    /// Column names, in the order of [`values`](Self::values).
+    pub const COLUMNS: [&'static str; 10] = [
+        "database",
+        "target_database",
+        "primary",
+        "publication",
+        "subscription",
+        "tables_ready",
+        "tables_total",
+        "lag_bytes",
+        "lag_seconds",
+        "clients",
+    ];
+
+    /// The row as text (NULL when unknown), in the order of [`COLUMNS`](Self::COLUMNS).
+    pub fn values(&self) -> [Option<String>; 10] {
+        [
+            Some(self.database.clone()),
+            Some(self.target_database.clone()),
+            Some(self.primary.to_string()),
+            Some(self.publication.clone()),
+            Some(self.subscription.clone()),
+            self.tables_ready.map(|v| v.to_string()),
+            self.tables_total.map(|v| v.to_string()),
+            self.lag_bytes.map(|v| v.to_string()),
+            self.lag_seconds.map(|v| format!("{v:.3}")),
+            Some(self.clients.to_string()),
+        ]
+    }
+}
+
+/// The databases the upgrade carries, the primary first: what `SHOW UPGRADE DATABASES` and
+/// `GET /databases` show.
+pub fn database_rows(proxy: &Proxy) -> Vec<DatabaseRow> {
+    let list = proxy.session_list();
+    proxy
+        .controller
+        .databases()
+        .into_iter()
+        .map(|d| DatabaseRow {
+            clients: list.iter().filter(|s| s.database == d.database).count(),
+            tables_ready: d.tables.map(|t| t.0),
+            tables_total: d.tables.map(|t| t.1),
+            lag_bytes: d.lag.and_then(|l| l.bytes),
+            lag_seconds: d.lag.and_then(|l| l.seconds),
+            database: d.database,
+            target_database: d.target_database,
+            primary: d.primary,
+            publication: d.publication,
+            subscription: d.subscription,
         })
         .collect()
 }

@@ -43,6 +43,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/clients", get(clients))
         .route("/servers", get(servers))
+        .route("/databases", get(databases))
         .route("/upgrade/start", post(start))
         .route("/upgrade/cutover", post(cutover))
         .route("/upgrade/rollback", post(rollback))
@@ -172,6 +173,10 @@ async fn clients(State(st): State<HttpState>) -> Json<Vec<admin::ClientRow>> {
 
 async fn servers(State(st): State<HttpState>) -> Json<Vec<admin::ServerRow>> {
     Json(admin::server_rows(&st.proxy))
+}
+
+async fn databases(State(st): State<HttpState>) -> Json<Vec<admin::DatabaseRow>> {
+    Json(admin::database_rows(&st.proxy))
 }
 
 #[derive(Debug, Clone, Copy)]

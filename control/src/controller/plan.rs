@@ -5,7 +5,7 @@
 use super::{lock, ControlError, Controller, Inner, Phase, DONE, ERROR, RUNNING, WAITING};
 use crate::health::cumulative;
 use crate::journal::StepStatus;
-use crate::logical::{Direction, DriverError};
+use crate::logical::{Direction, DriverError, Logical, SyncProgress};
 use crate::provider::Local;
 use crate::Side;
 use config::Config;
@@ -426,6 +426,9 @@ impl Controller {
                 self.run_step(actor, cancel, step, true, || async {
                     let (failures, notes) = self.validate().await;
                     if failures.is_empty() {
+                        self.journal_databases(actor)
+                            .await
+                            .map_err(StepFailure::from)?;
                         Ok(((), format!("passed: {}", notes.join("; "))))
                     } else {
                         let list: Vec<String> = failures
@@ -680,7 +683,11 @@ impl Controller {
                     let v = if self.mirror_driver() {
                         self.teardown_capture().await?
                     } else {
-                        d.teardown().await?
+                        let mut v = Vec::new();
+                        for (i, d) in self.carried().iter().enumerate() {
+                            v.extend(d.teardown().await?.into_iter().map(|m| db_detail(i, d, &m)));
+                        }
+                        v
                     };
                     Ok(((), v.join("; ")))
                 })
@@ -704,6 +711,16 @@ impl Controller {
                         parts.push(
                             crate::provider::final_dump(&cfg.replication.pg_dump, &cfg.source, path).await?,
                         );
+                        // The other carried databases: one file each, `<final_dump>.<database>`.
+                        for db in self.carried_databases().iter().skip(1) {
+                            let mut server = cfg.source.clone();
+                            server.dbname = db.clone();
+                            let mut p = path.clone().into_os_string();
+                            p.push(format!(".{db}"));
+                            parts.push(
+                                crate::provider::final_dump(&cfg.replication.pg_dump, &server, std::path::Path::new(&p)).await?,
+                            );
+                        }
                     }
                     match (cfg.upgrade.decommission_source, Local::source(&cfg)) {
                         (false, _) => parts.push(
@@ -1080,8 +1097,15 @@ impl Controller {
     pub(super) async fn validate(&self) -> (Vec<String>, Vec<String>) {
         let cfg = &self.cfg;
         let local = Local::target(cfg);
-        let pf = self.driver_preflight(self.driver.preflight_scope(local.is_none()).await);
-        let mut failures = pf.failures;
+        let mut failures = Vec::new();
+        match self.resolve_databases().await {
+            Ok(dbs) => self.carry(&dbs),
+            Err(e) => failures.push(e),
+        }
+        let pf = self
+            .preflight_carried(&self.carried(), local.is_none())
+            .await;
+        failures.extend(pf.failures);
         let mut notes = pf.notes;
         if let Some(l) = &local {
             let (f, n) = l.check_target(pf.source_major).await;
@@ -1121,13 +1145,12 @@ impl Controller {
         actor: &str,
         cancel: &Cancel,
     ) -> Result<((), String), StepFailure> {
-        let d = &self.driver;
-        let names = d.names().clone();
+        let drivers = self.carried();
         let mut done = Vec::new();
         if Local::target(&self.cfg).is_some() {
             let notes = self
                 .step(actor, "preflight", || async {
-                    let p = self.driver_preflight(d.preflight().await);
+                    let p = self.preflight_carried(&drivers, true).await;
                     if p.failures.is_empty() {
                         Ok((p.notes.clone(), format!("passed: {}", p.notes.join("; "))))
                     } else {
@@ -1150,7 +1173,20 @@ impl Controller {
                 notes.len()
             ));
         }
-        if d.copy_schema_enabled() {
+        // The other databases on the target, like the source's.
+        for d in drivers.iter().skip(1) {
+            let db = d.database(Side::Target).to_string();
+            let m = self
+                .step(actor, &format!("database@{db}"), || async {
+                    drivers[0]
+                        .ensure_target_database(&db)
+                        .await
+                        .map(|m| (m.clone(), m))
+                })
+                .await?;
+            done.push(m);
+        }
+        if drivers[0].copy_schema_enabled() {
             let r = self
                 .plan_save(
                     cancel,
@@ -1166,12 +1202,14 @@ impl Controller {
             if r.is_none() {
                 return Err(StepFailure::stopped());
             }
-            let m = self
-                .step(actor, "schema_copy", || async {
-                    d.copy_schema().await.map(|m| (m.clone(), m))
-                })
-                .await?;
-            done.push(m);
+            for (i, d) in drivers.iter().enumerate() {
+                let m = self
+                    .step(actor, &db_key("schema_copy", i, d), || async {
+                        d.copy_schema().await.map(|m| (m.clone(), m))
+                    })
+                    .await?;
+                done.push(db_detail(i, d, &m));
+            }
             let r = self
                 .plan_save(
                     cancel,
@@ -1197,42 +1235,45 @@ impl Controller {
             done.push(m);
             return Ok(((), done.join("; ")));
         }
-        self.step(actor, "publication", || async {
-            let created = d
-                .ensure_publication(Side::Source, &names.publication)
-                .await?;
-            Ok((
-                (),
-                format!(
-                    "publication {} on source {}",
-                    names.publication,
-                    if created { "created" } else { "exists" }
-                ),
-            ))
-        })
-        .await?;
-        self.step(actor, "reverse_publication", || async {
-            let created = d
-                .ensure_publication(Side::Target, &names.reverse_publication)
-                .await?;
-            Ok((
-                (),
-                format!(
-                    "publication {} on target {}",
-                    names.reverse_publication,
-                    if created { "created" } else { "exists" }
-                ),
-            ))
-        })
-        .await?;
-        let m = self
-            .step(actor, "subscription", || async {
-                d.ensure_forward_subscription()
-                    .await
-                    .map(|m| (m.clone(), m))
+        for (i, d) in drivers.iter().enumerate() {
+            let names = d.names().clone();
+            self.step(actor, &db_key("publication", i, d), || async {
+                let created = d
+                    .ensure_publication(Side::Source, &names.publication)
+                    .await?;
+                Ok((
+                    (),
+                    format!(
+                        "publication {} on source {}",
+                        names.publication,
+                        if created { "created" } else { "exists" }
+                    ),
+                ))
             })
             .await?;
-        done.push(m);
+            self.step(actor, &db_key("reverse_publication", i, d), || async {
+                let created = d
+                    .ensure_publication(Side::Target, &names.reverse_publication)
+                    .await?;
+                Ok((
+                    (),
+                    format!(
+                        "publication {} on target {}",
+                        names.reverse_publication,
+                        if created { "created" } else { "exists" }
+                    ),
+                ))
+            })
+            .await?;
+            let m = self
+                .step(actor, &db_key("subscription", i, d), || async {
+                    d.ensure_forward_subscription()
+                        .await
+                        .map(|m| (m.clone(), m))
+                })
+                .await?;
+            done.push(db_detail(i, d, &m));
+        }
         Ok(((), done.join("; ")))
     }
 
@@ -1240,11 +1281,12 @@ impl Controller {
     /// are logged and the wait goes on (the step's deadline bounds it); a heartbeat with the
     /// progress is journaled every 10 s.
     async fn wait_sync(&self, actor: &str) -> Result<(u64, String), DriverError> {
-        let d = &self.driver;
+        let drivers = self.carried();
         let id = self.row().id;
         let key = StepKind::WaitForSync.key();
         let interval = Duration::from_millis(self.cfg.upgrade.poll_interval_ms.max(10));
-        let mut client = None;
+        let mut clients: Vec<Option<tokio_postgres::Client>> =
+            drivers.iter().map(|_| None).collect();
         let mut last_ready = None;
         let mut failures = 0u32;
         let mut last_beat = Instant::now();
@@ -1257,70 +1299,130 @@ impl Controller {
                 let _ = self.journal.heartbeat(id, &key, detail).await;
                 last_beat = Instant::now();
             }
-            if client
-                .as_ref()
-                .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
-            {
-                client = match d.connect(Side::Target).await {
-                    Ok(c) => Some(c),
+            // Every database's progress, summed (pending tables named with their database).
+            let mut sum = SyncProgress {
+                ready: 0,
+                total: 0,
+                pending: Vec::new(),
+            };
+            let mut all = true;
+            for (i, d) in drivers.iter().enumerate() {
+                if clients[i]
+                    .as_ref()
+                    .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
+                {
+                    clients[i] = match d.connect(Side::Target).await {
+                        Ok(c) => Some(c),
+                        Err(e) if e.transient => {
+                            failures += 1;
+                            if failures % 20 == 1 {
+                                tracing::warn!(error = %e.message, "waiting for the initial copy: cannot reach the target; retrying");
+                            }
+                            all = false;
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+                let Some(c) = clients[i].as_ref() else {
+                    all = false;
+                    break;
+                };
+                match d.sync_progress(c).await {
+                    Ok(p) => {
+                        sum.ready += p.ready;
+                        sum.total += p.total;
+                        for t in &p.pending {
+                            if sum.pending.len() < 10 {
+                                sum.pending.push(if i == 0 {
+                                    t.clone()
+                                } else {
+                                    format!("{}: {t}", d.database(Side::Source))
+                                });
+                            }
+                        }
+                        lock(&self.live)
+                            .progress
+                            .insert(d.database(Side::Source).to_string(), p);
+                    }
                     Err(e) if e.transient => {
                         failures += 1;
                         if failures % 20 == 1 {
-                            tracing::warn!(error = %e.message, "waiting for the initial copy: cannot reach the target; retrying");
+                            tracing::warn!(error = %e.message, "waiting for the initial copy; retrying");
                         }
-                        tokio::time::sleep(interval).await;
-                        continue;
+                        clients[i] = None;
+                        all = false;
+                        break;
                     }
                     Err(e) => return Err(e),
-                };
+                }
             }
-            let Some(c) = client.as_ref() else { continue };
-            match d.sync_progress(c).await {
-                Ok(p) => {
-                    failures = 0;
-                    if last_ready != Some(p.ready) {
-                        let msg = if p.pending.is_empty() {
-                            format!("initial copy: {}/{} tables synchronised", p.ready, p.total)
-                        } else {
-                            format!(
-                                "initial copy: {}/{} tables synchronised; copying {}",
-                                p.ready,
-                                p.total,
-                                p.pending.join(", ")
-                            )
-                        };
-                        tracing::info!("{msg}");
-                        let _ = self.journal.event(actor, "info", &msg).await;
-                        last_ready = Some(p.ready);
-                    }
-                    let done = p.done();
-                    let (ready, total) = (p.ready, p.total);
-                    {
-                        let mut g = lock(&self.inner);
-                        g.progress = Some(p);
-                        let f = if total == 0 {
-                            1.0
-                        } else {
-                            ready as f64 / total as f64
-                        };
-                        g.current = Some((key.clone(), f));
-                    }
-                    if done {
-                        return Ok((total, format!("{ready}/{total} tables synchronised")));
-                    }
+            if all {
+                failures = 0;
+                let p = sum;
+                if last_ready != Some(p.ready) {
+                    let msg = if p.pending.is_empty() {
+                        format!("initial copy: {}/{} tables synchronised", p.ready, p.total)
+                    } else {
+                        format!(
+                            "initial copy: {}/{} tables synchronised; copying {}",
+                            p.ready,
+                            p.total,
+                            p.pending.join(", ")
+                        )
+                    };
+                    tracing::info!("{msg}");
+                    let _ = self.journal.event(actor, "info", &msg).await;
+                    last_ready = Some(p.ready);
                 }
-                Err(e) if e.transient => {
-                    failures += 1;
-                    if failures % 20 == 1 {
-                        tracing::warn!(error = %e.message, "waiting for the initial copy; retrying");
-                    }
-                    client = None;
+                let done = p.done();
+                let (ready, total) = (p.ready, p.total);
+                {
+                    let mut g = lock(&self.inner);
+                    g.progress = Some(p);
+                    let f = if total == 0 {
+                        1.0
+                    } else {
+                        ready as f64 / total as f64
+                    };
+                    g.current = Some((key.clone(), f));
                 }
-                Err(e) => return Err(e),
+                if done {
+                    let dbs = if drivers.len() > 1 {
+                        format!(" in {} databases", drivers.len())
+                    } else {
+                        String::new()
+                    };
+                    return Ok((total, format!("{ready}/{total} tables synchronised{dbs}")));
+                }
             }
             tokio::time::sleep(interval).await;
         }
     }
+}
+
+/// Journal key of sub-step `k` for the `i`-th carried database: `k` for the primary one,
+/// `k@<database>` for the others.
+pub(super) fn db_key(k: &str, i: usize, d: &Logical) -> String {
+    if i == 0 {
+        k.to_string()
+    } else {
+        format!("{k}@{}", d.database(Side::Source))
+    }
+}
+
+/// `database <name>: ` for a non-primary database, for messages; empty for the primary.
+pub(super) fn db_tag(i: usize, d: &Logical) -> String {
+    if i == 0 {
+        String::new()
+    } else {
+        format!("database {}: ", d.database(Side::Source))
+    }
+}
+
+/// `detail`, prefixed with `database <name>: ` for a non-primary database.
+pub(super) fn db_detail(i: usize, d: &Logical, detail: &str) -> String {
+    format!("{}{detail}", db_tag(i, d))
 }
 
 #[cfg(test)]
