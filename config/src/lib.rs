@@ -320,7 +320,8 @@ pub struct UpgradeConfig {
     /// DecommissionSource stops the source server (`pg_ctl stop`, needs `[source.provision]`).
     /// Never deletes data. Default false: the step records that it skipped.
     pub decommission_source: bool,
-    /// Where DecommissionSource writes a `pg_dump -Fc` of the source before stopping it.
+    /// Where DecommissionSource writes a `pg_dump -Fc` of the source before stopping it (each
+    /// other carried database to `<final_dump>.<database>`).
     /// Default none.
     pub final_dump: Option<PathBuf>,
     /// Days the upgrade history (steps, signals, errors) is kept in the journal. Default 90.

@@ -716,7 +716,7 @@ impl Controller {
                             let mut server = cfg.source.clone();
                             server.dbname = db.clone();
                             let mut p = path.clone().into_os_string();
-                            p.push(format!(".{db}"));
+                            p.push(format!(".{}", db.replace('/', "_")));
                             parts.push(
                                 crate::provider::final_dump(&cfg.replication.pg_dump, &server, std::path::Path::new(&p)).await?,
                             );
