@@ -175,18 +175,21 @@ async fn unattended_plan_13_to_17_with_local_provisioning() {
         t0.elapsed()
     );
     print_history(&ctl, 200).await;
-    for p in [
-        "provisioning",
-        "synchronizing",
-        "health_check",
-        "cut_over",
-        "done",
-    ] {
+    for p in ["provisioning", "health_check", "cut_over", "done"] {
         assert!(
             seen_phases.iter().any(|s| s == p),
             "phase {p} not seen in {seen_phases:?}"
         );
     }
+    // A one-table initial copy can be over within one 20 ms poll: the step's journal says it.
+    let steps = ctl.steps().await.unwrap();
+    assert!(
+        seen_phases.iter().any(|s| s == "synchronizing")
+            || steps
+                .iter()
+                .any(|s| s.key == "wait_for_sync" && s.status == control::journal::StepStatus::Done),
+        "no initial copy seen in {seen_phases:?}"
+    );
     assert_eq!(st.percent, 100);
     assert_eq!((st.source_weight, st.target_weight), (0, 100));
     assert_eq!(st.last_error, None);
