@@ -572,9 +572,7 @@ impl Controller {
     pub fn carries(&self, db: &str) -> bool {
         db == self.cfg.source.dbname
             || self
-                .carried
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+                .carried()
                 .iter()
                 .any(|d| d.database(Side::Source) == db)
     }
@@ -1136,18 +1134,17 @@ impl Controller {
     /// Runs the preflight checks now, without starting anything (for an admin `CHECK UPGRADE`).
     /// Every database the upgrade would carry is checked (see [`databases`]).
     pub async fn preflight(&self) -> Preflight {
-        match self.resolve_databases().await {
-            Ok(dbs) => {
-                let drivers =
-                    databases::drivers_for(&self.driver, &self.cfg.replication.object_prefix, &dbs);
-                self.preflight_carried(&drivers, true).await
-            }
-            Err(e) => {
-                let mut pf = self.driver_preflight(self.driver.preflight().await);
-                pf.failures.insert(0, e);
-                pf
-            }
+        let (dbs, refused) = match self.resolve_databases().await {
+            Ok(dbs) => (dbs, None),
+            Err(e) => (vec![self.cfg.source.dbname.clone()], Some(e)),
+        };
+        let drivers =
+            databases::drivers_for(&self.driver, &self.cfg.replication.object_prefix, &dbs);
+        let mut pf = self.preflight_carried(&drivers, true).await;
+        if let Some(e) = refused {
+            pf.failures.insert(0, e);
         }
+        pf
     }
 
     /// Waits until the plan is not running any more (done, waiting for INITIATE CUTOVER,
@@ -1387,6 +1384,10 @@ impl Controller {
         // statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
         // e.g. creating the slot waits for every transaction running on that server,
         // including ones opened outside pgshift.
+        let bound = format!(
+            "SET statement_timeout = {}",
+            self.cfg.upgrade.catchup_timeout_ms.max(1000)
+        );
         let mut legs = Vec::with_capacity(drivers.len());
         for (i, d) in drivers.iter().enumerate() {
             let leg = Leg {
@@ -1397,10 +1398,6 @@ impl Controller {
                 sub: d.names().subscription(dir).to_string(),
                 new_slot: d.names().subscription(dir.reverse()).to_string(),
             };
-            let bound = format!(
-                "SET statement_timeout = {}",
-                self.cfg.upgrade.catchup_timeout_ms.max(1000)
-            );
             for (c, side) in [(&leg.pub_c, from), (&leg.sub_c, to)] {
                 c.batch_execute(&bound).await.map_err(|e| {
                     crate::logical::pg_error(

@@ -681,15 +681,11 @@ impl Controller {
                     .await?;
                 self.run_step(actor, cancel, step, true, || async {
                     let v = if self.mirror_driver() {
-                        self.teardown_capture().await?
+                        self.teardown_capture().await?.join("; ")
                     } else {
-                        let mut v = Vec::new();
-                        for (i, d) in self.carried().iter().enumerate() {
-                            v.extend(d.teardown().await?.into_iter().map(|m| db_detail(i, d, &m)));
-                        }
-                        v
+                        super::teardown_all(&self.carried(), false).await?
                     };
-                    Ok(((), v.join("; ")))
+                    Ok(((), v))
                 })
                 .await?;
                 let saved = self
@@ -1236,35 +1232,28 @@ impl Controller {
             return Ok(((), done.join("; ")));
         }
         for (i, d) in drivers.iter().enumerate() {
-            let names = d.names().clone();
-            self.step(actor, &db_key("publication", i, d), || async {
-                let created = d
-                    .ensure_publication(Side::Source, &names.publication)
-                    .await?;
-                Ok((
-                    (),
-                    format!(
-                        "publication {} on source {}",
-                        names.publication,
-                        if created { "created" } else { "exists" }
-                    ),
-                ))
-            })
-            .await?;
-            self.step(actor, &db_key("reverse_publication", i, d), || async {
-                let created = d
-                    .ensure_publication(Side::Target, &names.reverse_publication)
-                    .await?;
-                Ok((
-                    (),
-                    format!(
-                        "publication {} on target {}",
-                        names.reverse_publication,
-                        if created { "created" } else { "exists" }
-                    ),
-                ))
-            })
-            .await?;
+            let names = d.names();
+            for (k, side, name) in [
+                ("publication", Side::Source, &names.publication),
+                (
+                    "reverse_publication",
+                    Side::Target,
+                    &names.reverse_publication,
+                ),
+            ] {
+                self.step(actor, &db_key(k, i, d), || async {
+                    let created = d.ensure_publication(side, name).await?;
+                    Ok((
+                        (),
+                        format!(
+                            "publication {name} on {} {}",
+                            side.as_str(),
+                            if created { "created" } else { "exists" }
+                        ),
+                    ))
+                })
+                .await?;
+            }
             let m = self
                 .step(actor, &db_key("subscription", i, d), || async {
                     d.ensure_forward_subscription()
@@ -1334,11 +1323,7 @@ impl Controller {
                         sum.total += p.total;
                         for t in &p.pending {
                             if sum.pending.len() < 10 {
-                                sum.pending.push(if i == 0 {
-                                    t.clone()
-                                } else {
-                                    format!("{}: {t}", d.database(Side::Source))
-                                });
+                                sum.pending.push(db_detail(i, d, t));
                             }
                         }
                         lock(&self.live)
