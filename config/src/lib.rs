@@ -90,6 +90,42 @@ pub struct ProxyConfig {
     pub connect_timeout_ms: u64,
     /// Timeout for a client to finish its startup and authentication, in ms. Default 15000.
     pub client_login_timeout_ms: u64,
+    /// `[proxy.tls]`: TLS to clients. Default: off (`SSLRequest` answered `N`).
+    pub tls: ClientTlsConfig,
+}
+
+/// How the proxy treats clients' TLS (`[proxy.tls] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// `SSLRequest` is answered `N`; direct TLS connections are closed.
+    #[default]
+    Disable,
+    /// TLS when the client asks for it (`SSLRequest` or PostgreSQL 17's direct TLS), plain
+    /// otherwise.
+    Allow,
+    /// Plain clients are refused with SQLSTATE 28000, as PostgreSQL refuses a connection that
+    /// only a `hostssl` line of `pg_hba.conf` would accept.
+    Require,
+}
+
+/// `[proxy.tls]`: TLS between clients and pgshift (PostgreSQL docs 19.9 "Secure TCP/IP
+/// Connections with SSL", 53.2.10 "SSL Session Encryption"). Certificate and key are read at
+/// start-up and again on SIGHUP; a bad file on reload keeps the previous ones.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTlsConfig {
+    /// `disable` (default), `allow` or `require`. `allow` and `require` need `cert` and `key`.
+    pub mode: ClientTlsMode,
+    /// PEM file with the server certificate, then any intermediate certificates.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1); keep it 0600.
+    pub key: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign client certificates. When set, every client
+    /// must present a certificate signed by one of them whose Common Name is the user name it
+    /// logs in as (PostgreSQL's `clientcert=verify-full`), in addition to its password
+    /// method; needs `mode = "require"`.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -101,6 +137,7 @@ impl Default for ProxyConfig {
             max_message_bytes: 256 * 1024 * 1024,
             connect_timeout_ms: 5000,
             client_login_timeout_ms: 15000,
+            tls: ClientTlsConfig::default(),
         }
     }
 }
@@ -171,11 +208,95 @@ pub struct ServerConfig {
     /// (subscriptions are made from it). Default: built from host, port, dbname, user, password.
     #[serde(default)]
     pub replication_conninfo: Option<String>,
+    /// TLS to this server, as libpq's `sslmode` (PostgreSQL docs 34.19 "SSL Support"):
+    /// `disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`. Used by every
+    /// connection pgshift makes to it: sessions' backends, the control plane, the mirror
+    /// workers and applier, `pg_dump`/`psql`, and the default `replication_conninfo`.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA certificates that sign the server's certificate. Needed by
+    /// `verify-ca` and `verify-full`; with `require` it makes the mode `verify-ca`, as libpq.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM client certificate to present to the server (with `sslkey`). Default none.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// PEM private key of `sslcert`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
+    /// Authentication methods pgshift accepts when this server asks for one, as libpq's
+    /// `require_auth`: `scram-sha-256`, `md5`, `password` (cleartext, and only over TLS),
+    /// `none` (the server asks for nothing). Default `["scram-sha-256"]`: a server that asks
+    /// for anything else is refused before any password is sent.
+    #[serde(default = "default_server_auth")]
+    pub auth: Vec<ServerAuth>,
     /// `[target.provision]`: pgshift makes this server (initdb, pg_ctl) before the upgrade.
     /// `[source.provision]`: where the source's data directory and binaries are, so that
     /// DecommissionSource can stop it. Default none.
     #[serde(default)]
     pub provision: Option<ProvisionConfig>,
+}
+
+/// libpq's `sslmode` (PostgreSQL docs 34.19.1, table 34.1 "SSL Mode Descriptions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server has it, plain TCP when it answers `N`; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or fail; the certificate is not checked (unless `sslrootcert` is given: verify-ca).
+    Require,
+    /// TLS, certificate signed by `sslrootcert`.
+    VerifyCa,
+    /// TLS, certificate signed by `sslrootcert` and naming the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq keyword: `disable`, `prefer`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// An authentication method a server may ask for (`[source] auth`), as libpq's
+/// `require_auth` names them (PostgreSQL docs 34.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerAuth {
+    /// SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 password hash.
+    Md5,
+    /// Cleartext password; accepted only over TLS.
+    Password,
+    /// No authentication (`trust`).
+    None,
+}
+
+impl ServerAuth {
+    /// The `require_auth` keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerAuth::ScramSha256 => "scram-sha-256",
+            ServerAuth::Md5 => "md5",
+            ServerAuth::Password => "password",
+            ServerAuth::None => "none",
+        }
+    }
+}
+
+fn default_server_auth() -> Vec<ServerAuth> {
+    vec![ServerAuth::ScramSha256]
 }
 
 /// Server providers (TOML: lower-case name).
@@ -681,7 +802,34 @@ impl ServerConfig {
         if let Some(p) = &self.password {
             s.push_str(&format!(" password={}", q(p)));
         }
+        s.push_str(&format!(" sslmode={}", self.sslmode.as_str()));
+        for (k, v) in [
+            ("sslrootcert", &self.sslrootcert),
+            ("sslcert", &self.sslcert),
+            ("sslkey", &self.sslkey),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!(" {k}={}", q(&v.to_string_lossy())));
+            }
+        }
         s
+    }
+
+    /// libpq's environment for `pg_dump`/`psql` run against this server (PostgreSQL docs
+    /// 34.15 "Environment Variables"): `PGSSLMODE`, and `PGSSLROOTCERT`, `PGSSLCERT`,
+    /// `PGSSLKEY` when set. No password: that goes in `PGPASSWORD` by the caller.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("PGSSLMODE", self.sslmode.as_str().to_string())];
+        for (k, v) in [
+            ("PGSSLROOTCERT", &self.sslrootcert),
+            ("PGSSLCERT", &self.sslcert),
+            ("PGSSLKEY", &self.sslkey),
+        ] {
+            if let Some(v) = v {
+                env.push((k, v.to_string_lossy().into_owned()));
+            }
+        }
+        env
     }
 
     /// The conninfo the other server uses to reach this one for replication
@@ -717,6 +865,11 @@ impl fmt::Debug for ServerConfig {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &masked(&self.password))
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("auth", &self.auth)
             .field(
                 "replication_conninfo",
                 &self.replication_conninfo.as_deref().map(redact_conninfo),

@@ -101,6 +101,8 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         p.client_login_timeout_ms,
     );
 
+    check_client_tls(&mut f, &p.tls);
+
     // [journal]
     if cfg.journal.path.as_os_str().is_empty() {
         f.add(at("journal").key("path"), "must not be empty");
@@ -251,6 +253,7 @@ fn positive(f: &mut Findings, section: &'static str, key: &'static str, value: u
 }
 
 fn check_server(f: &mut Findings, side: &'static str, s: &ServerConfig) {
+    check_server_tls(f, side, s);
     if s.host.trim().is_empty() {
         f.add(at(side).key("host"), "must not be empty");
     }
@@ -271,6 +274,106 @@ fn check_server(f: &mut Findings, side: &'static str, s: &ServerConfig) {
             at(side).key("replication_conninfo"),
             "must not be empty; omit it to build one from host, port, dbname, user and password",
         );
+    }
+}
+
+/// `[proxy.tls]`: what each mode needs.
+fn check_client_tls(f: &mut Findings, t: &crate::ClientTlsConfig) {
+    use crate::ClientTlsMode;
+    let path = || at("proxy").key("tls");
+    let on = t.mode != ClientTlsMode::Disable;
+    if on {
+        if t.cert.is_none() {
+            f.add(
+                path().key("cert"),
+                format!(
+                    "is required with mode = \"{}\": the PEM certificate file clients are shown",
+                    mode_name(t.mode)
+                ),
+            );
+        }
+        if t.key.is_none() {
+            f.add(
+                path().key("key"),
+                format!(
+                    "is required with mode = \"{}\": the PEM private key of cert",
+                    mode_name(t.mode)
+                ),
+            );
+        }
+    } else if t.cert.is_some() || t.key.is_some() || t.client_ca.is_some() {
+        f.add(
+            path().key("mode"),
+            "is \"disable\" (the default) while cert, key or client_ca is set: set mode = \"allow\" or \"require\", or remove them",
+        );
+    }
+    if t.client_ca.is_some() && t.mode == ClientTlsMode::Allow {
+        f.add(
+            path().key("client_ca"),
+            "needs mode = \"require\": client certificates cannot be checked on plain connections",
+        );
+    }
+    for (k, v) in [
+        ("cert", &t.cert),
+        ("key", &t.key),
+        ("client_ca", &t.client_ca),
+    ] {
+        if v.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            f.add(path().key(k), "must not be empty");
+        }
+    }
+}
+
+fn mode_name(m: crate::ClientTlsMode) -> &'static str {
+    match m {
+        crate::ClientTlsMode::Disable => "disable",
+        crate::ClientTlsMode::Allow => "allow",
+        crate::ClientTlsMode::Require => "require",
+    }
+}
+
+/// `[source]`/`[target]` sslmode, certificates and accepted authentication methods.
+fn check_server_tls(f: &mut Findings, side: &'static str, s: &ServerConfig) {
+    use crate::SslMode;
+    if matches!(s.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && s.sslrootcert.is_none() {
+        f.add(
+            at(side).key("sslrootcert"),
+            format!(
+                "is required with sslmode = \"{}\": the PEM file of the CA that signs the server's certificate",
+                s.sslmode.as_str()
+            ),
+        );
+    }
+    if s.sslmode == SslMode::Disable && (s.sslrootcert.is_some() || s.sslcert.is_some()) {
+        f.add(
+            at(side).key("sslmode"),
+            "is \"disable\" while sslrootcert or sslcert is set: remove them or choose another sslmode",
+        );
+    }
+    if s.sslcert.is_some() != s.sslkey.is_some() {
+        let k = if s.sslcert.is_some() {
+            "sslkey"
+        } else {
+            "sslcert"
+        };
+        f.add(
+            at(side).key(k),
+            "sslcert and sslkey go together: set both or neither",
+        );
+    }
+    if s.auth.is_empty() {
+        f.add(
+            at(side).key("auth"),
+            "must list at least one method: scram-sha-256, md5, password or none",
+        );
+    }
+    for (i, a) in s.auth.iter().enumerate() {
+        if s.auth[..i].contains(a) {
+            f.add(
+                at(side).key("auth").index(i),
+                format!("\"{}\" is listed twice", a.as_str()),
+            );
+        }
     }
 }
 

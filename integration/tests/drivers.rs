@@ -521,7 +521,11 @@ fn start_stack() -> Stack {
          [[users]]\nname = \"{MD5_USER}\"\npassword = \"{MD5_PASSWORD}\"\nauth = \"md5\"\n\n\
          [[users]]\nname = \"{SUPER_USER}\"\npassword = \"{SUPER_PASSWORD}\"\n"
     );
-    let config = stack_config(&source, &target, free_port(), &extra);
+    // The MD5 user's server logins are MD5: pgshift accepts that only when `auth` lists it.
+    let allow_md5 = "auth = [\"scram-sha-256\", \"md5\"]\n";
+    let config = stack_config(&source, &target, free_port(), &extra)
+        .replacen("[source]\n", &format!("[source]\n{allow_md5}"), 1)
+        .replacen("[target]\n", &format!("[target]\n{allow_md5}"), 1);
     let pgshift = Pgshift::start(&config).expect("pgshift");
     Stack {
         source,

@@ -6,6 +6,7 @@ use crate::routing::BackendAddr;
 use crate::server::{Proxy, UserEntry};
 use crate::session::End;
 use bytes::BytesMut;
+use config::ServerAuth;
 use control::Side;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -31,6 +32,10 @@ pub enum BackendError {
     Refused { addr: String, fields: ErrorFields },
     #[error("server {addr}: {why}")]
     Protocol { addr: String, why: String },
+    /// The server asked for an authentication method `auth` does not allow, or skipped a
+    /// step that proves it knows the password (no downgrade: nothing was sent).
+    #[error("server {addr}: {why}")]
+    AuthPolicy { addr: String, why: String },
 }
 
 impl BackendError {
@@ -41,6 +46,7 @@ impl BackendError {
                 fields.sqlstate.clone()
             }
             BackendError::Protocol { .. } => "08P01".into(),
+            BackendError::AuthPolicy { .. } => "28000".into(),
             _ => "08001".into(),
         }
     }
@@ -54,6 +60,14 @@ pub struct BackendConn {
     pub secret: i32,
     /// ParameterStatus values the server reported at start-up, in order.
     pub params: Vec<(String, String)>,
+}
+
+/// `auth`'s methods, for messages: `scram-sha-256, md5`.
+fn allowed(auth: &[ServerAuth]) -> String {
+    auth.iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Connect to `addr`, log in as `user`, open `addr.dbname` with the client's other startup
@@ -107,63 +121,117 @@ async fn connect_inner(
 
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ScramClient> = None;
+    // An authentication request was seen (AuthenticationOk alone means trust).
+    let mut asked = false;
+    let tls_in_use = false;
+    let policy = |why: String| BackendError::AuthPolicy {
+        addr: a.to_string(),
+        why,
+    };
     let mut conn_params = Vec::new();
     let mut key = (0, 0);
     loop {
         let (tag, body) = read_frame(&mut stream, &mut buf, a).await?;
         match tag {
-            msg::AUTHENTICATION => match msg::parse_auth(&body).map_err(|e| proto(e.to_string()))? {
-                AuthRequest::Ok => {}
-                AuthRequest::Cleartext => {
-                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
-                    msg::password_message(&mut out, pw);
-                    write(&mut stream, &mut out, a).await?;
-                }
-                AuthRequest::Md5 { salt } => {
-                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
-                    msg::password_message(&mut out, &md5_password(user, pw, salt));
-                    write(&mut stream, &mut out, a).await?;
-                }
-                AuthRequest::Sasl { mechanisms } => {
-                    if !mechanisms.contains(&SCRAM_SHA_256) {
-                        return Err(proto(format!("server offers SASL mechanisms {mechanisms:?}; pgshift supports SCRAM-SHA-256")));
+            msg::AUTHENTICATION => {
+                let req = msg::parse_auth(&body).map_err(|e| proto(e.to_string()))?;
+                #[allow(clippy::result_large_err)] // built once per login, not on the hot path
+                let need = |method: ServerAuth, what: &str| -> Result<(), BackendError> {
+                    if addr.auth.contains(&method) {
+                        return Ok(());
                     }
-                    let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
-                    let mut c = ScramClient::new(pw);
-                    let first = c.client_first();
-                    msg::sasl_initial_response(&mut out, SCRAM_SHA_256, &first);
-                    write(&mut stream, &mut out, a).await?;
-                    scram = Some(c);
+                    Err(policy(format!(
+                        "the server asks for {what} for user \"{user}\", which its `auth` setting does not allow ({}): nothing was sent; list \"{}\" in `auth` of [source] or [target] to accept it",
+                        allowed(&addr.auth),
+                        method.as_str()
+                    )))
+                };
+                match req {
+                    AuthRequest::Ok => {
+                        if let Some(c) = &scram {
+                            if !c.is_verified() {
+                                return Err(policy("the server sent AuthenticationOk before proving it knows the password (no SCRAM server signature): refused".into()));
+                            }
+                        } else if !asked {
+                            need(ServerAuth::None, "no authentication (trust)")?;
+                        }
+                    }
+                    AuthRequest::Cleartext => {
+                        asked = true;
+                        need(ServerAuth::Password, "a cleartext password")?;
+                        if !tls_in_use {
+                            return Err(policy(format!("the server asks for a cleartext password for user \"{user}\" on a connection without TLS: pgshift sends cleartext passwords only over TLS")));
+                        }
+                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        msg::password_message(&mut out, pw);
+                        write(&mut stream, &mut out, a).await?;
+                    }
+                    AuthRequest::Md5 { salt } => {
+                        asked = true;
+                        need(ServerAuth::Md5, "MD5 password authentication")?;
+                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        msg::password_message(&mut out, &md5_password(user, pw, salt));
+                        write(&mut stream, &mut out, a).await?;
+                    }
+                    AuthRequest::Sasl { mechanisms } => {
+                        asked = true;
+                        need(ServerAuth::ScramSha256, "SCRAM-SHA-256 authentication")?;
+                        if !mechanisms.contains(&SCRAM_SHA_256) {
+                            return Err(proto(format!("server offers SASL mechanisms {mechanisms:?}; pgshift supports SCRAM-SHA-256")));
+                        }
+                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        let mut c = ScramClient::new(pw);
+                        let first = c.client_first();
+                        msg::sasl_initial_response(&mut out, SCRAM_SHA_256, &first);
+                        write(&mut stream, &mut out, a).await?;
+                        scram = Some(c);
+                    }
+                    AuthRequest::SaslContinue { data } => {
+                        let c = scram.as_mut().ok_or_else(|| proto("SASLContinue before SASL".into()))?;
+                        let fin = c.server_first(data).map_err(|e| proto(format!("SCRAM: {e}")))?;
+                        msg::sasl_response(&mut out, &fin);
+                        write(&mut stream, &mut out, a).await?;
+                    }
+                    AuthRequest::SaslFinal { data } => {
+                        let c = scram.as_mut().ok_or_else(|| proto("SASLFinal before SASL".into()))?;
+                        c.server_final(data).map_err(|e| policy(format!("SCRAM: {e}: the server could not prove it knows the password of user \"{user}\"")))?;
+                    }
+                    AuthRequest::Other(code) => return Err(proto(format!("unsupported authentication request {code} (pgshift supports trust, password, md5, SCRAM-SHA-256)"))),
                 }
-                AuthRequest::SaslContinue { data } => {
-                    let c = scram.as_mut().ok_or_else(|| proto("SASLContinue before SASL".into()))?;
-                    let fin = c.server_first(data).map_err(|e| proto(format!("SCRAM: {e}")))?;
-                    msg::sasl_response(&mut out, &fin);
-                    write(&mut stream, &mut out, a).await?;
-                }
-                AuthRequest::SaslFinal { data } => {
-                    let c = scram.as_mut().ok_or_else(|| proto("SASLFinal before SASL".into()))?;
-                    c.server_final(data).map_err(|e| proto(format!("SCRAM: {e}")))?;
-                }
-                AuthRequest::Other(code) => return Err(proto(format!("unsupported authentication request {code} (pgshift supports trust, password, md5, SCRAM-SHA-256)"))),
-            },
+            }
             msg::ERROR_RESPONSE => {
                 let fields = msg::parse_error(&body).map_err(|e| proto(e.to_string()))?;
-                return Err(BackendError::Refused { addr: a.to_string(), fields });
+                return Err(BackendError::Refused {
+                    addr: a.to_string(),
+                    fields,
+                });
             }
             msg::PARAMETER_STATUS => {
-                let (k, v) = msg::parse_parameter_status(&body).map_err(|e| proto(e.to_string()))?;
+                let (k, v) =
+                    msg::parse_parameter_status(&body).map_err(|e| proto(e.to_string()))?;
                 conn_params.push((k.to_string(), v.to_string()));
             }
-            msg::BACKEND_KEY_DATA => key = msg::parse_backend_key_data(&body).map_err(|e| proto(e.to_string()))?,
+            msg::BACKEND_KEY_DATA => {
+                key = msg::parse_backend_key_data(&body).map_err(|e| proto(e.to_string()))?
+            }
             msg::READY_FOR_QUERY => {
                 if !buf.is_empty() {
                     return Err(proto("unexpected data after ReadyForQuery".into()));
                 }
-                return Ok(BackendConn { stream, pid: key.0, secret: key.1, params: conn_params });
+                return Ok(BackendConn {
+                    stream,
+                    pid: key.0,
+                    secret: key.1,
+                    params: conn_params,
+                });
             }
             msg::NOTICE_RESPONSE | msg::NEGOTIATE_PROTOCOL_VERSION => {}
-            other => return Err(proto(format!("unexpected message '{}' during start-up", other as char))),
+            other => {
+                return Err(proto(format!(
+                    "unexpected message '{}' during start-up",
+                    other as char
+                )))
+            }
         }
     }
 }

@@ -340,13 +340,20 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     if let Some(c) = &capture {
         controller.set_capture(c.clone());
     }
+    let acceptor =
+        tls::Acceptor::new(&cfg.proxy.tls).map_err(|e| anyhow::anyhow!("[proxy.tls]: {e}"))?;
     let proxy = server::Proxy::new(
         cfg.clone(),
         router.clone(),
         controller.clone(),
         mirror,
         capture,
+        acceptor,
     );
+    if proxy.tls.is_some() {
+        tracing::info!(mode = ?cfg.proxy.tls.mode, client_ca = cfg.proxy.tls.client_ca.is_some(), "TLS to clients is on");
+        spawn_tls_reload(proxy.clone());
+    }
     {
         // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
         let r = router.clone();
@@ -370,6 +377,31 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             Ok(())
         }
     }
+}
+
+/// On SIGHUP, reads `[proxy.tls]`'s certificate, key and client CA again: new handshakes
+/// use them, open sessions keep theirs. A file that does not load keeps the previous set-up.
+fn spawn_tls_reload(proxy: Arc<server::Proxy>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: TLS certificates are not reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Some(t) = &proxy.tls {
+                match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS reload failed, the previous certificate stays in use: {e}"
+                    ),
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

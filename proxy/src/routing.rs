@@ -14,6 +14,8 @@ pub struct BackendAddr {
     pub host: String,
     pub port: u16,
     pub dbname: String,
+    /// Authentication methods accepted from this server (`[source] auth`).
+    pub auth: Vec<config::ServerAuth>,
 }
 
 impl BackendAddr {
@@ -22,6 +24,7 @@ impl BackendAddr {
             host: c.host.clone(),
             port: c.port,
             dbname: c.dbname.clone(),
+            auth: c.auth.clone(),
         }
     }
 }
@@ -326,6 +329,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             dbname: "app".into(),
+            auth: vec![config::ServerAuth::ScramSha256],
         };
         Router::new(Side::Source, 1, a(), a())
     }

@@ -74,6 +74,8 @@ pub struct Proxy {
     pub users: HashMap<String, Arc<UserEntry>>,
     /// Verifier of a random password, for unknown users (so that their exchange looks like a wrong password's).
     pub mock_verifier: ScramVerifier,
+    /// `[proxy.tls]`: the TLS set-up offered to clients, `None` when disabled.
+    pub tls: Option<tls::Acceptor>,
     pub router: Arc<Router>,
     pub controller: Arc<Controller>,
     /// Runtime of the control plane: admin commands run there, not on the I/O threads.
@@ -97,6 +99,7 @@ impl Proxy {
         controller: Arc<Controller>,
         mirror: Option<Arc<crate::mirror::Mirror>>,
         capture: Option<Arc<crate::capture::Engine>>,
+        tls: Option<tls::Acceptor>,
     ) -> Arc<Proxy> {
         let users = cfg
             .users
@@ -130,6 +133,7 @@ impl Proxy {
             next_pid: AtomicI32::new(std::process::id() as i32 % 1000 * 10000 + 1),
             mirror,
             capture,
+            tls,
         })
     }
 

@@ -22,11 +22,12 @@
 //!
 //! # Channel binding
 //!
-//! Channel binding (`SCRAM-SHA-256-PLUS`, gs2 flag `p=`) is not supported.
-//! The server side accepts gs2 flags `n` (client does not support channel
-//! binding) and `y` (client supports it but believes the server does not);
-//! accepting `y` is correct because pgshift never advertises
-//! `SCRAM-SHA-256-PLUS`. The client side always sends `n`.
+//! The server side supports `SCRAM-SHA-256-PLUS` with `tls-server-end-point`
+//! (RFC 5929 section 4.1; PostgreSQL docs 53.3.1) when it is given the
+//! binding data of its TLS certificate ([`ScramServer::with_channel_binding`]).
+//! It then refuses gs2 flag `y` (the client supports channel binding but
+//! thinks the server does not: a downgrade), as PostgreSQL does. Without TLS
+//! it accepts `n` and `y` and refuses `p=`. The client side always sends `n`.
 //!
 //! # SASLprep limitation
 //!
@@ -57,6 +58,12 @@ use sha2::Sha256;
 /// Name of the only SASL mechanism supported, as sent in
 /// `AuthenticationSASL` and `SASLInitialResponse`.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// The channel-binding variant, offered over TLS (PostgreSQL docs 53.3.1).
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The only channel binding type PostgreSQL (and pgshift) implements.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 /// Iteration count used by [`ScramVerifier::generate`] (PostgreSQL's default
 /// `scram_iterations`).
@@ -90,9 +97,18 @@ pub enum AuthError {
     /// The client chose a SASL mechanism other than [`SCRAM_SHA_256`].
     #[error("unsupported SASL mechanism {0}")]
     UnsupportedMechanism(String),
-    /// The client asked for channel binding (gs2 flag `p=`).
+    /// The client asked for channel binding (gs2 flag `p=`) that the server
+    /// cannot give (no TLS, or another binding type).
     #[error("channel binding is not supported (client requested {0:?})")]
     ChannelBindingNotSupported(String),
+    /// The client's channel binding choice contradicts the offer: `y` when
+    /// SCRAM-SHA-256-PLUS was offered, `p=` with plain SCRAM-SHA-256, or PLUS
+    /// without `p=`.
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBindingNegotiation(&'static str),
+    /// The channel binding data (`c=`) does not match this TLS connection.
+    #[error("SCRAM channel binding check failed")]
+    ChannelBindingMismatch,
     /// The peer used a SCRAM feature we do not implement (authorization
     /// identity, mandatory extensions).
     #[error("unsupported SCRAM feature: {0}")]
@@ -473,6 +489,9 @@ enum ServerState {
 pub struct ScramServer {
     verifier: ScramVerifier,
     server_nonce: String,
+    /// `tls-server-end-point` data of this connection's certificate, when
+    /// SCRAM-SHA-256-PLUS is offered.
+    cbind_data: Option<Vec<u8>>,
     state: ServerState,
 }
 
@@ -497,7 +516,27 @@ impl ScramServer {
         Self {
             verifier,
             server_nonce: random_nonce(),
+            cbind_data: None,
             state: ServerState::Initial,
+        }
+    }
+
+    /// A server exchange over TLS that offers SCRAM-SHA-256-PLUS, binding to
+    /// `cbind_data` (the `tls-server-end-point` hash of the certificate the
+    /// client was shown).
+    pub fn with_channel_binding(verifier: ScramVerifier, cbind_data: Vec<u8>) -> Self {
+        Self {
+            cbind_data: Some(cbind_data),
+            ..Self::new(verifier)
+        }
+    }
+
+    /// The mechanisms to list in AuthenticationSASL: PLUS first when offered.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.cbind_data.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
         }
     }
 
@@ -507,6 +546,7 @@ impl ScramServer {
         Self {
             verifier,
             server_nonce: server_nonce.to_string(),
+            cbind_data: None,
             state: ServerState::Initial,
         }
     }
@@ -521,11 +561,15 @@ impl ScramServer {
             ));
         }
         self.state = ServerState::Done;
-        if mechanism != SCRAM_SHA_256 {
-            return Err(AuthError::UnsupportedMechanism(
-                truncate(mechanism).to_string(),
-            ));
-        }
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS if self.cbind_data.is_some() => true,
+            _ => {
+                return Err(AuthError::UnsupportedMechanism(
+                    truncate(mechanism).to_string(),
+                ))
+            }
+        };
         let msg = utf8(data)?;
 
         // gs2-header = gs2-cbind-flag "," [ authzid ] ","
@@ -533,11 +577,33 @@ impl ScramServer {
             .split_once(',')
             .ok_or_else(|| malformed("missing gs2 header"))?;
         match cbind {
-            "n" | "y" => {}
+            _ if plus && cbind != "p=tls-server-end-point" => {
+                if cbind.starts_with("p=") {
+                    return Err(AuthError::ChannelBindingNotSupported(
+                        truncate(cbind).to_string(),
+                    ));
+                }
+                return Err(AuthError::ChannelBindingNegotiation(
+                    "client selected SCRAM-SHA-256-PLUS without channel binding data",
+                ));
+            }
+            "p=tls-server-end-point" if plus => {}
+            "n" => {}
+            "y" if self.cbind_data.is_some() => {
+                return Err(AuthError::ChannelBindingNegotiation(
+                    "the client supports SCRAM channel binding but thinks the server does not; however, this server does support channel binding",
+                ))
+            }
+            "y" => {}
             _ if cbind.starts_with("p=") => {
+                if self.cbind_data.is_some() {
+                    return Err(AuthError::ChannelBindingNegotiation(
+                        "client uses channel binding but selected SCRAM-SHA-256 without -PLUS",
+                    ));
+                }
                 return Err(AuthError::ChannelBindingNotSupported(
                     truncate(cbind).to_string(),
-                ))
+                ));
             }
             _ => {
                 return Err(malformed(format!(
@@ -618,7 +684,20 @@ impl ScramServer {
             check_extension(ext)?;
         }
         let cbind = decode_base64(cbind, "channel binding")?;
-        if cbind != gs2_header.as_bytes() {
+        if let Some(data) = gs2_header
+            .starts_with("p=")
+            .then_some(self.cbind_data.as_deref())
+            .flatten()
+        {
+            // c= is base64(gs2-header || cbind-data).
+            let h = gs2_header.as_bytes();
+            if cbind.len() != h.len() + data.len()
+                || &cbind[..h.len()] != h
+                || !ct_eq(&cbind[h.len()..], data)
+            {
+                return Err(AuthError::ChannelBindingMismatch);
+            }
+        } else if cbind != gs2_header.as_bytes() {
             return Err(malformed(
                 "channel binding data does not match the gs2 header",
             ));
@@ -674,6 +753,7 @@ enum ClientState {
 /// [`server_final`](Self::server_final), and only then accept
 /// AuthenticationOk. Any error ends the exchange.
 pub struct ScramClient {
+    verified: bool,
     password: String,
     user: String,
     nonce: String,
@@ -699,6 +779,7 @@ impl ScramClient {
     /// A client exchange for `password`, with a random nonce.
     pub fn new(password: &str) -> Self {
         Self {
+            verified: false,
             password: password.to_string(),
             user: String::new(),
             nonce: random_nonce(),
@@ -710,6 +791,7 @@ impl ScramClient {
     #[cfg(test)]
     fn with_user_and_nonce(password: &str, user: &str, nonce: &str) -> Self {
         Self {
+            verified: false,
             password: password.to_string(),
             user: user.to_string(),
             nonce: nonce.to_string(),
@@ -787,6 +869,11 @@ impl ScramClient {
         Ok(format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes())
     }
 
+    /// The server's signature verified: only then may AuthenticationOk be accepted.
+    pub fn is_verified(&self) -> bool {
+        self.verified
+    }
+
     /// data from AuthenticationSASLFinal (server-final-message); verifies the
     /// server signature `v=`, proving the server knows the verifier.
     pub fn server_final(&mut self, data: &[u8]) -> Result<(), AuthError> {
@@ -813,6 +900,7 @@ impl ScramClient {
         if !ct_eq(&signature, &server_signature) {
             return Err(AuthError::ServerSignatureMismatch);
         }
+        self.verified = true;
         Ok(())
     }
 }

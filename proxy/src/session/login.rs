@@ -7,7 +7,7 @@ use bytes::Bytes;
 use config::AuthMethod;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use wire::auth::{md5_verify, ScramServer, SCRAM_SHA_256};
+use wire::auth::{md5_verify, ScramServer};
 use wire::frame::{StartupFrame, PROTOCOL_3_0};
 use wire::msg;
 
@@ -32,6 +32,12 @@ pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, En
     let (version, params) = loop {
         match c.read_startup().await? {
             StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
+                if c.stream.is_tls() {
+                    return Err(End::fatal(
+                        "08P01",
+                        "encryption request on a connection that is already encrypted",
+                    ));
+                }
                 if !c.buf.is_empty() {
                     return Err(End::fatal(
                         "08P01",
@@ -71,6 +77,7 @@ pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, En
             "pgshift does not proxy replication connections",
         ));
     }
+    check_transport(proxy, c, user_name, &database)?;
     let user = proxy.users.get(user_name).cloned();
     authenticate(proxy, c, user_name, user.as_deref()).await?;
     let user = user.ok_or_else(|| {
@@ -98,6 +105,37 @@ pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, En
         database,
         params,
     })
+}
+
+/// `[proxy.tls] mode = "require"` refuses plain connections, with PostgreSQL's message for a
+/// connection only a `hostssl` line would accept (21.1 "The pg_hba.conf File"); with
+/// `client_ca` the client's certificate must name the user (`clientcert=verify-full`,
+/// 21.12 "Certificate Authentication"). Both before any password is asked for.
+fn check_transport(proxy: &Proxy, c: &ClientConn, user: &str, database: &str) -> Result<(), End> {
+    if proxy.cfg.proxy.tls.mode == config::ClientTlsMode::Require && !c.stream.is_tls() {
+        return Err(End::fatal(
+            "28000",
+            format!(
+                "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+                c.peer.ip()
+            ),
+        ));
+    }
+    if c.tls.as_ref().is_some_and(|t| t.client_ca) {
+        let Some(cert) = c.stream.peer_certificate() else {
+            return Err(End::fatal(
+                "28000",
+                "connection requires a valid client certificate",
+            ));
+        };
+        if tls::endpoint::common_name(cert).as_deref() != Some(user) {
+            return Err(End::fatal(
+                "28000",
+                format!("certificate validation (clientcert=verify-full) failed for user \"{user}\": CN mismatch"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Authenticate the client per its configured method. Unknown users go through a mock
@@ -137,8 +175,12 @@ async fn authenticate(
             let verifier = user
                 .and_then(|u| u.verifier.clone())
                 .unwrap_or_else(|| proxy.mock_verifier.clone());
-            let mut server = ScramServer::new(verifier);
-            msg::auth_sasl(&mut c.out, &[SCRAM_SHA_256]);
+            let binding = c.tls.as_ref().and_then(|t| t.endpoint.clone());
+            let mut server = match binding {
+                Some(data) => ScramServer::with_channel_binding(verifier, data),
+                None => ScramServer::new(verifier),
+            };
+            msg::auth_sasl(&mut c.out, server.mechanisms());
             c.flush().await?;
             let body = expect_password(c, AUTH_MSG_MAX).await?;
             let (mech, data) = msg::parse_sasl_initial(&body)?;

@@ -3,7 +3,9 @@
 //! boundaries.
 //!
 //! The parts of a session, each in its own file:
-//! * [`login`]: the start-up packet, SSLRequest / CancelRequest, authentication (53.2.1).
+//! * [`negotiate`]: SSLRequest / GSSENCRequest and direct TLS, before the start-up packet
+//!   (53.2.10-53.2.11).
+//! * [`login`]: the start-up packet, CancelRequest, authentication (53.2.1).
 //! * [`state`]: [`state::SessionState`], what a session carries to a new backend (start-up
 //!   parameters, SETs, prepared statements) and replays there.
 //! * [`track`]: recognising the statements that change that state in SQL text.
@@ -14,6 +16,7 @@
 //! * [`relay`]: the I/O loop that moves bytes between the client and its backends.
 
 pub mod login;
+pub mod negotiate;
 pub mod pins;
 pub mod record;
 pub mod relay;
@@ -31,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use wire::frame::{header, StartupCodec, StartupFrame, WireError};
 use wire::msg;
+
+pub(crate) use negotiate::Negotiated;
 
 /// How a session ends early: quietly, or with a FATAL ErrorResponse to the client.
 pub enum End {
@@ -64,9 +69,12 @@ impl From<std::io::Error> for End {
 
 /// The client socket during start-up, with its read buffer.
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: tls::Stream,
     pub buf: BytesMut,
     pub out: BytesMut,
+    pub peer: SocketAddr,
+    /// The TLS set-up of the handshake, when the client negotiated TLS.
+    pub tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl ClientConn {
@@ -112,9 +120,8 @@ impl ClientConn {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {}
                 Err(WireError::BadStartupLength(n)) => {
-                    let peer = self.stream.peer_addr().ok();
                     tracing::info!(
-                        client = ?peer,
+                        client = %self.peer,
                         length = n,
                         "invalid length of startup packet; connection closed"
                     );
@@ -143,13 +150,25 @@ impl ClientConn {
 /// Entry point for an accepted connection.
 pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let mut c = ClientConn {
-        stream,
-        buf: BytesMut::with_capacity(8192),
-        out: BytesMut::with_capacity(1024),
-    };
     let login_timeout = Duration::from_millis(proxy.cfg.proxy.client_login_timeout_ms);
-    let login = match tokio::time::timeout(login_timeout, login::login(&proxy, &mut c)).await {
+    let deadline = tokio::time::Instant::now() + login_timeout;
+    let mut c =
+        match tokio::time::timeout_at(deadline, negotiate::negotiate(&proxy, stream, peer)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(Negotiated::Closed)) => return,
+            Ok(Err(Negotiated::Fatal(mut c, sqlstate, message))) => {
+                crate::metrics::login_refused(crate::metrics::Refusal::from_sqlstate(sqlstate));
+                tracing::info!(client = %peer, sqlstate = %sqlstate, "login refused: {message}");
+                c.fatal(sqlstate, &message).await;
+                return;
+            }
+            Err(_) => {
+                crate::metrics::login_refused(crate::metrics::Refusal::Timeout);
+                tracing::info!(client = %peer, "TLS negotiation timed out; connection closed");
+                return;
+            }
+        };
+    let login = match tokio::time::timeout_at(deadline, login::login(&proxy, &mut c)).await {
         Ok(Ok(l)) => l,
         Ok(Err(End::Closed)) => return,
         Ok(Err(End::Fatal { sqlstate, message })) => {

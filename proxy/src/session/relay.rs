@@ -31,7 +31,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use wire::frame::header;
 use wire::msg;
@@ -85,8 +84,11 @@ pub(crate) struct Relay<'p> {
     proto: Proto,
     unit: Unit,
     rec: Recorders,
-    c_rd: OwnedReadHalf,
-    c_wr: OwnedWriteHalf,
+    c_rd: tls::ReadHalf,
+    c_wr: tls::WriteHalf,
+    /// The client's address and TLS set-up, to rebuild its [`ClientConn`] for a FATAL.
+    c_peer: std::net::SocketAddr,
+    c_tls: Option<Arc<tls::ServerTls>>,
     cbuf: BytesMut,
     to_server: Bytes,
     /// The connection the current unit runs on; `None` after it was lost while idle.
@@ -190,6 +192,8 @@ pub(crate) async fn relay(
         },
         c_rd,
         c_wr,
+        c_peer: c.peer,
+        c_tls: c.tls,
         cbuf: c.buf,
         to_server: Bytes::new(),
         backend: Some(Conn::new(b, side)),
@@ -232,16 +236,18 @@ pub(crate) async fn relay(
     }
     match res {
         Ok(()) | Err(End::Closed) => Ok(()),
-        Err(e) => match r.c_rd.reunite(r.c_wr) {
-            Ok(stream) => Err((
+        Err(e) => match r.c_wr.reunite(r.c_rd) {
+            Some(stream) => Err((
                 ClientConn {
                     stream,
                     buf: BytesMut::new(),
                     out: BytesMut::new(),
+                    peer: r.c_peer,
+                    tls: r.c_tls,
                 },
                 e,
             )),
-            Err(_) => Ok(()),
+            None => Ok(()),
         },
     }
 }
@@ -348,7 +354,7 @@ impl<'p> Relay<'p> {
                     r = self.c_rd.read_buf(&mut self.cbuf), if want_client => Ev::ClientRead(r),
                     r = async { b_rd.expect("guarded").read_buf(&mut self.sbuf).await }, if want_server => Ev::ServerRead(r),
                     r = async { b_wr.expect("guarded").writable().await }, if write_server => r.map_or(Ev::Writable, |_| Ev::Writable),
-                    r = self.c_wr.writable(), if !self.to_client.is_empty() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
+                    r = self.c_wr.writable(), if !self.to_client.is_empty() || self.c_wr.pending() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
                     r = self.rx.changed(), if watch => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
                     r = async { opening.expect("guarded").as_mut().await }, if is_opening => Ev::Opened(r),
                 }

@@ -778,6 +778,7 @@ mod tests {
             host: "h".into(),
             port: 1,
             dbname: "d".into(),
+            auth: vec![config::ServerAuth::ScramSha256],
         });
         let t = RoutingTable {
             epoch: 2,
