@@ -42,67 +42,71 @@ pub(crate) async fn negotiate(
         peer,
         tls,
     };
+    // Bytes read that begin the client's next packet.
+    let mut buf = BytesMut::with_capacity(8192);
     loop {
-        let mut first = [0u8; 1];
-        match tcp.peek(&mut first).await {
-            Ok(0) | Err(_) => return Err(Negotiated::Closed),
-            Ok(_) => {}
-        }
-        if first[0] == tls::TLS_HANDSHAKE_BYTE {
-            let Some(acceptor) = proxy.tls.as_ref() else {
-                tracing::info!(client = %peer, "direct TLS connection but [proxy.tls] is disabled; connection closed");
-                return Err(Negotiated::Closed);
-            };
-            let setup = acceptor.current();
-            let stream = handshake(&setup, tcp, peer).await?;
-            let c = conn(stream, BytesMut::new(), Some(setup));
-            if c.stream.alpn() != Some(tls::ALPN_POSTGRESQL) {
-                return Err(Negotiated::Fatal(
-                    c,
-                    "08P01",
-                    "received direct SSL connection request without ALPN protocol negotiation extension".into(),
-                ));
+        if buf.is_empty() {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await {
+                Ok(0) | Err(_) => return Err(Negotiated::Closed),
+                Ok(_) => {}
             }
-            return Ok(c);
-        }
-        let mut head = [0u8; 8];
-        if tcp.read_exact(&mut head).await.is_err() {
-            return Err(Negotiated::Closed);
-        }
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let code = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 8 && code == GSSENC_REQUEST_CODE {
-            tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
-            continue;
-        }
-        if len == 8 && code == SSL_REQUEST_CODE {
-            let Some(acceptor) = proxy.tls.as_ref() else {
-                tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
-                continue;
-            };
-            // Data sent before our answer would be read as TLS by the handshake: refuse it,
-            // as PostgreSQL does (CVE-2021-23214).
-            let mut extra = [0u8; 1];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(std::time::Duration::ZERO, tcp.peek(&mut extra)).await
-            {
-                if n > 0 {
-                    let c = conn(tls::Stream::Plain(tcp), BytesMut::new(), None);
+            if first[0] == tls::TLS_HANDSHAKE_BYTE {
+                let Some(acceptor) = proxy.tls.as_ref() else {
+                    tracing::info!(client = %peer, "direct TLS connection but [proxy.tls] is disabled; connection closed");
+                    return Err(Negotiated::Closed);
+                };
+                let setup = acceptor.current();
+                let stream = handshake(&setup, tcp, peer).await?;
+                let c = conn(stream, BytesMut::new(), Some(setup));
+                if c.stream.alpn() != Some(tls::ALPN_POSTGRESQL) {
                     return Err(Negotiated::Fatal(
                         c,
                         "08P01",
-                        "received unencrypted data after SSL request".into(),
+                        "received direct SSL connection request without ALPN protocol negotiation extension".into(),
                     ));
                 }
+                return Ok(c);
             }
-            tcp.write_all(b"S").await.map_err(|_| Negotiated::Closed)?;
-            let setup = acceptor.current();
-            let stream = handshake(&setup, tcp, peer).await?;
-            return Ok(conn(stream, BytesMut::new(), Some(setup)));
         }
-        let mut buf = BytesMut::with_capacity(8192);
-        buf.extend_from_slice(&head);
-        return Ok(conn(tls::Stream::Plain(tcp), buf, None));
+        // Read until the packet is known not to be an 8-byte request, or is one.
+        while buf.len() < 8 && !(buf.len() >= 4 && buf[..4] != [0, 0, 0, 8]) {
+            match tcp.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Err(Negotiated::Closed),
+                Ok(_) => {}
+            }
+        }
+        if buf.len() < 8 || buf[..4] != [0, 0, 0, 8] {
+            return Ok(conn(tls::Stream::Plain(tcp), buf, None));
+        }
+        let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        if code == GSSENC_REQUEST_CODE {
+            let _ = buf.split_to(8);
+            tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
+            continue;
+        }
+        if code != SSL_REQUEST_CODE {
+            return Ok(conn(tls::Stream::Plain(tcp), buf, None));
+        }
+        let _ = buf.split_to(8);
+        let Some(acceptor) = proxy.tls.as_ref() else {
+            tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
+            continue;
+        };
+        // Data sent before our answer would be read as TLS by the handshake: refuse it,
+        // as PostgreSQL does (CVE-2021-23214).
+        if !buf.is_empty() {
+            let c = conn(tls::Stream::Plain(tcp), BytesMut::new(), None);
+            return Err(Negotiated::Fatal(
+                c,
+                "08P01",
+                "received unencrypted data after SSL request".into(),
+            ));
+        }
+        tcp.write_all(b"S").await.map_err(|_| Negotiated::Closed)?;
+        let setup = acceptor.current();
+        let stream = handshake(&setup, tcp, peer).await?;
+        return Ok(conn(stream, BytesMut::new(), Some(setup)));
     }
 }
 
