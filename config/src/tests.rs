@@ -1303,3 +1303,80 @@ fn upgrade_databases() {
         "{e}"
     );
 }
+
+#[test]
+fn tls_and_server_auth() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.proxy.tls.mode, crate::ClientTlsMode::Disable);
+    assert_eq!(c.source.sslmode, crate::SslMode::Prefer, "libpq's default");
+    assert_eq!(c.source.auth, vec![crate::ServerAuth::ScramSha256]);
+    assert!(c.source.conninfo().ends_with(" sslmode=prefer"));
+    let with_source =
+        |keys: &str| MINIMAL.replacen("[source]\n", &format!("[source]\n{keys}\n"), 1);
+    let c = load(&with_source(
+        "sslmode = \"verify-full\"\nsslrootcert = \"/ca.pem\"\nauth = [\"scram-sha-256\", \"md5\", \"none\"]",
+    ))
+    .unwrap();
+    assert!(c
+        .source
+        .conninfo()
+        .contains(" sslmode=verify-full sslrootcert='/ca.pem'"));
+    assert_eq!(
+        c.source.libpq_env(),
+        vec![
+            ("PGSSLMODE", "verify-full".to_string()),
+            ("PGSSLROOTCERT", "/ca.pem".to_string())
+        ]
+    );
+    for (keys, fragment) in [
+        (
+            "sslmode = \"verify-ca\"",
+            "source.sslrootcert: is required with sslmode = \"verify-ca\"",
+        ),
+        (
+            "sslmode = \"disable\"\nsslrootcert = \"/ca.pem\"",
+            "source.sslmode: is \"disable\" while",
+        ),
+        (
+            "sslcert = \"/c.pem\"",
+            "source.sslkey: sslcert and sslkey go together",
+        ),
+        ("auth = []", "source.auth: must list at least one method"),
+        (
+            "auth = [\"md5\", \"md5\"]",
+            "source.auth[1]: \"md5\" is listed twice",
+        ),
+    ] {
+        let e = fail(&with_source(keys));
+        assert!(e.contains(fragment), "{keys}: {e}");
+    }
+    let e = fail(&with_source("auth = [\"gss\"]"));
+    assert!(e.contains("unknown variant `gss`"), "{e}");
+    let with_tls = |keys: &str| format!("[proxy.tls]\n{keys}\n\n{MINIMAL}");
+    let c = load(&with_tls(
+        "mode = \"require\"\ncert = \"/s.pem\"\nkey = \"/s.key\"\nclient_ca = \"/ca.pem\"",
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.tls.mode, crate::ClientTlsMode::Require);
+    for (keys, fragment) in [
+        (
+            "mode = \"allow\"",
+            "proxy.tls.cert: is required with mode = \"allow\"",
+        ),
+        (
+            "mode = \"require\"\ncert = \"/s.pem\"",
+            "proxy.tls.key: is required with mode = \"require\"",
+        ),
+        (
+            "cert = \"/s.pem\"\nkey = \"/s.key\"",
+            "proxy.tls.mode: is \"disable\" (the default) while",
+        ),
+        (
+            "mode = \"allow\"\ncert = \"/s.pem\"\nkey = \"/s.key\"\nclient_ca = \"/ca.pem\"",
+            "proxy.tls.client_ca: needs mode = \"require\"",
+        ),
+    ] {
+        let e = fail(&with_tls(keys));
+        assert!(e.contains(fragment), "{keys}: {e}");
+    }
+}

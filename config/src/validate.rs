@@ -283,23 +283,20 @@ fn check_client_tls(f: &mut Findings, t: &crate::ClientTlsConfig) {
     let path = || at("proxy").key("tls");
     let on = t.mode != ClientTlsMode::Disable;
     if on {
-        if t.cert.is_none() {
-            f.add(
-                path().key("cert"),
-                format!(
-                    "is required with mode = \"{}\": the PEM certificate file clients are shown",
-                    mode_name(t.mode)
-                ),
-            );
-        }
-        if t.key.is_none() {
-            f.add(
-                path().key("key"),
-                format!(
-                    "is required with mode = \"{}\": the PEM private key of cert",
-                    mode_name(t.mode)
-                ),
-            );
+        for (k, v, what) in [
+            (
+                "cert",
+                &t.cert,
+                "the PEM certificate file clients are shown",
+            ),
+            ("key", &t.key, "the PEM private key of cert"),
+        ] {
+            if v.is_none() {
+                f.add(
+                    path().key(k),
+                    format!("is required with mode = \"{}\": {what}", mode_name(t.mode)),
+                );
+            }
         }
     } else if t.cert.is_some() || t.key.is_some() || t.client_ca.is_some() {
         f.add(

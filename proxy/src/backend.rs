@@ -123,7 +123,13 @@ async fn connect_inner(
     let mut scram: Option<ScramClient> = None;
     // An authentication request was seen (AuthenticationOk alone means trust).
     let mut asked = false;
+    // No TLS to servers yet, so a cleartext password is never sent.
     let tls_in_use = false;
+    let no_password = || {
+        proto(format!(
+            "server asks a password for user \"{user}\" and none is configured"
+        ))
+    };
     let policy = |why: String| BackendError::AuthPolicy {
         addr: a.to_string(),
         why,
@@ -162,14 +168,14 @@ async fn connect_inner(
                         if !tls_in_use {
                             return Err(policy(format!("the server asks for a cleartext password for user \"{user}\" on a connection without TLS: pgshift sends cleartext passwords only over TLS")));
                         }
-                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        let pw = password.ok_or_else(no_password)?;
                         msg::password_message(&mut out, pw);
                         write(&mut stream, &mut out, a).await?;
                     }
                     AuthRequest::Md5 { salt } => {
                         asked = true;
                         need(ServerAuth::Md5, "MD5 password authentication")?;
-                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        let pw = password.ok_or_else(no_password)?;
                         msg::password_message(&mut out, &md5_password(user, pw, salt));
                         write(&mut stream, &mut out, a).await?;
                     }
@@ -179,7 +185,7 @@ async fn connect_inner(
                         if !mechanisms.contains(&SCRAM_SHA_256) {
                             return Err(proto(format!("server offers SASL mechanisms {mechanisms:?}; pgshift supports SCRAM-SHA-256")));
                         }
-                        let pw = password.ok_or_else(|| proto(format!("server asks a password for user \"{user}\" and none is configured")))?;
+                        let pw = password.ok_or_else(no_password)?;
                         let mut c = ScramClient::new(pw);
                         let first = c.client_first();
                         msg::sasl_initial_response(&mut out, SCRAM_SHA_256, &first);

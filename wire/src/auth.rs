@@ -1042,6 +1042,86 @@ mod tests {
         assert_eq!(err.to_string(), "server signature did not verify");
     }
 
+    /// A client exchange with gs2 header `gs2` and channel binding data `cbind` against a
+    /// server offering SCRAM-SHA-256-PLUS bound to `bound`: the server's answer to the
+    /// client-final-message.
+    fn plus_exchange(
+        mechanism: &str,
+        gs2: &str,
+        cbind: &[u8],
+        bound: &[u8],
+    ) -> Result<Vec<u8>, AuthError> {
+        let mut server = ScramServer::with_channel_binding(rfc_verifier(), bound.to_vec());
+        assert_eq!(server.mechanisms(), &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        let bare = "n=,r=abc";
+        let first = server.client_first(mechanism, format!("{gs2}{bare}").as_bytes())?;
+        let first = String::from_utf8(first).unwrap();
+        let nonce = first.split(',').next().unwrap().strip_prefix("r=").unwrap();
+        let mut c = gs2.as_bytes().to_vec();
+        c.extend_from_slice(cbind);
+        let without_proof = format!("c={},r={nonce}", BASE64.encode(&c));
+        let salted = salted_password(RFC_PASSWORD, &BASE64.decode(RFC_SALT).unwrap(), 4096);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let auth = [
+            bare.as_bytes(),
+            b",",
+            first.as_bytes(),
+            b",",
+            without_proof.as_bytes(),
+        ];
+        let proof = xor(&client_key, &hmac(&sha256(&client_key), &auth));
+        server.client_final(format!("{without_proof},p={}", BASE64.encode(proof)).as_bytes())
+    }
+
+    #[test]
+    fn channel_binding_accepts_the_bound_certificate_only() {
+        let gs2 = "p=tls-server-end-point,,";
+        let cert_hash = [7u8; 32];
+        let fin = plus_exchange(SCRAM_SHA_256_PLUS, gs2, &cert_hash, &cert_hash).unwrap();
+        assert!(fin.starts_with(b"v="));
+        // Another certificate's hash (a man in the middle's): refused.
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256_PLUS, gs2, &[8u8; 32], &cert_hash),
+            Err(AuthError::ChannelBindingMismatch)
+        ));
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256_PLUS, gs2, &cert_hash[..31], &cert_hash),
+            Err(AuthError::ChannelBindingMismatch)
+        ));
+    }
+
+    #[test]
+    fn channel_binding_negotiation_errors() {
+        let h = [7u8; 32];
+        // y: the client thinks the server has no channel binding, but PLUS was offered.
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256, "y,,", b"", &h),
+            Err(AuthError::ChannelBindingNegotiation(_))
+        ));
+        // p= with the plain mechanism, PLUS without p=, another binding type.
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256, "p=tls-server-end-point,,", &h, &h),
+            Err(AuthError::ChannelBindingNegotiation(_))
+        ));
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256_PLUS, "n,,", b"", &h),
+            Err(AuthError::ChannelBindingNegotiation(_))
+        ));
+        assert!(matches!(
+            plus_exchange(SCRAM_SHA_256_PLUS, "p=tls-unique,,", &h, &h),
+            Err(AuthError::ChannelBindingNotSupported(_))
+        ));
+        // n (no channel binding support in the client) still works with PLUS offered.
+        assert!(plus_exchange(SCRAM_SHA_256, "n,,", b"", &h).is_ok());
+        // Without TLS, PLUS is not offered and cannot be chosen.
+        let mut server = ScramServer::new(rfc_verifier());
+        assert_eq!(server.mechanisms(), &[SCRAM_SHA_256]);
+        assert!(matches!(
+            server.client_first(SCRAM_SHA_256_PLUS, b"p=tls-server-end-point,,n=,r=abc"),
+            Err(AuthError::UnsupportedMechanism(_))
+        ));
+    }
+
     #[test]
     fn auth_client_ignores_user_name_and_uses_gs2_n() {
         let mut client = ScramClient::new("pw");

@@ -6,7 +6,6 @@ use crate::server::{Proxy, UserEntry};
 use bytes::Bytes;
 use config::AuthMethod;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use wire::auth::{md5_verify, ScramServer};
 use wire::frame::{StartupFrame, PROTOCOL_3_0};
 use wire::msg;
@@ -29,26 +28,17 @@ pub(crate) enum Login {
 
 /// Start-up and authentication (53.2.1), up to but not including AuthenticationOk.
 pub(crate) async fn login(proxy: &Proxy, c: &mut ClientConn) -> Result<Login, End> {
-    let (version, params) = loop {
-        match c.read_startup().await? {
-            StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
-                if c.stream.is_tls() {
-                    return Err(End::fatal(
-                        "08P01",
-                        "encryption request on a connection that is already encrypted",
-                    ));
-                }
-                if !c.buf.is_empty() {
-                    return Err(End::fatal(
-                        "08P01",
-                        "received unencrypted data after SSL request",
-                    ));
-                }
-                c.stream.write_all(b"N").await?;
-            }
-            StartupFrame::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
-            StartupFrame::Startup { version, params } => break (version, params),
+    let (version, params) = match c.read_startup().await? {
+        // negotiate answered every request before the first other packet: one now comes
+        // after TLS was set up.
+        StartupFrame::SslRequest | StartupFrame::GssEncRequest => {
+            return Err(End::fatal(
+                "08P01",
+                "unexpected encryption request: encryption is negotiated only before the start-up packet",
+            ));
         }
+        StartupFrame::Cancel { pid, secret } => return Ok(Login::Cancel { pid, secret }),
+        StartupFrame::Startup { version, params } => (version, params),
     };
     // Newer minor protocol versions or `_pq_.` options: say what we speak (53.2.1).
     let unknown: Vec<&str> = params

@@ -147,6 +147,13 @@ impl ClientConn {
     }
 }
 
+/// A login refused before it ended: counted, logged, and the client told with a FATAL.
+async fn refuse(c: &mut ClientConn, sqlstate: &str, message: &str) {
+    crate::metrics::login_refused(crate::metrics::Refusal::from_sqlstate(sqlstate));
+    tracing::info!(client = %c.peer, sqlstate = %sqlstate, "login refused: {message}");
+    c.fatal(sqlstate, message).await;
+}
+
 /// Entry point for an accepted connection.
 pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
@@ -157,10 +164,7 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             Ok(Ok(c)) => c,
             Ok(Err(Negotiated::Closed)) => return,
             Ok(Err(Negotiated::Fatal(mut c, sqlstate, message))) => {
-                crate::metrics::login_refused(crate::metrics::Refusal::from_sqlstate(sqlstate));
-                tracing::info!(client = %peer, sqlstate = %sqlstate, "login refused: {message}");
-                c.fatal(sqlstate, &message).await;
-                return;
+                return refuse(&mut c, sqlstate, &message).await
             }
             Err(_) => {
                 crate::metrics::login_refused(crate::metrics::Refusal::Timeout);
@@ -172,10 +176,7 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         Ok(Ok(l)) => l,
         Ok(Err(End::Closed)) => return,
         Ok(Err(End::Fatal { sqlstate, message })) => {
-            crate::metrics::login_refused(crate::metrics::Refusal::from_sqlstate(&sqlstate));
-            tracing::info!(client = %peer, sqlstate = %sqlstate, "login refused: {message}");
-            c.fatal(&sqlstate, &message).await;
-            return;
+            return refuse(&mut c, &sqlstate, &message).await
         }
         Err(_) => {
             crate::metrics::login_refused(crate::metrics::Refusal::Timeout);

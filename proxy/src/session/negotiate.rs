@@ -76,19 +76,19 @@ pub(crate) async fn negotiate(
                 Ok(_) => {}
             }
         }
-        if buf.len() < 8 || buf[..4] != [0, 0, 0, 8] {
-            return Ok(conn(tls::Stream::Plain(tcp), buf, None));
+        let request = (buf.len() >= 8 && buf[..4] == [0, 0, 0, 8])
+            .then(|| i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]));
+        match request {
+            Some(GSSENC_REQUEST_CODE) => {
+                let _ = buf.split_to(8);
+                tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
+                continue;
+            }
+            Some(SSL_REQUEST_CODE) => {
+                let _ = buf.split_to(8);
+            }
+            _ => return Ok(conn(tls::Stream::Plain(tcp), buf, None)),
         }
-        let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        if code == GSSENC_REQUEST_CODE {
-            let _ = buf.split_to(8);
-            tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
-            continue;
-        }
-        if code != SSL_REQUEST_CODE {
-            return Ok(conn(tls::Stream::Plain(tcp), buf, None));
-        }
-        let _ = buf.split_to(8);
         let Some(acceptor) = proxy.tls.as_ref() else {
             tcp.write_all(b"N").await.map_err(|_| Negotiated::Closed)?;
             continue;
