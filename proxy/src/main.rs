@@ -1,16 +1,8 @@
 //! `pgshift`: the PostgreSQL proxy with an embedded upgrade control plane.
+//!
+//! The binary parses the command line and starts the pieces the `proxy` library holds.
 
-mod admin;
-mod backend;
-mod capture;
-mod http;
-mod logfmt;
-mod metrics;
-mod mirror;
-mod routing;
-mod server;
-mod session;
-mod stats;
+use proxy::{capture, http, logfmt, metrics, mirror, routing, server};
 
 use clap::{Parser, Subcommand};
 use control::Controller;
