@@ -200,6 +200,7 @@ pub trait CutoverGate: Send + Sync {
     fn check(&self) -> Result<(), String>;
 }
 
+pub mod connect;
 pub mod controller;
 pub mod health;
 pub mod journal;

@@ -30,7 +30,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// A driver failure. `transient` marks failures worth retrying unchanged (lost connection,
 /// server starting or shutting down, an object briefly in use); the rest need a change first.
@@ -513,34 +513,18 @@ impl Logical {
         format!("{} ({}:{}/{})", side.as_str(), s.host, s.port, s.dbname)
     }
 
-    /// Opens a control-plane connection to `side` (TCP, no TLS, `application_name =
-    /// pgshift-control`, `standard_conforming_strings = on`).
+    /// Opens a control-plane connection to `side` (TLS per its `sslmode`, login checked
+    /// against its `auth`, `application_name = pgshift-control`,
+    /// `standard_conforming_strings = on`; see [`crate::connect`]).
     pub async fn connect(&self, side: Side) -> Result<Client> {
         let s = self.server(side);
-        let mut c = tokio_postgres::Config::new();
-        c.host(&s.host)
-            .port(s.port)
-            .dbname(&s.dbname)
-            .user(&s.user)
-            .application_name("pgshift-control")
-            .options("-c standard_conforming_strings=on")
-            .connect_timeout(self.connect_timeout);
-        if let Some(p) = &s.password {
-            c.password(p.as_bytes());
-        }
-        let (client, conn) = c.connect(NoTls).await.map_err(|e| {
-            pg_error(
-                &format!("{}: cannot connect as {}", self.label(side), s.user),
-                &e,
-            )
-        })?;
-        let label = self.label(side);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server = %label, error = %e, "control connection ended");
-            }
-        });
-        Ok(client)
+        crate::connect::connect(
+            s,
+            &s.dbname,
+            self.connect_timeout,
+            &format!("{}: cannot connect as {}", self.label(side), s.user),
+        )
+        .await
     }
 
     // ----------------------------------------------------------------------------------
@@ -2222,6 +2206,8 @@ pub(crate) fn quote_ident_min(s: &str) -> String {
     }
 }
 
+/// The environment of `pg_dump`/`psql` run against `s` (PostgreSQL docs 34.15): where, as
+/// whom, TLS per its `sslmode` ([`ServerConfig::libpq_env`]), the password in `PGPASSWORD`.
 pub(crate) fn pg_env(cmd: &mut tokio::process::Command, s: &ServerConfig) {
     cmd.env("PGHOST", &s.host)
         .env("PGPORT", s.port.to_string())
@@ -2231,6 +2217,13 @@ pub(crate) fn pg_env(cmd: &mut tokio::process::Command, s: &ServerConfig) {
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGSERVICE")
         .env_remove("PGOPTIONS");
+    // TLS as the server's sslmode says; no certificate paths of pgshift's own environment.
+    for var in ["PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLNEGOTIATION"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in s.libpq_env() {
+        cmd.env(k, v);
+    }
     match &s.password {
         Some(p) => cmd.env("PGPASSWORD", p),
         None => cmd.env_remove("PGPASSWORD"),

@@ -41,7 +41,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 type Result<T, E = DriverError> = std::result::Result<T, E>;
 
@@ -636,27 +636,13 @@ impl Local {
 
     async fn connect(&self, dbname: &str) -> Result<Client> {
         let s = &self.server;
-        let mut c = tokio_postgres::Config::new();
-        c.host(&s.host)
-            .port(s.port)
-            .dbname(dbname)
-            .user(&s.user)
-            .application_name("pgshift-control")
-            .options("-c standard_conforming_strings=on")
-            .connect_timeout(Duration::from_secs(10));
-        if let Some(p) = &s.password {
-            c.password(p.as_bytes());
-        }
-        let (client, conn) = c.connect(NoTls).await.map_err(|e| {
-            crate::logical::pg_error(
-                &self.ctx(&format!("cannot connect to {dbname} as {}", s.user)),
-                &e,
-            )
-        })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        crate::connect::connect(
+            s,
+            dbname,
+            Duration::from_secs(10),
+            &self.ctx(&format!("cannot connect to {dbname} as {}", s.user)),
+        )
+        .await
     }
 
     async fn ensure_roles_and_database(&self, src: &Client, shape: &DbShape) -> Result<String> {

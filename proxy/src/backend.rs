@@ -10,8 +10,8 @@ use config::ServerAuth;
 use control::Side;
 use std::collections::HashSet;
 use std::time::Duration;
+use tls::{ReadHalf, Stream, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use wire::auth::{md5_password, ScramClient, SCRAM_SHA_256};
 use wire::frame::header;
@@ -36,6 +36,10 @@ pub enum BackendError {
     /// step that proves it knows the password (no downgrade: nothing was sent).
     #[error("server {addr}: {why}")]
     AuthPolicy { addr: String, why: String },
+    /// TLS could not be set up as `sslmode` demands (the server has no TLS, its certificate
+    /// does not verify, the handshake failed).
+    #[error("server {addr}: {why}")]
+    Tls { addr: String, why: String },
 }
 
 impl BackendError {
@@ -54,20 +58,13 @@ impl BackendError {
 
 /// An authenticated backend connection, positioned after its first ReadyForQuery.
 pub struct BackendConn {
-    pub stream: TcpStream,
+    /// Plain TCP, or TLS per the server's `sslmode`.
+    pub stream: Stream,
     /// BackendKeyData of the server process.
     pub pid: i32,
     pub secret: i32,
     /// ParameterStatus values the server reported at start-up, in order.
     pub params: Vec<(String, String)>,
-}
-
-/// `auth`'s methods, for messages: `scram-sha-256, md5`.
-fn allowed(auth: &[ServerAuth]) -> String {
-    auth.iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Connect to `addr`, log in as `user`, open `addr.dbname` with the client's other startup
@@ -102,13 +99,25 @@ async fn connect_inner(
         addr: a.to_string(),
         why,
     };
-    let mut stream = TcpStream::connect((addr.host.as_str(), addr.port))
+    let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
         .map_err(|source| BackendError::Connect {
             addr: a.to_string(),
             source,
         })?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &addr.tls.0 {
+        None => Stream::Plain(tcp),
+        Some(t) => t
+            .negotiate(tcp, &addr.host)
+            .await
+            .map_err(|why| BackendError::Tls {
+                addr: a.to_string(),
+                why,
+            })?,
+    };
+    // A cleartext password is sent only over TLS.
+    let tls_in_use = stream.is_tls();
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", user), ("database", addr.dbname.as_str())];
     for (k, v) in extra {
@@ -123,8 +132,6 @@ async fn connect_inner(
     let mut scram: Option<ScramClient> = None;
     // An authentication request was seen (AuthenticationOk alone means trust).
     let mut asked = false;
-    // No TLS to servers yet, so a cleartext password is never sent.
-    let tls_in_use = false;
     let no_password = || {
         proto(format!(
             "server asks a password for user \"{user}\" and none is configured"
@@ -142,15 +149,8 @@ async fn connect_inner(
             msg::AUTHENTICATION => {
                 let req = msg::parse_auth(&body).map_err(|e| proto(e.to_string()))?;
                 #[allow(clippy::result_large_err)] // built once per login, not on the hot path
-                let need = |method: ServerAuth, what: &str| -> Result<(), BackendError> {
-                    if addr.auth.contains(&method) {
-                        return Ok(());
-                    }
-                    Err(policy(format!(
-                        "the server asks for {what} for user \"{user}\", which its `auth` setting does not allow ({}): nothing was sent; list \"{}\" in `auth` of [source] or [target] to accept it",
-                        allowed(&addr.auth),
-                        method.as_str()
-                    )))
+                let need = |method: ServerAuth| {
+                    tls::check_auth(&addr.auth, method, tls_in_use, user).map_err(policy)
                 };
                 match req {
                     AuthRequest::Ok => {
@@ -159,29 +159,26 @@ async fn connect_inner(
                                 return Err(policy("the server sent AuthenticationOk before proving it knows the password (no SCRAM server signature): refused".into()));
                             }
                         } else if !asked {
-                            need(ServerAuth::None, "no authentication (trust)")?;
+                            need(ServerAuth::None)?;
                         }
                     }
                     AuthRequest::Cleartext => {
                         asked = true;
-                        need(ServerAuth::Password, "a cleartext password")?;
-                        if !tls_in_use {
-                            return Err(policy(format!("the server asks for a cleartext password for user \"{user}\" on a connection without TLS: pgshift sends cleartext passwords only over TLS")));
-                        }
+                        need(ServerAuth::Password)?;
                         let pw = password.ok_or_else(no_password)?;
                         msg::password_message(&mut out, pw);
                         write(&mut stream, &mut out, a).await?;
                     }
                     AuthRequest::Md5 { salt } => {
                         asked = true;
-                        need(ServerAuth::Md5, "MD5 password authentication")?;
+                        need(ServerAuth::Md5)?;
                         let pw = password.ok_or_else(no_password)?;
                         msg::password_message(&mut out, &md5_password(user, pw, salt));
                         write(&mut stream, &mut out, a).await?;
                     }
                     AuthRequest::Sasl { mechanisms } => {
                         asked = true;
-                        need(ServerAuth::ScramSha256, "SCRAM-SHA-256 authentication")?;
+                        need(ServerAuth::ScramSha256)?;
                         if !mechanisms.contains(&SCRAM_SHA_256) {
                             return Err(proto(format!("server offers SASL mechanisms {mechanisms:?}; pgshift supports SCRAM-SHA-256")));
                         }
@@ -242,7 +239,7 @@ async fn connect_inner(
     }
 }
 
-async fn write(stream: &mut TcpStream, out: &mut BytesMut, a: &str) -> Result<(), BackendError> {
+async fn write(stream: &mut Stream, out: &mut BytesMut, a: &str) -> Result<(), BackendError> {
     let r = stream.write_all(out).await;
     out.clear();
     r.map_err(|source| BackendError::Connect {
@@ -369,6 +366,14 @@ pub(crate) async fn connect_backend_within(
                 crate::metrics::backend_connect_failed(side);
                 return Err(End::fatal(&fields.sqlstate, fields.message));
             }
+            // pgshift's own policy (auth, sslmode) refused the server: retrying cannot help.
+            Err(e @ (BackendError::AuthPolicy { .. } | BackendError::Tls { .. })) => {
+                crate::metrics::backend_connect_failed(side);
+                return Err(End::Fatal {
+                    sqlstate: e.sqlstate(),
+                    message: format!("pgshift refused the {} server: {e}", side.as_str()),
+                });
+            }
             Err(e @ BackendError::Refused { .. }) if !is_transient(&e) => {
                 crate::metrics::backend_connect_failed(side);
                 return Err(End::Fatal {
@@ -409,8 +414,8 @@ fn is_transient_state(sqlstate: &str) -> bool {
 
 /// One backend connection of a session, split for the relay (which reads and writes at once).
 pub struct Conn {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
     pub side: Side,
     /// BackendKeyData of the server process.
     pub pid: i32,
@@ -434,7 +439,7 @@ impl Conn {
     }
 
     /// Sends Terminate (53.2.9) without waiting and drops the connection.
-    pub fn terminate(self) {
+    pub fn terminate(mut self) {
         let mut t = BytesMut::new();
         msg::terminate(&mut t);
         let _ = self.wr.try_write(&t);

@@ -300,12 +300,11 @@ fn start_upgrade_and_report(controller: Arc<Controller>) {
 async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<()> {
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
-    let router = routing::Router::new(
-        side,
-        epoch,
-        routing::BackendAddr::from_config(&cfg.source),
-        routing::BackendAddr::from_config(&cfg.target),
-    );
+    let source_addr = routing::BackendAddr::from_config(&cfg.source)
+        .map_err(|e| anyhow::anyhow!("[source] {e}"))?;
+    let target_addr = routing::BackendAddr::from_config(&cfg.target)
+        .map_err(|e| anyhow::anyhow!("[target] {e}"))?;
+    let router = routing::Router::new(side, epoch, source_addr.clone(), target_addr.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.proxy.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.proxy.listen))?;
@@ -314,8 +313,8 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("cannot start I/O threads: {e}"))?;
     let mirror = mirror::Mirror::start(
         &cfg,
-        routing::BackendAddr::from_config(&cfg.target),
-        routing::BackendAddr::from_config(&cfg.source),
+        target_addr.clone(),
+        source_addr.clone(),
         controller.clone(),
     )
     .map_err(|e| anyhow::anyhow!("cannot start the mirror thread: {e}"))?;
@@ -327,7 +326,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             "mirroring with result validation is on (while replication keeps the target current)"
         );
     }
-    let capture = capture::Engine::start(cfg.clone())
+    let capture = capture::Engine::start(cfg.clone(), [source_addr, target_addr])
         .map_err(|e| anyhow::anyhow!("mirror replication driver: {e}"))?;
     if let Some(c) = &capture {
         controller.set_capture(c.clone());

@@ -42,7 +42,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use validator::answer::Answer;
 use validator::compare::{compare, CompareOptions, Mode, Verdict};
@@ -311,7 +310,7 @@ struct Sides {
 
 /// A mirror connection: its stream, read buffer and the named statements prepared on it.
 struct Conn {
-    stream: TcpStream,
+    stream: tls::Stream,
     buf: BytesMut,
     prepared: HashMap<String, Bytes>,
 }

@@ -16,16 +16,41 @@ pub struct BackendAddr {
     pub dbname: String,
     /// Authentication methods accepted from this server (`[source] auth`).
     pub auth: Vec<config::ServerAuth>,
+    /// TLS to this server (`sslmode` and certificates), `None` for `sslmode = "disable"`.
+    pub tls: TlsTo,
 }
 
+/// The TLS set-up of one server, shared by every connection to it (built once: the files
+/// are read at start-up). Two are equal when they are the same set-up.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTo(pub Option<Arc<tls::Connector>>);
+
+impl PartialEq for TlsTo {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TlsTo {}
+
 impl BackendAddr {
-    pub fn from_config(c: &config::ServerConfig) -> Self {
-        BackendAddr {
+    /// The address, database, accepted authentication and TLS set-up of `[source]` or
+    /// `[target]`. Errors: a certificate or key file that cannot be read, named.
+    pub fn from_config(c: &config::ServerConfig) -> Result<Self, String> {
+        let tls = tls::Connector::new(c)
+            .map_err(|e| format!("TLS to {}:{}: {e}", c.host, c.port))?
+            .map(Arc::new);
+        Ok(BackendAddr {
             host: c.host.clone(),
             port: c.port,
             dbname: c.dbname.clone(),
             auth: c.auth.clone(),
-        }
+            tls: TlsTo(tls),
+        })
     }
 }
 
@@ -330,6 +355,7 @@ mod tests {
             port: 1,
             dbname: "app".into(),
             auth: vec![config::ServerAuth::ScramSha256],
+            tls: TlsTo(None),
         };
         Router::new(Side::Source, 1, a(), a())
     }

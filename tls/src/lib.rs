@@ -4,14 +4,22 @@
 //!   client CA read from PEM files, replaced as a whole by [`Acceptor::reload`] (SIGHUP)
 //!   without touching sessions already open. ALPN `postgresql` is offered, as PostgreSQL 17
 //!   does, so direct TLS negotiation works (PostgreSQL docs 53.2.11 "SSL Session Encryption").
+//! * [`Connector`]: the server-facing side (`[source]`/`[target]` `sslmode`, `sslrootcert`,
+//!   client certificate): SSLRequest and handshake as libpq does them.
+//! * [`check_auth`] / [`AuthGuard`]: the authentication methods a server may ask for
+//!   (`auth`), checked before pgshift answers (no downgrade).
 //! * [`Stream`]: a client or server socket, plain or TLS, and its halves
 //!   ([`ReadHalf`]/[`WriteHalf`]) with the non-blocking write the relay uses.
 //! * [`endpoint`]: `tls-server-end-point` channel binding data (RFC 5929 section 4.1) and
 //!   the Common Name of a client certificate.
 
+mod connect;
 pub mod endpoint;
+mod guard;
 mod stream;
 
+pub use connect::{Connector, SSL_REQUEST};
+pub use guard::{allowed, check_auth, AuthGuard};
 pub use stream::{ReadHalf, Stream, WriteHalf};
 
 use arc_swap::ArcSwap;

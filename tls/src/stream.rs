@@ -13,13 +13,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// A client's socket: plain, or TLS accepted by pgshift.
+/// A socket: plain, or TLS (accepted by pgshift from a client, or opened by pgshift to a
+/// server).
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Stream {
+    /// A connection accepted and handshaken by pgshift's TLS server side.
+    pub fn accepted(s: tokio_rustls::server::TlsStream<TcpStream>) -> Stream {
+        Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))
+    }
+
     /// TLS is in use.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
@@ -33,7 +39,8 @@ impl Stream {
         }
     }
 
-    /// The first certificate the client presented (DER), if any.
+    /// The first certificate the peer presented (DER), if any: the client's certificate on
+    /// an accepted connection, the server's on one pgshift opened.
     pub fn peer_certificate(&self) -> Option<&[u8]> {
         match self {
             Stream::Plain(_) => None,

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use validator::answer::{Answer, Outcome};
 use wire::frame::header;
 use wire::msg;
@@ -53,7 +52,7 @@ pub(super) async fn run(e: Arc<Engine>) {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: tls::Stream,
     buf: BytesMut,
     /// Named statements prepared on this connection: name → Parse frame.
     prepared: HashMap<String, Vec<u8>>,
@@ -307,7 +306,7 @@ async fn run_batch(
         ),
     );
     let expected: usize = batch.iter().map(Pending::answers).sum::<usize>() + 1;
-    let (mut rd, mut wr) = conn.stream.split();
+    let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
     let buf = &mut conn.buf;
     let send = async {
         wr.write_all(&out)

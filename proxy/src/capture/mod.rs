@@ -197,6 +197,8 @@ fn side_code(s: Option<Side>) -> u8 {
 /// The capture engine: the queue being written, the applier, their state.
 pub struct Engine {
     cfg: Arc<Config>,
+    /// `[source]` and `[target]` as the applier reaches them (TLS set-up included).
+    addrs: [BackendAddr; 2],
     dir: PathBuf,
     /// 0: not capturing; 1: capturing on the source; 2: on the target.
     from: AtomicU8,
@@ -217,7 +219,7 @@ impl Engine {
     /// The engine for `[replication] driver = "mirror"` (`None` for other drivers). Resumes
     /// a capture that ran when pgshift stopped (a `RESTART` record is written first), and its
     /// applier. Errors: the queue directory or its state cannot be read or written.
-    pub fn start(cfg: Arc<Config>) -> Result<Option<Arc<Engine>>, String> {
+    pub fn start(cfg: Arc<Config>, addrs: [BackendAddr; 2]) -> Result<Option<Arc<Engine>>, String> {
         if cfg.replication.driver != config::Driver::Mirror {
             return Ok(None);
         }
@@ -233,6 +235,7 @@ impl Engine {
         let e = Arc::new_cyclic(|me| Engine {
             me: me.clone(),
             cfg,
+            addrs,
             dir,
             from: AtomicU8::new(0),
             writer: ArcSwapOption::empty(),
@@ -318,15 +321,11 @@ impl Engine {
 
     /// The address and admin user of `side`, for the applier.
     pub(crate) fn server(&self, side: Side) -> (BackendAddr, String, Option<String>) {
-        let s = match side {
-            Side::Source => &self.cfg.source,
-            Side::Target => &self.cfg.target,
+        let (s, addr) = match side {
+            Side::Source => (&self.cfg.source, &self.addrs[0]),
+            Side::Target => (&self.cfg.target, &self.addrs[1]),
         };
-        (
-            BackendAddr::from_config(s),
-            s.user.clone(),
-            s.password.clone(),
-        )
+        (addr.clone(), s.user.clone(), s.password.clone())
     }
 
     pub(crate) fn cfg(&self) -> &Config {

@@ -116,7 +116,7 @@ async fn handshake(
     peer: SocketAddr,
 ) -> Result<tls::Stream, Negotiated> {
     match setup.acceptor.accept(tcp).await {
-        Ok(s) => Ok(tls::Stream::Tls(Box::new(s))),
+        Ok(s) => Ok(tls::Stream::accepted(s)),
         Err(e) => {
             crate::metrics::login_refused(crate::metrics::Refusal::from_sqlstate("08P01"));
             tracing::info!(client = %peer, error = %e, "TLS handshake failed; connection closed");

@@ -339,13 +339,17 @@ impl<'p> Relay<'p> {
             if self.sbuf.capacity() - self.sbuf.len() < 4096 {
                 self.sbuf.reserve(16 * 1024);
             }
-            let write_server = !self.to_server.is_empty() && self.backend.is_some();
+            // TLS: also while ciphertext of an earlier write still waits for the socket.
+            let write_server = self
+                .backend
+                .as_ref()
+                .is_some_and(|c| !self.to_server.is_empty() || c.wr.pending());
             // Held sessions, and idle ones that listen (they move as soon as the table does),
             // follow the routing table.
             let watch = self.held || (!self.unit.busy && !self.state.channels().is_empty());
             let ev = {
                 let (b_rd, b_wr) = match self.backend.as_mut() {
-                    Some(c) => (Some(&mut c.rd), Some(&c.wr)),
+                    Some(c) => (Some(&mut c.rd), Some(&mut c.wr)),
                     None => (None, None),
                 };
                 let opening = self.opening.as_mut().map(|(_, f)| f);
@@ -402,7 +406,7 @@ impl<'p> Relay<'p> {
     /// Write what is pending without waiting.
     fn flush_some(&mut self) -> Result<(), End> {
         if !self.to_server.is_empty() {
-            if let Some(c) = &self.backend {
+            if let Some(c) = &mut self.backend {
                 match c.wr.try_write(&self.to_server) {
                     Ok(n) => self.to_server.advance(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -779,6 +779,7 @@ mod tests {
             port: 1,
             dbname: "d".into(),
             auth: vec![config::ServerAuth::ScramSha256],
+            tls: crate::routing::TlsTo(None),
         });
         let t = RoutingTable {
             epoch: 2,

@@ -1,0 +1,78 @@
+//! The control plane's connections to the servers (tokio-postgres), made as pgshift's
+//! sessions make theirs: TLS per the server's `sslmode` (the SSLRequest and handshake done by
+//! [`tls::Connector`], so `verify-ca`/`verify-full` and client certificates work as in libpq),
+//! and the login checked against the server's `auth` by [`tls::AuthGuard`] before
+//! tokio-postgres answers it (no downgrade to MD5, cleartext or trust).
+
+use crate::logical::{pg_error, DriverError};
+use config::ServerConfig;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Connects to database `dbname` of `s` as `s.user` with `application_name =
+/// pgshift-control` and `standard_conforming_strings = on`, within `timeout` (TCP, TLS and
+/// login included), and spawns the connection's task. `context` starts every error message
+/// (it names the server; never the password). Errors are temporary (retrying may help) but
+/// for refusals of TLS or `auth` policy and permanent server refusals.
+pub async fn connect(
+    s: &ServerConfig,
+    dbname: &str,
+    timeout: Duration,
+    context: &str,
+) -> Result<Client, DriverError> {
+    match tokio::time::timeout(timeout, connect_inner(s, dbname, context)).await {
+        Ok(r) => r,
+        Err(_) => Err(DriverError::temporary(format!(
+            "{context}: timed out after {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+async fn connect_inner(
+    s: &ServerConfig,
+    dbname: &str,
+    context: &str,
+) -> Result<Client, DriverError> {
+    let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port))
+        .await
+        .map_err(|e| DriverError::temporary(format!("{context}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let stream =
+        match tls::Connector::new(s).map_err(|e| DriverError::new(format!("{context}: {e}")))? {
+            None => tls::Stream::Plain(tcp),
+            Some(t) => t
+                .negotiate(tcp, &s.host)
+                .await
+                .map_err(|e| DriverError::new(format!("{context}: {e}")))?,
+        };
+    let over_tls = stream.is_tls();
+    let guarded = tls::AuthGuard::new(stream, &s.auth, &s.user, over_tls);
+    let mut c = tokio_postgres::Config::new();
+    c.dbname(dbname)
+        .user(&s.user)
+        .application_name("pgshift-control")
+        .options("-c standard_conforming_strings=on")
+        // The SSLRequest is done above, on the socket the guard watches.
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    if let Some(p) = &s.password {
+        c.password(p.as_bytes());
+    }
+    let (client, conn) = c.connect_raw(guarded, NoTls).await.map_err(|e| {
+        let mut d = pg_error(context, &e);
+        if d.message
+            .contains("which its `auth` setting does not allow")
+            || d.message.contains("only over TLS")
+        {
+            d.transient = false;
+        }
+        d
+    })?;
+    let label = context.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(server = %label, error = %e, "control connection ended");
+        }
+    });
+    Ok(client)
+}
