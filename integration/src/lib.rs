@@ -16,6 +16,7 @@
 //! their servers). Set `PGSHIFT_KEEP_DATA=1` to keep data directories and logs after a run.
 
 mod binaries;
+pub mod certs;
 mod lock;
 mod pgshift;
 mod runas;
@@ -68,7 +69,7 @@ fn keep_data() -> bool {
 }
 
 /// A fresh directory name under `<cache>/run`: `<pid>-<n>-<what>`, unique in this process.
-fn new_run_dir(what: &str) -> std::io::Result<PathBuf> {
+pub fn new_run_dir(what: &str) -> std::io::Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let run = cache_dir().join("run");

@@ -45,6 +45,10 @@ pub struct ServerOptions {
     pub port: Option<u16>,
     /// How long to wait for the server to accept connections. Default 60 s.
     pub start_timeout: Duration,
+    /// TLS: this certificate and key are copied into the data directory (`server.crt`,
+    /// `server.key`, mode 0600, owned by the server's user) and `ssl = on` is set. Plain
+    /// connections stay allowed unless `hba` says otherwise (`hostnossl ... reject`).
+    pub ssl: Option<crate::certs::CertFiles>,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +59,7 @@ impl Default for ServerOptions {
             initdb_args: Vec::new(),
             port: None,
             start_timeout: Duration::from_secs(60),
+            ssl: None,
         }
     }
 }
@@ -258,6 +263,17 @@ impl PgServer {
         );
         // Written by us into files the server user owns: ownership stays as it is.
         std::fs::write(self.datadir.join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
+        if let Some(ssl) = &opts.ssl {
+            for (from, to) in [(&ssl.cert, "server.crt"), (&ssl.key, "server.key")] {
+                let to = self.datadir.join(to);
+                let data =
+                    std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+                crate::certs::write_private(&to, &data)?;
+                if let Some(user) = self.run_as {
+                    user.chown(&to)?;
+                }
+            }
+        }
         let conf = self.datadir.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).context("reading postgresql.conf")?;
         text.push_str("\n# pgshift integration harness\ninclude 'pgshift.conf'\n");
@@ -289,6 +305,9 @@ impl PgServer {
             ("log_min_messages", "warning"),
             ("dynamic_shared_memory_type", "posix"),
         ];
+        if opts.ssl.is_some() {
+            settings.push(("ssl", "on"));
+        }
         for (k, v) in &opts.settings {
             settings.push((k, v));
         }
