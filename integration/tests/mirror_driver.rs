@@ -215,3 +215,93 @@ async fn mirror_driver_13_without_logical_decoding_to_17_under_pgbench() {
     );
     eprintln!("done in {:.1?}", t0.elapsed());
 }
+
+/// Durable before acknowledged (issue 10 part 7): pgshift is killed at its 60th group
+/// commit, after the unit's queue records were written and before their `fdatasync`, while
+/// one writer commits ids through it. After the restart every id whose commit the writer
+/// heard is applied on the target, and applying goes on (no unit was left open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_acknowledges_only_durable_commits_across_a_kill_before_sync() {
+    let mut stack = Stack::start(StackOptions {
+        pgbench_scale: 1,
+        source_settings: vec![("wal_level".into(), "replica".into())],
+        extra_config: "[replication]\ndriver = \"mirror\"\n\n\
+                       [upgrade]\napprove_cutover = true\nshift = []\npoll_interval_ms = 200\n"
+            .into(),
+        env: vec![("PGSHIFT_FAILPOINT".into(), "capture-sync@60".into())],
+        ..Default::default()
+    })
+    .expect("stack");
+    stack.prepare_source().unwrap();
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    // One writer: at the kill only its own unit can be in flight, and that one is recorded
+    // whole (the kill comes after the UNIT record), so applying can go on after the restart.
+    let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(2));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stack.pgshift.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the failpoint was not reached: {:?}\n{}",
+            stack.status().await,
+            integration::tail_file(&stack.pgshift.log_path(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stack.pgshift.log().contains("capture-sync@60"),
+        "pgshift died elsewhere:\n{}",
+        integration::tail_file(&stack.pgshift.log_path(), 40)
+    );
+    stack.pgshift.env.clear();
+    stack.pgshift.restart().expect("restart");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = writer.stop().await;
+    assert!(written.acked.len() >= 50, "{} acked", written.acked.len());
+    let tgt = &stack.target;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // -1: the target's table cannot be read yet.
+        let lost = missing_ids(tgt, "app", "acked", &written.acked).unwrap_or_else(|_| vec![-1]);
+        if lost.is_empty() {
+            break;
+        }
+        let s = stack.status().await.unwrap();
+        assert_ne!(get(&s, "state"), "error", "applying stopped: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged ids missing on the target: {lost:?}; status {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The id in flight at the kill: committed on the source (its UNIT record was written),
+    // never acknowledged (the client waited for the fdatasync), applied on the target.
+    let first_error = written
+        .errors
+        .first()
+        .expect("the kill broke the writer's connection");
+    let in_flight: i64 = first_error
+        .strip_prefix("id ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("writer error without an id: {first_error}"));
+    assert!(
+        !written.acked.contains(&in_flight),
+        "id {in_flight} was acknowledged"
+    );
+    let on = |s: &PgServer| {
+        s.psql(
+            "app",
+            &format!("SELECT count(*) FROM acked WHERE id = {in_flight}"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        on(&stack.source),
+        "1",
+        "id {in_flight} committed on the source"
+    );
+    assert_eq!(on(tgt), "1", "id {in_flight} applied on the target");
+    let log = integration::tail_file(&stack.pgshift.log_path(), 1000);
+    assert!(!log.contains("cannot be trusted"), "{log}");
+}

@@ -65,6 +65,7 @@ const CAPTURE_RECORDED: &str = "pgshift_capture_recorded_seq";
 const CAPTURE_APPLIED: &str = "pgshift_capture_applied_seq";
 const CAPTURE_LAG: &str = "pgshift_capture_lag_bytes";
 const CAPTURE_FAILED: &str = "pgshift_capture_apply_failed";
+const CAPTURE_SYNCS: &str = "pgshift_capture_fdatasync_total";
 /// (mismatches + target-only errors) / compared statements.
 const VALIDATION_ERROR_RATE: &str = "pgshift_validation_error_rate";
 const TRAFFIC_WEIGHT: &str = "pgshift_traffic_weight_percent";
@@ -177,6 +178,10 @@ fn describe() {
     describe_gauge!(
         CAPTURE_FAILED,
         "Mirror replication driver: 1 when applying stopped (SHOW UPGRADE STATUS says why)"
+    );
+    describe_counter!(
+        CAPTURE_SYNCS,
+        "Mirror replication driver: fdatasync calls of the capture queue (one covers every commit waiting at that moment)"
     );
     describe_counter!(
         MIRROR_SHED,
@@ -370,6 +375,11 @@ pub fn capture_state(e: &crate::capture::Engine) {
     gauge!(CAPTURE_APPLIED).set(st.applied as f64);
     gauge!(CAPTURE_LAG).set(st.lag_bytes as f64);
     gauge!(CAPTURE_FAILED).set(if st.failed.is_some() { 1.0 } else { 0.0 });
+}
+
+/// One group-commit `fdatasync` of the capture queue finished.
+pub fn capture_synced() {
+    counter!(CAPTURE_SYNCS).increment(1);
 }
 
 /// Number of pinned sessions (see `session::pins`), set when it changes.

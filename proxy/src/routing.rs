@@ -120,11 +120,13 @@ impl Failpoint {
         let v = std::env::var("PGSHIFT_FAILPOINT").ok()?;
         match v.as_str() {
             "" => None,
+            // The capture queue's own (capture::sync_failpoint).
+            v if v.starts_with("capture-sync") => None,
             "pause" => Some(Failpoint::Pause),
             "switch" => Some(Failpoint::Switch),
             other => {
                 tracing::warn!(
-                    "PGSHIFT_FAILPOINT={other:?} is not a failpoint (pause, switch); ignored"
+                    "PGSHIFT_FAILPOINT={other:?} is not a failpoint (pause, switch, capture-sync@N); ignored"
                 );
                 None
             }

@@ -48,6 +48,31 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Test hook for the kill test of group commit: with `PGSHIFT_FAILPOINT=capture-sync@N`
+/// the process kills itself (SIGKILL) at its N-th group commit, after the `UNIT` records
+/// were written and before their `fdatasync` (so before any of their clients heard the
+/// commit); `capture-sync` alone is `@1`.
+fn sync_failpoint() {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("PGSHIFT_FAILPOINT").ok()?;
+        let n = v.strip_prefix("capture-sync")?;
+        match n.strip_prefix('@') {
+            None if n.is_empty() => Some(1),
+            Some(n) => n.parse().ok(),
+            None => None,
+        }
+    });
+    if let Some(at) = *at {
+        if COUNT.fetch_add(1, Ordering::Relaxed) + 1 == at {
+            tracing::error!("PGSHIFT_FAILPOINT=capture-sync@{at}: killing the process (SIGKILL) before fdatasync of the capture queue");
+            // SAFETY: kill(2) of our own process; no memory is touched.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
 /// Record kinds in the queue.
 pub const OPEN: u8 = 1;
 /// A committed unit ([`Unit`] encoded).
@@ -199,6 +224,10 @@ pub struct Engine {
     cfg: Arc<Config>,
     /// `[source]` and `[target]` as the applier reaches them (TLS set-up included).
     addrs: [BackendAddr; 2],
+    /// Group commit: every record up to this seq of the current writer is on disk.
+    synced: AtomicU64,
+    /// One `fdatasync` at a time; those waiting meanwhile are covered by the next.
+    sync_turn: tokio::sync::Mutex<()>,
     dir: PathBuf,
     /// 0: not capturing; 1: capturing on the source; 2: on the target.
     from: AtomicU8,
@@ -236,6 +265,8 @@ impl Engine {
             me: me.clone(),
             cfg,
             addrs,
+            synced: AtomicU64::new(0),
+            sync_turn: tokio::sync::Mutex::new(()),
             dir,
             from: AtomicU8::new(0),
             writer: ArcSwapOption::empty(),
@@ -281,42 +312,82 @@ impl Engine {
         self.from.load(Ordering::Relaxed) == side_code(Some(side))
     }
 
-    fn append(&self, kind: u8, payload: &[u8]) {
+    fn append(&self, kind: u8, payload: &[u8]) -> Option<u64> {
+        let w = self.writer.load_full()?;
+        match w.append(kind, payload) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                self.queue_failed(&format!(
+                    "cannot write the capture queue in {}: {e}",
+                    self.dir.display()
+                ));
+                None
+            }
+        }
+    }
+
+    fn queue_failed(&self, what: &str) {
+        let msg = format!(
+            "{what}; transactions committed from now on are not recorded: the initial copy must be made again"
+        );
+        tracing::error!("{msg}");
+        lock(&self.failed).get_or_insert(msg);
+    }
+
+    /// Waits until the queue record `seq` is on disk (group commit: one `fdatasync` covers
+    /// every record appended before it starts, so the sessions waiting at that moment share
+    /// it; a session that finds its record already covered does not wait at all). Called
+    /// between a unit's `UNIT` record and the ReadyForQuery that tells the client it
+    /// committed. An `fdatasync` error marks capture failed (the client still hears its
+    /// commit: the source has it) and returns.
+    pub async fn durable(&self, seq: u64) {
+        if self.synced.load(Ordering::Acquire) >= seq {
+            return;
+        }
+        let _turn = self.sync_turn.lock().await;
+        if self.synced.load(Ordering::Acquire) >= seq {
+            return;
+        }
         let Some(w) = self.writer.load_full() else {
             return;
         };
-        if let Err(e) = w.append(kind, payload) {
-            let msg = format!(
-                "cannot write the capture queue in {}: {e}; transactions committed from now on are not recorded: the initial copy must be made again",
+        sync_failpoint();
+        match tokio::task::spawn_blocking(move || w.sync_upto()).await {
+            Ok(Ok(upto)) => {
+                self.synced.fetch_max(upto, Ordering::AcqRel);
+                crate::metrics::capture_synced();
+            }
+            Ok(Err(e)) => self.queue_failed(&format!(
+                "cannot fdatasync the capture queue in {}: {e}",
                 self.dir.display()
-            );
-            tracing::error!("{msg}");
-            lock(&self.failed).get_or_insert(msg);
+            )),
+            Err(e) => self.queue_failed(&format!("capture queue sync task: {e}")),
         }
     }
 
     /// A unit that may write starts: writes its `OPEN` record; returns its id.
     pub fn open_unit(&self) -> u64 {
         let uid = self.next_uid.fetch_add(1, Ordering::Relaxed);
-        self.append(OPEN, &uid.to_le_bytes());
+        let _ = self.append(OPEN, &uid.to_le_bytes());
         uid
     }
 
     /// The unit wrote nothing: `CLOSE`.
     pub fn close_unit(&self, uid: u64) {
-        self.append(CLOSE, &uid.to_le_bytes());
+        let _ = self.append(CLOSE, &uid.to_le_bytes());
     }
 
-    /// The unit committed (or may have): its `UNIT` record.
-    pub fn record(&self, unit: &Unit) {
-        self.append(UNIT, &unit.encode());
+    /// The unit committed (or may have): its `UNIT` record; its seq, to wait for with
+    /// [`Engine::durable`] (`None` when capture stopped or the write failed).
+    pub fn record(&self, unit: &Unit) -> Option<u64> {
+        self.append(UNIT, &unit.encode())
     }
 
     /// The unit could not be kept whole (over [`MAX_UNIT_BYTES`]).
     pub fn lost(&self, uid: u64, bytes: usize) {
         let mut p = uid.to_le_bytes().to_vec();
         p.extend_from_slice(&(bytes as u64).to_le_bytes());
-        self.append(LOST, &p);
+        let _ = self.append(LOST, &p);
     }
 
     /// The address and admin user of `side`, for the applier.
@@ -405,6 +476,7 @@ impl control::Capture for Engine {
         *lock(&self.failed) = None;
         self.applied.store(0, Ordering::SeqCst);
         self.applied_pos.store(0, Ordering::SeqCst);
+        self.synced.store(0, Ordering::Release);
         self.writer.store(Some(Arc::new(w)));
         self.from.store(side_code(Some(from)), Ordering::SeqCst);
         tracing::info!(

@@ -277,6 +277,18 @@ impl Writer {
         file.sync_data()
     }
 
+    /// [`Writer::sync`], returning the seq up to which every record is now durable (the last
+    /// seq appended before the call).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of `fdatasync`.
+    pub fn sync_upto(&self) -> io::Result<u64> {
+        let upto = self.last_seq();
+        self.sync()?;
+        Ok(upto)
+    }
+
     /// Seq of the last record appended, 0 if the queue has none (recovered records count).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)

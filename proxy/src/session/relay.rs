@@ -112,6 +112,9 @@ pub(crate) struct Relay<'p> {
     c_skip: usize,
     s_skip: usize,
     c_rescan: bool,
+    /// Seq of the capture queue's `UNIT` record whose ReadyForQuery waits in `to_client`
+    /// until it is on disk ([`crate::capture::Engine::durable`]).
+    durable: Option<u64>,
     s_rescan: bool,
     max_msg: usize,
     rx: watch::Receiver<u64>,
@@ -209,6 +212,7 @@ pub(crate) async fn relay(
         s_skip: 0,
         c_rescan,
         s_rescan: false,
+        durable: None,
         max_msg: proxy.cfg.proxy.max_message_bytes,
         rx,
         opening: None,
@@ -301,6 +305,11 @@ impl<'p> Relay<'p> {
             if self.unit.replay {
                 self.unit.replay = false;
                 self.replay_unit().await?;
+            }
+            // Durable before acknowledged: the unit's final ReadyForQuery (in to_client) goes
+            // out once its queue record is on disk.
+            if let (Some(seq), Some(e)) = (self.durable.take(), self.proxy.capture.as_deref()) {
+                e.durable(seq).await;
             }
             self.flush_some()?;
             if self.unit.replay {
@@ -1259,7 +1268,7 @@ impl<'p> Relay<'p> {
                     .map(|f| (n.clone(), f.to_vec()))
             })
             .collect();
-        e.record(&crate::capture::Unit {
+        self.durable = e.record(&crate::capture::Unit {
             uid,
             user: self.user.cfg.server_user().to_string(),
             params: self.state.params.clone(),
