@@ -121,10 +121,12 @@ impl Connector {
         match answer {
             b'S' => {}
             b'N' if self.mode == SslMode::Prefer => return Ok(Stream::Plain(tcp)),
-            b'N' => return Err(format!(
+            b'N' => {
+                return Err(format!(
                 "the server does not support TLS (it answered N to SSLRequest) and sslmode is {}",
                 self.mode.as_str()
-            )),
+            ))
+            }
             b'E' => {
                 return Err(
                     "the server answered SSLRequest with an error (a server older than 7.0?)"
