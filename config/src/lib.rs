@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     pub client_login_timeout_ms: u64,
     /// `[proxy.tls]`: TLS to clients. Default: off (`SSLRequest` answered `N`).
     pub tls: ClientTlsConfig,
+    /// Most client sessions at once (admin console sessions not counted); past it a login
+    /// is refused with SQLSTATE 53300 "sorry, too many clients already". Default 5000.
+    pub max_client_connections: usize,
 }
 
 /// How the proxy treats clients' TLS (`[proxy.tls] mode`).
@@ -138,6 +141,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 5000,
             client_login_timeout_ms: 15000,
             tls: ClientTlsConfig::default(),
+            max_client_connections: 5000,
         }
     }
 }
@@ -405,6 +409,10 @@ pub struct UserConfig {
     /// reach a backend. Default false.
     #[serde(default)]
     pub admin: bool,
+    /// Most sessions of this user at once (as a role's CONNECTION LIMIT); past it a login is
+    /// refused with SQLSTATE 53300. Default: no limit of its own.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 fn default_auth() -> AuthMethod {
@@ -888,6 +896,7 @@ impl fmt::Debug for UserConfig {
             .field("server_user", &self.server_user)
             .field("server_password", &masked(&self.server_password))
             .field("admin", &self.admin)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }

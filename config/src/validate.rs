@@ -94,6 +94,12 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         );
     }
     positive(&mut f, "proxy", "connect_timeout_ms", p.connect_timeout_ms);
+    if p.max_client_connections == 0 {
+        f.add(
+            at("proxy").key("max_client_connections"),
+            "must be at least 1",
+        );
+    }
     positive(
         &mut f,
         "proxy",

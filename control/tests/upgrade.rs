@@ -55,6 +55,7 @@ async fn preflight_lists_every_problem() {
         server_user: Some("app_user".into()),
         server_password: None,
         admin: false,
+        max_connections: None,
     });
     let ctl = Controller::open(Arc::new(cfg)).expect("open");
     ctl.attach(FakeTraffic::from(&ctl));

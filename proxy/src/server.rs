@@ -90,6 +90,8 @@ pub struct Proxy {
     pub mirror: Option<Arc<crate::mirror::Mirror>>,
     /// The `mirror` replication driver's capture (`[replication] driver = "mirror"`).
     pub capture: Option<Arc<crate::capture::Engine>>,
+    /// Open client sessions, against `max_client_connections` and per-user limits.
+    pub limits: crate::session::limits::Limits,
 }
 
 impl Proxy {
@@ -134,6 +136,7 @@ impl Proxy {
             mirror,
             capture,
             tls,
+            limits: Default::default(),
         })
     }
 

@@ -15,6 +15,7 @@
 //!   mirroring, the mirror driver's write capture), one list instead of three copies.
 //! * [`relay`]: the I/O loop that moves bytes between the client and its backends.
 
+pub mod limits;
 pub mod login;
 pub mod negotiate;
 pub mod pins;
@@ -185,6 +186,20 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let slot = match &login {
+        login::Login::Cancel { .. } => None,
+        login::Login::Admin { user } | login::Login::Data { user, .. } => {
+            match proxy.limits.acquire(
+                &user.cfg.name,
+                user.cfg.admin,
+                proxy.cfg.proxy.max_client_connections,
+                user.cfg.max_connections,
+            ) {
+                Ok(s) => Some(s),
+                Err(message) => return refuse(&mut c, "53300", &message).await,
+            }
+        }
+    };
     match login {
         login::Login::Cancel { pid, secret } => proxy.cancel(pid, secret).await,
         login::Login::Admin { user } => {
@@ -207,4 +222,5 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             proxy.unregister(info.pid);
         }
     }
+    drop(slot);
 }
