@@ -27,8 +27,14 @@ impl Pgbouncer {
     /// `backend`'s user with its password (`auth_type = scram-sha-256`, the plain password in
     /// the auth file, which pgbouncer also uses to log in to the server). PgBouncer refuses to
     /// run as root: as root it runs as the harness's server user
-    /// ([`integration::PG_OS_USER`]).
-    pub fn start(backend: &Endpoint, dir: &Path) -> Result<Pgbouncer> {
+    /// ([`integration::PG_OS_USER`]). With `tls`, TLS both ways: clients must use TLS
+    /// (`client_tls_sslmode = require`, this certificate and key, copied into `dir`) and the
+    /// server connections use it (`server_tls_sslmode = require`).
+    pub fn start(
+        backend: &Endpoint,
+        dir: &Path,
+        tls: Option<&integration::certs::CertFiles>,
+    ) -> Result<Pgbouncer> {
         if !Path::new(PGBOUNCER_BIN).exists() {
             bail!("{PGBOUNCER_BIN} not found: apt-get install pgbouncer");
         }
@@ -40,6 +46,23 @@ impl Pgbouncer {
             format!("\"{}\" \"{}\"\n", backend.user, backend.password),
         )
         .context("writing the pgbouncer auth file")?;
+        let mut tls_ini = String::new();
+        let mut tls_files = Vec::new();
+        if let Some(t) = tls {
+            let (cert, key) = (dir.join("client-tls.crt"), dir.join("client-tls.key"));
+            std::fs::copy(&t.cert, &cert).context("copying the TLS certificate")?;
+            integration::certs::write_private(&key, &std::fs::read(&t.key)?)?;
+            tls_ini = format!(
+                "client_tls_sslmode = require
+client_tls_cert_file = {}
+client_tls_key_file = {}
+server_tls_sslmode = require
+",
+                cert.display(),
+                key.display()
+            );
+            tls_files = vec![cert, key];
+        }
         let config = dir.join("pgbouncer.ini");
         std::fs::write(
             &config,
@@ -57,7 +80,8 @@ impl Pgbouncer {
                  default_pool_size = 60\n\
                  ignore_startup_parameters = extra_float_digits\n\
                  logfile = {log}\n\
-                 pidfile = {pid}\n",
+                 pidfile = {pid}\n\
+                 {tls_ini}",
                 db = backend.dbname,
                 host = backend.host,
                 bport = backend.port,
@@ -76,7 +100,10 @@ impl Pgbouncer {
             .stderr(std::fs::File::create(dir.join("pgbouncer.stderr"))?);
         // As root, pgbouncer (which refuses root) runs as the harness's server user.
         if let Some(user) = integration::run_as()? {
-            for p in [dir, auth_file.as_path(), config.as_path()] {
+            for p in [dir, auth_file.as_path(), config.as_path()]
+                .into_iter()
+                .chain(tls_files.iter().map(|p| p.as_path()))
+            {
                 user.chown(p)?;
             }
             user.apply(&mut cmd);

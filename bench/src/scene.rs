@@ -25,9 +25,10 @@ pub fn acked_stack(opts: StackOptions) -> Result<Stack> {
 }
 
 /// Start one server of `major` with the application role and database and pgbench data of
-/// `scale`, owned by the application user (as [`Stack::start`] sets up its source).
-pub fn app_server(major: u32, scale: u32) -> Result<PgServer> {
-    let s = PgServer::start(major)?;
+/// `scale`, owned by the application user (as [`Stack::start`] sets up its source), with
+/// `opts` (e.g. TLS).
+pub fn app_server(major: u32, scale: u32, opts: integration::ServerOptions) -> Result<PgServer> {
+    let s = PgServer::start_with(major, opts)?;
     s.psql(
         "postgres",
         &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),

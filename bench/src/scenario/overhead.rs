@@ -43,6 +43,12 @@ pub struct Opts {
     /// the same rounds: before/after figures of a change measured side by side.
     #[arg(long)]
     pub baseline_bin: Option<std::path::PathBuf>,
+    /// TLS both ways on every path: the server with `ssl = on`; pgbench with
+    /// `sslmode=require` to the server, pgshift (`[proxy.tls] mode = "require"`) and
+    /// pgbouncer (`client_tls_sslmode = require`); pgshift and pgbouncer to the server with
+    /// `sslmode = require`. A test CA's certificate is made for the run.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The ways to the server, in the order of the first round (`baseline` only with
@@ -73,29 +79,51 @@ pub async fn run(o: Opts) -> Result<Outcome> {
         }
     });
     say(format!(
-        "overhead: PostgreSQL {major}, pgbench -S -c {} -j {} -T {}, {} rounds",
-        o.clients, o.threads, o.duration, o.rounds
+        "overhead: PostgreSQL {major}, pgbench -S -c {} -j {} -T {}, {} rounds{}",
+        o.clients,
+        o.threads,
+        o.duration,
+        o.rounds,
+        if o.tls { ", TLS both ways" } else { "" }
     ));
     let scale = o.scale;
     let baseline_bin = o.baseline_bin.clone();
+    let certs = if o.tls {
+        let dir = integration::new_run_dir("bench-certs")?;
+        let ca = integration::certs::TestCa::new(&dir, "ca")?;
+        Some(ca.server("server", &["localhost", "127.0.0.1"])?)
+    } else {
+        None
+    };
+    let tls = certs.clone();
     let (server, target, pgshift, baseline) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let server = scene::app_server(major, scale)?;
+        let opts = integration::ServerOptions {
+            ssl: tls.clone(),
+            ..Default::default()
+        };
+        let server = scene::app_server(major, scale, opts.clone())?;
         // pgshift wants a target too; an idle second server of the same major will do.
-        let target = PgServer::start(major)?;
+        let target = PgServer::start_with(major, opts)?;
         target.psql("postgres", "CREATE DATABASE app")?;
-        let config =
-            integration::stack::stack_config(&server, &target, integration::free_port(), "");
-        let pgshift = Pgshift::start(&config)?;
-        let baseline = match &baseline_bin {
-            Some(bin) => {
-                let config = integration::stack::stack_config(
-                    &server,
-                    &target,
-                    integration::free_port(),
-                    "",
-                );
-                Some(Pgshift::start_binary(bin, &config)?)
+        let config = |port| {
+            let c = integration::stack::stack_config(&server, &target, port, "");
+            match &tls {
+                None => c,
+                Some(t) => format!(
+                    "{}\n[proxy.tls]\nmode = \"require\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    c.replace("[source]\n", "[source]\nsslmode = \"require\"\n")
+                        .replace("[target]\n", "[target]\nsslmode = \"require\"\n"),
+                    t.cert.display(),
+                    t.key.display()
+                ),
             }
+        };
+        let pgshift = Pgshift::start(&config(integration::free_port()))?;
+        let baseline = match &baseline_bin {
+            Some(bin) => Some(Pgshift::start_binary(
+                bin,
+                &config(integration::free_port()),
+            )?),
             None => None,
         };
         Ok((server, target, pgshift, baseline))
@@ -103,7 +131,11 @@ pub async fn run(o: Opts) -> Result<Outcome> {
     .await??;
     let work = WorkDir::create("overhead")?;
     let direct = Endpoint::direct(&server);
-    let bouncer = Pgbouncer::start(&direct, &work.join("pgbouncer"))?;
+    let bouncer = Pgbouncer::start(&direct, &work.join("pgbouncer"), certs.as_ref())?;
+    if o.tls {
+        // Every pgbench run below (over TCP) uses TLS; the set-up above is done.
+        std::env::set_var("PGSSLMODE", "require");
+    }
     say(format!(
         "PostgreSQL {} on :{}, pgshift on :{} (pid {}), pgbouncer on :{} (pid {})",
         server.binaries.version,
