@@ -201,6 +201,7 @@ pub trait CutoverGate: Send + Sync {
 }
 
 pub mod controller;
+pub mod files;
 pub mod health;
 pub mod journal;
 pub mod logical;
