@@ -147,21 +147,73 @@ impl Default for ProxyConfig {
 }
 
 /// `[http]`: the HTTP server: `GET /metrics` (Prometheus), `GET /progress`, `GET /health`,
-/// `GET /clients`, `GET /servers`, `POST /upgrade/{start,cutover,rollback}`. It has no
-/// authentication: keep it on loopback or a private network.
-#[derive(Debug, Clone, Deserialize)]
+/// `GET /clients`, `GET /servers`, `GET /databases`, `POST /upgrade/{start,cutover,rollback}`.
+///
+/// Every endpoint except those in [`public`](Self::public) needs `Authorization: Bearer
+/// <token>` when a token is configured (`token` or `token_file`). Without a token the
+/// endpoints that change or reveal anything ([`SENSITIVE_ENDPOINTS`]) answer 403, and the
+/// server must listen on a loopback address (validation refuses any other).
+///
+/// `Debug` prints `token: Some("***")`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// `host:port` to serve HTTP on, in the forms of `proxy.listen`; an empty string disables
     /// the HTTP server. Default `127.0.0.1:9187`.
     pub listen: String,
+    /// The bearer token clients send (`Authorization: Bearer <token>`): visible ASCII
+    /// (`!` to `~`, no spaces), not empty. Exclusive with `token_file`. Default: none.
+    pub token: Option<String>,
+    /// A file holding the token (surrounding white space, e.g. a final newline, is ignored).
+    /// Read at start-up; start-up is refused when the file is readable by its group or by
+    /// others (keep it 0600 or 0400). Exclusive with `token`. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Endpoints served without a token (exact paths). Default `["/metrics", "/health"]`;
+    /// the endpoints of [`SENSITIVE_ENDPOINTS`] cannot be listed.
+    pub public: Vec<String>,
 }
+
+/// Every endpoint of the HTTP server, by path.
+pub const HTTP_ENDPOINTS: &[&str] = &[
+    "/metrics",
+    "/progress",
+    "/health",
+    "/clients",
+    "/servers",
+    "/databases",
+    "/upgrade/start",
+    "/upgrade/cutover",
+    "/upgrade/rollback",
+];
+
+/// The endpoints that change the upgrade or reveal who is connected: never public, and
+/// answered 403 when no token is configured.
+pub const SENSITIVE_ENDPOINTS: &[&str] = &[
+    "/clients",
+    "/upgrade/start",
+    "/upgrade/cutover",
+    "/upgrade/rollback",
+];
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9187".into(),
+            token: None,
+            token_file: None,
+            public: vec!["/metrics".into(), "/health".into()],
         }
+    }
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &masked(&self.token))
+            .field("token_file", &self.token_file)
+            .field("public", &self.public)
+            .finish()
     }
 }
 
@@ -170,6 +222,64 @@ impl HttpConfig {
     pub fn listen_addr(&self) -> Option<&str> {
         Some(self.listen.as_str()).filter(|l| !l.is_empty())
     }
+
+    /// Whether a token is configured (`token` or `token_file`; the file is not read).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
+    /// The configured token: `token`, or the content of `token_file` (trimmed), or `None`.
+    ///
+    /// Errors (naming the file, never its content): the file cannot be read, is readable by
+    /// its group or others (mode & 0o077 != 0), is empty, or holds a character outside
+    /// visible ASCII.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        read_token_file(path).map(Some)
+    }
+}
+
+/// Reads a token file: see [`HttpConfig::resolve_token`].
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("[http] token_file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("[http] token_file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "[http] token_file {shown} has mode {:04o}: it must not be readable by its group or \
+             others (chmod 600 it)",
+            mode & 0o7777
+        ));
+    }
+    let mut text = String::new();
+    file.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("[http] token_file {shown}: {e}"))?;
+    let token = text.trim();
+    check_token(token).map_err(|why| format!("[http] token_file {shown}: the token {why}"))?;
+    Ok(token.to_string())
+}
+
+/// A token is one or more visible ASCII characters (`!` to `~`): it goes in an HTTP header.
+pub(crate) fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("may only hold visible ASCII characters (`!` to `~`, no spaces)");
+    }
+    Ok(())
 }
 
 /// `[journal]`: where the upgrade state is kept.

@@ -829,7 +829,7 @@ fn http_listen_default_disabled_and_invalid() {
     let c = load(&format!("{MINIMAL}\n[http]\nlisten = \"\"\n")).unwrap();
     assert_eq!(c.http.listen_addr(), None, "an empty listen disables HTTP");
 
-    for ok in ["0.0.0.0:9999", "[::1]:9187", "localhost:0"] {
+    for ok in ["127.0.0.2:9999", "[::1]:9187", "localhost:0"] {
         let c = load(&format!("{MINIMAL}\n[http]\nlisten = \"{ok}\"\n")).unwrap();
         assert_eq!(c.http.listen_addr(), Some(ok));
     }
@@ -852,6 +852,150 @@ fn http_listen_default_disabled_and_invalid() {
     let text = format!("{MINIMAL}\n[http]\nport = 9187\n");
     let err = fail(&text);
     assert!(err.contains("unknown field `port`"), "{err}");
+}
+
+#[test]
+fn http_token_public_and_loopback() {
+    let c = load(MINIMAL).unwrap();
+    assert!(!c.http.has_token());
+    assert_eq!(c.http.public, ["/metrics", "/health"]);
+    assert_eq!(c.http.resolve_token().unwrap(), None);
+
+    let text = format!("{MINIMAL}\n[http]\ntoken = \"tok-Secret-7\"\npublic = []\n");
+    let c = load(&text).unwrap();
+    assert!(c.http.has_token() && c.http.public.is_empty());
+    assert_eq!(
+        c.http.resolve_token().unwrap().as_deref(),
+        Some("tok-Secret-7")
+    );
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("tok-Secret-7"), "{shown}");
+    assert!(shown.contains("token: Some(\"***\")"), "{shown}");
+
+    // Not on loopback: only with a token.
+    for wide in [
+        "0.0.0.0:9999",
+        "10.1.2.3:9187",
+        "[::]:9187",
+        "pgshift.internal:9187",
+    ] {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"{wide}\"\n");
+        let line = line_of(&text, &format!("listen = \"{wide}\""));
+        expect_one(&text, line, "is not a loopback address and no token is set");
+        assert!(fail(&text).contains("set [http] token or token_file"));
+        load(&format!(
+            "{MINIMAL}\n[http]\nlisten = \"{wide}\"\ntoken = \"t\"\n"
+        ))
+        .unwrap();
+        load(&format!(
+            "{MINIMAL}\n[http]\nlisten = \"{wide}\"\ntoken_file = \"/nonexistent\"\n"
+        ))
+        .unwrap();
+    }
+    for lo in ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1", "LOCALHOST:1"] {
+        load(&format!("{MINIMAL}\n[http]\nlisten = \"{lo}\"\n")).unwrap();
+    }
+
+    for (body, key_line, fragment) in [
+        (
+            "token = \"a\"\ntoken_file = \"/t\"\n",
+            "token_file = \"/t\"",
+            "http.token_file: is set together with token",
+        ),
+        ("token = \"\"\n", "token = \"\"", "http.token: is empty"),
+        (
+            "token = \"two words\"\n",
+            "token = \"two words\"",
+            "http.token: may only hold visible ASCII",
+        ),
+        (
+            "token = \"caf\u{e9}\"\n",
+            "token = \"caf\u{e9}\"",
+            "visible ASCII",
+        ),
+        (
+            "token_file = \"\"\n",
+            "token_file = \"\"",
+            "http.token_file: must not be empty",
+        ),
+        (
+            "public = [\"/metrics\", \"/upgrade/cutover\"]\n",
+            "public = [\"/metrics\", \"/upgrade/cutover\"]",
+            "http.public[1]: `/upgrade/cutover` cannot be public",
+        ),
+        (
+            "public = [\"/clients\"]\n",
+            "public = [\"/clients\"]",
+            "`/clients` cannot be public",
+        ),
+        (
+            "public = [\"/metric\"]\n",
+            "public = [\"/metric\"]",
+            "`/metric` is not an endpoint; endpoints: /metrics, /progress",
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n[http]\n{body}");
+        let line = line_of(&text, key_line);
+        expect_one(&text, line, fragment);
+    }
+}
+
+#[test]
+fn http_token_file_mode_and_content() {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("pgshift-config-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, mode: u32, text: &str| {
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&p)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        // The umask may have narrowed the mode: set it as the case needs.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let cfg = |p: &std::path::Path| {
+        load(&format!(
+            "{MINIMAL}\n[http]\ntoken_file = \"{}\"\n",
+            p.display()
+        ))
+        .unwrap()
+    };
+    let ok = write("ok", 0o600, "tok-Secret-8\n");
+    assert_eq!(
+        cfg(&ok).http.resolve_token().unwrap().as_deref(),
+        Some("tok-Secret-8")
+    );
+    let ro = write("ro", 0o400, "  tok-Secret-8  ");
+    assert_eq!(
+        cfg(&ro).http.resolve_token().unwrap().as_deref(),
+        Some("tok-Secret-8")
+    );
+    for (name, mode) in [("world", 0o644), ("group", 0o640), ("gw", 0o620)] {
+        let p = write(name, mode, "tok-Secret-8\n");
+        let e = cfg(&p).http.resolve_token().unwrap_err();
+        assert!(
+            e.contains(&format!("has mode {mode:04o}")) && e.contains("chmod 600"),
+            "{e}"
+        );
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        assert!(!e.contains("tok-Secret-8"), "{e}");
+    }
+    let empty = write("empty", 0o600, "\n");
+    let e = cfg(&empty).http.resolve_token().unwrap_err();
+    assert!(e.contains("the token is empty"), "{e}");
+    let spaced = write("spaced", 0o600, "tok Secret\n");
+    let e = cfg(&spaced).http.resolve_token().unwrap_err();
+    assert!(e.contains("visible ASCII") && !e.contains("Secret"), "{e}");
+    let e = cfg(&dir.join("missing")).http.resolve_token().unwrap_err();
+    assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -233,20 +233,83 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
     }
 
     // [http]
-    if let Some(listen) = cfg.http.listen_addr() {
-        if let Err(why) = check_listen(listen) {
-            f.add(
-                at("http").key("listen"),
-                format!("`{listen}` {why}; use \"\" to disable the HTTP server"),
-            );
-        }
-    }
+    check_http(&mut f, &cfg.http);
 
     // [mirror], [validation]
     check_mirror(&mut f, &cfg.mirror);
     check_validation(&mut f, &cfg.validation);
 
     f.0
+}
+
+/// `[http]`: the address, the token and the public endpoints.
+fn check_http(f: &mut Findings, h: &crate::HttpConfig) {
+    let path = || at("http");
+    if let Some(listen) = h.listen_addr() {
+        if let Err(why) = check_listen(listen) {
+            f.add(
+                path().key("listen"),
+                format!("`{listen}` {why}; use \"\" to disable the HTTP server"),
+            );
+        } else if !h.has_token() && !is_loopback_listen(listen) {
+            f.add(
+                path().key("listen"),
+                format!(
+                    "`{listen}` is not a loopback address and no token is set: set [http] token or \
+                     token_file (clients then send Authorization: Bearer <token>), or listen on \
+                     127.0.0.1, [::1] or localhost"
+                ),
+            );
+        }
+    }
+    if h.token.is_some() && h.token_file.is_some() {
+        f.add(
+            path().key("token_file"),
+            "is set together with token: set one of them",
+        );
+    }
+    if let Some(t) = &h.token {
+        if let Err(why) = crate::check_token(t) {
+            f.add(path().key("token"), format!("{why}; omit it for no token"));
+        }
+    }
+    if h.token_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        f.add(path().key("token_file"), "must not be empty");
+    }
+    for (i, p) in h.public.iter().enumerate() {
+        if crate::SENSITIVE_ENDPOINTS.contains(&p.as_str()) {
+            f.add(
+                path().key("public").index(i),
+                format!(
+                    "`{p}` cannot be public: it changes the upgrade or reveals who is connected \
+                     (only with the token: {})",
+                    crate::SENSITIVE_ENDPOINTS.join(", ")
+                ),
+            );
+        } else if !crate::HTTP_ENDPOINTS.contains(&p.as_str()) {
+            f.add(
+                path().key("public").index(i),
+                format!(
+                    "`{p}` is not an endpoint; endpoints: {}",
+                    crate::HTTP_ENDPOINTS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Whether a valid `host:port` (see [`check_listen`]) is on loopback: 127.0.0.0/8, `[::1]` or
+/// the name `localhost`. Other host names count as not loopback (they are not resolved here).
+pub(crate) fn is_loopback_listen(listen: &str) -> bool {
+    if let Ok(a) = listen.parse::<SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }
 
 fn positive(f: &mut Findings, section: &'static str, key: &'static str, value: u64) {

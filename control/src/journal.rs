@@ -224,10 +224,13 @@ impl Journal {
         };
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
+                crate::files::create_dir_all(dir)
                     .map_err(|e| err(format!("cannot create directory {}: {e}", dir.display())))?;
             }
         }
+        // The database file is made 0600 before SQLite opens it: SQLite gives its -wal and
+        // -shm files the permissions of the database file (os_unix.c, findCreateFileMode).
+        crate::files::touch(path).map_err(|e| err(format!("cannot create: {e}")))?;
         let mut conn = Connection::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
         init(&mut conn).map_err(|e| err(format!("cannot initialise: {e}")))?;
         let current = read_upgrade(&mut conn)
@@ -777,6 +780,31 @@ pub fn rfc3339_from_unix_millis(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_directory_0700_files_0600() {
+        // A permissive umask, as on many hosts: the modes must come from pgshift, not from it.
+        // SAFETY: umask(2) cannot fail; other tests only see files made more permissive.
+        unsafe { libc::umask(0o022) };
+        use std::os::unix::fs::PermissionsExt;
+        let base =
+            std::env::temp_dir().join(format!("pgshift-journal-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let path = base.join("data/pgshift.db");
+        let (j, _) = Journal::open(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&base), 0o700);
+        assert_eq!(mode(&base.join("data")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // WAL mode: the -wal and -shm files exist while the journal is open.
+        for ext in ["db-wal", "db-shm"] {
+            let p = path.with_extension(ext);
+            assert!(p.exists(), "{}", p.display());
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(j);
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn formats_rfc3339() {

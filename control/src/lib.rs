@@ -202,6 +202,7 @@ pub trait CutoverGate: Send + Sync {
 
 pub mod connect;
 pub mod controller;
+pub mod files;
 pub mod health;
 pub mod journal;
 pub mod logical;

@@ -35,9 +35,10 @@
 //! is used when `run_as` is not given); the directories pgshift creates are handed to it.
 //! Not root: the server runs as pgshift's own user, and `run_as` may only name that user.
 
+use crate::files;
 use crate::logical::{pg_env, quote_ident, quote_literal, tail, DriverError, RowExt};
 use config::{Config, ProvisionConfig, ServerConfig};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -430,7 +431,14 @@ impl Local {
             })?;
         }
         let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(|e| {
+        // Parents it creates: 0700, or 0711 when the server runs as another OS user, who
+        // must pass through them to its data directory (and may not list them).
+        let parent_mode = if user.is_some() {
+            0o711
+        } else {
+            files::DIR_MODE
+        };
+        files::create_dir_all_mode(&parent, parent_mode).map_err(|e| {
             DriverError::new(self.ctx(&format!("cannot create {}: {e}", parent.display())))
         })?;
         let staging = self.staging_dir();
@@ -444,10 +452,8 @@ impl Local {
         }
         let io =
             |what: &str, e: std::io::Error| DriverError::new(self.ctx(&format!("{what}: {e}")));
-        std::fs::create_dir(&staging)
+        files::create_dir(&staging)
             .map_err(|e| io(&format!("creating {}", staging.display()), e))?;
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io("chmod 0700", e))?;
         self.chown(&staging, user)?;
         let pwfile = dir.with_file_name(format!(
             "{}.pgshift-pwfile",
@@ -456,10 +462,20 @@ impl Local {
                 .unwrap_or_default()
         ));
         let password = self.server.password.clone().unwrap_or_default();
-        std::fs::write(&pwfile, format!("{password}\n"))
+        // Created exclusively, 0600: a file left by an interrupted run is removed first, and
+        // nothing that appeared meanwhile (a link, another user's file) is written through.
+        match std::fs::remove_file(&pwfile) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing the leftover password file", e))
+            }
+            _ => {}
+        }
+        files::create_new(&pwfile)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(format!("{password}\n").as_bytes())
+            })
             .map_err(|e| io("writing the password file", e))?;
-        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("chmod 0600 on the password file", e))?;
         self.chown(&pwfile, user)?;
 
         let mut initdb = self.command(bindir, "initdb", user);
@@ -506,14 +522,14 @@ impl Local {
              host all all all scram-sha-256\n\
              host replication all all scram-sha-256\n",
         );
-        std::fs::write(&hba, text).map_err(|e| io("writing pg_hba.conf", e))?;
+        files::write(&hba, text).map_err(|e| io("writing pg_hba.conf", e))?;
         let conf = staging.join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).map_err(|e| io("reading postgresql.conf", e))?;
         text.push_str(
             "\n# pgshift: its settings, then [target.provision] settings\ninclude 'pgshift.conf'\n",
         );
-        std::fs::write(&conf, text).map_err(|e| io("writing postgresql.conf", e))?;
+        files::write(&conf, text).map_err(|e| io("writing postgresql.conf", e))?;
         let sock = if dir.as_os_str().len() + "/.s.PGSQL.65535.lock".len() < 100 {
             dir.display().to_string()
         } else {
@@ -532,10 +548,10 @@ impl Local {
             settings.push_str(&format!("{k} = {}\n", v.to_conf()));
         }
         let pgshift_conf = staging.join("pgshift.conf");
-        std::fs::write(&pgshift_conf, settings).map_err(|e| io("writing pgshift.conf", e))?;
+        files::write(&pgshift_conf, settings).map_err(|e| io("writing pgshift.conf", e))?;
         self.chown(&pgshift_conf, user)?;
         let marker = staging.join(MARKER);
-        std::fs::write(
+        files::write(
             &marker,
             format!(
                 "made by pgshift (ProvisionTarget) at {}: PostgreSQL {} for {}:{}; deleted only by a rollback before the cutover\n",
@@ -587,7 +603,7 @@ impl Local {
         let log = dir.join("pgshift-server.log");
         let out_path = dir.join("pgshift-pg_ctl.out");
         // Output to a file, never a pipe: the postmaster pg_ctl forks would hold it open.
-        let out = std::fs::File::create(&out_path).map_err(|e| {
+        let out = files::create(&out_path).map_err(|e| {
             DriverError::new(self.ctx(&format!("creating {}: {e}", out_path.display())))
         })?;
         self.chown(&out_path, user)?;
@@ -907,7 +923,7 @@ pub async fn source_shape(src: &Client) -> Result<DbShape> {
 pub async fn final_dump(pg_dump: &Path, source: &ServerConfig, path: &Path) -> Result<String> {
     let path = absolute(path);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        files::create_dir_all(dir).map_err(|e| {
             DriverError::new(format!("final dump: cannot create {}: {e}", dir.display()))
         })?;
     }
@@ -917,6 +933,20 @@ pub async fn final_dump(pg_dump: &Path, source: &ServerConfig, path: &Path) -> R
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
+    // pg_dump -f opens with O_TRUNC and keeps the mode of a file that exists: made 0600 here,
+    // exclusively (a leftover of an interrupted dump is removed first).
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(DriverError::new(format!(
+                "final dump: removing the leftover {}: {e}",
+                partial.display()
+            )))
+        }
+        _ => {}
+    }
+    files::create_new(&partial).map_err(|e| {
+        DriverError::new(format!("final dump: creating {}: {e}", partial.display()))
+    })?;
     let mut cmd = tokio::process::Command::new(pg_dump);
     cmd.args(["-Fc", "--no-password", "-f"])
         .arg(&partial)

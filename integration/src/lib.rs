@@ -8,6 +8,8 @@
 //!   replication, and stops it (and removes its data) on drop. As root it runs the server as the
 //!   unprivileged system user `pgshift-pg`, which it creates on first use.
 //! * [`Pgshift`] runs the `pgshift` binary ([`pgshift_bin`]) with a given TOML configuration.
+//! * [`http`] is a small HTTP/1.1 client for pgshift's HTTP server ([`Pgshift::http_get`]
+//!   and [`Pgshift::http_post`] send the configured token).
 //! * [`client_bin`] / [`pgbench`] give the client tools (`psql`, `pgbench`, `pg_dump`, ...).
 //!
 //! Everything lives under `<workspace>/.cache` (git-ignored): `pg/<version>/` holds installed
@@ -17,6 +19,7 @@
 
 mod binaries;
 pub mod certs;
+pub mod http;
 mod lock;
 mod pgshift;
 mod runas;

@@ -130,6 +130,10 @@ pub struct Pgshift {
     /// The subcommand it runs: `serve` (default) or `upgrade` (serve, and start or resume
     /// the upgrade plan at once). Used by every (re)start.
     pub command: &'static str,
+    /// `[http] listen` as a host to connect to and a port; `None` when disabled or port 0.
+    http: Option<(String, u16)>,
+    /// `[http] token`, or the content of `[http] token_file` when it could be read.
+    http_token: Option<String>,
     child: Option<Child>,
 }
 
@@ -158,6 +162,7 @@ impl Pgshift {
         let config_path = dir.join("pgshift.toml");
         std::fs::write(&config_path, config_toml)
             .with_context(|| format!("writing {}", config_path.display()))?;
+        let (http, http_token) = http_settings(config_toml, &dir)?;
         let mut pgshift = Pgshift {
             host,
             port,
@@ -166,6 +171,8 @@ impl Pgshift {
             bin: bin.to_path_buf(),
             env: env.to_vec(),
             command: "serve",
+            http,
+            http_token,
             child: None,
         };
         pgshift.spawn()?;
@@ -298,6 +305,48 @@ impl Pgshift {
             .unwrap_or_default()
     }
 
+    /// The HTTP server's host and port (`[http] listen`, default `127.0.0.1:9187`); `None`
+    /// when it is disabled or on port 0.
+    pub fn http_addr(&self) -> Option<(&str, u16)> {
+        self.http.as_ref().map(|(h, p)| (h.as_str(), *p))
+    }
+
+    /// The bearer token of the HTTP API (`[http] token`, or the content of `token_file`).
+    pub fn http_token(&self) -> Option<&str> {
+        self.http_token.as_deref()
+    }
+
+    /// One request to the HTTP server with exactly `headers` (no token added).
+    pub fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<crate::http::HttpAnswer> {
+        let (host, port) = self
+            .http_addr()
+            .context("pgshift's HTTP server is disabled ([http] listen)")?;
+        crate::http::request(host, port, method, path, headers, body)
+    }
+
+    /// `GET path`, with the token when one is configured.
+    pub fn http_get(&self, path: &str) -> Result<crate::http::HttpAnswer> {
+        let auth = self.http_token().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        self.http_raw("GET", path, &headers, "")
+    }
+
+    /// `POST path` with an empty JSON object (`Content-Type: application/json`), with the
+    /// token when one is configured.
+    pub fn http_post(&self, path: &str) -> Result<crate::http::HttpAnswer> {
+        let auth = self.http_token().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend(auth.iter().map(|a| ("Authorization", a.as_str())));
+        self.http_raw("POST", path, &headers, "{}")
+    }
+
     /// A key=value connection string to pgshift for `user` / `password` and `dbname`
     /// (`pgshift` for the admin console).
     pub fn conninfo(&self, user: &str, password: &str, dbname: &str) -> String {
@@ -362,6 +411,34 @@ fn listen_address(config_toml: &str) -> Result<(String, u16)> {
         h => h,
     };
     Ok((host.to_string(), port))
+}
+
+/// `[http] listen` (default `127.0.0.1:9187`) as a host to connect to and a port (`None` when
+/// `""` or port 0), and the token: `[http] token`, or `token_file` read (relative to `dir`,
+/// pgshift's working directory) when it can be.
+#[allow(clippy::type_complexity)]
+fn http_settings(config_toml: &str, dir: &Path) -> Result<(Option<(String, u16)>, Option<String>)> {
+    let table: toml::Table = substitute_env(config_toml)
+        .parse()
+        .context("parsing the pgshift configuration")?;
+    let http = table.get("http");
+    let get = |k: &str| http.and_then(|h| h.get(k)).and_then(|v| v.as_str());
+    let listen = get("listen").unwrap_or("127.0.0.1:9187");
+    let addr = match listen {
+        "" => None,
+        l => match listen_address(&format!("[proxy]\nlisten = {l:?}\n"))? {
+            (_, 0) => None,
+            a => Some(a),
+        },
+    };
+    let token = match (get("token"), get("token_file")) {
+        (Some(t), _) => Some(t.to_string()),
+        (None, Some(f)) => std::fs::read_to_string(dir.join(f))
+            .ok()
+            .map(|t| t.trim().to_string()),
+        (None, None) => None,
+    };
+    Ok((addr, token))
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` with the variable's value (or the default), as

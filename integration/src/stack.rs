@@ -262,10 +262,66 @@ impl Stack {
     }
 }
 
+/// A random HTTP token (32 hex digits from `/dev/urandom`).
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    let mut t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    if b == [0; 16] {
+        // No /dev/urandom: still unique per process and call.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        t = format!(
+            "{now:x}{:x}{:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+    }
+    t
+}
+
+/// `text` with `token = "<random>"` added to its `[http]` table when it has one that sets
+/// neither `token` nor `token_file` (read it back with [`Pgshift::http_token`]).
+fn with_http_token(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim() == "[http]") else {
+        return text.to_string();
+    };
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |n| start + 1 + n);
+    let has_token = lines[start + 1..end].iter().any(|l| {
+        let k = l.split('=').next().unwrap_or("").trim();
+        k == "token" || k == "token_file"
+    });
+    if has_token {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 48);
+    for (i, l) in lines.iter().enumerate() {
+        out.push_str(l);
+        out.push('\n');
+        if i == start {
+            out.push_str(&format!("token = \"{}\"\n", random_token()));
+        }
+    }
+    out
+}
+
 /// The pgshift configuration for a source/target pair. The upgrade stops before cutover
 /// (`approve_cutover = true`) so that tests and demo drive INITIATE CUTOVER themselves; pass
 /// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table). A
-/// `[replication]` table in `extra` is merged into the generated one (its keys win).
+/// `[replication]` table in `extra` is merged into the generated one (its keys win). An
+/// `[http]` table in `extra` gets a random `token` unless it sets `token` or `token_file`
+/// ([`Pgshift::http_token`] reads it back; its `http_get` / `http_post` send it).
 pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str) -> String {
     // Keys of a `[replication]` table in `extra`: moved into the generated table.
     let mut repl = String::new();
@@ -283,6 +339,7 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
         out.push_str(line);
         out.push('\n');
     }
+    let rest = with_http_token(&rest);
     let extra = rest.as_str();
     let upgrade = if extra.lines().any(|l| l.trim() == "[upgrade]") {
         ""
@@ -373,4 +430,30 @@ pub fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<HashMap<String, Option<String>
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_http_token;
+
+    #[test]
+    fn http_token_added_to_an_http_table_only() {
+        assert_eq!(with_http_token("[upgrade]\nx = 1\n"), "[upgrade]\nx = 1\n");
+        let t = with_http_token("[upgrade]\nx = 1\n[http]\nlisten = \"a:1\"\n[mirror]\ny = 2\n");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[2], "[http]");
+        assert!(
+            lines[3].starts_with("token = \"") && lines[3].len() == 42,
+            "{t}"
+        );
+        assert_eq!(lines[4..], ["listen = \"a:1\"", "[mirror]", "y = 2"]);
+        for kept in ["[http]\ntoken = \"mine\"\n", "[http]\ntoken_file = \"f\"\n"] {
+            assert_eq!(with_http_token(kept), kept);
+        }
+        assert_ne!(
+            with_http_token("[http]\n"),
+            with_http_token("[http]\n"),
+            "each call gets its own token"
+        );
+    }
 }

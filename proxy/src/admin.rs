@@ -225,7 +225,9 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, "RESUME");
                 true
             }
-            c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c).await,
+            c if words.len() >= 2 && words[..2] == ["SHIFT", "TRAFFIC"] => {
+                shift_traffic(proxy, out, c).await
+            }
             "SHOW UPGRADE VALIDATION" => validation(proxy, out),
             "SHOW UPGRADE ERRORS" => validation_errors(proxy, out),
             "MIRROR ON" | "MIRROR OFF" => match mirror_or_error(proxy, out) {
@@ -247,7 +249,9 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 }
                 None => false,
             },
-            c if c.starts_with("FORCE RESYNC TABLE") => force_resync(proxy, out, s).await,
+            _ if words.len() >= 3 && words[..3] == ["FORCE", "RESYNC", "TABLE"] => {
+                force_resync(proxy, out, s).await
+            }
             _ => {
                 let hint = format!("valid commands: {}", COMMANDS.join(", "));
                 msg::error_response(
@@ -270,24 +274,19 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
 /// `SHIFT TRAFFIC <percent>`: send that share of the read-only transactions to the side that
 /// is not serving (a manual shift step). Only while replication keeps that side current.
 async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
-    let arg = cmd
-        .trim_start_matches("SHIFT TRAFFIC")
-        .trim()
-        .trim_end_matches('%');
-    let Ok(percent) =
-        arg.parse::<u8>()
-            .map_err(|_| ())
-            .and_then(|p| if p <= 100 { Ok(p) } else { Err(()) })
-    else {
-        msg::error_response(
-            out,
-            "ERROR",
-            "22023",
-            &format!("SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""),
-            None,
-            Some("e.g. SHIFT TRAFFIC 25"),
-        );
-        return false;
+    let percent = match shift_percent(cmd) {
+        Ok(p) => p,
+        Err(m) => {
+            msg::error_response(
+                out,
+                "ERROR",
+                "22023",
+                &m,
+                None,
+                Some("e.g. SHIFT TRAFFIC 25"),
+            );
+            return false;
+        }
     };
     let c = proxy.controller.clone();
     let r = proxy
@@ -296,6 +295,49 @@ async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
         .await
         .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
     reply(out, "SHIFT TRAFFIC", r)
+}
+
+/// The percentage of `SHIFT TRAFFIC <n>[%]` (`cmd` upper-cased, words joined by one space);
+/// the error is the message to send. Only `str` methods that cut at char boundaries.
+fn shift_percent(cmd: &str) -> Result<u8, String> {
+    let arg = cmd
+        .strip_prefix("SHIFT TRAFFIC")
+        .unwrap_or(cmd)
+        .trim()
+        .trim_end_matches('%');
+    match arg.parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(format!(
+            "SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""
+        )),
+    }
+}
+
+/// `s` after its first `n` white-space separated words, trimmed (char-safe: positions come
+/// from `char_indices`).
+fn after_words(s: &str, n: usize) -> &str {
+    let mut rest = s.trim_start();
+    for _ in 0..n {
+        let end = rest
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace())
+            .map_or(rest.len(), |(i, _)| i);
+        rest = rest[end..].trim_start();
+    }
+    rest.trim_end()
+}
+
+/// The table of `FORCE RESYNC TABLE 'name'` (`stmt` as typed: the three words in any case
+/// and spacing, then the name in single quotes, `''` for a quote); the error is the message.
+fn resync_table_name(stmt: &str) -> Result<String, String> {
+    let rest = after_words(stmt, 3);
+    rest.strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .map(|n| n.replace("''", "'"))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\"")
+        })
 }
 
 /// Refuses a validation command when mirroring is off.
@@ -443,21 +485,19 @@ fn validation_errors(proxy: &Proxy, out: &mut BytesMut) -> bool {
 /// `FORCE RESYNC TABLE 'name'`: copy the table to the target again (consistently, while
 /// traffic goes on), then restart its validation counters.
 async fn force_resync(proxy: &Proxy, out: &mut BytesMut, stmt: &str) -> bool {
-    let rest = stmt.trim()["FORCE RESYNC TABLE".len().min(stmt.trim().len())..].trim();
-    let name = rest
-        .strip_prefix('\'')
-        .and_then(|r| r.strip_suffix('\''))
-        .map(|n| n.replace("''", "'"));
-    let Some(name) = name.filter(|n| !n.is_empty()) else {
-        msg::error_response(
-            out,
-            "ERROR",
-            "42601",
-            &format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\""),
-            None,
-            Some("e.g. FORCE RESYNC TABLE 'public.accounts'"),
-        );
-        return false;
+    let name = match resync_table_name(stmt) {
+        Ok(n) => n,
+        Err(m) => {
+            msg::error_response(
+                out,
+                "ERROR",
+                "42601",
+                &m,
+                None,
+                Some("e.g. FORCE RESYNC TABLE 'public.accounts'"),
+            );
+            return false;
+        }
     };
     let c = proxy.controller.clone();
     let n2 = name.clone();
@@ -801,5 +841,100 @@ mod tests {
             super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
             "2026-11-18T11:06:40.123Z"
         );
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::{after_words, resync_table_name, shift_percent};
+
+    /// What `execute` makes of a statement before matching it.
+    fn normalized(s: &str) -> String {
+        s.split_whitespace()
+            .map(|w| w.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn non_ascii_input_is_an_error_or_parses_never_a_panic() {
+        assert_eq!(
+            resync_table_name("FORCE RESYNC TABLE 'a.b'").unwrap(),
+            "a.b"
+        );
+        assert_eq!(
+            resync_table_name("force\u{a0}resync\u{3000}table  'it''s'").unwrap(),
+            "it's"
+        );
+        assert_eq!(
+            resync_table_name("FORCE RESYNC TABLE '\u{1f600}'").unwrap(),
+            "\u{1f600}"
+        );
+        let e = resync_table_name("FORCE RESYNC TABLE\u{a0}x").unwrap_err();
+        assert!(e.contains("not \"x\""), "{e}");
+        assert_eq!(shift_percent(&normalized("shift traffic 25%")).unwrap(), 25);
+        let e = shift_percent(&normalized("SHIFT TRAFFIC ünicode")).unwrap_err();
+        assert!(e.contains("üNICODE"), "{e}");
+        assert!(shift_percent(&normalized("SHIFT\u{2003}TRAFFIC\u{a0}101")).is_err());
+        assert_eq!(after_words("  a\u{a0}bé  ", 1), "bé");
+        assert_eq!(after_words("a", 3), "");
+
+        // Every command word list, with every odd piece in every place.
+        let pieces = [
+            "",
+            " ",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{2003}",
+            "é",
+            "ü",
+            "\u{1f600}",
+            "\u{301}",
+            "'",
+            "''",
+            "%",
+            "x",
+            "ß",
+            "\u{fffd}",
+            "\t",
+            "\u{200b}",
+            "ǅ",
+            "İ",
+        ];
+        let commands = [
+            "FORCE RESYNC TABLE",
+            "SHIFT TRAFFIC",
+            "SHOW UPGRADE STATUS",
+            "MIRROR ON",
+            "PAUSE",
+        ];
+        let mut n = 0;
+        for cmd in commands {
+            let words: Vec<&str> = cmd.split(' ').collect();
+            for a in pieces {
+                for b in pieces {
+                    // Glued to a word, between words, after the command.
+                    let mut variants = vec![format!("{cmd}{a}{b}"), format!("{a}{cmd} {b}")];
+                    for i in 0..words.len() {
+                        let mut w = words.clone();
+                        let glued = format!("{}{a}{b}", w[i]);
+                        w[i] = &glued;
+                        variants.push(w.join(" "));
+                        variants.push(words.join(a));
+                        variants.push(format!("{} '{a}{b}'", words.join(b)));
+                    }
+                    for v in variants {
+                        let c = normalized(&v);
+                        let _ = shift_percent(&c);
+                        let _ = resync_table_name(&v);
+                        for k in 0..5 {
+                            let _ = after_words(&v, k);
+                        }
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert!(n > 10_000, "{n}");
     }
 }

@@ -7,21 +7,40 @@
 //! | `GET /health` | `200 ok` while the process serves |
 //! | `GET /clients` | JSON array, the rows of `SHOW CLIENTS` |
 //! | `GET /servers` | JSON array, the rows of `SHOW SERVERS` |
+//! | `GET /databases` | JSON array, the rows of `SHOW UPGRADE DATABASES` |
 //! | `POST /upgrade/start`, `/upgrade/cutover`, `/upgrade/rollback` | the admin console's `START UPGRADE`, `INITIATE CUTOVER`, `ROLLBACK UPGRADE`: `{"ok": bool, "message": "..."}`, 200, or 409 when the controller refused or the command failed |
 //!
-//! No authentication: the address should be loopback or a private network.
+//! Access ([`Access`], checked before any handler runs, in this order):
+//!
+//! | case | answer |
+//! |---|---|
+//! | path in `[http] public` (default `/metrics`, `/health`) | served |
+//! | token configured, no `Authorization: Bearer` header | 401, `WWW-Authenticate: Bearer realm="pgshift"`, SQLSTATE 28000 |
+//! | token configured, another token | 401, `WWW-Authenticate: Bearer realm="pgshift", error="invalid_token"` (RFC 6750 3.1), SQLSTATE 28P01 |
+//! | no token configured, `/clients` or `/upgrade/*` | 403, SQLSTATE 42501 |
+//! | `POST` without `Content-Type: application/json` | 415 |
+//!
+//! Refusals are JSON `{"ok": false, "sqlstate": "...", "message": "..."}` (the SQLSTATEs are
+//! PostgreSQL's for a failed login and a missing privilege) and nothing else happens. The
+//! JSON content type on POSTs means a web page cannot send the command with a plain form:
+//! a browser sends `application/json` across origins only after a CORS preflight, which this
+//! server never grants. Tokens are compared as SHA-256 digests in constant time and never
+//! logged.
 
 use crate::admin;
 use crate::server::Proxy;
-use axum::extract::State;
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use control::Controller;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -29,10 +48,196 @@ pub struct HttpState {
     pub proxy: Arc<Proxy>,
     /// `None` when the metrics recorder could not be installed: `/metrics` answers 503.
     pub prometheus: Option<PrometheusHandle>,
+    /// Who may call what.
+    pub access: Access,
+}
+
+/// The access rules of the HTTP server (see the module's table): the SHA-256 digest of the
+/// token, if one is configured, and the paths served without it. `Debug` shows neither the
+/// token nor its digest.
+#[derive(Clone)]
+pub struct Access {
+    token: Option<[u8; 32]>,
+    public: Arc<[String]>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.map(|_| "***"))
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+impl Access {
+    /// Rules for `token` (the configured one, `None` for none) and the `public` paths.
+    pub fn new(token: Option<&str>, public: &[String]) -> Access {
+        Access {
+            token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            public: public.into(),
+        }
+    }
+
+    /// Whether a token is required (one is configured).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `Ok` when the request may reach its handler, else the refusal to send instead.
+    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Refused> {
+        if !self.public.iter().any(|p| p == path) {
+            match &self.token {
+                Some(want) => match bearer(headers) {
+                    None => {
+                        return Err(refusal(
+                            StatusCode::UNAUTHORIZED,
+                            Some("Bearer realm=\"pgshift\""),
+                            "28000",
+                            format!(
+                                "{method} {path} needs a token: send Authorization: Bearer <token> \
+                                 (the [http] token or token_file of pgshift's configuration)"
+                            ),
+                        ))
+                    }
+                    Some(got) => {
+                        let got: [u8; 32] = Sha256::digest(got).into();
+                        if !bool::from(got.ct_eq(want)) {
+                            return Err(refusal(
+                                StatusCode::UNAUTHORIZED,
+                                Some("Bearer realm=\"pgshift\", error=\"invalid_token\""),
+                                "28P01",
+                                format!("{method} {path}: the bearer token is not valid"),
+                            ));
+                        }
+                    }
+                },
+                None if config::SENSITIVE_ENDPOINTS.contains(&path) => {
+                    return Err(refusal(
+                        StatusCode::FORBIDDEN,
+                        None,
+                        "42501",
+                        format!(
+                            "{method} {path} is disabled: no [http] token or token_file is \
+                             configured, and this endpoint changes the upgrade or shows who is \
+                             connected; set a token to use it"
+                        ),
+                    ))
+                }
+                None => {}
+            }
+        }
+        if method == Method::POST && !is_json(headers) {
+            return Err(refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                None,
+                "0A000",
+                format!("{method} {path} needs Content-Type: application/json"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The credentials of `Authorization: Bearer <token>` (the scheme case-insensitive, RFC 7235
+/// 2.1), or `None` when the header is missing, repeated, not text or of another scheme.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (v, None) = (all.next()?, all.next()) else {
+        return None;
+    };
+    let v = v.as_bytes();
+    let (scheme, rest) = v.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Whether the media type of `Content-Type` is `application/json` (parameters such as
+/// `charset` allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A refused request (see the module's table); answered as JSON
+/// `{"ok": false, "sqlstate": ..., "message": ...}`, with `WWW-Authenticate` for a 401.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    /// The `WWW-Authenticate` challenge, for a 401.
+    pub challenge: Option<&'static str>,
+    /// PostgreSQL's SQLSTATE for the same refusal (28000, 28P01, 42501, 0A000).
+    pub sqlstate: &'static str,
+    /// What is wrong and what to do; never holds a token.
+    pub message: String,
+}
+
+fn refusal(
+    status: StatusCode,
+    challenge: Option<&'static str>,
+    sqlstate: &'static str,
+    message: String,
+) -> Refused {
+    Refused {
+        status,
+        challenge,
+        sqlstate,
+        message,
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        tracing::info!(
+            status = self.status.as_u16(),
+            sqlstate = self.sqlstate,
+            "HTTP request refused: {}",
+            self.message
+        );
+        let mut r = (
+            self.status,
+            Json(RefusalBody {
+                ok: false,
+                sqlstate: self.sqlstate,
+                message: self.message,
+            }),
+        )
+            .into_response();
+        if let Some(c) = self.challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        r
+    }
+}
+
+#[derive(Serialize)]
+struct RefusalBody {
+    ok: bool,
+    sqlstate: &'static str,
+    message: String,
+}
+
+/// Runs [`Access::check`] before every handler.
+async fn guard(State(st): State<HttpState>, req: Request, next: Next) -> Response {
+    match st
+        .access
+        .check(req.method(), req.uri().path(), req.headers())
+    {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Endpoints, as listed in a 404's message.
 const ENDPOINTS: &str = "GET /metrics, GET /progress, GET /health, GET /clients, GET /servers, \
+                         GET /databases, \
                          POST /upgrade/start, POST /upgrade/cutover, POST /upgrade/rollback";
 
 /// The routes.
@@ -48,6 +253,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/upgrade/cutover", post(cutover))
         .route("/upgrade/rollback", post(rollback))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -274,12 +480,28 @@ pub fn connect_addr(listen: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// One HTTP/1.1 GET to `addr` (`host:port`); returns the status code and the body.
+/// One HTTP/1.1 GET to `addr` (`host:port`), with `Authorization: Bearer <token>` when a
+/// token is given; returns the status code and the body. A token holding anything but
+/// visible ASCII is refused before connecting (it would not be one header line).
 pub fn get_blocking(
     addr: &str,
     path: &str,
+    token: Option<&str>,
     timeout: std::time::Duration,
 ) -> Result<(u16, String), String> {
+    let auth = match token {
+        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+            format!("Authorization: Bearer {t}\r\n")
+        }
+        Some(_) => {
+            return Err(
+                "the token may only hold visible ASCII characters (`!` to `~`, no spaces) and \
+                 must not be empty"
+                    .into(),
+            )
+        }
+        None => String::new(),
+    };
     use std::io::{Read, Write};
     use std::net::{TcpStream, ToSocketAddrs};
     let addrs: Vec<_> = addr
@@ -304,7 +526,7 @@ pub fn get_blocking(
     let host = addr;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("sending the request to {addr}: {e}"))?;
     let mut raw = Vec::new();
@@ -389,6 +611,106 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").is_err());
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_static(k),
+                HeaderValue::from_static(v),
+            );
+        }
+        h
+    }
+
+    fn status(a: &Access, m: Method, path: &str, h: &[(&'static str, &'static str)]) -> u16 {
+        match a.check(&m, path, &headers(h)) {
+            Ok(()) => 200,
+            Err(r) => r.status.as_u16(),
+        }
+    }
+
+    #[test]
+    fn access_rules() {
+        let public = vec!["/metrics".to_string(), "/health".to_string()];
+        let a = Access::new(Some("s3cret"), &public);
+        assert!(!format!("{a:?}").contains("s3cret"));
+        let json = ("content-type", "application/json; charset=utf-8");
+        for (h, want) in [
+            (vec![], 401),
+            (vec![("authorization", "Bearer s3cret")], 200),
+            (vec![("authorization", "BEARER s3cret")], 200),
+            (vec![("authorization", "Bearer  s3cret ")], 200),
+            (vec![("authorization", "Bearer s3cre")], 401),
+            (vec![("authorization", "Bearer s3cretX")], 401),
+            (vec![("authorization", "Bearers3cret")], 401),
+            (vec![("authorization", "Basic s3cret")], 401),
+            (vec![("authorization", "s3cret")], 401),
+            (
+                vec![
+                    ("authorization", "Bearer s3cret"),
+                    ("authorization", "Bearer s3cret"),
+                ],
+                401,
+            ),
+        ] {
+            assert_eq!(status(&a, Method::GET, "/progress", &h), want, "{h:?}");
+            let mut p = h.clone();
+            p.push(json);
+            assert_eq!(
+                status(&a, Method::POST, "/upgrade/start", &p),
+                want,
+                "{p:?}"
+            );
+            // Authenticated or not, a POST without JSON is refused (auth first).
+            let not_json = if want == 200 { 415 } else { 401 };
+            assert_eq!(status(&a, Method::POST, "/upgrade/start", &h), not_json);
+        }
+        assert_eq!(status(&a, Method::GET, "/metrics", &[]), 200);
+        assert_eq!(status(&a, Method::GET, "/health", &[]), 200);
+        assert_eq!(status(&a, Method::GET, "/health/", &[]), 401);
+        let ok = [("authorization", "Bearer s3cret")];
+        for ctype in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/jsonx",
+        ] {
+            let h = [ok[0], ("content-type", ctype)];
+            assert_eq!(
+                status(&a, Method::POST, "/upgrade/cutover", &h),
+                415,
+                "{ctype}"
+            );
+        }
+        let h = [ok[0], ("content-type", "Application/JSON")];
+        assert_eq!(status(&a, Method::POST, "/upgrade/cutover", &h), 200);
+
+        // No token: sensitive endpoints 403 whatever is sent, the others open.
+        let none = Access::new(None, &public);
+        for path in config::SENSITIVE_ENDPOINTS {
+            for m in [Method::GET, Method::POST] {
+                assert_eq!(status(&none, m, path, &[ok[0], json]), 403, "{path}");
+            }
+        }
+        for path in ["/progress", "/servers", "/databases", "/metrics"] {
+            assert_eq!(status(&none, Method::GET, path, &[]), 200, "{path}");
+        }
+    }
+
+    #[test]
+    fn get_blocking_refuses_a_token_that_is_not_one_header() {
+        for bad in ["", "a b", "a\r\nX-Evil: 1", "caf\u{e9}"] {
+            let e = get_blocking(
+                "127.0.0.1:1",
+                "/",
+                Some(bad),
+                std::time::Duration::from_secs(1),
+            )
+            .unwrap_err();
+            assert!(e.contains("visible ASCII"), "{e}");
+        }
     }
 
     #[test]

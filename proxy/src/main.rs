@@ -40,6 +40,10 @@ enum Cmd {
         /// `text` (a table) or `json`.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Bearer token of the HTTP API; default: the configuration's [http] token or
+        /// token_file.
+        #[arg(long, env = "PGSHIFT_HTTP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Like `serve`, with the upgrade started at once (or resumed where it stood; nothing
     /// happens when it is already done). Prints progress lines to stderr.
@@ -75,8 +79,8 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration is valid", path.display());
         return std::process::ExitCode::SUCCESS;
     }
-    if let Cmd::Status { format, .. } = cli.cmd {
-        return status(&cfg, &path, format);
+    if let Cmd::Status { format, token, .. } = cli.cmd {
+        return status(&cfg, &path, format, token);
     }
     let start_upgrade = matches!(cli.cmd, Cmd::Upgrade { .. });
     // The control plane, accept loop and journal run on a small runtime of their own; client
@@ -119,9 +123,25 @@ fn init_logging() {
     }
 }
 
-/// `pgshift status`: GET /progress from the running pgshift named by the configuration.
-fn status(cfg: &config::Config, path: &std::path::Path, format: Format) -> std::process::ExitCode {
+/// `pgshift status`: GET /progress from the running pgshift named by the configuration, with
+/// `token` (`--token` / `$PGSHIFT_HTTP_TOKEN`) or else the configuration's token.
+fn status(
+    cfg: &config::Config,
+    path: &std::path::Path,
+    format: Format,
+    token: Option<String>,
+) -> std::process::ExitCode {
     use std::process::ExitCode;
+    let token = match token.filter(|t| !t.is_empty()) {
+        Some(t) => Some(t),
+        None => match cfg.http.resolve_token() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("pgshift status: {e} (or pass --token / set PGSHIFT_HTTP_TOKEN)");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let Some(listen) = cfg.http.listen_addr() else {
         eprintln!(
             "pgshift status: the HTTP server is disabled in {} ([http] listen = \"\"); \
@@ -140,6 +160,7 @@ fn status(cfg: &config::Config, path: &std::path::Path, format: Format) -> std::
     let (code, body) = match http::get_blocking(
         &addr,
         "/progress",
+        token.as_deref(),
         std::time::Duration::from_secs(5),
     ) {
         Ok(r) => r,
@@ -151,6 +172,15 @@ fn status(cfg: &config::Config, path: &std::path::Path, format: Format) -> std::
             return ExitCode::FAILURE;
         }
     };
+    if code == 401 {
+        eprintln!(
+            "pgshift status: GET http://{addr}/progress answered 401: {body}\n\
+             pass the HTTP token with --token or PGSHIFT_HTTP_TOKEN, or set [http] token or \
+             token_file in {}",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     if code != 200 {
         eprintln!("pgshift status: GET http://{addr}/progress answered {code}: {body}");
         return ExitCode::FAILURE;
@@ -196,11 +226,18 @@ fn status(cfg: &config::Config, path: &std::path::Path, format: Format) -> std::
 }
 
 /// Starts the HTTP server, the metrics recorder, its upkeep and the control-plane sampler when
-/// `[http] listen` is set. A listen failure is logged, not fatal: the proxy serves on.
-async fn start_http(cfg: &config::Config, proxy: &Arc<server::Proxy>) {
+/// `[http] listen` is set, with `access` (from [`http_access`]). A listen failure is logged,
+/// not fatal: the proxy serves on. Fails when the bound address is not loopback and there is
+/// no token (validation refuses such a `listen`; this catches a `localhost` that resolves
+/// elsewhere).
+async fn start_http(
+    cfg: &config::Config,
+    proxy: &Arc<server::Proxy>,
+    access: http::Access,
+) -> anyhow::Result<()> {
     let Some(listen) = cfg.http.listen_addr() else {
         tracing::info!("HTTP server disabled ([http] listen = \"\")");
-        return;
+        return Ok(());
     };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
@@ -211,9 +248,17 @@ async fn start_http(cfg: &config::Config, proxy: &Arc<server::Proxy>) {
                  /metrics, /progress and `pgshift status` are unavailable. Set [http] listen to a \
                  free address, or \"\" to disable it"
             );
-            return;
+            return Ok(());
         }
     };
+    if let Ok(a) = listener.local_addr() {
+        if !a.ip().is_loopback() && !access.has_token() {
+            anyhow::bail!(
+                "[http] listen = {listen:?} is bound to {a}, not a loopback address, and no token \
+                 is set: set [http] token or token_file, or listen on loopback"
+            );
+        }
+    }
     let prometheus = match metrics::install() {
         Ok(h) => {
             tokio::spawn(metrics::upkeep(h.clone()));
@@ -226,24 +271,30 @@ async fn start_http(cfg: &config::Config, proxy: &Arc<server::Proxy>) {
             None
         }
     };
-    match listener.local_addr() {
-        Ok(a) if !a.ip().is_loopback() => tracing::warn!(
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(
             listen = %a,
-            "the HTTP server is not on loopback and has no authentication: whoever reaches it can \
-             start, cut over and roll back the upgrade"
-        ),
-        Ok(a) => {
-            tracing::info!(listen = %a, "HTTP server listening (/metrics, /progress, /health, /clients, /servers, /upgrade/*)")
-        }
-        Err(_) => {}
+            token = access.has_token(),
+            public = ?cfg.http.public,
+            "HTTP server listening (/metrics, /progress, /health, /clients, /servers, /databases, /upgrade/*)"
+        );
     }
     tokio::spawn(http::serve(
         listener,
         http::HttpState {
             proxy: proxy.clone(),
             prometheus,
+            access,
         },
     ));
+    Ok(())
+}
+
+/// The HTTP access rules of `cfg`: reads `[http] token_file` (refused when group or others
+/// may read it). The error names the file, never the token.
+fn http_access(cfg: &config::Config) -> anyhow::Result<http::Access> {
+    let token = cfg.http.resolve_token().map_err(anyhow::Error::msg)?;
+    Ok(http::Access::new(token.as_deref(), &cfg.http.public))
 }
 
 /// `pgshift upgrade`: start (or resume) the upgrade, then print progress lines to stderr: at
@@ -298,6 +349,8 @@ fn start_upgrade_and_report(controller: Arc<Controller>) {
 }
 
 async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<()> {
+    // Before anything else: a token file that may not be used refuses the start-up.
+    let access = http_access(&cfg)?;
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
     let source_addr = routing::BackendAddr::from_config(&cfg.source)
@@ -356,7 +409,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             }
         });
     }
-    start_http(&cfg, &proxy).await;
+    start_http(&cfg, &proxy, access).await?;
     controller.attach(router);
     if start_upgrade {
         start_upgrade_and_report(controller.clone());

@@ -82,6 +82,17 @@ impl RoutingTable {
     }
 }
 
+/// One session's unit of work counted busy in a [`Router`] ([`Router::enter`]); dropping it
+/// leaves.
+#[must_use = "dropping it leaves at once"]
+pub struct Busy<'a>(&'a Router);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 /// The proxy's implementation of [`TrafficControl`].
 ///
 /// Drain accounting is Dekker-style with sequentially consistent atomics: a session
@@ -194,6 +205,15 @@ impl Router {
             return false;
         }
         true
+    }
+
+    /// [`try_enter`](Self::try_enter) as a guard: `None` when paused; the [`Busy`] leaves
+    /// when dropped, also while a session task unwinds from a panic, so a crashed session
+    /// cannot keep every later drain waiting.
+    #[inline]
+    pub fn enter(&self) -> Option<Busy<'_>> {
+        // `then`, not `then_some`: a Busy made and dropped when paused would leave once too often.
+        self.try_enter().then(|| Busy(self))
     }
 
     /// The session's unit is over (ReadyForQuery `I`, nothing in flight) or the session ended.
@@ -360,6 +380,30 @@ mod tests {
             tls: TlsTo(None),
         };
         Router::new(Side::Source, 1, a(), a())
+    }
+
+    #[test]
+    fn busy_guard_leaves_on_drop_and_on_unwind() {
+        let r = router();
+        let b = r.enter().expect("not paused");
+        assert_eq!(r.busy_sessions(), 1);
+        drop(b);
+        assert_eq!(r.busy_sessions(), 0);
+        // A session task that panics inside its unit: the count goes back all the same.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _b = r.enter().expect("not paused");
+            assert_eq!(r.busy_sessions(), 1);
+            panic!("a bug in a session");
+        }));
+        assert!(caught.is_err());
+        assert_eq!(
+            r.busy_sessions(),
+            0,
+            "a panicking session must not stay busy"
+        );
+        r.pause();
+        assert!(r.enter().is_none(), "paused: nothing counted");
+        assert_eq!(r.busy_sessions(), 0);
     }
 
     /// Sessions enter units and load the table as fast as they can while the control side

@@ -72,8 +72,8 @@ type BackendOwners = HashMap<(Side, i32), (i32, Option<Instant>)>;
 pub struct Proxy {
     pub cfg: Arc<Config>,
     pub users: HashMap<String, Arc<UserEntry>>,
-    /// Verifier of a random password, for unknown users (so that their exchange looks like a wrong password's).
-    pub mock_verifier: ScramVerifier,
+    /// The mock SCRAM verifiers of unknown users ([`MockScram::verifier`]).
+    pub mock: MockScram,
     /// `[proxy.tls]`: the TLS set-up offered to clients, `None` when disabled.
     pub tls: Option<tls::Acceptor>,
     pub router: Arc<Router>,
@@ -120,13 +120,10 @@ impl Proxy {
                 )
             })
             .collect();
-        let mock: String = (0..24)
-            .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
-            .collect();
         Arc::new(Proxy {
             cfg,
             users,
-            mock_verifier: ScramVerifier::generate(&mock),
+            mock: MockScram::new(),
             router,
             controller,
             control_rt: tokio::runtime::Handle::current(),
@@ -322,6 +319,108 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shards: Shards) {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Mock SCRAM verifiers for user names pgshift does not know, so that their exchange looks
+/// like a wrong password's: the salt of a name is the first 16 bytes of
+/// HMAC-SHA-256(secret, name) with a per-process random secret (as PostgreSQL's
+/// `scram_mock_salt`, src/backend/libpq/auth-scram.c, derives it from its `mock_auth_nonce`),
+/// so one name always gets the same salt and two names different ones; comparing salts
+/// tells nothing about which names exist. The keys are random (no password matches them) and
+/// no PBKDF2 runs for a mock, which would make unknown names slower than known ones.
+pub struct MockScram {
+    secret: [u8; 64],
+    stored_key: [u8; 32],
+    server_key: [u8; 32],
+}
+
+impl MockScram {
+    /// A new secret and keys from the OS's random source.
+    pub fn new() -> MockScram {
+        MockScram {
+            secret: {
+                let mut b = [0u8; 64];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+                b
+            },
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+
+    /// The mock verifier of `name`: its derived salt, 4096 iterations (PostgreSQL's default).
+    pub fn verifier(&self, name: &str) -> ScramVerifier {
+        use hmac::digest::KeyInit;
+        use hmac::{Hmac, Mac};
+        // A 64-byte key is SHA-256's block size: the fixed-size constructor, no fallible path.
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new(&self.secret.into());
+        mac.update(name.as_bytes());
+        let salt = mac.finalize().into_bytes();
+        ScramVerifier::from_keys(
+            &salt[..16],
+            wire::auth::DEFAULT_ITERATIONS,
+            self.stored_key,
+            self.server_key,
+        )
+    }
+}
+
+impl Default for MockScram {
+    fn default() -> Self {
+        MockScram::new()
+    }
+}
+
+#[cfg(test)]
+mod mock_tests {
+    use super::MockScram;
+
+    #[test]
+    fn mock_salt_per_name() {
+        let m = MockScram::new();
+        let a = m.verifier("nobody");
+        assert_eq!(a.salt().len(), 16);
+        assert_eq!(
+            a.salt(),
+            m.verifier("nobody").salt(),
+            "same name, same salt"
+        );
+        assert_ne!(a.salt(), m.verifier("nobody2").salt());
+        assert_ne!(a.salt(), m.verifier("Nobody").salt());
+        assert_eq!(a.iterations(), 4096);
+        // Another process (secret) gives another salt.
+        assert_ne!(a.salt(), MockScram::new().verifier("nobody").salt());
+        // Many names: no two share a salt.
+        let salts: std::collections::HashSet<Vec<u8>> = (0..2000)
+            .map(|i| m.verifier(&format!("user{i}")).salt().to_vec())
+            .collect();
+        assert_eq!(salts.len(), 2000);
+    }
+
+    /// A full SCRAM exchange of an unknown user against its mock: the server-first message
+    /// carries the name's salt, and the proof fails whatever the password.
+    #[test]
+    fn mock_exchange_fails_and_shows_the_name_salt() {
+        use base64::Engine as _;
+        use wire::auth::{ScramClient, ScramServer};
+        let m = MockScram::new();
+        for password in ["", "app-secret", "guess"] {
+            let mut server = ScramServer::new(m.verifier("ghost"));
+            let mut client = ScramClient::new(password);
+            let first = client.client_first();
+            let server_first = server.client_first("SCRAM-SHA-256", &first).unwrap();
+            let text = String::from_utf8(server_first.clone()).unwrap();
+            let salt = text.split(',').find_map(|f| f.strip_prefix("s=")).unwrap();
+            assert_eq!(
+                base64::engine::general_purpose::STANDARD
+                    .decode(salt)
+                    .unwrap(),
+                m.verifier("ghost").salt()
+            );
+            let client_final = client.server_first(&server_first).unwrap();
+            assert!(server.client_final(&client_final).is_err(), "{password:?}");
         }
     }
 }

@@ -389,6 +389,23 @@ impl ScramVerifier {
         }
     }
 
+    /// A verifier from its parts: `salt`, `iterations` (0 is treated as 1) and the 32-byte
+    /// StoredKey and ServerKey (RFC 5802 section 3). No password is derived, so it costs no
+    /// PBKDF2; used for the mock verifier of unknown users.
+    pub fn from_keys(
+        salt: &[u8],
+        iterations: u32,
+        stored_key: [u8; KEY_LEN],
+        server_key: [u8; KEY_LEN],
+    ) -> Self {
+        Self {
+            salt: salt.to_vec(),
+            iterations: iterations.max(1),
+            stored_key,
+            server_key,
+        }
+    }
+
     /// Derives the verifier of `password` with a random 16-byte salt and
     /// 4096 iterations, like PostgreSQL's defaults.
     pub fn generate(password: &str) -> Self {

@@ -253,7 +253,7 @@ impl Engine {
             return Ok(None);
         }
         let dir = cfg.replication.queue_dir.clone();
-        std::fs::create_dir_all(&dir)
+        control::files::create_dir_all(&dir)
             .map_err(|e| format!("[replication] queue_dir {}: {e}", dir.display()))?;
         let persisted: Persisted = match std::fs::read(dir.join("state.json")) {
             Ok(b) => serde_json::from_slice(&b)
@@ -301,7 +301,7 @@ impl Engine {
     fn persist(&self, p: &Persisted) -> Result<(), String> {
         let tmp = self.dir.join("state.json.tmp");
         let body = serde_json::to_vec(p).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, body)
+        control::files::write(&tmp, body)
             .and_then(|_| std::fs::rename(&tmp, self.dir.join("state.json")))
             .map_err(|e| format!("{}: {e}", self.dir.join("state.json").display()))
     }

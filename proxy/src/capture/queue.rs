@@ -169,7 +169,7 @@ impl Writer {
     ///
     /// As [`Writer::open`].
     pub fn open_with(dir: &Path, gen: u64, segment_bytes: u64) -> io::Result<Writer> {
-        fs::create_dir_all(dir)?;
+        control::files::create_dir_all(dir)?;
         remove_files(dir, gen, true)?;
         let segs = list_segments(dir, gen)?;
         let inner = if segs.is_empty() {
@@ -479,7 +479,7 @@ impl Reader {
     /// length or CRC, unexpected seq), a bad segment header, or a segment that ends in a
     /// partial record although a later segment exists, naming the file and the offset. The
     /// reader does not move past a corrupt record.
-    // Fallible, so not an Iterator (whose next cannot return an I/O error).
+    // Not an Iterator: it returns io::Result and `None` only means "nothing yet".
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> io::Result<Option<Record>> {
         while let Some((kind, seq, total)) = self.peek()? {
@@ -711,11 +711,7 @@ fn create_segment(dir: &Path, gen: u64, first: u64, base: u64) -> io::Result<(Fi
     let name = segment_name(gen, first);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let file = control::files::create(&tmp)?;
     let mut header = [0u8; HEADER_LEN as usize];
     header[0..4].copy_from_slice(MAGIC);
     header[4..8].copy_from_slice(&VERSION.to_le_bytes());
@@ -999,6 +995,29 @@ mod tests {
         fn send<T: Send>() {}
         send_sync::<Writer>();
         send::<Reader>();
+    }
+
+    #[test]
+    fn queue_directory_0700_segments_0600() {
+        // A permissive umask, as on many hosts: the modes must come from pgshift, not from it.
+        // SAFETY: umask(2) cannot fail; other tests only see files made more permissive.
+        unsafe { libc::umask(0o022) };
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir::new("modes");
+        let dir = tmp.path().join("q/r");
+        let w = Writer::open_with(&dir, 3, 256).unwrap();
+        for i in 0..20u64 {
+            w.append(1, &payload(i)).unwrap();
+        }
+        w.sync().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("q")), 0o700);
+        let segs = list_segments(&dir, 3).unwrap();
+        assert!(segs.len() > 1, "{segs:?}");
+        for (_, p) in segs {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
     }
 
     #[test]

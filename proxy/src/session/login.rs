@@ -164,7 +164,7 @@ async fn authenticate(
         AuthMethod::ScramSha256 => {
             let verifier = user
                 .and_then(|u| u.verifier.clone())
-                .unwrap_or_else(|| proxy.mock_verifier.clone());
+                .unwrap_or_else(|| proxy.mock.verifier(name));
             let binding = c.tls.as_ref().and_then(|t| t.endpoint.clone());
             let mut server = match binding {
                 Some(data) => ScramServer::with_channel_binding(verifier, data),

@@ -204,9 +204,9 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
         login::Login::Cancel { pid, secret } => proxy.cancel(pid, secret).await,
         login::Login::Admin { user } => {
             let info = proxy.register(&user.cfg.name, &proxy.cfg.proxy.admin_database, peer, true);
+            let _registered = Registered(&proxy, info.pid);
             crate::metrics::login_accepted(true);
             crate::admin::run(&proxy, &mut c, &info).await;
-            proxy.unregister(info.pid);
         }
         login::Login::Data {
             user,
@@ -214,13 +214,23 @@ pub async fn run(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
             params,
         } => {
             let info = proxy.register(&user.cfg.name, &database, peer, false);
+            let _registered = Registered(&proxy, info.pid);
             let end = relay::relay(&proxy, c, &info, user, params).await;
             if let Err((mut c, End::Fatal { sqlstate, message })) = end {
                 tracing::warn!(client = %peer, pid = info.pid, sqlstate = %sqlstate, "session ended: {message}");
                 c.fatal(&sqlstate, &message).await;
             }
-            proxy.unregister(info.pid);
         }
     }
     drop(slot);
+}
+
+/// Removes a session from the client registry ([`Proxy::unregister`]) when dropped: at the
+/// session's end, or while its task unwinds from a panic.
+struct Registered<'a>(&'a Proxy, i32);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.unregister(self.1);
+    }
 }

@@ -61,9 +61,9 @@ enum Stop {
 }
 
 /// The unit of work in progress, as the relay accounts for it.
-struct Unit {
+struct Unit<'p> {
     /// Counted in the router's busy sessions; set from the unit's start to its end.
-    busy: bool,
+    busy: Option<crate::routing::Busy<'p>>,
     started: Instant,
     /// The unit runs on a backend connection opened for it: no latency sample.
     cold: bool,
@@ -82,7 +82,7 @@ pub(crate) struct Relay<'p> {
     user: Arc<UserEntry>,
     state: SessionState,
     proto: Proto,
-    unit: Unit,
+    unit: Unit<'p>,
     rec: Recorders,
     c_rd: tls::ReadHalf,
     c_wr: tls::WriteHalf,
@@ -182,7 +182,7 @@ pub(crate) async fn relay(
         state,
         proto: Proto::default(),
         unit: Unit {
-            busy: false,
+            busy: None,
             started: Instant::now(),
             cold: false,
             answered: false,
@@ -228,9 +228,7 @@ pub(crate) async fn relay(
     // A unit cut short: the server rolls an open transaction back when its connection
     // closes (a commit whose answer was lost is in doubt, as for the client).
     r.close_write_capture();
-    if r.unit.busy {
-        proxy.router.leave();
-    }
+    drop(r.unit.busy.take());
     let ready = r.ready.take().map(|(c, _)| c);
     for c in [r.backend.take(), r.spare.take(), ready]
         .into_iter()
@@ -319,7 +317,7 @@ impl<'p> Relay<'p> {
                 return Ok(());
             }
             if self.check_pins
-                && !self.unit.busy
+                && self.unit.busy.is_none()
                 && self.proto.idle()
                 && self.to_server.is_empty()
                 && self.to_client.is_empty()
@@ -355,7 +353,8 @@ impl<'p> Relay<'p> {
                 .is_some_and(|c| !self.to_server.is_empty() || c.wr.pending());
             // Held sessions, and idle ones that listen (they move as soon as the table does),
             // follow the routing table.
-            let watch = self.held || (!self.unit.busy && !self.state.channels().is_empty());
+            let watch =
+                self.held || (self.unit.busy.is_none() && !self.state.channels().is_empty());
             let ev = {
                 let (b_rd, b_wr) = match self.backend.as_mut() {
                     Some(c) => (Some(&mut c.rd), Some(&mut c.wr)),
@@ -377,7 +376,7 @@ impl<'p> Relay<'p> {
                     return Err(End::Closed)
                 }
                 Ev::ClientRead(Ok(_)) => {
-                    if self.backend.is_none() && self.unit.busy && self.unit.replay {
+                    if self.backend.is_none() && self.unit.busy.is_some() && self.unit.replay {
                         // The replay runs first (top of the loop); what the client sent
                         // meanwhile is scanned after it.
                         self.c_rescan = true;
@@ -505,7 +504,7 @@ impl<'p> Relay<'p> {
                 }
                 let end = fwd + total.min(avail);
                 let mut entered = false;
-                if !self.unit.busy || self.backend.is_none() {
+                if self.unit.busy.is_none() || self.backend.is_none() {
                     let body = inspect.then_some(fwd + 5..end);
                     if let Some(s) = self.boundary(tag, body) {
                         stop = Some(s);
@@ -603,18 +602,18 @@ impl<'p> Relay<'p> {
     /// inspected messages): decide where it goes. Returns `None` to go on (the session is
     /// then busy).
     fn boundary(&mut self, tag: u8, body: Option<std::ops::Range<usize>>) -> Option<Stop> {
-        if self.unit.busy {
+        if self.unit.busy.is_some() {
             // Busy and no backend: it was lost while idle.
             return Some(Stop::Switch);
         }
         self.rx.borrow_and_update();
-        if !self.proxy.router.try_enter() {
+        let Some(busy) = self.proxy.router.enter() else {
             return Some(Stop::Hold);
-        }
+        };
         let t = self.proxy.router.load();
         if t.paused {
-            // Entered as the pause was being published: hold like the sessions after it.
-            self.proxy.router.leave();
+            // Entered as the pause was being published: hold like the sessions after it
+            // (dropping `busy` leaves).
             return Some(Stop::Hold);
         }
         if t.epoch != self.epoch {
@@ -626,7 +625,7 @@ impl<'p> Relay<'p> {
             all.put(std::mem::take(&mut self.status_note));
             self.to_client = all.freeze();
         }
-        self.unit.busy = true;
+        self.unit.busy = Some(busy);
         self.rec.mirror = None;
         self.close_write_capture();
         self.proto.unit_error = false;
@@ -776,7 +775,7 @@ impl<'p> Relay<'p> {
             }
         }
         if !note.is_empty() {
-            if self.unit.busy {
+            if self.unit.busy.is_some() {
                 let mut all = BytesMut::from(&self.to_client[..]);
                 all.put(note);
                 self.to_client = all.freeze();
@@ -822,7 +821,11 @@ impl<'p> Relay<'p> {
             }
         }
         let moved = t.epoch != self.epoch || serving != self.side;
-        if moved && !self.unit.busy && self.proto.idle() && !self.state.channels().is_empty() {
+        if moved
+            && self.unit.busy.is_none()
+            && self.proto.idle()
+            && !self.state.channels().is_empty()
+        {
             self.switch().await?;
         }
         Ok(())
@@ -1329,9 +1332,8 @@ impl<'p> Relay<'p> {
         if self.state.take_changed() {
             self.drop_spare();
         }
-        if self.unit.busy {
-            self.unit.busy = false;
-            self.proxy.router.leave();
+        if let Some(busy) = self.unit.busy.take() {
+            drop(busy);
             let us = self.unit.started.elapsed().as_micros() as u64;
             // The first unit on a connection just opened pays for its cold catalog caches:
             // counted, but no sample for the health checks' p99.
