@@ -104,41 +104,165 @@ pub async fn run(proxy: &Proxy, c: &mut ClientConn, info: &SessionInfo) {
     }
 }
 
-/// Run every statement of one Query message.
-async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
-    let stmts: Vec<&str> = sql
-        .split(';')
+/// One admin console statement, as [`parse_command`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SHOW UPGRADE STATUS`
+    ShowUpgradeStatus,
+    /// `SHOW UPGRADE DATABASES`
+    ShowUpgradeDatabases,
+    /// `SHOW CLIENTS`
+    ShowClients,
+    /// `SHOW SERVERS`
+    ShowServers,
+    /// `SHOW HELP`
+    ShowHelp,
+    /// One of the control plane's commands `START UPGRADE`, `INITIATE CUTOVER`,
+    /// `ROLLBACK UPGRADE`, `PAUSE UPGRADE`, `RESUME UPGRADE`: its text, as listed.
+    Control(&'static str),
+    /// `SHOW UPGRADE HISTORY`
+    ShowUpgradeHistory,
+    /// `PAUSE`
+    Pause,
+    /// `RESUME`
+    Resume,
+    /// `SHIFT TRAFFIC <percent>`, the percentage 0..=100.
+    ShiftTraffic(u8),
+    /// `SHOW UPGRADE VALIDATION`
+    ShowUpgradeValidation,
+    /// `SHOW UPGRADE ERRORS`
+    ShowUpgradeErrors,
+    /// `MIRROR ON` (`off` false) or `MIRROR OFF`.
+    Mirror {
+        /// `MIRROR OFF`.
+        off: bool,
+    },
+    /// `FORCE RESYNC TABLE '<name>'`: the name, quotes removed and `''` undoubled, not empty.
+    ForceResync(String),
+}
+
+/// A statement that is not a valid command: what the `ErrorResponse` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    /// SQLSTATE: 42601 (syntax error) or 22023 (invalid parameter value).
+    pub sqlstate: &'static str,
+    /// The primary message, quoting the statement or argument.
+    pub message: String,
+    /// The hint: the valid commands, or an example.
+    pub hint: String,
+}
+
+/// The statements of one Query text: split at `;`, trimmed, empty ones dropped.
+pub fn statements(sql: &str) -> Vec<&str> {
+    sql.split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Reads one statement (see [`statements`]): key words in any case, separated by any
+/// whitespace. Errors: an unknown command (42601), a bad `SHIFT TRAFFIC` percentage
+/// (22023), a `FORCE RESYNC TABLE` without a quoted name (42601).
+pub fn parse_command(s: &str) -> Result<Command, CommandError> {
+    let words: Vec<String> = s
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
         .collect();
+    let cmd = words.join(" ");
+    Ok(match cmd.as_str() {
+        "SHOW UPGRADE STATUS" => Command::ShowUpgradeStatus,
+        "SHOW UPGRADE DATABASES" => Command::ShowUpgradeDatabases,
+        "SHOW CLIENTS" => Command::ShowClients,
+        "SHOW SERVERS" => Command::ShowServers,
+        "SHOW HELP" => Command::ShowHelp,
+        "START UPGRADE" => Command::Control("START UPGRADE"),
+        "INITIATE CUTOVER" => Command::Control("INITIATE CUTOVER"),
+        "ROLLBACK UPGRADE" => Command::Control("ROLLBACK UPGRADE"),
+        "PAUSE UPGRADE" => Command::Control("PAUSE UPGRADE"),
+        "RESUME UPGRADE" => Command::Control("RESUME UPGRADE"),
+        "SHOW UPGRADE HISTORY" => Command::ShowUpgradeHistory,
+        "PAUSE" => Command::Pause,
+        "RESUME" => Command::Resume,
+        c if c.starts_with("SHIFT TRAFFIC") => Command::ShiftTraffic(shift_percent(c)?),
+        "SHOW UPGRADE VALIDATION" => Command::ShowUpgradeValidation,
+        "SHOW UPGRADE ERRORS" => Command::ShowUpgradeErrors,
+        "MIRROR ON" => Command::Mirror { off: false },
+        "MIRROR OFF" => Command::Mirror { off: true },
+        c if c.starts_with("FORCE RESYNC TABLE") => Command::ForceResync(resync_table(s)?),
+        _ => {
+            return Err(CommandError {
+                sqlstate: "42601",
+                message: format!("unknown admin command \"{s}\""),
+                hint: format!("valid commands: {}", COMMANDS.join(", ")),
+            })
+        }
+    })
+}
+
+/// The percentage of `SHIFT TRAFFIC <percent>` (`cmd`: the words upper-cased, one space
+/// apart), a `%` after it allowed.
+fn shift_percent(cmd: &str) -> Result<u8, CommandError> {
+    let arg = cmd
+        .trim_start_matches("SHIFT TRAFFIC")
+        .trim()
+        .trim_end_matches('%');
+    arg.parse::<u8>()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| CommandError {
+            sqlstate: "22023",
+            message: format!("SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""),
+            hint: "e.g. SHIFT TRAFFIC 25".to_string(),
+        })
+}
+
+/// The table name of `FORCE RESYNC TABLE 'name'` (`stmt` as written).
+fn resync_table(stmt: &str) -> Result<String, CommandError> {
+    let rest = stmt.trim()["FORCE RESYNC TABLE".len().min(stmt.trim().len())..].trim();
+    let name = rest
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .map(|n| n.replace("''", "'"));
+    name.filter(|n| !n.is_empty()).ok_or_else(|| CommandError {
+        sqlstate: "42601",
+        message: format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\""),
+        hint: "e.g. FORCE RESYNC TABLE 'public.accounts'".to_string(),
+    })
+}
+
+/// Run every statement of one Query message.
+async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
+    let stmts = statements(sql);
     if stmts.is_empty() {
         msg::empty_query_response(out);
         return;
     }
     for s in stmts {
-        let words: Vec<String> = s
-            .split_whitespace()
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let cmd = words.join(" ");
-        let ok = match cmd.as_str() {
-            "SHOW UPGRADE STATUS" => {
+        let cmd = match parse_command(s) {
+            Ok(c) => c,
+            Err(e) => {
+                msg::error_response(out, "ERROR", e.sqlstate, &e.message, None, Some(&e.hint));
+                return; // like PostgreSQL: the rest of a multi-statement query is skipped
+            }
+        };
+        let ok = match cmd {
+            Command::ShowUpgradeStatus => {
                 upgrade_status(proxy, out);
                 true
             }
-            "SHOW UPGRADE DATABASES" => {
+            Command::ShowUpgradeDatabases => {
                 databases(proxy, out);
                 true
             }
-            "SHOW CLIENTS" => {
+            Command::ShowClients => {
                 clients(proxy, out);
                 true
             }
-            "SHOW SERVERS" => {
+            Command::ShowServers => {
                 servers(proxy, out);
                 true
             }
-            "SHOW HELP" => {
+            Command::ShowHelp => {
                 msg::row_description_text(out, &["command"]);
                 for c in COMMANDS {
                     msg::data_row(out, &[Some(c)]);
@@ -146,15 +270,13 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, &format!("SHOW {}", COMMANDS.len()));
                 true
             }
-            "START UPGRADE" | "INITIATE CUTOVER" | "ROLLBACK UPGRADE" | "PAUSE UPGRADE"
-            | "RESUME UPGRADE" => {
+            Command::Control(which) => {
                 let c = proxy.controller.clone();
-                let which = cmd.clone();
                 // On the control plane's runtime: what it spawns must not live on an I/O thread.
                 let r = proxy
                     .control_rt
                     .spawn(async move {
-                        match which.as_str() {
+                        match which {
                             "START UPGRADE" => c.start_upgrade().await,
                             "INITIATE CUTOVER" => c.initiate_cutover().await,
                             "PAUSE UPGRADE" => c.pause_upgrade().await,
@@ -166,14 +288,15 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                     .unwrap_or_else(|e| {
                         Err(control::ControlError(format!("the command failed: {e}")))
                     });
-                reply(out, &cmd, r)
+                reply(out, which, r)
             }
-            "SHOW UPGRADE HISTORY" => {
+            Command::ShowUpgradeHistory => {
                 let c = proxy.controller.clone();
                 let r = proxy
                     .control_rt
                     .spawn(async move { c.history(1000).await })
                     .await;
+                let cmd = "SHOW UPGRADE HISTORY";
                 match r {
                     Ok(Ok(entries)) => {
                         msg::row_description_text(
@@ -198,15 +321,15 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                         msg::command_complete(out, &format!("SHOW {}", entries.len()));
                         true
                     }
-                    Ok(Err(e)) => reply(out, &cmd, Err(e)),
+                    Ok(Err(e)) => reply(out, cmd, Err(e)),
                     Err(e) => reply(
                         out,
-                        &cmd,
+                        cmd,
                         Err(control::ControlError(format!("the command failed: {e}"))),
                     ),
                 }
             }
-            "PAUSE" => {
+            Command::Pause => {
                 proxy.router.pause();
                 msg::notice_response(
                     out,
@@ -220,17 +343,16 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, "PAUSE");
                 true
             }
-            "RESUME" => {
+            Command::Resume => {
                 proxy.router.resume();
                 msg::command_complete(out, "RESUME");
                 true
             }
-            c if c.starts_with("SHIFT TRAFFIC") => shift_traffic(proxy, out, c).await,
-            "SHOW UPGRADE VALIDATION" => validation(proxy, out),
-            "SHOW UPGRADE ERRORS" => validation_errors(proxy, out),
-            "MIRROR ON" | "MIRROR OFF" => match mirror_or_error(proxy, out) {
+            Command::ShiftTraffic(percent) => shift_traffic(proxy, out, percent).await,
+            Command::ShowUpgradeValidation => validation(proxy, out),
+            Command::ShowUpgradeErrors => validation_errors(proxy, out),
+            Command::Mirror { off } => match mirror_or_error(proxy, out) {
                 Some(m) => {
-                    let off = cmd == "MIRROR OFF";
                     m.off.store(off, std::sync::atomic::Ordering::Relaxed);
                     msg::notice_response(
                         out,
@@ -242,24 +364,12 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                             "mirroring on (while replication keeps the target current)"
                         },
                     );
-                    msg::command_complete(out, &cmd);
+                    msg::command_complete(out, if off { "MIRROR OFF" } else { "MIRROR ON" });
                     true
                 }
                 None => false,
             },
-            c if c.starts_with("FORCE RESYNC TABLE") => force_resync(proxy, out, s).await,
-            _ => {
-                let hint = format!("valid commands: {}", COMMANDS.join(", "));
-                msg::error_response(
-                    out,
-                    "ERROR",
-                    "42601",
-                    &format!("unknown admin command \"{s}\""),
-                    None,
-                    Some(&hint),
-                );
-                false
-            }
+            Command::ForceResync(name) => force_resync(proxy, out, name).await,
         };
         if !ok {
             return; // like PostgreSQL: the rest of a multi-statement query is skipped
@@ -269,26 +379,7 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
 
 /// `SHIFT TRAFFIC <percent>`: send that share of the read-only transactions to the side that
 /// is not serving (a manual shift step). Only while replication keeps that side current.
-async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
-    let arg = cmd
-        .trim_start_matches("SHIFT TRAFFIC")
-        .trim()
-        .trim_end_matches('%');
-    let Ok(percent) =
-        arg.parse::<u8>()
-            .map_err(|_| ())
-            .and_then(|p| if p <= 100 { Ok(p) } else { Err(()) })
-    else {
-        msg::error_response(
-            out,
-            "ERROR",
-            "22023",
-            &format!("SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""),
-            None,
-            Some("e.g. SHIFT TRAFFIC 25"),
-        );
-        return false;
-    };
+async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, percent: u8) -> bool {
     let c = proxy.controller.clone();
     let r = proxy
         .control_rt
@@ -442,23 +533,7 @@ fn validation_errors(proxy: &Proxy, out: &mut BytesMut) -> bool {
 
 /// `FORCE RESYNC TABLE 'name'`: copy the table to the target again (consistently, while
 /// traffic goes on), then restart its validation counters.
-async fn force_resync(proxy: &Proxy, out: &mut BytesMut, stmt: &str) -> bool {
-    let rest = stmt.trim()["FORCE RESYNC TABLE".len().min(stmt.trim().len())..].trim();
-    let name = rest
-        .strip_prefix('\'')
-        .and_then(|r| r.strip_suffix('\''))
-        .map(|n| n.replace("''", "'"));
-    let Some(name) = name.filter(|n| !n.is_empty()) else {
-        msg::error_response(
-            out,
-            "ERROR",
-            "42601",
-            &format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\""),
-            None,
-            Some("e.g. FORCE RESYNC TABLE 'public.accounts'"),
-        );
-        return false;
-    };
+async fn force_resync(proxy: &Proxy, out: &mut BytesMut, name: String) -> bool {
     let c = proxy.controller.clone();
     let n2 = name.clone();
     let r = proxy
@@ -793,6 +868,47 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{parse_command, statements, Command};
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            statements(" ; show help ;; RESUME;"),
+            ["show help", "RESUME"]
+        );
+        assert_eq!(
+            parse_command("show   upgrade\tstatus"),
+            Ok(Command::ShowUpgradeStatus)
+        );
+        assert_eq!(
+            parse_command("rollback upgrade"),
+            Ok(Command::Control("ROLLBACK UPGRADE"))
+        );
+        assert_eq!(
+            parse_command("Mirror Off"),
+            Ok(Command::Mirror { off: true })
+        );
+        assert_eq!(
+            parse_command("shift traffic 25%"),
+            Ok(Command::ShiftTraffic(25))
+        );
+        let e = parse_command("SHIFT TRAFFIC 101").unwrap_err();
+        assert_eq!(e.sqlstate, "22023");
+        assert!(e.message.contains("\"101\""), "{}", e.message);
+        assert_eq!(
+            parse_command("FORCE RESYNC TABLE 'it''s'"),
+            Ok(Command::ForceResync("it's".into()))
+        );
+        assert_eq!(
+            parse_command("force resync table x").unwrap_err().sqlstate,
+            "42601"
+        );
+        let e = parse_command("DROP TABLE t").unwrap_err();
+        assert_eq!(e.sqlstate, "42601");
+        assert!(e.message.contains("\"DROP TABLE t\""), "{}", e.message);
+        assert!(e.hint.contains("SHOW UPGRADE STATUS"), "{}", e.hint);
+    }
+
     #[test]
     fn rfc3339_known_values() {
         use std::time::{Duration, UNIX_EPOCH};
