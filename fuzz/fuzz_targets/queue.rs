@@ -91,8 +91,14 @@ fn read_all(start: u64, max: usize) -> (Vec<(u64, u8, usize)>, bool) {
     while out.len() < max {
         match r.next() {
             Ok(Some(rec)) => {
-                assert_eq!(rec.seq, start + out.len() as u64, "seqs not consecutive");
-                assert!(r.position() >= pos + 17 + rec.payload.len() as u64);
+                assert_eq!(
+                    u128::from(rec.seq),
+                    u128::from(start) + out.len() as u128,
+                    "seqs not consecutive"
+                );
+                assert!(
+                    u128::from(r.position()) >= u128::from(pos) + 17 + rec.payload.len() as u128
+                );
                 pos = r.position();
                 if rec.kind == UNIT {
                     check_unit(&rec.payload);
@@ -151,19 +157,19 @@ fuzz_target!(|data: &[u8]| {
     };
     let last = w.last_seq();
     assert!(
-        last >= read.len() as u64,
+        u128::from(last) + 1 >= u128::from(start) + read.len() as u128,
         "recovery lost records the reader returned"
     );
     let seq = w
         .append(UNIT, &Unit::default().encode())
         .expect("append after recovery");
-    assert_eq!(seq, last + 1);
+    assert_eq!(u128::from(seq), u128::from(last) + 1);
     drop(w);
     let (after, err) = read_all(start, 100_000);
     assert!(!err, "the recovered queue does not read back");
     assert_eq!(
-        start + after.len() as u64,
-        seq + 1,
+        u128::from(start) + after.len() as u128,
+        u128::from(seq) + 1,
         "records after recovery"
     );
     assert_eq!(after.last().map(|r| r.1), Some(UNIT));
