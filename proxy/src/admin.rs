@@ -216,9 +216,16 @@ fn shift_percent(cmd: &str) -> Result<u8, CommandError> {
         })
 }
 
-/// The table name of `FORCE RESYNC TABLE 'name'` (`stmt` as written).
+/// The table name of `FORCE RESYNC TABLE 'name'` (`stmt` as written, its words known to
+/// start with `FORCE`, `RESYNC`, `TABLE`: [`parse_command`] matched them upper-cased).
 fn resync_table(stmt: &str) -> Result<String, CommandError> {
-    let rest = stmt.trim()["FORCE RESYNC TABLE".len().min(stmt.trim().len())..].trim();
+    // Skip the key words however they are spaced (any Unicode whitespace): they are ASCII,
+    // the spaces between them need not be, so no byte offset into `stmt` is known.
+    let mut rest = stmt.trim_start();
+    for word in ["FORCE", "RESYNC"] {
+        rest = rest.get(word.len()..).unwrap_or_default().trim_start();
+    }
+    let rest = rest.get("TABLE".len()..).unwrap_or_default().trim();
     let name = rest
         .strip_prefix('\'')
         .and_then(|r| r.strip_suffix('\''))
@@ -903,6 +910,18 @@ mod tests {
             parse_command("force resync table x").unwrap_err().sqlstate,
             "42601"
         );
+        // Found by feeding the admin fuzz target: non-ASCII spaces (U+3000, U+0085) between
+        // the key words put byte 18 inside a character, and slicing there panicked.
+        assert_eq!(
+            parse_command("FORCE RESYNC\u{3000}\u{85}\u{85}TABLE 'x'"),
+            Ok(Command::ForceResync("x".into()))
+        );
+        assert_eq!(
+            parse_command("force  resync\tTABLE  'a b' "),
+            Ok(Command::ForceResync("a b".into()))
+        );
+        let e = parse_command("FORCE RESYNC TABLEx 'a'").unwrap_err();
+        assert!(e.message.contains("not \"x 'a'\""), "{}", e.message);
         let e = parse_command("DROP TABLE t").unwrap_err();
         assert_eq!(e.sqlstate, "42601");
         assert!(e.message.contains("\"DROP TABLE t\""), "{}", e.message);
