@@ -104,41 +104,172 @@ pub async fn run(proxy: &Proxy, c: &mut ClientConn, info: &SessionInfo) {
     }
 }
 
-/// Run every statement of one Query message.
-async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
-    let stmts: Vec<&str> = sql
-        .split(';')
+/// One admin console statement, as [`parse_command`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SHOW UPGRADE STATUS`
+    ShowUpgradeStatus,
+    /// `SHOW UPGRADE DATABASES`
+    ShowUpgradeDatabases,
+    /// `SHOW CLIENTS`
+    ShowClients,
+    /// `SHOW SERVERS`
+    ShowServers,
+    /// `SHOW HELP`
+    ShowHelp,
+    /// One of the control plane's commands `START UPGRADE`, `INITIATE CUTOVER`,
+    /// `ROLLBACK UPGRADE`, `PAUSE UPGRADE`, `RESUME UPGRADE`: its text, as listed.
+    Control(&'static str),
+    /// `SHOW UPGRADE HISTORY`
+    ShowUpgradeHistory,
+    /// `PAUSE`
+    Pause,
+    /// `RESUME`
+    Resume,
+    /// `SHIFT TRAFFIC <percent>`, the percentage 0..=100.
+    ShiftTraffic(u8),
+    /// `SHOW UPGRADE VALIDATION`
+    ShowUpgradeValidation,
+    /// `SHOW UPGRADE ERRORS`
+    ShowUpgradeErrors,
+    /// `MIRROR ON` (`off` false) or `MIRROR OFF`.
+    Mirror {
+        /// `MIRROR OFF`.
+        off: bool,
+    },
+    /// `FORCE RESYNC TABLE '<name>'`: the name, quotes removed and `''` undoubled, not empty.
+    ForceResync(String),
+}
+
+/// A statement that is not a valid command: what the `ErrorResponse` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    /// SQLSTATE: 42601 (syntax error) or 22023 (invalid parameter value).
+    pub sqlstate: &'static str,
+    /// The primary message, quoting the statement or argument.
+    pub message: String,
+    /// The hint: the valid commands, or an example.
+    pub hint: String,
+}
+
+/// The statements of one Query text: split at `;`, trimmed, empty ones dropped.
+pub fn statements(sql: &str) -> Vec<&str> {
+    sql.split(';')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Reads one statement (see [`statements`]): key words in any case, separated by any
+/// whitespace. Errors: an unknown command (42601), a bad `SHIFT TRAFFIC` percentage
+/// (22023), a `FORCE RESYNC TABLE` without a quoted name (42601).
+pub fn parse_command(s: &str) -> Result<Command, CommandError> {
+    let words: Vec<String> = s
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
         .collect();
+    let cmd = words.join(" ");
+    Ok(match cmd.as_str() {
+        "SHOW UPGRADE STATUS" => Command::ShowUpgradeStatus,
+        "SHOW UPGRADE DATABASES" => Command::ShowUpgradeDatabases,
+        "SHOW CLIENTS" => Command::ShowClients,
+        "SHOW SERVERS" => Command::ShowServers,
+        "SHOW HELP" => Command::ShowHelp,
+        "START UPGRADE" => Command::Control("START UPGRADE"),
+        "INITIATE CUTOVER" => Command::Control("INITIATE CUTOVER"),
+        "ROLLBACK UPGRADE" => Command::Control("ROLLBACK UPGRADE"),
+        "PAUSE UPGRADE" => Command::Control("PAUSE UPGRADE"),
+        "RESUME UPGRADE" => Command::Control("RESUME UPGRADE"),
+        "SHOW UPGRADE HISTORY" => Command::ShowUpgradeHistory,
+        "PAUSE" => Command::Pause,
+        "RESUME" => Command::Resume,
+        c if c.starts_with("SHIFT TRAFFIC") => Command::ShiftTraffic(shift_percent(c)?),
+        "SHOW UPGRADE VALIDATION" => Command::ShowUpgradeValidation,
+        "SHOW UPGRADE ERRORS" => Command::ShowUpgradeErrors,
+        "MIRROR ON" => Command::Mirror { off: false },
+        "MIRROR OFF" => Command::Mirror { off: true },
+        c if c.starts_with("FORCE RESYNC TABLE") => Command::ForceResync(resync_table(s)?),
+        _ => {
+            return Err(CommandError {
+                sqlstate: "42601",
+                message: format!("unknown admin command \"{s}\""),
+                hint: format!("valid commands: {}", COMMANDS.join(", ")),
+            })
+        }
+    })
+}
+
+/// The percentage of `SHIFT TRAFFIC <percent>` (`cmd`: the words upper-cased, one space
+/// apart), a `%` after it allowed.
+fn shift_percent(cmd: &str) -> Result<u8, CommandError> {
+    let arg = cmd
+        .trim_start_matches("SHIFT TRAFFIC")
+        .trim()
+        .trim_end_matches('%');
+    arg.parse::<u8>()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| CommandError {
+            sqlstate: "22023",
+            message: format!("SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""),
+            hint: "e.g. SHIFT TRAFFIC 25".to_string(),
+        })
+}
+
+/// The table name of `FORCE RESYNC TABLE 'name'` (`stmt` as written, its words known to
+/// start with `FORCE`, `RESYNC`, `TABLE`: [`parse_command`] matched them upper-cased).
+fn resync_table(stmt: &str) -> Result<String, CommandError> {
+    // Skip the key words however they are spaced (any Unicode whitespace): they are ASCII,
+    // the spaces between them need not be, so no byte offset into `stmt` is known.
+    let mut rest = stmt.trim_start();
+    for word in ["FORCE", "RESYNC"] {
+        rest = rest.get(word.len()..).unwrap_or_default().trim_start();
+    }
+    let rest = rest.get("TABLE".len()..).unwrap_or_default().trim();
+    let name = rest
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .map(|n| n.replace("''", "'"));
+    name.filter(|n| !n.is_empty()).ok_or_else(|| CommandError {
+        sqlstate: "42601",
+        message: format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\""),
+        hint: "e.g. FORCE RESYNC TABLE 'public.accounts'".to_string(),
+    })
+}
+
+/// Run every statement of one Query message.
+async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
+    let stmts = statements(sql);
     if stmts.is_empty() {
         msg::empty_query_response(out);
         return;
     }
     for s in stmts {
-        let words: Vec<String> = s
-            .split_whitespace()
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let cmd = words.join(" ");
-        let ok = match cmd.as_str() {
-            "SHOW UPGRADE STATUS" => {
+        let cmd = match parse_command(s) {
+            Ok(c) => c,
+            Err(e) => {
+                msg::error_response(out, "ERROR", e.sqlstate, &e.message, None, Some(&e.hint));
+                return; // like PostgreSQL: the rest of a multi-statement query is skipped
+            }
+        };
+        let ok = match cmd {
+            Command::ShowUpgradeStatus => {
                 upgrade_status(proxy, out);
                 true
             }
-            "SHOW UPGRADE DATABASES" => {
+            Command::ShowUpgradeDatabases => {
                 databases(proxy, out);
                 true
             }
-            "SHOW CLIENTS" => {
+            Command::ShowClients => {
                 clients(proxy, out);
                 true
             }
-            "SHOW SERVERS" => {
+            Command::ShowServers => {
                 servers(proxy, out);
                 true
             }
-            "SHOW HELP" => {
+            Command::ShowHelp => {
                 msg::row_description_text(out, &["command"]);
                 for c in COMMANDS {
                     msg::data_row(out, &[Some(c)]);
@@ -146,15 +277,13 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, &format!("SHOW {}", COMMANDS.len()));
                 true
             }
-            "START UPGRADE" | "INITIATE CUTOVER" | "ROLLBACK UPGRADE" | "PAUSE UPGRADE"
-            | "RESUME UPGRADE" => {
+            Command::Control(which) => {
                 let c = proxy.controller.clone();
-                let which = cmd.clone();
                 // On the control plane's runtime: what it spawns must not live on an I/O thread.
                 let r = proxy
                     .control_rt
                     .spawn(async move {
-                        match which.as_str() {
+                        match which {
                             "START UPGRADE" => c.start_upgrade().await,
                             "INITIATE CUTOVER" => c.initiate_cutover().await,
                             "PAUSE UPGRADE" => c.pause_upgrade().await,
@@ -166,14 +295,15 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                     .unwrap_or_else(|e| {
                         Err(control::ControlError(format!("the command failed: {e}")))
                     });
-                reply(out, &cmd, r)
+                reply(out, which, r)
             }
-            "SHOW UPGRADE HISTORY" => {
+            Command::ShowUpgradeHistory => {
                 let c = proxy.controller.clone();
                 let r = proxy
                     .control_rt
                     .spawn(async move { c.history(1000).await })
                     .await;
+                let cmd = "SHOW UPGRADE HISTORY";
                 match r {
                     Ok(Ok(entries)) => {
                         msg::row_description_text(
@@ -198,15 +328,15 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                         msg::command_complete(out, &format!("SHOW {}", entries.len()));
                         true
                     }
-                    Ok(Err(e)) => reply(out, &cmd, Err(e)),
+                    Ok(Err(e)) => reply(out, cmd, Err(e)),
                     Err(e) => reply(
                         out,
-                        &cmd,
+                        cmd,
                         Err(control::ControlError(format!("the command failed: {e}"))),
                     ),
                 }
             }
-            "PAUSE" => {
+            Command::Pause => {
                 proxy.router.pause();
                 msg::notice_response(
                     out,
@@ -220,19 +350,16 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                 msg::command_complete(out, "PAUSE");
                 true
             }
-            "RESUME" => {
+            Command::Resume => {
                 proxy.router.resume();
                 msg::command_complete(out, "RESUME");
                 true
             }
-            c if words.len() >= 2 && words[..2] == ["SHIFT", "TRAFFIC"] => {
-                shift_traffic(proxy, out, c).await
-            }
-            "SHOW UPGRADE VALIDATION" => validation(proxy, out),
-            "SHOW UPGRADE ERRORS" => validation_errors(proxy, out),
-            "MIRROR ON" | "MIRROR OFF" => match mirror_or_error(proxy, out) {
+            Command::ShiftTraffic(percent) => shift_traffic(proxy, out, percent).await,
+            Command::ShowUpgradeValidation => validation(proxy, out),
+            Command::ShowUpgradeErrors => validation_errors(proxy, out),
+            Command::Mirror { off } => match mirror_or_error(proxy, out) {
                 Some(m) => {
-                    let off = cmd == "MIRROR OFF";
                     m.off.store(off, std::sync::atomic::Ordering::Relaxed);
                     msg::notice_response(
                         out,
@@ -244,26 +371,12 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                             "mirroring on (while replication keeps the target current)"
                         },
                     );
-                    msg::command_complete(out, &cmd);
+                    msg::command_complete(out, if off { "MIRROR OFF" } else { "MIRROR ON" });
                     true
                 }
                 None => false,
             },
-            _ if words.len() >= 3 && words[..3] == ["FORCE", "RESYNC", "TABLE"] => {
-                force_resync(proxy, out, s).await
-            }
-            _ => {
-                let hint = format!("valid commands: {}", COMMANDS.join(", "));
-                msg::error_response(
-                    out,
-                    "ERROR",
-                    "42601",
-                    &format!("unknown admin command \"{s}\""),
-                    None,
-                    Some(&hint),
-                );
-                false
-            }
+            Command::ForceResync(name) => force_resync(proxy, out, name).await,
         };
         if !ok {
             return; // like PostgreSQL: the rest of a multi-statement query is skipped
@@ -273,21 +386,7 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
 
 /// `SHIFT TRAFFIC <percent>`: send that share of the read-only transactions to the side that
 /// is not serving (a manual shift step). Only while replication keeps that side current.
-async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
-    let percent = match shift_percent(cmd) {
-        Ok(p) => p,
-        Err(m) => {
-            msg::error_response(
-                out,
-                "ERROR",
-                "22023",
-                &m,
-                None,
-                Some("e.g. SHIFT TRAFFIC 25"),
-            );
-            return false;
-        }
-    };
+async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, percent: u8) -> bool {
     let c = proxy.controller.clone();
     let r = proxy
         .control_rt
@@ -295,49 +394,6 @@ async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, cmd: &str) -> bool {
         .await
         .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
     reply(out, "SHIFT TRAFFIC", r)
-}
-
-/// The percentage of `SHIFT TRAFFIC <n>[%]` (`cmd` upper-cased, words joined by one space);
-/// the error is the message to send. Only `str` methods that cut at char boundaries.
-fn shift_percent(cmd: &str) -> Result<u8, String> {
-    let arg = cmd
-        .strip_prefix("SHIFT TRAFFIC")
-        .unwrap_or(cmd)
-        .trim()
-        .trim_end_matches('%');
-    match arg.parse::<u8>() {
-        Ok(p) if p <= 100 => Ok(p),
-        _ => Err(format!(
-            "SHIFT TRAFFIC takes a percentage from 0 to 100, not \"{arg}\""
-        )),
-    }
-}
-
-/// `s` after its first `n` white-space separated words, trimmed (char-safe: positions come
-/// from `char_indices`).
-fn after_words(s: &str, n: usize) -> &str {
-    let mut rest = s.trim_start();
-    for _ in 0..n {
-        let end = rest
-            .char_indices()
-            .find(|(_, c)| c.is_whitespace())
-            .map_or(rest.len(), |(i, _)| i);
-        rest = rest[end..].trim_start();
-    }
-    rest.trim_end()
-}
-
-/// The table of `FORCE RESYNC TABLE 'name'` (`stmt` as typed: the three words in any case
-/// and spacing, then the name in single quotes, `''` for a quote); the error is the message.
-fn resync_table_name(stmt: &str) -> Result<String, String> {
-    let rest = after_words(stmt, 3);
-    rest.strip_prefix('\'')
-        .and_then(|r| r.strip_suffix('\''))
-        .map(|n| n.replace("''", "'"))
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            format!("FORCE RESYNC TABLE takes a table name in single quotes, not \"{rest}\"")
-        })
 }
 
 /// Refuses a validation command when mirroring is off.
@@ -484,21 +540,7 @@ fn validation_errors(proxy: &Proxy, out: &mut BytesMut) -> bool {
 
 /// `FORCE RESYNC TABLE 'name'`: copy the table to the target again (consistently, while
 /// traffic goes on), then restart its validation counters.
-async fn force_resync(proxy: &Proxy, out: &mut BytesMut, stmt: &str) -> bool {
-    let name = match resync_table_name(stmt) {
-        Ok(n) => n,
-        Err(m) => {
-            msg::error_response(
-                out,
-                "ERROR",
-                "42601",
-                &m,
-                None,
-                Some("e.g. FORCE RESYNC TABLE 'public.accounts'"),
-            );
-            return false;
-        }
-    };
+async fn force_resync(proxy: &Proxy, out: &mut BytesMut, name: String) -> bool {
     let c = proxy.controller.clone();
     let n2 = name.clone();
     let r = proxy
@@ -833,53 +875,71 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{parse_command, statements, Command};
+
     #[test]
-    fn rfc3339_known_values() {
-        use std::time::{Duration, UNIX_EPOCH};
-        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    fn parses_commands() {
         assert_eq!(
-            super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
-            "2026-11-18T11:06:40.123Z"
+            statements(" ; show help ;; RESUME;"),
+            ["show help", "RESUME"]
         );
+        assert_eq!(
+            parse_command("show   upgrade\tstatus"),
+            Ok(Command::ShowUpgradeStatus)
+        );
+        assert_eq!(
+            parse_command("rollback upgrade"),
+            Ok(Command::Control("ROLLBACK UPGRADE"))
+        );
+        assert_eq!(
+            parse_command("Mirror Off"),
+            Ok(Command::Mirror { off: true })
+        );
+        assert_eq!(
+            parse_command("shift traffic 25%"),
+            Ok(Command::ShiftTraffic(25))
+        );
+        let e = parse_command("SHIFT TRAFFIC 101").unwrap_err();
+        assert_eq!(e.sqlstate, "22023");
+        assert!(e.message.contains("\"101\""), "{}", e.message);
+        assert_eq!(
+            parse_command("FORCE RESYNC TABLE 'it''s'"),
+            Ok(Command::ForceResync("it's".into()))
+        );
+        assert_eq!(
+            parse_command("force resync table x").unwrap_err().sqlstate,
+            "42601"
+        );
+        // Found by feeding the admin fuzz target: non-ASCII spaces (U+3000, U+0085) between
+        // the key words put byte 18 inside a character, and slicing there panicked.
+        assert_eq!(
+            parse_command("FORCE RESYNC\u{3000}\u{85}\u{85}TABLE 'x'"),
+            Ok(Command::ForceResync("x".into()))
+        );
+        assert_eq!(
+            parse_command("force  resync\tTABLE  'a b' "),
+            Ok(Command::ForceResync("a b".into()))
+        );
+        let e = parse_command("FORCE RESYNC TABLEx 'a'").unwrap_err();
+        assert!(e.message.contains("not \"x 'a'\""), "{}", e.message);
+        let e = parse_command("DROP TABLE t").unwrap_err();
+        assert_eq!(e.sqlstate, "42601");
+        assert!(e.message.contains("\"DROP TABLE t\""), "{}", e.message);
+        assert!(e.hint.contains("SHOW UPGRADE STATUS"), "{}", e.hint);
     }
-}
 
-#[cfg(test)]
-mod parse_tests {
-    use super::{after_words, resync_table_name, shift_percent};
-
-    /// What `execute` makes of a statement before matching it.
-    fn normalized(s: &str) -> String {
-        s.split_whitespace()
-            .map(|w| w.to_ascii_uppercase())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
+    /// Non-ASCII input never panics the parser: every command's words with odd pieces
+    /// (non-breaking and ideographic spaces, accents, emoji, a combining mark, quotes) glued
+    /// to a word, between words and after the command parse or give a clear error.
     #[test]
     fn non_ascii_input_is_an_error_or_parses_never_a_panic() {
         assert_eq!(
-            resync_table_name("FORCE RESYNC TABLE 'a.b'").unwrap(),
-            "a.b"
+            parse_command("FORCE RESYNC TABLE '\u{1f600}'"),
+            Ok(Command::ForceResync("\u{1f600}".into()))
         );
-        assert_eq!(
-            resync_table_name("force\u{a0}resync\u{3000}table  'it''s'").unwrap(),
-            "it's"
-        );
-        assert_eq!(
-            resync_table_name("FORCE RESYNC TABLE '\u{1f600}'").unwrap(),
-            "\u{1f600}"
-        );
-        let e = resync_table_name("FORCE RESYNC TABLE\u{a0}x").unwrap_err();
-        assert!(e.contains("not \"x\""), "{e}");
-        assert_eq!(shift_percent(&normalized("shift traffic 25%")).unwrap(), 25);
-        let e = shift_percent(&normalized("SHIFT TRAFFIC ünicode")).unwrap_err();
-        assert!(e.contains("üNICODE"), "{e}");
-        assert!(shift_percent(&normalized("SHIFT\u{2003}TRAFFIC\u{a0}101")).is_err());
-        assert_eq!(after_words("  a\u{a0}bé  ", 1), "bé");
-        assert_eq!(after_words("a", 3), "");
-
-        // Every command word list, with every odd piece in every place.
+        assert!(parse_command("FORCE RESYNC TABLE\u{a0}x").is_err());
+        assert!(parse_command("SHIFT TRAFFIC ünicode").is_err());
+        assert!(parse_command("SHIFT\u{2003}TRAFFIC\u{a0}101").is_err());
         let pieces = [
             "",
             " ",
@@ -900,6 +960,7 @@ mod parse_tests {
             "\u{200b}",
             "ǅ",
             "İ",
+            "\u{85}",
         ];
         let commands = [
             "FORCE RESYNC TABLE",
@@ -913,28 +974,31 @@ mod parse_tests {
             let words: Vec<&str> = cmd.split(' ').collect();
             for a in pieces {
                 for b in pieces {
-                    // Glued to a word, between words, after the command.
                     let mut variants = vec![format!("{cmd}{a}{b}"), format!("{a}{cmd} {b}")];
                     for i in 0..words.len() {
-                        let mut w = words.clone();
-                        let glued = format!("{}{a}{b}", w[i]);
-                        w[i] = &glued;
+                        let mut w: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+                        w[i] = format!("{}{a}{b}", w[i]);
                         variants.push(w.join(" "));
-                        variants.push(words.join(a));
-                        variants.push(format!("{} '{a}{b}'", words.join(b)));
+                        variants.push(words.join(&format!("{a}{b}")));
                     }
                     for v in variants {
-                        let c = normalized(&v);
-                        let _ = shift_percent(&c);
-                        let _ = resync_table_name(&v);
-                        for k in 0..5 {
-                            let _ = after_words(&v, k);
-                        }
+                        let _ = parse_command(&v);
+                        let _ = statements(&v);
                         n += 1;
                     }
                 }
             }
         }
-        assert!(n > 10_000, "{n}");
+        assert!(n > 10_000, "{n} variants");
+    }
+
+    #[test]
+    fn rfc3339_known_values() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(super::rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
+            "2026-11-18T11:06:40.123Z"
+        );
     }
 }

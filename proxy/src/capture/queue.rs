@@ -479,7 +479,7 @@ impl Reader {
     /// length or CRC, unexpected seq), a bad segment header, or a segment that ends in a
     /// partial record although a later segment exists, naming the file and the offset. The
     /// reader does not move past a corrupt record.
-    // Not an Iterator: it returns io::Result and `None` only means "nothing yet".
+    // Not an Iterator: `None` means "nothing yet", a later call may return more.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> io::Result<Option<Record>> {
         while let Some((kind, seq, total)) = self.peek()? {
