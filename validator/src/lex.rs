@@ -296,6 +296,18 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// `sql` after any empty statements (`;`, with whitespace and comments) that start it.
+pub(crate) fn skip_empty_statements(sql: &str) -> &str {
+    let mut lx = Lexer::new(sql);
+    loop {
+        lx.skip_trivia();
+        if sql.as_bytes().get(lx.pos) != Some(&b';') {
+            return &sql[lx.pos..];
+        }
+        lx.pos += 1;
+    }
+}
+
 /// The first token of `sql` after whitespace and comments, if it is a key word or `(`:
 /// the word as written, or `"("`. Allocation-free.
 pub(crate) fn leading_word(sql: &str) -> Option<&str> {

@@ -166,6 +166,31 @@ fn classify_cases() {
 }
 
 #[test]
+fn empty_statements_before_a_read_keep_it_read_only() {
+    // Found by the validator fuzz target: classify() skips the leading empty statement and
+    // says read-only, the leading-key-word check saw `;` and said not, so is_read_only()
+    // disagreed with classify() (its documented equality).
+    for sql in [
+        ";select rt*m %o 'x'",
+        " ; ;\n-- c\n;SELECT 1",
+        ";/* x */ (select 1)",
+    ] {
+        let c = classify(sql);
+        assert!(c.read_only, "{sql:?}: {c:?}");
+        assert!(is_read_only_uncached(sql), "{sql:?}");
+        assert!(is_read_only(sql), "{sql:?}");
+    }
+    for sql in [";", " ; ; ", ";update t set a = 1", ";BEGIN"] {
+        assert_eq!(
+            is_read_only_uncached(sql),
+            classify(sql).read_only,
+            "{sql:?}"
+        );
+        assert!(!is_read_only(sql), "{sql:?}");
+    }
+}
+
+#[test]
 fn is_read_only_agrees_with_classify() {
     for &(sql, _, ro) in CASES {
         assert_eq!(is_read_only(sql), ro, "{sql:?}");
