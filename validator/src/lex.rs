@@ -296,15 +296,19 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// `sql` after any empty statements (`;`, with whitespace and comments) that start it.
+/// `sql` after any empty statements (`;`), whitespace and comments that start it. Whitespace
+/// here is any Unicode white space (`char::is_whitespace`, vertical tab included), as the
+/// parser behind `classify` reads it, so that the leading-key-word check agrees with it.
 pub(crate) fn skip_empty_statements(sql: &str) -> &str {
     let mut lx = Lexer::new(sql);
     loop {
         lx.skip_trivia();
-        if sql.as_bytes().get(lx.pos) != Some(&b';') {
-            return &sql[lx.pos..];
+        // skip_trivia stops at a character boundary (it skips ASCII and whole comments).
+        match sql[lx.pos..].chars().next() {
+            Some(';') => lx.pos += 1,
+            Some(c) if c.is_whitespace() => lx.pos += c.len_utf8(),
+            _ => return &sql[lx.pos..],
         }
-        lx.pos += 1;
     }
 }
 
