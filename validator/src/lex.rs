@@ -296,6 +296,22 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// `sql` after any empty statements (`;`), whitespace and comments that start it. Whitespace
+/// here is any Unicode white space (`char::is_whitespace`, vertical tab included), as the
+/// parser behind `classify` reads it, so that the leading-key-word check agrees with it.
+pub(crate) fn skip_empty_statements(sql: &str) -> &str {
+    let mut lx = Lexer::new(sql);
+    loop {
+        lx.skip_trivia();
+        // skip_trivia stops at a character boundary (it skips ASCII and whole comments).
+        match sql[lx.pos..].chars().next() {
+            Some(';') => lx.pos += 1,
+            Some(c) if c.is_whitespace() => lx.pos += c.len_utf8(),
+            _ => return &sql[lx.pos..],
+        }
+    }
+}
+
 /// The first token of `sql` after whitespace and comments, if it is a key word or `(`:
 /// the word as written, or `"("`. Allocation-free.
 pub(crate) fn leading_word(sql: &str) -> Option<&str> {

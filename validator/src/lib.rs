@@ -238,7 +238,8 @@ pub fn is_read_only(sql: &str) -> bool {
 
 /// Step 1 of [`is_read_only`], and the uncached reference for tests and benchmarks.
 fn leads_like_read(sql: &str) -> bool {
-    match lex::leading_word(sql) {
+    // Empty statements before the first one change nothing, and the parse skips them.
+    match lex::leading_word(lex::skip_empty_statements(sql)) {
         Some("(") => true,
         Some(w) => READ_LEADS.iter().any(|k| w.eq_ignore_ascii_case(k)),
         None => false,

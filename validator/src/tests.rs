@@ -166,6 +166,41 @@ fn classify_cases() {
 }
 
 #[test]
+fn empty_statements_and_white_space_before_a_read_keep_it_read_only() {
+    // Found by the validator fuzz target: classify() skips the leading empty statement and
+    // says read-only, the leading-key-word check saw `;` and said not, so is_read_only()
+    // disagreed with classify() (its documented equality).
+    // Also found by it: a leading vertical tab (white space outside ASCII's set), which the
+    // parser skips and the key-word check did not.
+    for sql in [
+        ";select rt*m %o 'x'",
+        " ; ;\n-- c\n;SELECT 1",
+        ";/* x */ (select 1)",
+        "\u{b}select n.xtv\u{fffd}\u{fffd}",
+    ] {
+        let c = classify(sql);
+        assert!(c.read_only, "{sql:?}: {c:?}");
+        assert!(is_read_only_uncached(sql), "{sql:?}");
+        assert!(is_read_only(sql), "{sql:?}");
+    }
+    // The parser reads U+3000 as part of a word (so does PostgreSQL): not read-only either way.
+    for sql in [
+        ";",
+        " ; ; ",
+        ";update t set a = 1",
+        ";BEGIN",
+        "\u{3000}SELECT 1",
+    ] {
+        assert_eq!(
+            is_read_only_uncached(sql),
+            classify(sql).read_only,
+            "{sql:?}"
+        );
+        assert!(!is_read_only(sql), "{sql:?}");
+    }
+}
+
+#[test]
 fn is_read_only_agrees_with_classify() {
     for &(sql, _, ro) in CASES {
         assert_eq!(is_read_only(sql), ro, "{sql:?}");
