@@ -60,9 +60,10 @@ async fn connect_inner(
     }
     let (client, conn) = c.connect_raw(guarded, NoTls).await.map_err(|e| {
         let mut d = pg_error(context, &e);
-        if d.message
-            .contains("which its `auth` setting does not allow")
-            || d.message.contains("only over TLS")
+        // The guard's refusal (PermissionDenied): pgshift's own policy, retrying cannot help.
+        if std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
         {
             d.transient = false;
         }

@@ -81,14 +81,7 @@ impl Stack {
             &[&source, &target]
         };
         for s in servers {
-            s.psql(
-                "postgres",
-                &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
-            )?;
-            s.psql(
-                "postgres",
-                &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
-            )?;
+            create_app_database(s)?;
         }
         if opts.pgbench_scale > 0 {
             let out = crate::pgbench(&[
@@ -314,6 +307,20 @@ fn with_http_token(text: &str) -> String {
         }
     }
     out
+}
+
+/// Creates the application role ([`APP_USER`], [`APP_PASSWORD`]) and its database [`DB`]
+/// (owned by it, empty) on `s`, as [`Stack::start`] does on both servers.
+pub fn create_app_database(s: &PgServer) -> Result<()> {
+    s.psql(
+        "postgres",
+        &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+    )?;
+    s.psql(
+        "postgres",
+        &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
+    )?;
+    Ok(())
 }
 
 /// The pgshift configuration for a source/target pair. The upgrade stops before cutover

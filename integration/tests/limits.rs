@@ -3,7 +3,9 @@
 //! words, the admin console still gets in, the open sessions keep working, and a closed
 //! session gives its place back.
 
-use integration::stack::{connect, db_error, stack_config, APP_PASSWORD, APP_USER, DB};
+use integration::stack::{
+    connect, create_app_database, db_error, stack_config, APP_PASSWORD, APP_USER, DB,
+};
 use integration::{free_port, PgServer, Pgshift};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,16 +13,7 @@ async fn connection_limits_refuse_with_53300_and_free_on_close() {
     let source = PgServer::start(13).unwrap();
     let target = PgServer::start(17).unwrap();
     for s in [&source, &target] {
-        s.psql(
-            "postgres",
-            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
-        )
-        .unwrap();
-        s.psql(
-            "postgres",
-            &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
-        )
-        .unwrap();
+        create_app_database(s).unwrap();
     }
     let extra = format!(
         "[[users]]\nname = \"other\"\npassword = \"other-secret\"\nserver_user = \"{APP_USER}\"\nserver_password = \"{APP_PASSWORD}\"\n"

@@ -7,28 +7,21 @@
 //! server asking for MD5 is refused unless `auth` lists it).
 
 use integration::certs::{CertFiles, TestCa};
-use integration::stack::{stack_config, ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER, DB};
+use integration::stack::{
+    create_app_database, stack_config, ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER, DB,
+};
 use integration::{client_bin, free_port, new_run_dir, PgServer, Pgshift, ServerOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Source and target servers with the application role and database (no data).
-fn servers(source_opts: ServerOptions) -> (PgServer, PgServer) {
+/// Source 13 and target 17 with the application role and database (no data).
+fn servers(source_opts: ServerOptions, target_opts: ServerOptions) -> (PgServer, PgServer) {
     let source = PgServer::start_with(13, source_opts).expect("source");
-    let target = PgServer::start(17).expect("target");
+    let target = PgServer::start_with(17, target_opts).expect("target");
     for s in [&source, &target] {
-        s.psql(
-            "postgres",
-            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
-        )
-        .unwrap();
-        s.psql(
-            "postgres",
-            &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
-        )
-        .unwrap();
+        create_app_database(s).unwrap();
     }
     (source, target)
 }
@@ -161,7 +154,7 @@ fn tls_required_psql_psycopg_and_node_postgres() {
     let ca = TestCa::new(&dir, "ca").unwrap();
     let other_ca = TestCa::new(&dir, "other-ca").unwrap();
     let server = ca.server("server", &["localhost", "127.0.0.1"]).unwrap();
-    let (source, target) = servers(ServerOptions::default());
+    let (source, target) = servers(ServerOptions::default(), ServerOptions::default());
     let p = start_pgshift(&source, &target, &tls_table("require", &server, None));
     let root = ca.ca_pem.display().to_string();
 
@@ -308,7 +301,7 @@ fn client_certificates_name_the_user() {
     let app_cert = clients.client("app", APP_USER).unwrap();
     let other_cert = clients.client("other", "someone-else").unwrap();
     let forged = stranger.client("forged", APP_USER).unwrap();
-    let (source, target) = servers(ServerOptions::default());
+    let (source, target) = servers(ServerOptions::default(), ServerOptions::default());
     let p = start_pgshift(
         &source,
         &target,
@@ -388,7 +381,7 @@ fn certificates_reload_on_sighup_without_dropping_sessions() {
         integration::certs::write_private(&live.key, &std::fs::read(&c.key).unwrap()).unwrap();
     };
     install(&first);
-    let (source, target) = servers(ServerOptions::default());
+    let (source, target) = servers(ServerOptions::default(), ServerOptions::default());
     let p = start_pgshift(&source, &target, &tls_table("allow", &live, None));
     let verify = |ca: &TestCa| {
         app(
@@ -462,10 +455,13 @@ fn certificates_reload_on_sighup_without_dropping_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_logins_are_not_downgraded_to_md5() {
     // The source asks every user for MD5 (their passwords are stored as MD5).
-    let (source, target) = servers(ServerOptions {
-        hba: vec!["host all all 127.0.0.1/32 md5".into()],
-        ..Default::default()
-    });
+    let (source, target) = servers(
+        ServerOptions {
+            hba: vec!["host all all 127.0.0.1/32 md5".into()],
+            ..Default::default()
+        },
+        ServerOptions::default(),
+    );
     source
         .psql(
             "postgres",
@@ -577,23 +573,7 @@ async fn servers_over_tls_in_every_sslmode() {
         ],
         ..Default::default()
     };
-    let (source, target) = {
-        let source = PgServer::start_with(13, opts()).expect("source");
-        let target = PgServer::start_with(17, opts()).expect("target");
-        for s in [&source, &target] {
-            s.psql(
-                "postgres",
-                &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
-            )
-            .unwrap();
-            s.psql(
-                "postgres",
-                &format!("CREATE DATABASE {DB} OWNER {APP_USER}"),
-            )
-            .unwrap();
-        }
-        (source, target)
-    };
+    let (source, target) = servers(opts(), opts());
     step("servers up");
     // Every sslmode, one session each.
     let p = serve(&source, &target, "127.0.0.1", "disable", None);
