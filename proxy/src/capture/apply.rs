@@ -59,6 +59,37 @@ struct Conn {
 }
 
 impl Conn {
+    /// Logs in to `addr` as `user`. Units commit without waiting for their WAL flush;
+    /// each batch ends with one commit that waits (`flush`), before the batch counts as
+    /// applied. A crash of the other side loses at most a tail of units together with
+    /// their seqs in the state table, as if they had aborted (PostgreSQL docs,
+    /// "synchronous_commit": no risk of inconsistency), and they are applied again from
+    /// the queue.
+    async fn open(
+        e: &Engine,
+        addr: &crate::routing::BackendAddr,
+        user: &str,
+        password: Option<&str>,
+    ) -> Result<Conn, String> {
+        let bc = backend::connect(
+            addr,
+            user,
+            password,
+            &[
+                ("application_name".into(), "pgshift-apply".into()),
+                ("synchronous_commit".into(), "off".into()),
+            ],
+            e.cfg().proxy.connect_timeout_ms,
+        )
+        .await
+        .map_err(|err| format!("cannot connect as {user}: {err}"))?;
+        Ok(Conn {
+            stream: bc.stream,
+            buf: BytesMut::new(),
+            prepared: HashMap::new(),
+        })
+    }
+
     async fn send(&mut self, b: &[u8]) -> Result<(), Halt> {
         self.stream
             .write_all(b)
@@ -119,49 +150,169 @@ pub fn state_table(prefix: &str) -> String {
     format!("{}.applied", ident(&format!("{prefix}_mirror")))
 }
 
+/// The applier's objects on the applying side, all in the schema `<prefix>_mirror`.
+struct Objects {
+    schema: String,
+    /// [`state_table`].
+    table: String,
+    /// The applier's backends of each generation: (gen, pid, backend start time).
+    appliers: String,
+    /// `mark(gen, seq, low)`: stores a unit's position; refused (SQLSTATE 42501) to any
+    /// backend not in `appliers`.
+    mark: String,
+}
+
+impl Objects {
+    fn new(prefix: &str) -> Objects {
+        let schema = ident(&format!("{prefix}_mirror"));
+        Objects {
+            table: state_table(prefix),
+            appliers: format!("{schema}.appliers"),
+            mark: format!("{schema}.mark"),
+            schema,
+        }
+    }
+
+    /// The SQL (run by pgshift's configured user) that creates them and the row of `gen`.
+    /// The tables are readable by no one else; `mark` is `SECURITY DEFINER` with a fixed
+    /// `search_path` and checks the caller's backend by pid and start time
+    /// (`pg_stat_get_activity` of its own pid, visible to any role; PostgreSQL docs 28.2.3
+    /// "pg_stat_activity"), which another session cannot take over: a session of the
+    /// application's role may not move the applied position.
+    fn setup(&self, gen: u64) -> String {
+        let Objects {
+            schema,
+            table,
+            appliers,
+            mark,
+        } = self;
+        format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {table} (gen bigint PRIMARY KEY, seq bigint NOT NULL, low bigint NOT NULL); \
+             CREATE TABLE IF NOT EXISTS {appliers} (gen bigint NOT NULL, pid integer NOT NULL, started timestamptz NOT NULL, PRIMARY KEY (gen, pid)); \
+             REVOKE ALL ON {table}, {appliers} FROM PUBLIC; \
+             CREATE OR REPLACE FUNCTION {mark}(g bigint, s bigint, l bigint) RETURNS void \
+               LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgshift$ \
+             BEGIN \
+               UPDATE {table} SET seq = s, low = l WHERE gen = g AND EXISTS ( \
+                 SELECT 1 FROM {appliers} a WHERE a.gen = g AND a.pid = pg_backend_pid() \
+                   AND a.started = (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))); \
+               IF NOT FOUND THEN \
+                 RAISE EXCEPTION 'backend % is not pgshift''s applier of capture generation %', pg_backend_pid(), g \
+                   USING ERRCODE = '42501'; \
+               END IF; \
+             END $pgshift$; \
+             GRANT USAGE ON SCHEMA {schema} TO PUBLIC; \
+             DELETE FROM {appliers} WHERE gen = {gen}; \
+             INSERT INTO {table} SELECT {gen}, 0, 1 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE gen = {gen})"
+        )
+    }
+
+    /// Stores `seq`/`low` as the position of `gen` (one statement of a simple query).
+    fn mark_sql(&self, gen: u64, seq: u64, low: u64) -> String {
+        format!("SELECT {}({gen}, {seq}, {low})", self.mark)
+    }
+}
+
+/// The applier's connections to the applying side: one as pgshift's configured user (the
+/// applier's objects, registering the others) and one per `server_user` the units run as.
+struct Pool {
+    admin: Conn,
+    users: HashMap<String, Conn>,
+}
+
+impl Pool {
+    /// The connection for units of `user`, logged in with that user's credentials (its
+    /// `[[users]]` entry by `server_user`) and registered as an applier backend of `gen`.
+    /// Errors: no entry logs in as `user` (fatal: applying it with other rights is what
+    /// this refuses), the server cannot be reached or refuses the login (retried).
+    async fn user(
+        &mut self,
+        e: &Engine,
+        to: Side,
+        gen: u64,
+        objects: &Objects,
+        user: &str,
+    ) -> Result<&mut Conn, Halt> {
+        if !self.users.contains_key(user) {
+            let (addr, admin_user, admin_password) = e.server(to);
+            let password = match e.cfg().users.iter().find(|u| u.server_user() == user) {
+                Some(u) => u.server_password().map(str::to_string),
+                None if user == admin_user => admin_password,
+                None => {
+                    return Err(Halt::Fatal(format!(
+                        "no [[users]] entry logs in to the servers as \"{user}\": its transactions cannot be applied with that user's own rights (add the user with its credentials and restart pgshift)"
+                    )))
+                }
+            };
+            let mut conn = Conn::open(e, &addr, user, password.as_deref())
+                .await
+                .map_err(|m| Halt::Retry(format!("{}: {m}", to.as_str())))?;
+            // The backend's pid and start time, as the backend itself sees them (UTC, so
+            // that no per-role DateStyle or TimeZone changes the text).
+            let me = conn
+                .query(
+                    "SELECT pg_catalog.pg_backend_pid()::text || ' ' || pg_catalog.to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+                     FROM pg_catalog.pg_stat_get_activity(pg_catalog.pg_backend_pid())",
+                )
+                .await?
+                .map_err(|m| Halt::Retry(format!("{}: {m}", to.as_str())))?
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or_default();
+            let (pid, started) = me.split_once(' ').unwrap_or_default();
+            let pid: i32 = pid.parse().map_err(|_| {
+                Halt::Retry(format!(
+                    "{}: the applier's backend of user {user} did not report its pid",
+                    to.as_str()
+                ))
+            })?;
+            let register = format!(
+                "INSERT INTO {a} VALUES ({gen}, {pid}, {s}::timestamp AT TIME ZONE 'UTC') \
+                 ON CONFLICT (gen, pid) DO UPDATE SET started = EXCLUDED.started",
+                a = objects.appliers,
+                s = crate::mirror::literal(started),
+            );
+            self.admin.query(&register).await?.map_err(|m| {
+                Halt::Retry(format!(
+                    "{}: registering the applier's backend: {m}",
+                    to.as_str()
+                ))
+            })?;
+            tracing::info!(gen, to = to.as_str(), user, pid, "applier connected");
+            self.users.insert(user.to_string(), conn);
+        }
+        self.users
+            .get_mut(user)
+            .ok_or_else(|| Halt::Retry(format!("no connection for user {user}")))
+    }
+}
+
 async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
     let from = e
         .source_side_of(gen)
         .ok_or_else(|| Halt::Fatal(format!("capture generation {gen} is unknown")))?;
     let to = from.other();
     let (addr, user, password) = e.server(to);
-    let bc = backend::connect(
-        &addr,
-        &user,
-        password.as_deref(),
-        &[
-            ("application_name".into(), "pgshift-apply".into()),
-            // Units commit without waiting for their WAL flush; each batch ends with one
-            // commit that waits (`flush`), before the batch counts as applied. A crash of
-            // the other side loses at most a tail of units together with their seqs in the
-            // state table, as if they had aborted (PostgreSQL docs, "synchronous_commit":
-            // no risk of inconsistency), and they are applied again from the queue.
-            ("synchronous_commit".into(), "off".into()),
-        ],
-        e.cfg().proxy.connect_timeout_ms,
-    )
-    .await
-    .map_err(|err| Halt::Retry(format!("cannot connect to the {}: {err}", to.as_str())))?;
-    let mut conn = Conn {
-        stream: bc.stream,
-        buf: BytesMut::new(),
-        prepared: HashMap::new(),
+    let admin = Conn::open(e, &addr, &user, password.as_deref())
+        .await
+        .map_err(|m| Halt::Retry(format!("{}: {m}", to.as_str())))?;
+    let mut pool = Pool {
+        admin,
+        users: HashMap::new(),
     };
     let prefix = &e.cfg().replication.object_prefix;
-    let table = state_table(prefix);
-    let setup = format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; \
-         CREATE TABLE IF NOT EXISTS {table} (gen bigint PRIMARY KEY, seq bigint NOT NULL, low bigint NOT NULL); \
-         INSERT INTO {table} SELECT {gen}, 0, 1 WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE gen = {gen})",
-        schema = ident(&format!("{prefix}_mirror")),
-    );
-    if let Err(m) = conn.query(&setup).await? {
+    let objects = Objects::new(prefix);
+    let table = &objects.table;
+    if let Err(m) = pool.admin.query(&objects.setup(gen)).await? {
         return Err(Halt::Retry(format!(
             "{}: creating {table}: {m}",
             to.as_str()
         )));
     }
-    let row = match conn
+    let row = match pool
+        .admin
         .query(&format!(
             "SELECT seq::text || ' ' || low::text FROM {table} WHERE gen = {gen}"
         ))
@@ -235,8 +386,9 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
                     open.remove(&unit.uid);
                     if rec.seq > applied {
                         let low = open.values().min().copied().unwrap_or(rec.seq + 1);
+                        let conn = pool.user(e, to, gen, &objects, &unit.user).await?;
                         if let Some(p) =
-                            encode(&mut conn.prepared, &table, gen, rec.seq, low, unit)?
+                            encode(&mut conn.prepared, &objects, gen, rec.seq, low, unit)?
                         {
                             bytes += p.out.len();
                             batch.push(p);
@@ -257,7 +409,7 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
             last_seq = Some(rec.seq);
         }
         if !batch.is_empty() {
-            run_batch(&mut conn, &table, gen, batch, to).await?;
+            run_batch(&mut pool, &objects, gen, batch, to).await?;
         }
         if let Some(seq) = last_seq {
             // In memory, "applied" is every record dealt with (OPEN and CLOSE records too),
@@ -287,58 +439,86 @@ const BATCH_BYTES: usize = 4 << 20;
 
 /// Sends the batch's units and one commit that waits for the WAL flush (so every unit of
 /// the batch is durable when it answers), reading the answers while sending; then checks
-/// each unit's answers against the source's, in order.
+/// each unit's answers against the source's, in order. Consecutive units of one user go
+/// out together on that user's connection; the next user's units are sent once those
+/// answered (their commits come first).
 async fn run_batch(
-    conn: &mut Conn,
-    table: &str,
+    pool: &mut Pool,
+    objects: &Objects,
     gen: u64,
     batch: Vec<Pending>,
     to: Side,
 ) -> Result<(), Halt> {
-    let mut out = BytesMut::with_capacity(batch.iter().map(|p| p.out.len()).sum::<usize>() + 128);
-    for p in &batch {
-        out.extend_from_slice(&p.out);
-    }
-    msg::query(
-        &mut out,
-        &format!(
-            "BEGIN; SET LOCAL synchronous_commit = on; UPDATE {table} SET seq = seq WHERE gen = {gen}; COMMIT"
-        ),
-    );
-    let expected: usize = batch.iter().map(Pending::answers).sum::<usize>() + 1;
-    let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
-    let buf = &mut conn.buf;
-    let send = async {
-        wr.write_all(&out)
-            .await
-            .map_err(|e| Halt::Retry(format!("connection lost: {e}")))
-    };
-    let receive = async {
-        let mut segs: Vec<BytesMut> = Vec::with_capacity(expected);
-        let mut cur = BytesMut::new();
-        while segs.len() < expected {
-            let (tag, body) = backend::read_frame(&mut rd, buf, "apply")
+    let mut at = 0;
+    while at < batch.len() {
+        let user = batch[at].unit.user.clone();
+        let run = batch[at..]
+            .iter()
+            .take_while(|p| p.unit.user == user)
+            .count();
+        let units = &batch[at..at + run];
+        at += run;
+        let last = at == batch.len();
+        let conn = pool
+            .users
+            .get_mut(&user)
+            .ok_or_else(|| Halt::Retry(format!("no connection for user {user}")))?;
+        let mut out =
+            BytesMut::with_capacity(units.iter().map(|p| p.out.len()).sum::<usize>() + 128);
+        for p in units {
+            out.extend_from_slice(&p.out);
+        }
+        if last {
+            // A write (the last unit's position once more) whose commit waits for the WAL
+            // flush: the server's WAL is flushed in order, so this covers every unit
+            // before it, of every connection.
+            let p = &units[run - 1];
+            msg::query(
+                &mut out,
+                &format!(
+                    "BEGIN; SET LOCAL synchronous_commit = on; {}; COMMIT",
+                    objects.mark_sql(gen, p.seq, p.low)
+                ),
+            );
+        }
+        let expected: usize =
+            units.iter().map(Pending::answers).sum::<usize>() + usize::from(last);
+        let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
+        let buf = &mut conn.buf;
+        let send = async {
+            wr.write_all(&out)
                 .await
-                .map_err(|e| Halt::Retry(format!("connection lost: {e}")))?;
-            msg::put_msg(&mut cur, tag, |b| b.extend_from_slice(&body));
-            if tag == msg::READY_FOR_QUERY {
-                segs.push(std::mem::take(&mut cur));
+                .map_err(|e| Halt::Retry(format!("connection lost: {e}")))
+        };
+        let receive = async {
+            let mut segs: Vec<BytesMut> = Vec::with_capacity(expected);
+            let mut cur = BytesMut::new();
+            while segs.len() < expected {
+                let (tag, body) = backend::read_frame(&mut rd, buf, "apply")
+                    .await
+                    .map_err(|e| Halt::Retry(format!("connection lost: {e}")))?;
+                msg::put_msg(&mut cur, tag, |b| b.extend_from_slice(&body));
+                if tag == msg::READY_FOR_QUERY {
+                    segs.push(std::mem::take(&mut cur));
+                }
+            }
+            Ok(segs)
+        };
+        let ((), segs) = tokio::try_join!(send, receive)?;
+        let mut i = 0;
+        for p in units {
+            let n = p.answers();
+            check(p, &segs[i..i + n], to)?;
+            i += n;
+        }
+        if last {
+            if let Some(e) = Answer::parse(&segs[i]).ok().as_ref().and_then(first_error) {
+                return Err(Halt::Retry(format!(
+                    "{}: flushing the applied transactions: {e}",
+                    to.as_str()
+                )));
             }
         }
-        Ok(segs)
-    };
-    let ((), segs) = tokio::try_join!(send, receive)?;
-    let mut at = 0;
-    for p in &batch {
-        let n = p.answers();
-        check(p, &segs[at..at + n], to)?;
-        at += n;
-    }
-    if let Some(e) = Answer::parse(&segs[at]).ok().as_ref().and_then(first_error) {
-        return Err(Halt::Retry(format!(
-            "{}: flushing the applied transactions: {e}",
-            to.as_str()
-        )));
     }
     Ok(())
 }
@@ -491,6 +671,8 @@ fn rolled_back(src: &[(&[u8], u8)]) -> bool {
 /// One unit encoded for the other side, waiting for its answers.
 struct Pending {
     seq: u64,
+    /// The `low` stored with `seq` ([`state_table`]).
+    low: u64,
     unit: Unit,
     /// Requests that prepare the unit's named statements first.
     prep_requests: usize,
@@ -538,7 +720,7 @@ impl Pending {
 /// recorded requests.
 fn encode(
     prepared: &mut HashMap<String, Vec<u8>>,
-    table: &str,
+    objects: &Objects,
     gen: u64,
     seq: u64,
     low: u64,
@@ -593,22 +775,21 @@ fn encode(
         && Answer::parse(src[0].0).is_ok_and(
             |a| matches!(a.outcomes.as_slice(), [Outcome::Command { tag }] if tag == "BEGIN"),
         );
-    let state = format!("UPDATE {table} SET seq = {seq}, low = {low} WHERE gen = {gen}");
+    // The connection is the unit's own user: no SET ROLE of pgshift's, and none of the
+    // unit's can take more than that user could on the source.
+    let state = objects.mark_sql(gen, seq, low);
     let mut head = String::new();
     if wrap {
         if !inner {
-            head.push_str("BEGIN; ");
+            head.push_str("BEGIN");
         }
         if !discard {
-            head.push_str(&state);
             head.push_str("; ");
+            head.push_str(&state);
         }
-        head.push_str("SET LOCAL ROLE ");
-    } else {
-        head.push_str("SET ROLE ");
     }
-    head.push_str(&ident(&unit.user));
     push_session_state(&mut head, &unit.params, &unit.sets, wrap);
+    let head = head.trim_start_matches("; ");
     // A discarded unit's position is stored after it, on its own (a crash in between
     // draws its sequence values once more).
     let reset = if discard {
@@ -618,19 +799,18 @@ fn encode(
     };
     if inner {
         out.extend_from_slice(&unit.client[..sc.first_end]);
-        msg::query(&mut out, &head);
+        msg::query(&mut out, head);
         out.extend_from_slice(&unit.client[sc.first_end..sc.len]);
         msg::query(&mut out, &reset);
     } else if wrap {
-        msg::query(&mut out, &head);
+        msg::query(&mut out, head);
         out.extend_from_slice(&unit.client[..sc.len]);
         msg::query(&mut out, if discard { "ROLLBACK" } else { "COMMIT" });
         msg::query(&mut out, &reset);
     } else {
-        msg::query(&mut out, &head);
+        msg::query(&mut out, head);
         out.extend_from_slice(&unit.client[..sc.len]);
-        // pgshift's own role again before its state table (the session's role may not
-        // reach it).
+        // The session's own role again (a SET ROLE of the unit's may not reach `mark`).
         msg::query(&mut out, &format!("RESET ROLE; {state}"));
         msg::query(&mut out, "RESET ALL");
     }
@@ -645,6 +825,7 @@ fn encode(
     let requests = sc.requests;
     Ok(Some(Pending {
         seq,
+        low,
         unit,
         prep_requests,
         requests,
@@ -685,7 +866,7 @@ fn check(p: &Pending, segs: &[BytesMut], to: Side) -> Result<(), Halt> {
     }
     if let Some(e) = first_error(&parse(&segs[p.head_at()])?) {
         return Err(p.fatal(format!(
-            "setting up the session (applied position, role {}, its start-up parameters and SETs) failed on the {}: {e}",
+            "setting up the session (applied position, as user {}, its start-up parameters and SETs) failed on the {}: {e}",
             unit.user,
             to.as_str()
         )));

@@ -15,16 +15,23 @@
 //!   `RESTART` record; a unit `OPEN` before it and never finished was in flight when pgshift
 //!   stopped, and may have committed on the source unseen: applying stops with an error that
 //!   says so (the initial copy must be made again).
-//! * **Applying** (`apply`): one connection to the other side, as its configured user; each
-//!   unit runs in a transaction that first stores the unit's seq in
-//!   `<prefix>_mirror.applied` (exactly once: a unit whose seq is there is not applied
-//!   again), then takes the session's role (`SET LOCAL ROLE`), start-up parameters and SETs,
-//!   prepares the named statements it uses and runs the client's messages as they were
-//!   sent. Units are sent in batches (up to `[replication] apply_batch` units or 4 MiB)
-//!   before their answers are
-//!   read, and commit without waiting for their WAL flush (`synchronous_commit = off`); one
-//!   commit that waits ends each batch, and only then do its units count as applied (so
-//!   the queue keeps them until they are durable on the other side).
+//! * **Applying** (`apply`): a connection to the other side per `server_user`, logged in
+//!   with that user's own credentials (its `[[users]]` entry), so a unit has there exactly
+//!   the rights it had on the source: a `RESET ROLE`, `SET ROLE` or `SET SESSION
+//!   AUTHORIZATION` inside it is refused there as it was on the source. Each unit runs in a
+//!   transaction that first stores the unit's seq in `<prefix>_mirror.applied` (exactly
+//!   once: a unit whose seq is there is not applied again) through
+//!   `<prefix>_mirror.mark`, a `SECURITY DEFINER` function of pgshift's configured user
+//!   that only the applier's own backends may call (their pid and start time are
+//!   registered in `<prefix>_mirror.appliers` by that user: a client's session of the same
+//!   role is refused). It then takes the session's start-up parameters and SETs, prepares
+//!   the named statements it uses and runs the client's messages as they were sent. Units
+//!   are sent in batches (up to `[replication] apply_batch` units or 4 MiB; consecutive
+//!   units of one user are pipelined, a unit of another user waits for the answers before
+//!   it, so commit order holds) before their answers are read, and commit without waiting
+//!   for their WAL flush (`synchronous_commit = off`); one commit that waits ends each
+//!   batch, and only then do its units count as applied (so the queue keeps them until
+//!   they are durable on the other side).
 //!   Each answer is compared with the source's: an error the source did not have, or
 //!   a different command tag (rows affected), stops applying (the data would diverge).
 //!   Row values (a read inside the transaction, `RETURNING`) are not compared: under
