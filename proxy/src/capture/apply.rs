@@ -481,8 +481,7 @@ async fn run_batch(
                 ),
             );
         }
-        let expected: usize =
-            units.iter().map(Pending::answers).sum::<usize>() + usize::from(last);
+        let expected: usize = units.iter().map(Pending::answers).sum::<usize>() + usize::from(last);
         let (mut rd, mut wr) = tokio::io::split(&mut conn.stream);
         let buf = &mut conn.buf;
         let send = async {
