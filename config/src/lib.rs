@@ -95,6 +95,18 @@ pub struct ProxyConfig {
     /// Most client sessions at once (admin console sessions not counted); past it a login
     /// is refused with SQLSTATE 53300 "sorry, too many clients already". Default 5000.
     pub max_client_connections: usize,
+    /// One memory budget, in bytes, for what all client sessions together buffer beyond a
+    /// fixed 64 KiB each: client messages that must be read whole (Query, Parse, Bind
+    /// larger than 64 KiB), and the copies of units that features keep (the replay copy of
+    /// a shifted unit, mirroring's copy, the `mirror` driver's copy). Past it a session
+    /// waits (a large message is not read, a recorded write unit reads no more) and, after
+    /// `memory_wait_ms`, is ended with SQLSTATE 53200 when that loses nothing; replay and
+    /// mirroring copies are dropped instead of waiting. At least `max_message_bytes`.
+    /// Default 1073741824 (1 GiB).
+    pub session_memory_bytes: usize,
+    /// How long a session waits for the memory budget before it is ended with SQLSTATE
+    /// 53200 "out of memory", in ms. Default 10000.
+    pub memory_wait_ms: u64,
 }
 
 /// How the proxy treats clients' TLS (`[proxy.tls] mode`).
@@ -142,6 +154,8 @@ impl Default for ProxyConfig {
             client_login_timeout_ms: 15000,
             tls: ClientTlsConfig::default(),
             max_client_connections: 5000,
+            session_memory_bytes: 1 << 30,
+            memory_wait_ms: 10_000,
         }
     }
 }

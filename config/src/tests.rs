@@ -514,6 +514,16 @@ fn each_semantic_check_has_its_line() {
             "1073741823 (1 GiB - 1)",
         ),
         (
+            "workers = 4",
+            "session_memory_bytes = 1000",
+            "proxy.session_memory_bytes: 1000 is below max_message_bytes (1048576)",
+        ),
+        (
+            "workers = 4",
+            "memory_wait_ms = 0",
+            "proxy.memory_wait_ms: must be greater than 0",
+        ),
+        (
             "connect_timeout_ms = 1000",
             "connect_timeout_ms = 0",
             "proxy.connect_timeout_ms: must be greater than 0",

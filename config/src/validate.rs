@@ -106,6 +106,16 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         "client_login_timeout_ms",
         p.client_login_timeout_ms,
     );
+    if p.session_memory_bytes < p.max_message_bytes {
+        f.add(
+            at("proxy").key("session_memory_bytes"),
+            format!(
+                "{} is below max_message_bytes ({}): a message of the largest accepted size could never be read",
+                p.session_memory_bytes, p.max_message_bytes
+            ),
+        );
+    }
+    positive(&mut f, "proxy", "memory_wait_ms", p.memory_wait_ms);
 
     check_client_tls(&mut f, &p.tls);
 

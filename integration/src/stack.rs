@@ -326,23 +326,33 @@ pub fn create_app_database(s: &PgServer) -> Result<()> {
 /// The pgshift configuration for a source/target pair. The upgrade stops before cutover
 /// (`approve_cutover = true`) so that tests and demo drive INITIATE CUTOVER themselves; pass
 /// an `[upgrade]` table in `extra` to replace that (it then replaces the whole table). A
-/// `[replication]` table in `extra` is merged into the generated one (its keys win). An
+/// `[replication]` or `[proxy]` table in `extra` is merged into the generated one. An
 /// `[http]` table in `extra` gets a random `token` unless it sets `token` or `token_file`
 /// ([`Pgshift::http_token`] reads it back; its `http_get` / `http_post` send it).
 pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str) -> String {
-    // Keys of a `[replication]` table in `extra`: moved into the generated table.
+    // Keys of a `[replication]` or `[proxy]` table in `extra`: moved into the generated
+    // table.
     let mut repl = String::new();
+    let mut proxy = String::new();
     let mut rest = String::new();
-    let mut in_repl = false;
+    let mut into = 0;
     for line in extra.lines() {
         let t = line.trim();
         if t.starts_with('[') {
-            in_repl = t == "[replication]";
-            if in_repl {
+            into = match t {
+                "[replication]" => 1,
+                "[proxy]" => 2,
+                _ => 0,
+            };
+            if into > 0 {
                 continue;
             }
         }
-        let out = if in_repl { &mut repl } else { &mut rest };
+        let out = match into {
+            1 => &mut repl,
+            2 => &mut proxy,
+            _ => &mut rest,
+        };
         out.push_str(line);
         out.push('\n');
     }
@@ -362,7 +372,7 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
     let psql = crate::client_bin("psql");
     let pg_dump = crate::client_bin("pg_dump");
     format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n{upgrade}{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n{repl}\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n{proxy}\n{upgrade}{}{}[replication]\npg_dump = \"{}\"\npsql = \"{}\"\n{repl}\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n\n{extra}\n",
         server("source", source),
         server("target", target),
         pg_dump.display(),

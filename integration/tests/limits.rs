@@ -83,3 +83,194 @@ async fn connection_limits_refuse_with_53300_and_free_on_close() {
     assert_eq!(v, 1);
     drop((a2, o1, o2, admin));
 }
+
+/// VmRSS and VmHWM (peak) of process `pid`, in bytes (Linux `/proc/<pid>/status`).
+fn rss(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// A raw client session of the trust user `raw`: start-up sent, read through ReadyForQuery.
+async fn raw_session(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "raw"), ("database", DB)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    m.extend_from_slice(&body);
+    s.write_all(&m).await.unwrap();
+    loop {
+        let (tag, _) = read_msg(&mut s).await.expect("start-up answer");
+        assert_ne!(tag, b'E', "raw login refused");
+        if tag == b'Z' {
+            return s;
+        }
+    }
+}
+
+/// One message from the proxy: tag and body; `None` at EOF.
+async fn read_msg(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 5];
+    s.read_exact(&mut h).await.ok()?;
+    let n = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize - 4;
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).await.ok()?;
+    Some((h[0], body))
+}
+
+/// The SQLSTATE (`C` field) and message (`M`) of an ErrorResponse body.
+fn error_fields(body: &[u8]) -> (String, String) {
+    let (mut code, mut message) = (String::new(), String::new());
+    for f in body.split(|b| *b == 0) {
+        match f.first() {
+            Some(b'C') => code = String::from_utf8_lossy(&f[1..]).into_owned(),
+            Some(b'M') => message = String::from_utf8_lossy(&f[1..]).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// The memory budget (issue 10 part 6): 16 clients at once each send 12 MiB queries (192
+/// MiB buffered without a budget); with `session_memory_bytes` = 64 MiB they take turns,
+/// every query succeeds, and pgshift's peak RSS stays under its idle RSS plus the budget
+/// plus a fixed overhead. Then a client that sends the start of a 40 MiB message and stalls
+/// holds 40 MiB: a second 40 MiB message waits `memory_wait_ms` and is refused with 53200
+/// (without taking memory), while small and 12 MiB queries of other clients go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_from_many_clients_stay_within_the_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1 << 20;
+    const BUDGET: usize = 64 * MIB;
+    let source = PgServer::start(13).unwrap();
+    let target = PgServer::start(17).unwrap();
+    for s in [&source, &target] {
+        create_app_database(s).unwrap();
+    }
+    let extra = format!(
+        "[[users]]\nname = \"raw\"\nauth = \"trust\"\nserver_user = \"{APP_USER}\"\nserver_password = \"{APP_PASSWORD}\"\n"
+    );
+    let config = stack_config(&source, &target, free_port(), &extra).replacen(
+        "[proxy]\n",
+        &format!(
+            "[proxy]\nsession_memory_bytes = {BUDGET}\nmax_message_bytes = {}\nmemory_wait_ms = 4000\n",
+            48 * MIB
+        ),
+        1,
+    );
+    let p = Pgshift::start(&config).unwrap();
+    let pid = p.pid().expect("pgshift runs");
+    let ci = p.conninfo(APP_USER, APP_PASSWORD, DB);
+    let warm = connect(&ci).await.unwrap();
+    warm.simple_query("SELECT 1").await.unwrap();
+    let (idle_rss, _) = rss(pid);
+
+    let big = |n: usize| format!("SELECT length('{}')", "x".repeat(n));
+    let query = std::sync::Arc::new(big(12 * MIB));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (ci, q) = (ci.clone(), query.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&ci).await.unwrap();
+            for _ in 0..3 {
+                let rows = c.simple_query(&q).await.map_err(|e| db_error(&e)).unwrap();
+                let v = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                assert_eq!(v.as_deref(), Some((12 * MIB).to_string().as_str()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, peak) = rss(pid);
+    let over_idle = peak.saturating_sub(idle_rss);
+    eprintln!(
+        "pgshift RSS idle {} MiB, peak {} MiB: {} MiB over idle (budget {} MiB)",
+        idle_rss >> 20,
+        peak >> 20,
+        over_idle >> 20,
+        BUDGET >> 20
+    );
+    assert!(
+        over_idle < (BUDGET + 40 * MIB) as u64,
+        "peak RSS {} MiB over idle: above the {} MiB budget plus 40 MiB",
+        over_idle >> 20,
+        BUDGET >> 20
+    );
+
+    // A stalled 40 MiB message holds its memory; another one is refused after the wait.
+    let header = |n: usize| {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((n + 4) as u32).to_be_bytes());
+        m
+    };
+    let mut stalled = raw_session(p.port).await;
+    let mut start = header(40 * MIB);
+    start.extend_from_slice(b"SELECT length('");
+    start.extend(std::iter::repeat_n(b'x', MIB));
+    stalled.write_all(&start).await.unwrap();
+    let mut refused = raw_session(p.port).await;
+    let mut second = header(40 * MIB);
+    second.extend_from_slice(b"SELECT 1");
+    let t0 = std::time::Instant::now();
+    refused.write_all(&second).await.unwrap();
+    // Meanwhile the others go on: a small query and a 12 MiB one (24 MiB are free).
+    let v: i32 = warm.query_one("SELECT 6 * 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+    warm.simple_query(&query)
+        .await
+        .map_err(|e| db_error(&e))
+        .unwrap();
+    let (tag, body) = read_msg(&mut refused).await.expect("an error");
+    assert_eq!(tag, b'E');
+    let (code, message) = error_fields(&body);
+    assert_eq!(code, "53200", "{message}");
+    assert!(message.contains("session_memory_bytes"), "{message}");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(3900),
+        "refused after {:?}, before memory_wait_ms",
+        t0.elapsed()
+    );
+    assert!(
+        read_msg(&mut refused).await.is_none(),
+        "closed after the error"
+    );
+    // The stalled client's memory comes back when it goes.
+    drop(stalled);
+    let mut again = raw_session(p.port).await;
+    let q = big(40 * MIB - 40);
+    let mut m = header(q.len() + 1);
+    m.extend_from_slice(q.as_bytes());
+    m.push(0);
+    again.write_all(&m).await.unwrap();
+    loop {
+        let (tag, body) = read_msg(&mut again).await.expect("an answer");
+        assert_ne!(tag, b'E', "{:?}", error_fields(&body));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    let (_, peak) = rss(pid);
+    eprintln!("peak RSS after the 40 MiB messages: {} MiB", peak >> 20);
+    let metrics = p.log();
+    assert!(!metrics.contains("panicked"), "{metrics}");
+}

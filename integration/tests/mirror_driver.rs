@@ -305,3 +305,83 @@ async fn mirror_driver_acknowledges_only_durable_commits_across_a_kill_before_sy
     let log = integration::tail_file(&stack.pgshift.log_path(), 1000);
     assert!(!log.contains("cannot be trusted"), "{log}");
 }
+
+/// Large write units under the memory budget (issue 10 part 6): with the `mirror` driver a
+/// write unit's message is buffered twice (the message and the driver's copy), so 4
+/// clients inserting 12 MiB values at once, under `session_memory_bytes` = 40 MiB, take
+/// turns; every insert commits and is applied on the target. A write transaction that
+/// reads 24 MiB of rows is recorded without the row data (the applier compares command
+/// tags), so it takes almost nothing from the budget and is applied too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_records_large_write_units_within_the_memory_budget() {
+    const MIB: usize = 1 << 20;
+    let stack = Stack::start(StackOptions {
+        pgbench_scale: 1,
+        source_settings: vec![("wal_level".into(), "replica".into())],
+        extra_config: format!(
+            "[proxy]\nsession_memory_bytes = {}\nmax_message_bytes = {}\nmemory_wait_ms = 30000\n\n\
+             [replication]\ndriver = \"mirror\"\n\n\
+             [upgrade]\napprove_cutover = true\nshift = []\npoll_interval_ms = 200\n",
+            40 * MIB,
+            16 * MIB
+        ),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack.prepare_source().unwrap();
+    stack
+        .source
+        .psql(
+            "app",
+            "CREATE TABLE blobs (id int PRIMARY KEY, v text); ALTER TABLE blobs OWNER TO app",
+        )
+        .unwrap();
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&stack.status().await.unwrap(), "state") != "waiting" {
+        assert!(Instant::now() < deadline, "{:?}", stack.status().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tasks = Vec::new();
+    for id in 0..4 {
+        let ci = stack.app_conninfo();
+        tasks.push(tokio::spawn(async move {
+            let c = integration::stack::connect(&ci).await.unwrap();
+            let sql = format!(
+                "INSERT INTO blobs VALUES ({id}, '{}')",
+                char::from(b'a' + id as u8).to_string().repeat(12 * MIB)
+            );
+            c.batch_execute(&sql)
+                .await
+                .map_err(|e| integration::stack::db_error(&e))
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = stack.app_client().await.unwrap();
+    c.batch_execute(
+        "BEGIN; INSERT INTO blobs VALUES (10, 'read'); \
+         SELECT repeat('r', 1048576) FROM generate_series(1, 24); COMMIT",
+    )
+    .await
+    .unwrap();
+    let sums = "SELECT string_agg(id || ':' || md5(v), ',' ORDER BY id) FROM blobs";
+    let want = stack.source.psql("app", sums).unwrap();
+    assert_eq!(want.split(',').count(), 5, "{want}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if stack.target.psql("app", sums).unwrap_or_default() == want {
+            break;
+        }
+        let s = stack.status().await.unwrap();
+        assert_ne!(get(&s, "state"), "error", "applying stopped: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the large units were not applied: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -47,6 +47,10 @@ const LOGINS_ACCEPTED: &str = "pgshift_logins_accepted_total";
 const LOGINS_REFUSED: &str = "pgshift_logins_refused_total";
 const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
 const BUSY_SESSIONS: &str = "pgshift_busy_sessions";
+const SESSION_MEMORY: &str = "pgshift_session_memory_bytes";
+const SESSION_MEMORY_LIMIT: &str = "pgshift_session_memory_limit_bytes";
+const MEMORY_WAITS: &str = "pgshift_session_memory_waits_total";
+const MEMORY_SHED: &str = "pgshift_session_memory_shed_total";
 const ROUTING_PAUSED: &str = "pgshift_routing_paused";
 const UPGRADE_PHASE: &str = "pgshift_upgrade_phase";
 const UPGRADE_STATE: &str = "pgshift_upgrade_state";
@@ -220,6 +224,24 @@ fn describe() {
         UPGRADE_STATE,
         "1 for the current upgrade state, 0 for the others"
     );
+    describe_gauge!(
+        SESSION_MEMORY,
+        Unit::Bytes,
+        "Bytes sessions hold from the memory budget ([proxy] session_memory_bytes)"
+    );
+    describe_gauge!(
+        SESSION_MEMORY_LIMIT,
+        Unit::Bytes,
+        "The sessions' memory budget ([proxy] session_memory_bytes)"
+    );
+    describe_counter!(
+        MEMORY_WAITS,
+        "Times a session waited for room in the memory budget"
+    );
+    describe_counter!(
+        MEMORY_SHED,
+        "What the memory budget shed: sessions ended with 53200 (what=session), replay or mirroring copies dropped (what=copy)"
+    );
     describe_gauge!(UPGRADE_PERCENT, "Progress of the upgrade plan, 0-100");
     describe_gauge!(
         HEALTH_OK,
@@ -298,6 +320,14 @@ pub fn render(handle: &PrometheusHandle, proxy: &Proxy) -> String {
         gauge!(CLIENT_CONNECTIONS, "side" => *label).set(n as f64);
     }
     gauge!(BUSY_SESSIONS).set(proxy.router.busy_sessions() as f64);
+    let m = &proxy.memory;
+    gauge!(SESSION_MEMORY).set(m.used() as f64);
+    gauge!(SESSION_MEMORY_LIMIT).set(m.limit() as f64);
+    counter!(MEMORY_WAITS).absolute(m.waits.load(std::sync::atomic::Ordering::Relaxed));
+    counter!(MEMORY_SHED, "what" => "session")
+        .absolute(m.shed_sessions.load(std::sync::atomic::Ordering::Relaxed));
+    counter!(MEMORY_SHED, "what" => "copy")
+        .absolute(m.shed_copies.load(std::sync::atomic::Ordering::Relaxed));
     gauge!(ROUTING_PAUSED).set(if proxy.router.load().paused { 1.0 } else { 0.0 });
     let mut out = handle.render();
     render_latency(&mut out);

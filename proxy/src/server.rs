@@ -92,6 +92,8 @@ pub struct Proxy {
     pub capture: Option<Arc<crate::capture::Engine>>,
     /// Open client sessions, against `max_client_connections` and per-user limits.
     pub limits: crate::session::limits::Limits,
+    /// What sessions buffer, against `[proxy] session_memory_bytes`.
+    pub memory: crate::session::memory::Budget,
 }
 
 impl Proxy {
@@ -120,7 +122,9 @@ impl Proxy {
                 )
             })
             .collect();
+        let memory = crate::session::memory::Budget::new(cfg.proxy.session_memory_bytes);
         Arc::new(Proxy {
+            memory,
             cfg,
             users,
             mock: MockScram::new(),

@@ -15,6 +15,7 @@ pub const NOTICE_RESPONSE: u8 = b'N';
 pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 pub const COMMAND_COMPLETE: u8 = b'C';
 pub const NOTIFICATION_RESPONSE: u8 = b'A';
+pub const DATA_ROW: u8 = b'D';
 // ---- frontend message tags (53.7) ----
 pub const QUERY: u8 = b'Q';
 pub const PARSE: u8 = b'P';

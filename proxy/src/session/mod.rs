@@ -17,6 +17,7 @@
 
 pub mod limits;
 pub mod login;
+pub mod memory;
 pub mod negotiate;
 pub mod pins;
 pub mod record;

@@ -14,6 +14,7 @@
 //! the table's probability. That connection is opened with `default_transaction_read_only =
 //! on`, so a misclassified write fails instead of diverging the replica.
 
+use super::memory::{Share, FREE_BYTES};
 use super::pins;
 use super::record::{Recorders, WriteCapture};
 use super::scan::{self, ClientStep, Proto, Route, ServerStep};
@@ -129,6 +130,12 @@ pub(crate) struct Relay<'p> {
     check_pins: bool,
     /// What pins it, as [`pins`] bits, from the last check.
     pins: u8,
+    /// What it takes from the sessions' memory budget ([`super::memory`]).
+    mem: Share<'p>,
+    /// A large client message waits for room in the budget: its length.
+    mem_wait: Option<usize>,
+    /// Since when the session has been waiting for the budget.
+    mem_since: Option<Instant>,
 }
 
 /// Serve a logged-in client: open the serving side, finish the start-up, relay.
@@ -220,6 +227,9 @@ pub(crate) async fn relay(
         status_note: BytesMut::new(),
         check_pins: false,
         pins: 0,
+        mem: Share::new(&proxy.memory),
+        mem_wait: None,
+        mem_since: None,
     };
     let res = r.run().await;
     if r.pins != 0 {
@@ -253,6 +263,10 @@ pub(crate) async fn relay(
         },
     }
 }
+
+/// How often a session waiting for the memory budget looks again (besides being woken when
+/// another session gives memory back).
+const MEMORY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long the check of what pins a session may take, in ms; a server that does not answer
 /// in time counts as lost.
@@ -313,6 +327,7 @@ impl<'p> Relay<'p> {
             if self.unit.replay {
                 continue;
             }
+            self.settle_memory()?;
             if self.proto.closing && self.to_server.is_empty() {
                 return Ok(());
             }
@@ -327,7 +342,8 @@ impl<'p> Relay<'p> {
                 self.check_pins_now().await?;
                 continue;
             }
-            if self.c_rescan && self.to_server.is_empty() && !self.held {
+            if self.c_rescan && self.to_server.is_empty() && !self.held && self.mem_since.is_none()
+            {
                 self.c_rescan = false;
                 self.scan_client().await?;
                 continue;
@@ -337,7 +353,9 @@ impl<'p> Relay<'p> {
                 self.scan_server()?;
                 continue;
             }
-            let want_client = self.to_server.is_empty() && !self.held && !self.proto.closing;
+            let mem_gated = self.mem_since.is_some();
+            let want_client =
+                self.to_server.is_empty() && !self.held && !self.proto.closing && !mem_gated;
             let want_server = self.to_client.is_empty() && self.backend.is_some();
             // read_buf on a full buffer would read 0 bytes and look like EOF.
             if self.cbuf.capacity() - self.cbuf.len() < 4096 {
@@ -369,6 +387,7 @@ impl<'p> Relay<'p> {
                     r = self.c_wr.writable(), if !self.to_client.is_empty() || self.c_wr.pending() => r.map_or(Ev::ClientGone, |_| Ev::Writable),
                     r = self.rx.changed(), if watch => r.map_or(Ev::ClientGone, |_| Ev::RouteChanged),
                     r = async { opening.expect("guarded").as_mut().await }, if is_opening => Ev::Opened(r),
+                    _ = self.proxy.memory.wait_freed(MEMORY_POLL), if mem_gated => Ev::Writable,
                 }
             };
             match ev {
@@ -411,12 +430,102 @@ impl<'p> Relay<'p> {
         }
     }
 
+    /// Copies of a client message that must be kept (the mirror driver's, while it
+    /// records the side this session runs on).
+    fn kept_copies(&self) -> usize {
+        let side = self.active_side();
+        usize::from(
+            self.home
+                && self
+                    .proxy
+                    .capture
+                    .as_deref()
+                    .is_some_and(|e| e.capturing(side)),
+        )
+    }
+
+    /// The session's side of the memory budget, at the top of each turn: gives back what
+    /// its buffers no longer hold, takes what a waiting large message needs, decides whether
+    /// it may read from its client (not while it waits, nor while the budget is spent and it
+    /// keeps a copy that must be kept), and ends it with SQLSTATE 53200 once it waited
+    /// `memory_wait_ms` if that loses nothing.
+    fn settle_memory(&mut self) -> Result<(), End> {
+        if self.mem.copies() > 0 && self.rec.idle() {
+            self.mem.release_copies();
+        }
+        if self.mem.msg() > 0
+            && self.mem_wait.is_none()
+            && self.to_server.is_empty()
+            && self.c_skip == 0
+            && self.cbuf.len() <= FREE_BYTES
+        {
+            // The large message went out: a buffer of the usual size again (what is left
+            // of the old one still holds the whole allocation).
+            let mut fresh = BytesMut::with_capacity(16 * 1024);
+            fresh.extend_from_slice(&self.cbuf);
+            self.cbuf = fresh;
+            self.mem.release_msg();
+        }
+        if let Some(n) = self.mem_wait {
+            if self.mem.hold_msg(n, self.kept_copies()) {
+                self.mem_wait = None;
+                self.c_rescan = true;
+            }
+        }
+        let gated = self.mem_wait.is_some()
+            || (self.rec.write.is_some() && self.mem.copies() > 0 && self.mem.budget().over());
+        if !gated {
+            self.mem_since = None;
+            return Ok(());
+        }
+        let since = *self.mem_since.get_or_insert_with(|| {
+            self.proxy.memory.waits.fetch_add(1, Ordering::Relaxed);
+            Instant::now()
+        });
+        let waited = since.elapsed().as_millis() as u64;
+        let answered = self.proto.in_flight == 0 && !self.proto.unit_open;
+        let lossless = self
+            .rec
+            .write
+            .as_ref()
+            .is_none_or(|w| w.nothing_committed(answered));
+        if waited >= self.proxy.cfg.proxy.memory_wait_ms && lossless {
+            self.proxy
+                .memory
+                .shed_sessions
+                .fetch_add(1, Ordering::Relaxed);
+            let what = match self.mem_wait {
+                Some(n) => format!("a message of {n} bytes could not be read"),
+                None => "the transaction's copy for the mirror driver could not grow".into(),
+            };
+            tracing::warn!(
+                pid = self.info.pid,
+                used = self.mem.budget().used(),
+                "session ended: memory budget spent for {waited} ms; {what}"
+            );
+            return Err(End::fatal(
+                "53200",
+                format!(
+                    "out of memory: the sessions' memory budget ([proxy] session_memory_bytes = {} bytes) stayed spent for {waited} ms; {what}",
+                    self.mem.budget().limit()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Write what is pending without waiting.
     fn flush_some(&mut self) -> Result<(), End> {
         if !self.to_server.is_empty() {
             if let Some(c) = &mut self.backend {
                 match c.wr.try_write(&self.to_server) {
-                    Ok(n) => self.to_server.advance(n),
+                    Ok(n) => {
+                        self.to_server.advance(n);
+                        if self.to_server.is_empty() {
+                            // Frees a large message's buffer (a `Bytes` keeps it).
+                            self.to_server = Bytes::new();
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => self.backend_lost(&e.to_string())?,
                 }
@@ -500,6 +609,15 @@ impl<'p> Relay<'p> {
                 let avail = self.cbuf.len() - fwd;
                 let inspect = scan::client_inspects(tag, &self.state);
                 if inspect && avail < total {
+                    // Read whole: past the session's own allowance, from the budget (and as
+                    // much again for the mirror driver's copy of it), or wait.
+                    if total > FREE_BYTES && !self.mem.hold_msg(total, self.kept_copies()) {
+                        self.mem_wait = Some(total);
+                    } else if total > FREE_BYTES {
+                        // One allocation of the whole message rather than doublings (and
+                        // room for the read loop's spare, so it does not grow it again).
+                        self.cbuf.reserve(total - avail + 16 * 1024);
+                    }
                     break;
                 }
                 let end = fwd + total.min(avail);
@@ -541,7 +659,7 @@ impl<'p> Relay<'p> {
                             // the buffer and put the Parse after it.
                             let out = spliced.get_or_insert_with(BytesMut::new);
                             let part = self.cbuf.split_to(fwd);
-                            self.rec.client(&part);
+                            self.rec.client(&part, &mut self.mem);
                             out.extend_from_slice(&part);
                             out.extend_from_slice(&parse);
                             fwd = 0;
@@ -562,7 +680,7 @@ impl<'p> Relay<'p> {
             }
             if fwd > 0 || spliced.is_some() {
                 let head = self.cbuf.split_to(fwd);
-                self.rec.client(&head);
+                self.rec.client(&head, &mut self.mem);
                 self.to_server = match spliced {
                     Some(mut out) => {
                         out.extend_from_slice(&head);
@@ -698,6 +816,7 @@ impl<'p> Relay<'p> {
                 cap: Capture::default(),
                 uid: (!ro).then(|| e.open_unit()),
                 read_only: ro,
+                skel: Default::default(),
             });
         }
     }
@@ -1236,7 +1355,7 @@ impl<'p> Relay<'p> {
         }
         if !self.rec.idle() {
             if fwd > 0 || !self.to_client.is_empty() {
-                self.rec.server(&self.to_client);
+                self.rec.server(&self.to_client, &mut self.mem);
             }
             if self.rec.write.as_ref().is_some_and(|w| w.cap.done) {
                 self.record_unit();
@@ -1281,8 +1400,8 @@ impl<'p> Relay<'p> {
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .collect(),
             statements,
-            client: cap.client.to_vec(),
-            server: cap.server.to_vec(),
+            client: cap.client.into(),
+            server: cap.server.into(),
         });
     }
 
