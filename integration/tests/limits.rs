@@ -6,7 +6,7 @@
 use integration::stack::{
     connect, create_app_database, db_error, stack_config, APP_PASSWORD, APP_USER, DB,
 };
-use integration::{free_port, PgServer, Pgshift};
+use integration::{free_port, raw, PgServer, Pgshift};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_refuse_with_53300_and_free_on_close() {
@@ -97,56 +97,6 @@ fn rss(pid: u32) -> (u64, u64) {
     (kb("VmRSS:"), kb("VmHWM:"))
 }
 
-/// A raw client session of the trust user `raw`: start-up sent, read through ReadyForQuery.
-async fn raw_session(port: u16) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "raw"), ("database", DB)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    m.extend_from_slice(&body);
-    s.write_all(&m).await.unwrap();
-    loop {
-        let (tag, _) = read_msg(&mut s).await.expect("start-up answer");
-        assert_ne!(tag, b'E', "raw login refused");
-        if tag == b'Z' {
-            return s;
-        }
-    }
-}
-
-/// One message from the proxy: tag and body; `None` at EOF.
-async fn read_msg(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
-    let mut h = [0u8; 5];
-    s.read_exact(&mut h).await.ok()?;
-    let n = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize - 4;
-    let mut body = vec![0u8; n];
-    s.read_exact(&mut body).await.ok()?;
-    Some((h[0], body))
-}
-
-/// The SQLSTATE (`C` field) and message (`M`) of an ErrorResponse body.
-fn error_fields(body: &[u8]) -> (String, String) {
-    let (mut code, mut message) = (String::new(), String::new());
-    for f in body.split(|b| *b == 0) {
-        match f.first() {
-            Some(b'C') => code = String::from_utf8_lossy(&f[1..]).into_owned(),
-            Some(b'M') => message = String::from_utf8_lossy(&f[1..]).into_owned(),
-            _ => {}
-        }
-    }
-    (code, message)
-}
-
 /// The memory budget (issue 10 part 6): 16 clients at once each send 12 MiB queries (192
 /// MiB buffered without a budget); with `session_memory_bytes` = 64 MiB they take turns,
 /// every query succeeds, and pgshift's peak RSS stays under its idle RSS plus the budget
@@ -223,12 +173,12 @@ async fn large_messages_from_many_clients_stay_within_the_memory_budget() {
         m.extend_from_slice(&((n + 4) as u32).to_be_bytes());
         m
     };
-    let mut stalled = raw_session(p.port).await;
+    let mut stalled = raw::session(p.port, "raw", DB).await;
     let mut start = header(40 * MIB);
     start.extend_from_slice(b"SELECT length('");
     start.extend(std::iter::repeat_n(b'x', MIB));
     stalled.write_all(&start).await.unwrap();
-    let mut refused = raw_session(p.port).await;
+    let mut refused = raw::session(p.port, "raw", DB).await;
     let mut second = header(40 * MIB);
     second.extend_from_slice(b"SELECT 1");
     let t0 = std::time::Instant::now();
@@ -240,9 +190,9 @@ async fn large_messages_from_many_clients_stay_within_the_memory_budget() {
         .await
         .map_err(|e| db_error(&e))
         .unwrap();
-    let (tag, body) = read_msg(&mut refused).await.expect("an error");
+    let (tag, body) = raw::read_msg(&mut refused).await.expect("an error");
     assert_eq!(tag, b'E');
-    let (code, message) = error_fields(&body);
+    let (code, message) = raw::error_fields(&body);
     assert_eq!(code, "53200", "{message}");
     assert!(message.contains("session_memory_bytes"), "{message}");
     assert!(
@@ -251,20 +201,20 @@ async fn large_messages_from_many_clients_stay_within_the_memory_budget() {
         t0.elapsed()
     );
     assert!(
-        read_msg(&mut refused).await.is_none(),
+        raw::read_msg(&mut refused).await.is_none(),
         "closed after the error"
     );
     // The stalled client's memory comes back when it goes.
     drop(stalled);
-    let mut again = raw_session(p.port).await;
+    let mut again = raw::session(p.port, "raw", DB).await;
     let q = big(40 * MIB - 40);
     let mut m = header(q.len() + 1);
     m.extend_from_slice(q.as_bytes());
     m.push(0);
     again.write_all(&m).await.unwrap();
     loop {
-        let (tag, body) = read_msg(&mut again).await.expect("an answer");
-        assert_ne!(tag, b'E', "{:?}", error_fields(&body));
+        let (tag, body) = raw::read_msg(&mut again).await.expect("an answer");
+        assert_ne!(tag, b'E', "{:?}", raw::error_fields(&body));
         if tag == b'Z' {
             break;
         }
