@@ -385,3 +385,91 @@ async fn mirror_driver_records_large_write_units_within_the_memory_budget() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client that hangs up while its write may be committing (found in issue 10's review):
+/// the unit used to be closed as if it had rolled back, so the target could lack a row the
+/// source committed. Now pgshift finishes the unit without the client and records it as it
+/// happened. Three hang-ups through the `mirror` driver: (1) during an autocommit INSERT
+/// (it commits on the source: it must be on the target), (2) inside an open transaction
+/// with nothing in flight (rolled back: on neither side), (3) after a pipelined autocommit
+/// INSERT and during a transaction still open (the first commits, the second is rolled back
+/// by pgshift's ROLLBACK: on both sides the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_driver_records_a_write_whose_client_left_mid_commit() {
+    use integration::raw;
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::start(StackOptions {
+        pgbench_scale: 1,
+        source_settings: vec![("wal_level".into(), "replica".into())],
+        extra_config: "[replication]\ndriver = \"mirror\"\n\n\
+                       [upgrade]\napprove_cutover = true\nshift = []\npoll_interval_ms = 200\n\n\
+                       [[users]]\nname = \"raw\"\nauth = \"trust\"\nserver_user = \"app\"\nserver_password = \"app-secret\"\n"
+            .into(),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack.prepare_source().unwrap();
+    stack
+        .source
+        .psql(
+            "app",
+            "CREATE TABLE hangup (id int PRIMARY KEY); ALTER TABLE hangup OWNER TO app",
+        )
+        .unwrap();
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&stack.status().await.unwrap(), "state") != "waiting" {
+        assert!(Instant::now() < deadline, "{:?}", stack.status().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let port = stack.pgshift.port;
+    let hang_up_after = |sql: Vec<u8>, ms: u64| async move {
+        let mut s = raw::session(port, "raw", "app").await;
+        s.write_all(&sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        drop(s);
+    };
+    // (1) During an autocommit INSERT that takes 1 s.
+    hang_up_after(
+        raw::query("INSERT INTO hangup SELECT 1 FROM pg_sleep(1)"),
+        200,
+    )
+    .await;
+    // (2) Inside an open transaction, nothing in flight.
+    hang_up_after(raw::query("BEGIN; INSERT INTO hangup VALUES (2)"), 300).await;
+    // (3) A committed INSERT, then a transaction still open and busy.
+    let mut both = raw::query("INSERT INTO hangup VALUES (3)");
+    both.extend(raw::query(
+        "BEGIN; INSERT INTO hangup VALUES (4); SELECT pg_sleep(1)",
+    ));
+    hang_up_after(both, 300).await;
+    // A marker after them, from a client that stays.
+    let c = stack.app_client().await.unwrap();
+    // The source finishes (1) in its own time.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.batch_execute("INSERT INTO hangup VALUES (99)")
+        .await
+        .unwrap();
+    let ids = "SELECT string_agg(id::text, ',' ORDER BY id) FROM hangup";
+    assert_eq!(stack.source.psql("app", ids).unwrap(), "1,3,99");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on_target = stack.target.psql("app", ids).unwrap_or_default();
+        if on_target.ends_with("99") {
+            assert_eq!(on_target, "1,3,99", "the target differs from the source");
+            break;
+        }
+        let s = stack.status().await.unwrap();
+        assert_ne!(
+            get(&s, "state"),
+            "error",
+            "applying stopped: {s:?}\n{}",
+            integration::tail_file(&stack.pgshift.log_path(), 40)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "marker not applied: {on_target} {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -374,11 +374,21 @@ async fn apply_gen(e: &Arc<Engine>, gen: u64) -> Result<(), Halt> {
                 }
                 RESTART => {}
                 LOST => {
-                    stop = Some(Halt::Fatal(format!(
-                        "transaction at queue seq {} was over {} MiB and could not be recorded: roll back the upgrade and start it again",
-                        rec.seq,
-                        super::MAX_UNIT_BYTES >> 20
-                    )));
+                    let bytes = rec.payload.get(8..).and_then(le_u64).unwrap_or_default();
+                    stop = Some(Halt::Fatal(if bytes == 0 {
+                        format!(
+                            "transaction at queue seq {} is in doubt: its client left while it may have been committing on the {}, and the server did not finish it, so the {} may lack it: roll back the upgrade and start it again",
+                            rec.seq,
+                            from.as_str(),
+                            to.as_str()
+                        )
+                    } else {
+                        format!(
+                            "transaction at queue seq {} was over {} MiB and could not be recorded: roll back the upgrade and start it again",
+                            rec.seq,
+                            super::MAX_UNIT_BYTES >> 20
+                        )
+                    }));
                 }
                 UNIT => {
                     let unit = Unit::decode(&rec.payload)

@@ -390,7 +390,9 @@ impl Engine {
         self.append(UNIT, &unit.encode())
     }
 
-    /// The unit could not be kept whole (over [`MAX_UNIT_BYTES`]).
+    /// The unit could not be kept whole (`bytes`: over [`MAX_UNIT_BYTES`]), or is in doubt
+    /// (`bytes` 0: its client left while it may have been committing, and it could not be
+    /// finished without the client). Applying stops at it, saying which.
     pub fn lost(&self, uid: u64, bytes: usize) {
         let mut p = uid.to_le_bytes().to_vec();
         p.extend_from_slice(&(bytes as u64).to_le_bytes());

@@ -236,7 +236,9 @@ pub(crate) async fn relay(
         proxy.router.set_pinned(info.pid, None);
     }
     // A unit cut short: the server rolls an open transaction back when its connection
-    // closes (a commit whose answer was lost is in doubt, as for the client).
+    // closes. One of the mirror driver's units that may have committed something is
+    // finished without the client and recorded first.
+    r.finish_cut_unit().await;
     r.close_write_capture();
     drop(r.unit.busy.take());
     let ready = r.ready.take().map(|(c, _)| c);
@@ -821,6 +823,102 @@ impl<'p> Relay<'p> {
         }
     }
 
+    /// The session ended inside a unit the mirror driver records, and something of it may
+    /// have committed on the server (a request was in flight, or a transaction of the unit
+    /// already ended): the unit is finished without the client and recorded as it
+    /// happened. Its answers are read to the end (a Sync is sent for an open
+    /// extended-protocol batch), a transaction left open is rolled back by a `ROLLBACK`
+    /// that becomes part of the unit, and the unit is recorded like any other. When the
+    /// server is gone or does not finish within `connect_timeout_ms`, the unit is recorded
+    /// as in doubt (`LOST`): applying stops and says so, rather than go on without a write
+    /// the source may have.
+    async fn finish_cut_unit(&mut self) {
+        let Some(w) = self.rec.write.as_ref() else {
+            return;
+        };
+        let answered = self.proto.in_flight == 0 && !self.proto.unit_open;
+        if w.nothing_committed(answered) {
+            return;
+        }
+        let Some(e) = self.proxy.capture.clone() else {
+            return;
+        };
+        let uid = w.uid.unwrap_or_default();
+        let timeout = std::time::Duration::from_millis(self.proxy.cfg.proxy.connect_timeout_ms);
+        let finished = tokio::time::timeout(timeout, self.finish_unit_alone()).await;
+        if !matches!(finished, Ok(true)) {
+            tracing::warn!(
+                pid = self.info.pid,
+                "the client left during a write transaction that may have committed, and the server did not finish it: recorded as in doubt"
+            );
+            self.rec.write = None;
+            e.lost(uid, 0);
+        }
+    }
+
+    /// [`Relay::finish_cut_unit`]'s work: `true` once the unit was recorded.
+    async fn finish_unit_alone(&mut self) -> bool {
+        let c_skip = std::mem::take(&mut self.c_skip);
+        if c_skip > 0 {
+            // A message cut in the middle: what reached the server cannot be completed.
+            return false;
+        }
+        self.to_server = Bytes::new();
+        loop {
+            if self.rec.write.is_none() {
+                // record_unit took it (ReadyForQuery `I` with nothing in flight).
+                return true;
+            }
+            let Some(conn) = self.backend.as_mut() else {
+                return false;
+            };
+            if self.proto.in_flight == 0 {
+                let mut out = BytesMut::new();
+                if self.proto.unit_open {
+                    msg::sync(&mut out);
+                } else {
+                    // In a transaction block of the unit's: end it as the server would.
+                    msg::query(&mut out, "ROLLBACK");
+                }
+                let mut at = 0;
+                while let Ok(Some((tag, total))) = header(&out[at..], usize::MAX) {
+                    if scan::client_frame(
+                        tag,
+                        &out[at..at + total],
+                        &mut self.proto,
+                        &mut self.state,
+                        Some(&mut conn.st),
+                    )
+                    .is_err()
+                    {
+                        return false;
+                    }
+                    at += total;
+                }
+                self.rec.client(&out, &mut self.mem);
+                if conn.wr.write_all(&out).await.is_err() {
+                    return false;
+                }
+            }
+            let Some(conn) = self.backend.as_mut() else {
+                return false;
+            };
+            if self.sbuf.capacity() - self.sbuf.len() < 4096 {
+                self.sbuf.reserve(16 * 1024);
+            }
+            match conn.rd.read_buf(&mut self.sbuf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            if self.scan_server().is_err() {
+                return false;
+            }
+            // Nobody to answer.
+            self.to_client = Bytes::new();
+            self.durable = None;
+        }
+    }
+
     /// The mirror driver's recording of a unit that did not complete: close its `OPEN`.
     fn close_write_capture(&mut self) {
         if let Some(uid) = self.rec.write.take().and_then(|w| w.uid) {
@@ -1378,7 +1476,8 @@ impl<'p> Relay<'p> {
         };
         let cap = w.cap;
         if cap.too_big {
-            e.lost(uid, cap.client.len() + cap.server.len());
+            // Its copies were dropped when it grew past the limit.
+            e.lost(uid, crate::capture::MAX_UNIT_BYTES + 1);
             return;
         }
         let statements = cap
