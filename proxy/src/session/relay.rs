@@ -863,7 +863,16 @@ impl<'p> Relay<'p> {
             // A message cut in the middle: what reached the server cannot be completed.
             return false;
         }
-        self.to_server = Bytes::new();
+        // What was taken from the client is recorded: it goes to the server too.
+        let pending = std::mem::take(&mut self.to_server);
+        if !pending.is_empty() {
+            let Some(conn) = self.backend.as_mut() else {
+                return false;
+            };
+            if conn.wr.write_all(&pending).await.is_err() {
+                return false;
+            }
+        }
         loop {
             if self.rec.write.is_none() {
                 // record_unit took it (ReadyForQuery `I` with nothing in flight).
