@@ -53,7 +53,8 @@
 //! * `lag_bytes_after_caught_up`, `capture_lag_bytes_gauge_after_caught_up`: 2 s later
 //!   (both must be back at 0).
 //! * `cores_load`, `cores_catchup`: CPU seconds per second over the load and over the
-//!   catch-up of the applier's backend on the target (`application_name` `pgshift-apply`),
+//!   catch-up of the applier's backend on the target (`application_name` `pgshift-apply`,
+//!   the connection as pgbench's user, opened by one write before the load),
 //!   the target and the source (postmaster and children), pgshift (all threads: during the
 //!   catch-up that is the applier), this bench with pgbench, interrupt time, and `rest`:
 //!   the machine's busy time beyond those, i.e. other processes. Source, target, pgshift and
@@ -71,7 +72,7 @@
 //! failed pgbench transaction, `data_equal` and `history_complete`.
 
 use anyhow::{bail, Context, Result};
-use integration::stack::DB;
+use integration::stack::{APP_USER, DB};
 use integration::{free_port, StackOptions};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -718,12 +719,28 @@ async fn one_batch(o: &Opts, batch: u32) -> Result<Figures> {
         o.clients, o.threads, o.duration
     ));
 
-    let backend = Probe::one(
-        &probe.target,
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgshift-apply' ORDER BY backend_start DESC LIMIT 1",
-    )
-    .await
-    .context("the applier's backend on the target")? as u32;
+    // The applier logs in as each transaction's own user; its connection as the
+    // application's user opens with the first write, so one write goes through first and
+    // that connection's backend is the one watched.
+    s.stack
+        .app_client()
+        .await?
+        .batch_execute("UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1")
+        .await
+        .context("a first write through pgshift")?;
+    let applier = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgshift-apply' AND usename = '{APP_USER}' ORDER BY backend_start DESC LIMIT 1"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let backend = loop {
+        match Probe::one(&probe.target, &applier).await {
+            Ok(pid) => break pid as u32,
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context("the applier's backend on the target"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let pgshift_pid = s.stack.pgshift.pid().context("pgshift's pid")?;
     let target_log = s.stack.target.log_path();
     let (_, _, log_from) = warnings_in(&target_log, u64::MAX);
