@@ -384,8 +384,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     if let Some(c) = &capture {
         controller.set_capture(c.clone());
     }
-    let acceptor =
-        tls::Acceptor::new(&cfg.proxy.tls).map_err(|e| anyhow::anyhow!("[proxy.tls]: {e}"))?;
+    let acceptor = tls::Acceptor::new(&cfg.proxy.tls).map_err(anyhow::Error::msg)?;
     let proxy = server::Proxy::new(
         cfg.clone(),
         router.clone(),
