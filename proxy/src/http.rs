@@ -26,6 +26,10 @@
 //! a browser sends `application/json` across origins only after a CORS preflight, which this
 //! server never grants. Tokens are compared as SHA-256 digests in constant time and never
 //! logged.
+//!
+//! With `[http.tls]` the same router is served over TLS only ([`TlsListener`]: rustls from
+//! the `tls` crate, ALPN `http/1.1`, optional client certificates); the access rules above do
+//! not change.
 
 use crate::admin;
 use crate::server::Proxy;
@@ -257,10 +261,109 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
+/// Serve on `listener` until the runtime ends: plain HTTP, or only HTTPS with `tls`
+/// (`[http.tls]`, see [`TlsListener`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    tls: Option<Arc<tls::Acceptor>>,
+) {
+    let app = router(state);
+    let served = match tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => axum::serve(TlsListener::start(listener, tls), app).await,
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "the HTTP server stopped");
+    }
+}
+
+/// Longest a client may take to complete its TLS handshake before it is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most TLS handshakes under way at once; past it, accepting waits (the kernel's backlog
+/// holds the next connections).
+const MAX_HANDSHAKES: usize = 256;
+
+/// The HTTPS side of [`serve`]: a task accepts TCP connections and runs each handshake in a
+/// task of its own (with [`TLS_HANDSHAKE_TIMEOUT`]), so a slow or failing client holds up no
+/// other; axum serves the connections whose handshake succeeded. A failed handshake (plain
+/// HTTP, an untrusted or missing client certificate, garbage) is logged at `info` with the
+/// peer and the reason, and only that connection is closed. Each handshake uses the
+/// acceptor's set-up of the moment (a SIGHUP reload applies to the next ones).
+pub struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(tls::Stream, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`.
+    pub fn start(listener: tokio::net::TcpListener, tls: Arc<tls::Acceptor>) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(accept_tls(listener, tls, tx));
+        TlsListener { ready, local }
+    }
+}
+
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<tls::Acceptor>,
+    ready: tokio::sync::mpsc::Sender<(tls::Stream, std::net::SocketAddr)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // As axum's own listener: out of file descriptors and the like pass; wait a
+                // little instead of spinning.
+                tracing::warn!(error = %e, "HTTP server: accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let setup = tls.current();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, setup.acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => {
+                    let _ = ready.send((tls::Stream::accepted(s), peer)).await;
+                }
+                Ok(Err(e)) => tracing::info!(
+                    client = %peer,
+                    error = %e,
+                    "HTTPS: TLS handshake failed ([http.tls]); connection closed"
+                ),
+                Err(_) => tracing::info!(
+                    client = %peer,
+                    "HTTPS: no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?} ([http.tls]); connection closed"
+                ),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tls::Stream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accepting task ended (the runtime is going down): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

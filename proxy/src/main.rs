@@ -226,14 +226,15 @@ fn status(
 }
 
 /// Starts the HTTP server, the metrics recorder, its upkeep and the control-plane sampler when
-/// `[http] listen` is set, with `access` (from [`http_access`]). A listen failure is logged,
-/// not fatal: the proxy serves on. Fails when the bound address is not loopback and there is
-/// no token (validation refuses such a `listen`; this catches a `localhost` that resolves
-/// elsewhere).
+/// `[http] listen` is set, with `access` (from [`http_access`]), over HTTPS with `tls`
+/// (`[http.tls]`). A listen failure is logged, not fatal: the proxy serves on. Fails when the
+/// bound address is not loopback and there is no token (validation refuses such a `listen`;
+/// this catches a `localhost` that resolves elsewhere); TLS does not change that.
 async fn start_http(
     cfg: &config::Config,
     proxy: &Arc<server::Proxy>,
     access: http::Access,
+    tls: Option<Arc<tls::Acceptor>>,
 ) -> anyhow::Result<()> {
     let Some(listen) = cfg.http.listen_addr() else {
         tracing::info!("HTTP server disabled ([http] listen = \"\")");
@@ -276,6 +277,8 @@ async fn start_http(
             listen = %a,
             token = access.has_token(),
             public = ?cfg.http.public,
+            tls = tls.is_some(),
+            client_ca = tls.is_some() && cfg.http.tls.client_ca.is_some(),
             "HTTP server listening (/metrics, /progress, /health, /clients, /servers, /databases, /upgrade/*)"
         );
     }
@@ -286,6 +289,7 @@ async fn start_http(
             prometheus,
             access,
         },
+        tls,
     ));
     Ok(())
 }
@@ -349,8 +353,12 @@ fn start_upgrade_and_report(controller: Arc<Controller>) {
 }
 
 async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<()> {
-    // Before anything else: a token file that may not be used refuses the start-up.
+    // Before anything else: a token file or an [http.tls] file that may not be used refuses
+    // the start-up (even when [http] listen is "": the configuration is wrong either way).
     let access = http_access(&cfg)?;
+    let http_tls = tls::Acceptor::https(&cfg.http.tls)
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
     let source_addr = routing::BackendAddr::from_config(&cfg.source)
@@ -395,7 +403,9 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     );
     if proxy.tls.is_some() {
         tracing::info!(mode = ?cfg.proxy.tls.mode, client_ca = cfg.proxy.tls.client_ca.is_some(), "TLS to clients is on");
-        spawn_tls_reload(proxy.clone());
+    }
+    if proxy.tls.is_some() || http_tls.is_some() {
+        spawn_tls_reload(proxy.clone(), http_tls.clone());
     }
     {
         // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
@@ -408,7 +418,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             }
         });
     }
-    start_http(&cfg, &proxy, access).await?;
+    start_http(&cfg, &proxy, access, http_tls).await?;
     controller.attach(router);
     if start_upgrade {
         start_upgrade_and_report(controller.clone());
@@ -422,9 +432,10 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     }
 }
 
-/// On SIGHUP, reads `[proxy.tls]`'s certificate, key and client CA again: new handshakes
-/// use them, open sessions keep theirs. A file that does not load keeps the previous set-up.
-fn spawn_tls_reload(proxy: Arc<server::Proxy>) {
+/// On SIGHUP, reads the certificate, key and client CA of `[proxy.tls]` (the proxy's) and of
+/// `[http.tls]` (`http`) again: new handshakes use them, open sessions and connections keep
+/// theirs. A file that does not load keeps that section's previous set-up.
+fn spawn_tls_reload(proxy: Arc<server::Proxy>, http: Option<Arc<tls::Acceptor>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(h) => h,
@@ -435,10 +446,14 @@ fn spawn_tls_reload(proxy: Arc<server::Proxy>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if let Some(t) = &proxy.tls {
+            for t in proxy.tls.iter().chain(http.as_deref()) {
                 match t.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Ok(()) => tracing::info!(
+                        section = t.section(),
+                        "SIGHUP: TLS certificate and key reloaded"
+                    ),
                     Err(e) => tracing::error!(
+                        section = t.section(),
                         "SIGHUP: TLS reload failed, the previous certificate stays in use: {e}"
                     ),
                 }
