@@ -44,6 +44,17 @@ enum Cmd {
         /// token_file.
         #[arg(long, env = "PGSHIFT_HTTP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// With [http.tls]: PEM file of the CA certificate(s) that sign the HTTP server's
+        /// certificate, which must name the host connected to (`[http] listen`, a wildcard
+        /// address as 127.0.0.1 / ::1). Given without [http.tls], HTTPS is used anyway.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+        /// With [http.tls] client_ca: PEM client certificate to show (with --key).
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key of --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Like `serve`, with the upgrade started at once (or resumed where it stood; nothing
     /// happens when it is already done). Prints progress lines to stderr.
@@ -79,8 +90,17 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration is valid", path.display());
         return std::process::ExitCode::SUCCESS;
     }
-    if let Cmd::Status { format, token, .. } = cli.cmd {
-        return status(&cfg, &path, format, token);
+    if let Cmd::Status {
+        format,
+        token,
+        cacert,
+        cert,
+        key,
+        ..
+    } = cli.cmd
+    {
+        let client_cert = cert.zip(key);
+        return status(&cfg, &path, format, token, cacert, client_cert);
     }
     let start_upgrade = matches!(cli.cmd, Cmd::Upgrade { .. });
     // The control plane, accept loop and journal run on a small runtime of their own; client
@@ -124,12 +144,16 @@ fn init_logging() {
 }
 
 /// `pgshift status`: GET /progress from the running pgshift named by the configuration, with
-/// `token` (`--token` / `$PGSHIFT_HTTP_TOKEN`) or else the configuration's token.
+/// `token` (`--token` / `$PGSHIFT_HTTP_TOKEN`) or else the configuration's token; over HTTPS
+/// when the configuration has `[http.tls]` (or `cacert` is given), trusting `cacert` and
+/// showing `client_cert` (certificate and key files) if given.
 fn status(
     cfg: &config::Config,
     path: &std::path::Path,
     format: Format,
     token: Option<String>,
+    cacert: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     let token = match token.filter(|t| !t.is_empty()) {
@@ -157,10 +181,44 @@ fn status(
             return ExitCode::FAILURE;
         }
     };
+    let tls_cfg = &cfg.http.tls;
+    let https = match &cacert {
+        Some(ca) => {
+            let client = client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            match tls::HttpsClient::new(ca, client) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("pgshift status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None if tls_cfg.enabled() => {
+            eprintln!(
+                "pgshift status: the HTTP server speaks HTTPS ([http.tls] in {}): pass --cacert \
+                 <PEM file of the CA that signs [http.tls] cert>",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    if tls_cfg.client_ca.is_some() && client_cert.is_none() {
+        eprintln!(
+            "pgshift status: [http.tls] client_ca in {} asks for a client certificate: pass \
+             --cert and --key",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let scheme = if https.is_some() { "https" } else { "http" };
     let (code, body) = match http::get_blocking(
         &addr,
         "/progress",
         token.as_deref(),
+        https.as_ref(),
         std::time::Duration::from_secs(5),
     ) {
         Ok(r) => r,
@@ -174,7 +232,7 @@ fn status(
     };
     if code == 401 {
         eprintln!(
-            "pgshift status: GET http://{addr}/progress answered 401: {body}\n\
+            "pgshift status: GET {scheme}://{addr}/progress answered 401: {body}\n\
              pass the HTTP token with --token or PGSHIFT_HTTP_TOKEN, or set [http] token or \
              token_file in {}",
             path.display()
@@ -182,13 +240,13 @@ fn status(
         return ExitCode::FAILURE;
     }
     if code != 200 {
-        eprintln!("pgshift status: GET http://{addr}/progress answered {code}: {body}");
+        eprintln!("pgshift status: GET {scheme}://{addr}/progress answered {code}: {body}");
         return ExitCode::FAILURE;
     }
     let value: serde_json::Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("pgshift status: GET http://{addr}/progress is not JSON ({e}): {body}");
+            eprintln!("pgshift status: GET {scheme}://{addr}/progress is not JSON ({e}): {body}");
             return ExitCode::FAILURE;
         }
     };
@@ -197,7 +255,7 @@ fn status(
         Format::Text => {
             let Some(obj) = value.as_object() else {
                 eprintln!(
-                    "pgshift status: GET http://{addr}/progress is not a JSON object: {body}"
+                    "pgshift status: GET {scheme}://{addr}/progress is not a JSON object: {body}"
                 );
                 return ExitCode::FAILURE;
             };
