@@ -185,6 +185,44 @@ pub struct HttpConfig {
     /// Endpoints served without a token (exact paths). Default `["/metrics", "/health"]`;
     /// the endpoints of [`SENSITIVE_ENDPOINTS`] cannot be listed.
     pub public: Vec<String>,
+    /// `[http.tls]`: HTTPS instead of HTTP on `listen`. Default: off (plain HTTP).
+    pub tls: HttpTlsConfig,
+}
+
+/// `[http.tls]`: HTTPS for the HTTP server, with the same rustls set-up and PEM formats as
+/// `[proxy.tls]`. With `cert` and `key` set, `listen` speaks only TLS (1.2 or 1.3, ALPN
+/// `http/1.1`): a plain HTTP request there fails its handshake. The files are read at
+/// start-up and again on SIGHUP (a file that does not load then keeps the previous set-up,
+/// and connections already open keep theirs). TLS does not replace the token: the rules of
+/// `[http]` (token, `public`, loopback without a token) are the same over HTTPS.
+///
+/// Errors: at validation, `cert` without `key` (or the reverse), `client_ca` without them,
+/// or an empty path; at start-up (refused, naming the key and the file, never the key's
+/// content), a file that cannot be read or parsed, a certificate that does not match its
+/// key, and a `key` file that its group or others may read.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpTlsConfig {
+    /// PEM file with the server certificate, then any intermediate certificates. Clients
+    /// check it against the name or address they connect to (e.g. `127.0.0.1` or
+    /// `localhost` for `pgshift status` on a wildcard `listen`). Default: none (plain HTTP).
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1). Start-up is
+    /// refused when its group or others may read it (keep it 0600 or 0400, as `token_file`).
+    /// Required with `cert`. Default: none.
+    pub key: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign client certificates. When set, every
+    /// client must present a certificate signed by one of them, else the TLS handshake is
+    /// refused (mutual TLS; no name in the certificate is checked). Needs `cert` and `key`.
+    /// Default: none (no client certificate asked for).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl HttpTlsConfig {
+    /// Whether HTTPS is configured (`cert` and `key` set; validation refuses one alone).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// Every endpoint of the HTTP server, by path.
@@ -216,6 +254,7 @@ impl Default for HttpConfig {
             token: None,
             token_file: None,
             public: vec!["/metrics".into(), "/health".into()],
+            tls: HttpTlsConfig::default(),
         }
     }
 }
@@ -227,6 +266,7 @@ impl fmt::Debug for HttpConfig {
             .field("token", &masked(&self.token))
             .field("token_file", &self.token_file)
             .field("public", &self.public)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -802,6 +802,7 @@ fn example_file_documents_every_key() {
         format!("[health]\nzz_probe = 1\n{MINIMAL}"),
         format!("{MINIMAL}\n[target.provision]\nzz_probe = 1\n"),
         format!("[http]\nzz_probe = 1\n{MINIMAL}"),
+        format!("{MINIMAL}\n[http.tls]\nzz_probe = 1\n"),
         format!("[mirror]\nzz_probe = 1\n{MINIMAL}"),
         format!("[validation]\nzz_probe = 1\n{MINIMAL}"),
     ];
@@ -948,6 +949,59 @@ fn http_token_public_and_loopback() {
         let line = line_of(&text, key_line);
         expect_one(&text, line, fragment);
     }
+}
+
+#[test]
+fn http_tls_keys() {
+    let c = load(MINIMAL).unwrap();
+    assert!(!c.http.tls.enabled(), "HTTPS is off by default");
+    let text = format!(
+        "{MINIMAL}\n[http]\nlisten = \"127.0.0.1:9443\"\n\n[http.tls]\ncert = \"/s.pem\"\nkey = \"/s.key\"\nclient_ca = \"/ca.pem\"\n"
+    );
+    let c = load(&text).unwrap();
+    assert!(c.http.tls.enabled());
+    assert_eq!(
+        c.http.tls.client_ca.as_deref(),
+        Some(std::path::Path::new("/ca.pem"))
+    );
+    for (body, key_line, fragment) in [
+        // A missing key is shown at its table.
+        (
+            "cert = \"/s.pem\"\n",
+            "[http.tls]",
+            "http.tls.key: is required with [http.tls] cert",
+        ),
+        (
+            "key = \"/s.key\"\n",
+            "[http.tls]",
+            "http.tls.cert: is required with [http.tls] key",
+        ),
+        (
+            "client_ca = \"/ca.pem\"\n",
+            "client_ca = \"/ca.pem\"",
+            "http.tls.client_ca: needs [http.tls] cert and key",
+        ),
+        (
+            "cert = \"\"\nkey = \"/s.key\"\n",
+            "cert = \"\"",
+            "http.tls.cert: must not be empty",
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n[http.tls]\n{body}");
+        let line = line_of(&text, key_line);
+        expect_one(&text, line, fragment);
+    }
+    // TLS does not stand in for the token: a wide address still needs one.
+    let text = format!(
+        "{MINIMAL}\n[http]\nlisten = \"0.0.0.0:9443\"\n\n[http.tls]\ncert = \"/s.pem\"\nkey = \"/s.key\"\n"
+    );
+    expect_one(
+        &text,
+        line_of(&text, "listen = \"0.0.0.0:9443\""),
+        "is not a loopback address and no token is set",
+    );
+    let e = fail(&format!("{MINIMAL}\n[http.tls]\ncerts = \"/s.pem\"\n"));
+    assert!(e.contains("unknown field `certs`"), "{e}");
 }
 
 #[test]

@@ -289,6 +289,7 @@ fn check_http(f: &mut Findings, h: &crate::HttpConfig) {
     {
         f.add(path().key("token_file"), "must not be empty");
     }
+    check_http_tls(f, &h.tls);
     for (i, p) in h.public.iter().enumerate() {
         if crate::SENSITIVE_ENDPOINTS.contains(&p.as_str()) {
             f.add(
@@ -307,6 +308,37 @@ fn check_http(f: &mut Findings, h: &crate::HttpConfig) {
                     crate::HTTP_ENDPOINTS.join(", ")
                 ),
             );
+        }
+    }
+}
+
+/// `[http.tls]`: cert and key together; client_ca only with them; no empty paths. The files
+/// are read at start-up (and the key's mode checked there), not here.
+fn check_http_tls(f: &mut Findings, t: &crate::HttpTlsConfig) {
+    let path = || at("http").key("tls");
+    match (&t.cert, &t.key) {
+        (Some(_), None) => f.add(
+            path().key("key"),
+            "is required with [http.tls] cert: the PEM private key of cert (set both or neither)",
+        ),
+        (None, Some(_)) => f.add(
+            path().key("cert"),
+            "is required with [http.tls] key: the PEM certificate file HTTPS clients are shown \
+             (set both or neither)",
+        ),
+        (None, None) if t.client_ca.is_some() => f.add(
+            path().key("client_ca"),
+            "needs [http.tls] cert and key: client certificates are asked for only over HTTPS",
+        ),
+        _ => {}
+    }
+    for (k, v) in [
+        ("cert", &t.cert),
+        ("key", &t.key),
+        ("client_ca", &t.client_ca),
+    ] {
+        if v.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            f.add(path().key(k), "must not be empty");
         }
     }
 }

@@ -57,6 +57,17 @@ fn build_pgshift() -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
+    // `cargo test` gives the test process the integration crate's own package variables
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...). Build scripts that read them register them
+    // with rerun-if-env-changed (ring's does), so a nested build that inherited them would
+    // see other values than the outer build did and rebuild ring and everything above it
+    // (rustls, tls, proxy: minutes), and the next outer build would rebuild it back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_") || CARGO_TEST_VARS.contains(&&*name) {
+            cmd.env_remove(&*name);
+        }
+    }
     cmd.current_dir(crate::workspace_root())
         .stdin(Stdio::null());
     let out = cmd
@@ -98,6 +109,19 @@ fn build_pgshift() -> Result<PathBuf> {
     );
     Ok(exe)
 }
+
+/// What cargo sets for a test process besides `CARGO_PKG_*` and that no outer build sees
+/// (cargo reference, "Environment variables Cargo sets for crates").
+const CARGO_TEST_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
 
 /// A `Command` for the `pgbench` client ([`client_bin`]) with `args`; the caller sets
 /// `PGPASSWORD` (or puts the password in a connection string).

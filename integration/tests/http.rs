@@ -2,13 +2,19 @@
 //! pgshift, /progress, /clients, /servers, the upgrade commands, and `pgshift status`; the
 //! bearer token (401 without it or with a wrong one, nothing done), the public endpoints, the
 //! JSON content type of POSTs (415), the 403 of a configuration without a token, and the
-//! start-ups refused for a non-loopback address without a token and a readable token file.
+//! start-ups refused for a non-loopback address without a token and a readable token file;
+//! and `[http.tls]` with curl and a test CA: HTTPS only on the port, the server certificate
+//! checked, the token still required, client certificates (`client_ca`), `pgshift status
+//! --cacert`, the certificate reloaded on SIGHUP, start-ups refused for a key file others may
+//! read.
 
+use integration::certs::{CertFiles, TestCa};
 use integration::http::HttpAnswer;
 use integration::stack::{stack_config, APP_USER, DB};
 use integration::{free_port, Pgshift, Stack, StackOptions};
 use serde_json::Value;
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn get_json(pg: &Pgshift, path: &str) -> Value {
@@ -660,4 +666,378 @@ async fn http_without_token_and_refused_start_ups() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("answered 401"));
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ----------------------------------------------------------------------------------------
+// [http.tls]: HTTPS with a test CA (no PostgreSQL server needed: nothing here reaches one)
+// ----------------------------------------------------------------------------------------
+
+/// A configuration whose `[source]` and `[target]` are closed loopback ports (pgshift starts
+/// without reaching them), with `[http]` on `http_port` and `tls_keys` as `[http.tls]`.
+fn https_config(http_port: u16, token: Option<&str>, tls_keys: &str) -> String {
+    let token = token
+        .map(|t| format!("token = \"{t}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\n\n\
+         [source]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{DB}\"\nuser = \"postgres\"\n\n\
+         [target]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"{DB}\"\nuser = \"postgres\"\n\n\
+         [[users]]\nname = \"{APP_USER}\"\npassword = \"app-secret\"\n\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{token}\n[http.tls]\n{tls_keys}",
+        free_port(),
+        free_port(),
+        free_port()
+    )
+}
+
+fn tls_keys(server: &CertFiles, client_ca: Option<&Path>) -> String {
+    let mut t = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        server.cert.display(),
+        server.key.display()
+    );
+    if let Some(ca) = client_ca {
+        t.push_str(&format!("client_ca = \"{}\"\n", ca.display()));
+    }
+    t
+}
+
+/// What one `curl` run gave: its exit code, the HTTP status (`000` when there was no HTTP
+/// answer), the body and its error output.
+#[derive(Debug)]
+struct Curl {
+    exit: i32,
+    code: String,
+    body: String,
+    stderr: String,
+}
+
+/// `curl` (OpenSSL: a TLS stack that is not pgshift's) on `url` with `args`; `header`, when
+/// given, is sent from standard input (`-H @-`) so that no token is on a command line.
+fn curl(url: &str, args: &[&str], header: Option<&str>) -> Curl {
+    let mut cmd = std::process::Command::new("curl");
+    // -q first: no ~/.curlrc; no proxy from the environment.
+    cmd.args(["-q", "-sS", "--noproxy", "*", "--max-time", "10"])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if header.is_some() {
+        cmd.args(["-H", "@-"]).stdin(std::process::Stdio::piped());
+    } else {
+        cmd.stdin(std::process::Stdio::null());
+    }
+    cmd.arg(url);
+    let mut child = cmd
+        .spawn()
+        .expect("running curl (Debian package curl, installed by scripts/prereqs)");
+    if let Some(h) = header {
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            format!("{h}\n").as_bytes(),
+        )
+        .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    Curl {
+        exit: out.status.code().unwrap_or(-1),
+        code: code.to_string(),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// Polls `GET /health` with `args` until it answers 200 (pgshift binds the HTTP port after
+/// the proxy's, which is what [`Pgshift::start`] waits for).
+fn wait_https(pg: &Pgshift, url: &str, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = curl(url, args, None);
+        if c.code == "200" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer 200: {c:?}; log:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pgshift status --format json --config <pg's> args...`, with no token in the environment.
+fn status_with(pg: &Pgshift, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(&pg.bin)
+        .args(["status", "--format", "json", "--config"])
+        .arg(&pg.config_path)
+        .args(args)
+        .env_remove("PGSHIFT_HTTP_TOKEN")
+        .output()
+        .unwrap()
+}
+
+/// The TLS handshake of `curl` failed: no HTTP answer, one of `exits` (curl's 35 is a failed
+/// handshake, 56 a TLS 1.3 alert read after it, when the server refuses the client's
+/// certificate; 60 an untrusted server certificate) and `fragment` in its error.
+#[track_caller]
+fn refused_by_tls(c: &Curl, exits: &[i32], fragment: &str) {
+    assert_eq!(c.code, "000", "{c:?}");
+    assert!(exits.contains(&c.exit), "{c:?}");
+    assert!(c.stderr.contains(fragment), "{c:?} lacks {fragment:?}");
+}
+
+#[test]
+fn https_with_a_test_ca_the_token_and_client_certificates() {
+    let started = Instant::now();
+    let dir = integration::new_run_dir("http-tls").unwrap();
+    let ca = TestCa::new(&dir, "ca").unwrap();
+    let ca2 = TestCa::new(&dir, "ca2").unwrap();
+    let other = TestCa::new(&dir, "other").unwrap();
+    let clients = TestCa::new(&dir, "clients").unwrap();
+    let first = ca.server("first", &["localhost", "127.0.0.1"]).unwrap();
+    let second = ca2.server("second", &["localhost", "127.0.0.1"]).unwrap();
+    let ops = clients.client("ops", "ops").unwrap();
+    let stranger = other.client("stranger", "ops").unwrap();
+    // pgshift reads these paths; the test swaps their contents for the reload.
+    let live = CertFiles {
+        cert: dir.join("live.crt"),
+        key: dir.join("live.key"),
+    };
+    let install = |c: &CertFiles| {
+        std::fs::copy(&c.cert, &live.cert).unwrap();
+        integration::certs::write_private(&live.key, &std::fs::read(&c.key).unwrap()).unwrap();
+    };
+    install(&first);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (ca_pem, ca2_pem, other_pem) = (path(&ca.ca_pem), path(&ca2.ca_pem), path(&other.ca_pem));
+    let token = "https-Token-4711";
+    let bearer = format!("Authorization: Bearer {token}");
+
+    let hp = free_port();
+    let pg = Pgshift::start(&https_config(hp, Some(token), &tls_keys(&live, None))).unwrap();
+    let url = |host: &str, p: &str| format!("https://{host}:{hp}{p}");
+    let health = url("127.0.0.1", "/health");
+    wait_https(&pg, &health, &["--cacert", &ca_pem]);
+
+    // Trusted CA: by address and by name.
+    for host in ["127.0.0.1", "localhost"] {
+        let c = curl(&url(host, "/health"), &["--cacert", &ca_pem], None);
+        assert_eq!((c.code.as_str(), c.body.as_str()), ("200", "ok"), "{c:?}");
+    }
+    // Plain HTTP on the same port: no HTTP answer (curl reads a TLS alert), with curl and the
+    // harness' own client.
+    let c = curl(&format!("http://127.0.0.1:{hp}/health"), &[], None);
+    assert_ne!(c.exit, 0, "{c:?}");
+    assert_ne!(c.code, "200", "{c:?}");
+    let plain = pg.http_raw("GET", "/health", &[], "");
+    assert!(
+        !matches!(&plain, Ok(a) if a.status == 200),
+        "plain HTTP was answered: {plain:?}"
+    );
+    // A client that trusts another CA refuses the server.
+    refused_by_tls(
+        &curl(&health, &["--cacert", &other_pem], None),
+        &[60],
+        "certificate problem",
+    );
+    // A connection that never finishes its handshake holds up no other, nor does garbage.
+    let stalled = TcpStream::connect(("127.0.0.1", hp)).unwrap();
+    let mut garbage = TcpStream::connect(("127.0.0.1", hp)).unwrap();
+    std::io::Write::write_all(&mut garbage, &[0x16, 3, 1, 0xff, 0xff, 0, 0, 0]).unwrap();
+    let c = curl(&health, &["--cacert", &ca_pem], None);
+    assert_eq!(c.code, "200", "{c:?}");
+
+    // The token is still required over TLS; /metrics and /health stay public.
+    let progress = url("127.0.0.1", "/progress");
+    let c = curl(&progress, &["--cacert", &ca_pem], None);
+    assert_eq!(c.code, "401", "{c:?}");
+    assert!(c.body.contains("\"sqlstate\":\"28000\""), "{c:?}");
+    let c = curl(
+        &progress,
+        &["--cacert", &ca_pem],
+        Some("Authorization: Bearer not-it"),
+    );
+    assert_eq!(c.code, "401", "{c:?}");
+    let c = curl(&progress, &["--cacert", &ca_pem], Some(&bearer));
+    assert_eq!(c.code, "200", "{c:?}");
+    let p: Value = serde_json::from_str(&c.body).unwrap();
+    assert_eq!(p["phase"], "idle", "{p}");
+    let c = curl(
+        &url("localhost", "/clients"),
+        &["--cacert", &ca_pem],
+        Some(&bearer),
+    );
+    assert_eq!(c.code, "200", "{c:?}");
+    let c = curl(&url("127.0.0.1", "/metrics"), &["--cacert", &ca_pem], None);
+    assert_eq!(c.code, "200", "{c:?}");
+    assert!(c.body.contains("pgshift_"), "{c:?}");
+
+    // `pgshift status` over HTTPS: needs --cacert, checks the server against it.
+    let out = status_with(&pg, &["--cacert", &ca_pem]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(st["phase"], "idle", "{st}");
+    let out = status_with(&pg, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("speaks HTTPS") && err.contains("--cacert"),
+        "{err}"
+    );
+    let out = status_with(&pg, &["--cacert", &other_pem]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS handshake") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    // SIGHUP: the certificate of ca2 is served from then on.
+    install(&second);
+    let hup = |p: &Pgshift| {
+        let pid = p.pid().expect("pgshift runs") as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    hup(&pg);
+    wait_https(&pg, &health, &["--cacert", &ca2_pem]);
+    refused_by_tls(
+        &curl(&health, &["--cacert", &ca_pem], None),
+        &[60],
+        "certificate problem",
+    );
+    // A key its group may read, on reload: refused, the last good set-up stays.
+    std::fs::set_permissions(
+        &live.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    hup(&pg);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !pg.log().contains("has mode 0640") {
+        assert!(Instant::now() < deadline, "no reload error:\n{}", pg.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = curl(&health, &["--cacert", &ca2_pem], None);
+    assert_eq!(c.code, "200", "{c:?}");
+    drop((stalled, garbage));
+    let log = pg.log();
+    assert!(log.contains("TLS handshake failed ([http.tls])"), "{log}");
+    assert!(!log.contains(token), "the token is never logged");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(pg);
+
+    // client_ca: mutual TLS. No certificate, or one of another CA: the handshake fails.
+    let hp = free_port();
+    let pg = Pgshift::start(&https_config(
+        hp,
+        Some(token),
+        &tls_keys(&first, Some(&clients.ca_pem)),
+    ))
+    .unwrap();
+    let health = format!("https://127.0.0.1:{hp}/health");
+    let progress = format!("https://127.0.0.1:{hp}/progress");
+    let (ops_cert, ops_key) = (path(&ops.cert), path(&ops.key));
+    let with_cert = ["--cacert", &ca_pem, "--cert", &ops_cert, "--key", &ops_key];
+    wait_https(&pg, &health, &with_cert);
+    refused_by_tls(
+        &curl(&health, &["--cacert", &ca_pem], None),
+        &[35, 56],
+        "alert",
+    );
+    let (s_cert, s_key) = (path(&stranger.cert), path(&stranger.key));
+    refused_by_tls(
+        &curl(
+            &health,
+            &["--cacert", &ca_pem, "--cert", &s_cert, "--key", &s_key],
+            None,
+        ),
+        &[35, 56],
+        "alert",
+    );
+    // The right certificate: served, and the token still counts.
+    let c = curl(&health, &with_cert, None);
+    assert_eq!((c.code.as_str(), c.body.as_str()), ("200", "ok"), "{c:?}");
+    let c = curl(&progress, &with_cert, None);
+    assert_eq!(c.code, "401", "{c:?}");
+    let c = curl(&progress, &with_cert, Some(&bearer));
+    assert_eq!(c.code, "200", "{c:?}");
+    // `pgshift status` shows the client certificate given with --cert / --key.
+    let out = status_with(&pg, &["--cacert", &ca_pem]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--cert and --key"),
+        "{err}"
+    );
+    let out = status_with(&pg, &with_cert);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = pg.log();
+    assert!(log.contains("TLS handshake failed ([http.tls])"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(pg);
+
+    // Refused start-ups: a key file its group or others may read, cert without key, a
+    // missing file, and (TLS or not) a wide address without a token.
+    let loose = CertFiles {
+        cert: first.cert.clone(),
+        key: dir.join("loose.key"),
+    };
+    std::fs::copy(&first.key, &loose.key).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(
+            &loose.key,
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+        let (ok, err) = serve_expecting_exit(
+            &dir,
+            &https_config(free_port(), Some(token), &tls_keys(&loose, None)),
+        );
+        assert!(!ok, "{err}");
+        assert!(
+            err.contains(&format!(
+                "[http.tls] key {} has mode {mode:04o}",
+                loose.key.display()
+            )) && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+    let only_cert = format!("cert = \"{}\"\n", first.cert.display());
+    let (ok, err) = serve_expecting_exit(&dir, &https_config(free_port(), Some(token), &only_cert));
+    assert!(
+        !ok && err.contains("http.tls.key: is required with [http.tls] cert"),
+        "{err}"
+    );
+    let missing = CertFiles {
+        cert: dir.join("missing.crt"),
+        key: first.key.clone(),
+    };
+    let (ok, err) = serve_expecting_exit(
+        &dir,
+        &https_config(free_port(), Some(token), &tls_keys(&missing, None)),
+    );
+    assert!(
+        !ok && err.contains("[http.tls] cert: cannot read certificates from")
+            && err.contains("missing.crt"),
+        "{err}"
+    );
+    let wide = https_config(free_port(), None, &tls_keys(&first, None))
+        .replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    let (ok, err) = serve_expecting_exit(&dir, &wide);
+    assert!(
+        !ok && err.contains("http.listen")
+            && err.contains("is not a loopback address and no token is set"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("https test took {:.1?}", started.elapsed());
 }

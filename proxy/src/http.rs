@@ -26,6 +26,10 @@
 //! a browser sends `application/json` across origins only after a CORS preflight, which this
 //! server never grants. Tokens are compared as SHA-256 digests in constant time and never
 //! logged.
+//!
+//! With `[http.tls]` the same router is served over TLS only ([`TlsListener`]: rustls from
+//! the `tls` crate, ALPN `http/1.1`, optional client certificates); the access rules above do
+//! not change.
 
 use crate::admin;
 use crate::server::Proxy;
@@ -257,10 +261,109 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
+/// Serve on `listener` until the runtime ends: plain HTTP, or only HTTPS with `tls`
+/// (`[http.tls]`, see [`TlsListener`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    tls: Option<Arc<tls::Acceptor>>,
+) {
+    let app = router(state);
+    let served = match tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => axum::serve(TlsListener::start(listener, tls), app).await,
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "the HTTP server stopped");
+    }
+}
+
+/// Longest a client may take to complete its TLS handshake before it is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most TLS handshakes under way at once; past it, accepting waits (the kernel's backlog
+/// holds the next connections).
+const MAX_HANDSHAKES: usize = 256;
+
+/// The HTTPS side of [`serve`]: a task accepts TCP connections and runs each handshake in a
+/// task of its own (with [`TLS_HANDSHAKE_TIMEOUT`]), so a slow or failing client holds up no
+/// other; axum serves the connections whose handshake succeeded. A failed handshake (plain
+/// HTTP, an untrusted or missing client certificate, garbage) is logged at `info` with the
+/// peer and the reason, and only that connection is closed. Each handshake uses the
+/// acceptor's set-up of the moment (a SIGHUP reload applies to the next ones).
+pub struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(tls::Stream, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`.
+    pub fn start(listener: tokio::net::TcpListener, tls: Arc<tls::Acceptor>) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(accept_tls(listener, tls, tx));
+        TlsListener { ready, local }
+    }
+}
+
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<tls::Acceptor>,
+    ready: tokio::sync::mpsc::Sender<(tls::Stream, std::net::SocketAddr)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // As axum's own listener: out of file descriptors and the like pass; wait a
+                // little instead of spinning.
+                tracing::warn!(error = %e, "HTTP server: accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let setup = tls.current();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, setup.acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => {
+                    let _ = ready.send((tls::Stream::accepted(s), peer)).await;
+                }
+                Ok(Err(e)) => tracing::info!(
+                    client = %peer,
+                    error = %e,
+                    "HTTPS: TLS handshake failed ([http.tls]); connection closed"
+                ),
+                Err(_) => tracing::info!(
+                    client = %peer,
+                    "HTTPS: no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?} ([http.tls]); connection closed"
+                ),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tls::Stream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accepting task ended (the runtime is going down): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 
@@ -480,13 +583,15 @@ pub fn connect_addr(listen: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// One HTTP/1.1 GET to `addr` (`host:port`), with `Authorization: Bearer <token>` when a
-/// token is given; returns the status code and the body. A token holding anything but
-/// visible ASCII is refused before connecting (it would not be one header line).
+/// One HTTP/1.1 GET to `addr` (`host:port`), over TLS with `tls` (the certificate must name
+/// the host of `addr`), with `Authorization: Bearer <token>` when a token is given; returns
+/// the status code and the body. A token holding anything but visible ASCII is refused before
+/// connecting (it would not be one header line).
 pub fn get_blocking(
     addr: &str,
     path: &str,
     token: Option<&str>,
+    tls: Option<&tls::HttpsClient>,
     timeout: std::time::Duration,
 ) -> Result<(u16, String), String> {
     let auth = match token {
@@ -519,22 +624,37 @@ pub fn get_blocking(
             Err(e) => last = format!("cannot connect to {a}: {e}"),
         }
     }
-    let mut s = stream.ok_or(last)?;
-    s.set_read_timeout(Some(timeout))
-        .and_then(|_| s.set_write_timeout(Some(timeout)))
+    let tcp = stream.ok_or(last)?;
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|_| tcp.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("socket: {e}"))?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(t) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            Box::new(t.connect(tcp, host)?)
+        }
+    };
     let host = addr;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
     )
+    .and_then(|_| s.flush())
     .map_err(|e| format!("sending the request to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading the answer from {addr}: {e}"))?;
+    match s.take(16 << 20).read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: what came is judged by its length.
+        Err(e) if tls.is_some() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(format!("reading the answer from {addr}: {e}")),
+    }
     parse_response(&raw).map_err(|e| format!("bad HTTP answer from {addr}: {e}"))
 }
+
+/// A plain or TLS client socket.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// Status code and body of a whole HTTP/1.1 response (Content-Length, chunked, or to EOF).
 fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
@@ -706,6 +826,7 @@ mod tests {
                 "127.0.0.1:1",
                 "/",
                 Some(bad),
+                None,
                 std::time::Duration::from_secs(1),
             )
             .unwrap_err();

@@ -44,6 +44,17 @@ enum Cmd {
         /// token_file.
         #[arg(long, env = "PGSHIFT_HTTP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// With [http.tls]: PEM file of the CA certificate(s) that sign the HTTP server's
+        /// certificate, which must name the host connected to (`[http] listen`, a wildcard
+        /// address as 127.0.0.1 / ::1). Given without [http.tls], HTTPS is used anyway.
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+        /// With [http.tls] client_ca: PEM client certificate to show (with --key).
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key of --cert.
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Like `serve`, with the upgrade started at once (or resumed where it stood; nothing
     /// happens when it is already done). Prints progress lines to stderr.
@@ -79,8 +90,17 @@ fn main() -> std::process::ExitCode {
         println!("{}: configuration is valid", path.display());
         return std::process::ExitCode::SUCCESS;
     }
-    if let Cmd::Status { format, token, .. } = cli.cmd {
-        return status(&cfg, &path, format, token);
+    if let Cmd::Status {
+        format,
+        token,
+        cacert,
+        cert,
+        key,
+        ..
+    } = cli.cmd
+    {
+        let client_cert = cert.zip(key);
+        return status(&cfg, &path, format, token, cacert, client_cert);
     }
     let start_upgrade = matches!(cli.cmd, Cmd::Upgrade { .. });
     // The control plane, accept loop and journal run on a small runtime of their own; client
@@ -124,12 +144,16 @@ fn init_logging() {
 }
 
 /// `pgshift status`: GET /progress from the running pgshift named by the configuration, with
-/// `token` (`--token` / `$PGSHIFT_HTTP_TOKEN`) or else the configuration's token.
+/// `token` (`--token` / `$PGSHIFT_HTTP_TOKEN`) or else the configuration's token; over HTTPS
+/// when the configuration has `[http.tls]` (or `cacert` is given), trusting `cacert` and
+/// showing `client_cert` (certificate and key files) if given.
 fn status(
     cfg: &config::Config,
     path: &std::path::Path,
     format: Format,
     token: Option<String>,
+    cacert: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     let token = match token.filter(|t| !t.is_empty()) {
@@ -157,10 +181,44 @@ fn status(
             return ExitCode::FAILURE;
         }
     };
+    let tls_cfg = &cfg.http.tls;
+    let https = match &cacert {
+        Some(ca) => {
+            let client = client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            match tls::HttpsClient::new(ca, client) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("pgshift status: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None if tls_cfg.enabled() => {
+            eprintln!(
+                "pgshift status: the HTTP server speaks HTTPS ([http.tls] in {}): pass --cacert \
+                 <PEM file of the CA that signs [http.tls] cert>",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    if tls_cfg.client_ca.is_some() && client_cert.is_none() {
+        eprintln!(
+            "pgshift status: [http.tls] client_ca in {} asks for a client certificate: pass \
+             --cert and --key",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let scheme = if https.is_some() { "https" } else { "http" };
     let (code, body) = match http::get_blocking(
         &addr,
         "/progress",
         token.as_deref(),
+        https.as_ref(),
         std::time::Duration::from_secs(5),
     ) {
         Ok(r) => r,
@@ -174,7 +232,7 @@ fn status(
     };
     if code == 401 {
         eprintln!(
-            "pgshift status: GET http://{addr}/progress answered 401: {body}\n\
+            "pgshift status: GET {scheme}://{addr}/progress answered 401: {body}\n\
              pass the HTTP token with --token or PGSHIFT_HTTP_TOKEN, or set [http] token or \
              token_file in {}",
             path.display()
@@ -182,13 +240,13 @@ fn status(
         return ExitCode::FAILURE;
     }
     if code != 200 {
-        eprintln!("pgshift status: GET http://{addr}/progress answered {code}: {body}");
+        eprintln!("pgshift status: GET {scheme}://{addr}/progress answered {code}: {body}");
         return ExitCode::FAILURE;
     }
     let value: serde_json::Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("pgshift status: GET http://{addr}/progress is not JSON ({e}): {body}");
+            eprintln!("pgshift status: GET {scheme}://{addr}/progress is not JSON ({e}): {body}");
             return ExitCode::FAILURE;
         }
     };
@@ -197,7 +255,7 @@ fn status(
         Format::Text => {
             let Some(obj) = value.as_object() else {
                 eprintln!(
-                    "pgshift status: GET http://{addr}/progress is not a JSON object: {body}"
+                    "pgshift status: GET {scheme}://{addr}/progress is not a JSON object: {body}"
                 );
                 return ExitCode::FAILURE;
             };
@@ -226,14 +284,15 @@ fn status(
 }
 
 /// Starts the HTTP server, the metrics recorder, its upkeep and the control-plane sampler when
-/// `[http] listen` is set, with `access` (from [`http_access`]). A listen failure is logged,
-/// not fatal: the proxy serves on. Fails when the bound address is not loopback and there is
-/// no token (validation refuses such a `listen`; this catches a `localhost` that resolves
-/// elsewhere).
+/// `[http] listen` is set, with `access` (from [`http_access`]), over HTTPS with `tls`
+/// (`[http.tls]`). A listen failure is logged, not fatal: the proxy serves on. Fails when the
+/// bound address is not loopback and there is no token (validation refuses such a `listen`;
+/// this catches a `localhost` that resolves elsewhere); TLS does not change that.
 async fn start_http(
     cfg: &config::Config,
     proxy: &Arc<server::Proxy>,
     access: http::Access,
+    tls: Option<Arc<tls::Acceptor>>,
 ) -> anyhow::Result<()> {
     let Some(listen) = cfg.http.listen_addr() else {
         tracing::info!("HTTP server disabled ([http] listen = \"\")");
@@ -276,6 +335,8 @@ async fn start_http(
             listen = %a,
             token = access.has_token(),
             public = ?cfg.http.public,
+            tls = tls.is_some(),
+            client_ca = tls.is_some() && cfg.http.tls.client_ca.is_some(),
             "HTTP server listening (/metrics, /progress, /health, /clients, /servers, /databases, /upgrade/*)"
         );
     }
@@ -286,6 +347,7 @@ async fn start_http(
             prometheus,
             access,
         },
+        tls,
     ));
     Ok(())
 }
@@ -349,8 +411,12 @@ fn start_upgrade_and_report(controller: Arc<Controller>) {
 }
 
 async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<()> {
-    // Before anything else: a token file that may not be used refuses the start-up.
+    // Before anything else: a token file or an [http.tls] file that may not be used refuses
+    // the start-up (even when [http] listen is "": the configuration is wrong either way).
     let access = http_access(&cfg)?;
+    let http_tls = tls::Acceptor::https(&cfg.http.tls)
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
     let controller = Controller::open(cfg.clone()).map_err(|e| anyhow::anyhow!("journal: {e}"))?;
     let (side, epoch) = controller.serving_side();
     let source_addr = routing::BackendAddr::from_config(&cfg.source)
@@ -384,8 +450,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     if let Some(c) = &capture {
         controller.set_capture(c.clone());
     }
-    let acceptor =
-        tls::Acceptor::new(&cfg.proxy.tls).map_err(|e| anyhow::anyhow!("[proxy.tls]: {e}"))?;
+    let acceptor = tls::Acceptor::new(&cfg.proxy.tls).map_err(anyhow::Error::msg)?;
     let proxy = server::Proxy::new(
         cfg.clone(),
         router.clone(),
@@ -396,7 +461,9 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     );
     if proxy.tls.is_some() {
         tracing::info!(mode = ?cfg.proxy.tls.mode, client_ca = cfg.proxy.tls.client_ca.is_some(), "TLS to clients is on");
-        spawn_tls_reload(proxy.clone());
+    }
+    if proxy.tls.is_some() || http_tls.is_some() {
+        spawn_tls_reload(proxy.clone(), http_tls.clone());
     }
     {
         // Per-second snapshots of the traffic histograms (windowed p99 for health checks).
@@ -409,7 +476,7 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
             }
         });
     }
-    start_http(&cfg, &proxy, access).await?;
+    start_http(&cfg, &proxy, access, http_tls).await?;
     controller.attach(router);
     if start_upgrade {
         start_upgrade_and_report(controller.clone());
@@ -423,9 +490,10 @@ async fn serve(cfg: Arc<config::Config>, start_upgrade: bool) -> anyhow::Result<
     }
 }
 
-/// On SIGHUP, reads `[proxy.tls]`'s certificate, key and client CA again: new handshakes
-/// use them, open sessions keep theirs. A file that does not load keeps the previous set-up.
-fn spawn_tls_reload(proxy: Arc<server::Proxy>) {
+/// On SIGHUP, reads the certificate, key and client CA of `[proxy.tls]` (the proxy's) and of
+/// `[http.tls]` (`http`) again: new handshakes use them, open sessions and connections keep
+/// theirs. A file that does not load keeps that section's previous set-up.
+fn spawn_tls_reload(proxy: Arc<server::Proxy>, http: Option<Arc<tls::Acceptor>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(h) => h,
@@ -436,10 +504,14 @@ fn spawn_tls_reload(proxy: Arc<server::Proxy>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if let Some(t) = &proxy.tls {
+            for t in proxy.tls.iter().chain(http.as_deref()) {
                 match t.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Ok(()) => tracing::info!(
+                        section = t.section(),
+                        "SIGHUP: TLS certificate and key reloaded"
+                    ),
                     Err(e) => tracing::error!(
+                        section = t.section(),
                         "SIGHUP: TLS reload failed, the previous certificate stays in use: {e}"
                     ),
                 }
