@@ -299,6 +299,34 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in plan order (`Idle` first, the rollback phases last).
+    pub const ALL: [Phase; 16] = [
+        Phase::Idle,
+        Phase::Preflight,
+        Phase::Provisioning,
+        Phase::SchemaCopy,
+        Phase::InitReplication,
+        Phase::Synchronizing,
+        Phase::Replicating,
+        Phase::Shifting,
+        Phase::HealthCheck,
+        Phase::CuttingOver,
+        Phase::CutOver,
+        Phase::Detaching,
+        Phase::Decommissioning,
+        Phase::Done,
+        Phase::RollingBack,
+        Phase::RolledBack,
+    ];
+
+    /// From the cutover on: an upgrade that reached state `done` in one of these is complete.
+    pub fn after_cutover(self) -> bool {
+        matches!(
+            self,
+            Phase::CutOver | Phase::Detaching | Phase::Decommissioning | Phase::Done
+        )
+    }
+
     /// The status/journal spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2524,5 +2552,17 @@ async fn collect(weak: Weak<Controller>) {
         lock(&this.inner).lag = lag;
         drop(this);
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::Phase;
+
+    #[test]
+    fn every_phase_round_trips_through_its_spelling() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), p, "{}", p.as_str());
+        }
     }
 }

@@ -97,31 +97,9 @@ const TXN_BOUNDS_US: [u64; 16] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
-/// Phases of [`control::controller::Phase`], exported at 0 before they are first seen so that
-/// `pgshift_upgrade_phase` has every series from the start.
-const KNOWN_PHASES: &[&str] = &[
-    "idle",
-    "preflight",
-    "schema_copy",
-    "init_replication",
-    "synchronizing",
-    "replicating",
-    "provisioning",
-    "shifting",
-    "health_check",
-    "cutting_over",
-    "cut_over",
-    "detaching",
-    "decommissioning",
-    "done",
-    "rolling_back",
-    "rolled_back",
-];
 const KNOWN_STATES: &[&str] = &[
     "idle", "running", "waiting", "paused", "alert", "done", "error",
 ];
-/// Phases from the cutover on: an upgrade that reached `done` in one of them is complete.
-const AFTER_CUTOVER: &[&str] = &["cut_over", "detaching", "decommissioning", "done"];
 
 // ----------------------------------------------------------------------------------------
 // Installation, upkeep, rendering
@@ -682,8 +660,13 @@ struct Sampler {
 impl Sampler {
     fn status(&mut self, st: &Sample<'_>) {
         if self.phases.is_empty() {
-            self.phases
-                .extend(KNOWN_PHASES.iter().map(|p| p.to_string()));
+            // Every phase exported at 0 before it is first seen, so that
+            // `pgshift_upgrade_phase` has every series from the start.
+            self.phases.extend(
+                control::controller::Phase::ALL
+                    .iter()
+                    .map(|p| p.as_str().to_string()),
+            );
             self.states
                 .extend(KNOWN_STATES.iter().map(|p| p.to_string()));
         }
@@ -723,7 +706,7 @@ impl Sampler {
             self.phase.as_deref() != Some(st.phase) || self.state.as_deref() != Some(st.state);
         // The first sample only sets the baseline: a restart does not count an old completion.
         let first = self.phase.is_none();
-        let after_cutover = AFTER_CUTOVER.contains(&st.phase);
+        let after_cutover = control::controller::Phase::parse(st.phase).after_cutover();
         if st.state == "done" && after_cutover {
             // Once per upgrade, whether it stops at cut_over or goes on to detach and
             // decommission.
