@@ -9,6 +9,18 @@ use tokio::net::TcpStream;
 /// ReadyForQuery. Panics when the login is refused.
 pub async fn session(port: u16, user: &str, database: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&startup(user, database)).await.unwrap();
+    loop {
+        let (tag, body) = read_msg(&mut s).await.expect("start-up answer");
+        assert_ne!(tag, b'E', "raw login refused: {:?}", error_fields(&body));
+        if tag == b'Z' {
+            return s;
+        }
+    }
+}
+
+/// A StartupMessage (protocol 3.0, 53.7) for `user` and `database`.
+pub fn startup(user: &str, database: &str) -> Vec<u8> {
     let mut body = 196608i32.to_be_bytes().to_vec();
     for (k, v) in [("user", user), ("database", database)] {
         body.extend_from_slice(k.as_bytes());
@@ -19,14 +31,7 @@ pub async fn session(port: u16, user: &str, database: &str) -> TcpStream {
     body.push(0);
     let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     m.extend_from_slice(&body);
-    s.write_all(&m).await.unwrap();
-    loop {
-        let (tag, body) = read_msg(&mut s).await.expect("start-up answer");
-        assert_ne!(tag, b'E', "raw login refused: {:?}", error_fields(&body));
-        if tag == b'Z' {
-            return s;
-        }
-    }
+    m
 }
 
 /// A Query message (53.7) of `sql`.

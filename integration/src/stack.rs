@@ -174,6 +174,27 @@ impl Stack {
         }
     }
 
+    /// Wait until `SHOW UPGRADE STATUS` reports `state` (e.g. `waiting` at the approval of
+    /// the cutover); fail early on state `error`.
+    pub async fn wait_state(
+        &self,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<HashMap<String, Option<String>>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status().await?;
+            let now = s.get("state").cloned().flatten();
+            if now.as_deref() == Some(state) {
+                return Ok(s);
+            }
+            if now.as_deref() == Some("error") || Instant::now() > deadline {
+                bail!("state {state} not reached within {timeout:?}; status {s:?}\npgshift log tail:\n{}", crate::tail_file(&self.pgshift.log_path(), 30));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A pgbench command aimed at pgshift as the application user.
     pub fn pgbench(&self, args: &[&str]) -> Command {
         let mut c = crate::pgbench(args);

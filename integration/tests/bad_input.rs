@@ -39,21 +39,6 @@ fn sqlstate(bytes: &[u8]) -> Option<String> {
     None
 }
 
-fn startup(user: &str, db: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    m.extend_from_slice(&body);
-    m
-}
-
 async fn still_serving(c: &tokio_postgres::Client, what: &str) {
     let n: i64 = c
         .query_one("SELECT count(*) FROM pgbench_branches", &[])
@@ -107,7 +92,8 @@ async fn bad_input_gets_clean_errors_and_disturbs_nobody() {
     // 3. A regular message with length 2^31-1 after login (trust-free path: log in with SCRAM via
     //    tokio-postgres is not possible on a raw socket, so send it where a password is expected).
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(&startup(APP_USER, DB)).unwrap();
+    s.write_all(&integration::raw::startup(APP_USER, DB))
+        .unwrap();
     let mut hdr = [0u8; 1];
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.read_exact(&mut hdr).unwrap();
@@ -177,7 +163,8 @@ async fn bad_input_gets_clean_errors_and_disturbs_nobody() {
         vec![b'Q', 0, 0, 0, 8, b's', b'e', b'l', b'1'],
     ] {
         let mut s = TcpStream::connect(&addr).unwrap();
-        s.write_all(&startup("trusty", DB)).unwrap();
+        s.write_all(&integration::raw::startup("trusty", DB))
+            .unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         // Read up to ReadyForQuery.
         let mut seen = Vec::new();

@@ -337,11 +337,10 @@ async fn mirror_driver_records_large_write_units_within_the_memory_budget() {
         )
         .unwrap();
     stack.admin("START UPGRADE").await.expect("START UPGRADE");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&stack.status().await.unwrap(), "state") != "waiting" {
-        assert!(Instant::now() < deadline, "{:?}", stack.status().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_state("waiting", Duration::from_secs(60))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for id in 0..4 {
         let ci = stack.app_conninfo();
@@ -417,11 +416,10 @@ async fn mirror_driver_records_a_write_whose_client_left_mid_commit() {
         )
         .unwrap();
     stack.admin("START UPGRADE").await.expect("START UPGRADE");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(&stack.status().await.unwrap(), "state") != "waiting" {
-        assert!(Instant::now() < deadline, "{:?}", stack.status().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_state("waiting", Duration::from_secs(60))
+        .await
+        .unwrap();
     let port = stack.pgshift.port;
     let hang_up_after = |sql: Vec<u8>, ms: u64| async move {
         let mut s = raw::session(port, "raw", "app").await;
