@@ -168,17 +168,17 @@
 //! walsender whose `application_name` is the subscription (PostgreSQL docs, "pg_stat_replication";
 //! 0 when PostgreSQL shows NULL because an idle subscriber has caught up).
 
-mod capture;
 mod databases;
 mod plan;
+mod replication;
 mod resync;
+mod switch;
 mod watch;
 
 use crate::journal::{
-    now_rfc3339, Durability, Event, HistoryEntry, Journal, JournalError, StepRow, StepStatus,
-    UpgradeRow,
+    now_rfc3339, Event, HistoryEntry, Journal, JournalError, StepRow, StepStatus, UpgradeRow,
 };
-use crate::logical::{fmt_lsn, Direction, DriverError, Lag, Logical, Preflight, SyncProgress};
+use crate::logical::{Direction, DriverError, Lag, Logical, Preflight, SyncProgress};
 use crate::{CutoverGate, Side, Traffic};
 use config::Config;
 use plan::{Cancel, PlanStep, PlanTask};
@@ -469,6 +469,8 @@ pub struct Controller {
     applied_seen: Mutex<(i64, i64, u64)>,
     /// The proxy's capture, for the `mirror` driver ([`Controller::set_capture`]).
     capture: OnceLock<Arc<dyn crate::Capture>>,
+    /// The configured replication driver's part of every step (see [`replication`]).
+    replication: Box<dyn replication::ReplicationDriver>,
 }
 
 /// Records the row's upgrade id and phase on the controller's span.
@@ -481,16 +483,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Outcome of a switch attempt before the swap.
-struct Abandon {
-    reason: String,
-    resumed: bool,
-}
-
 impl Controller {
     /// Opens (or creates, with its parent directory) the journal at `cfg.journal.path` and
     /// loads the current upgrade from it. Starts nothing: call [`attach`](Self::attach).
     pub fn open(cfg: Arc<Config>) -> Result<Arc<Controller>, ControlError> {
+        let replication = replication::for_config(&cfg);
         let (journal, row) = Journal::open(&cfg.journal.path)?;
         let now = now_rfc3339();
         let row = row.unwrap_or(UpgradeRow {
@@ -555,6 +552,7 @@ impl Controller {
             lsn_client: tokio::sync::Mutex::new(None),
             applied_seen: Mutex::new((0, 0, 0)),
             capture: OnceLock::new(),
+            replication,
         }))
     }
 
@@ -1389,691 +1387,6 @@ impl Controller {
     // Cutover / switch-back
     // ------------------------------------------------------------------------------------
 
-    /// Moves traffic from `dir`'s publisher to its subscriber (forward: source → target =
-    /// cutover; reverse: target → source = rollback after cutover). See the module docs.
-    async fn switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
-        if self.mirror_driver() {
-            return self.switch_capture(dir, actor).await;
-        }
-        let traffic = self.traffic()?;
-        let drivers = self.carried();
-        let from = dir.publisher();
-        let to = dir.subscriber();
-        let (kp, what, busy_phase) = match dir {
-            Direction::Forward => ("cutover", "cutover", Phase::CuttingOver),
-            Direction::Reverse => ("switchback", "rollback", Phase::RollingBack),
-        };
-        let prev = self.row();
-        let prev_phase = Phase::parse(&prev.phase);
-        let id = prev.id;
-        let key = |k: &str| format!("{kp}.{k}");
-
-        // Connections and checks before the pause, for every carried database. Every
-        // statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
-        // e.g. creating the slot waits for every transaction running on that server,
-        // including ones opened outside pgshift.
-        let bound = format!(
-            "SET statement_timeout = {}",
-            self.cfg.upgrade.catchup_timeout_ms.max(1000)
-        );
-        let mut legs = Vec::with_capacity(drivers.len());
-        for (i, d) in drivers.iter().enumerate() {
-            let leg = Leg {
-                i,
-                d: d.clone(),
-                pub_c: d.connect(from).await?,
-                sub_c: d.connect(to).await?,
-                sub: d.names().subscription(dir).to_string(),
-                new_slot: d.names().subscription(dir.reverse()).to_string(),
-            };
-            for (c, side) in [(&leg.pub_c, from), (&leg.sub_c, to)] {
-                c.batch_execute(&bound).await.map_err(|e| {
-                    crate::logical::pg_error(
-                        &format!("{}: SET statement_timeout", d.label(side)),
-                        &e,
-                    )
-                })?;
-            }
-            let sub = &leg.sub;
-            match d.subscription_state(&leg.sub_c, to, sub).await? {
-                None => {
-                    let msg = format!(
-                        "{what} not possible: {}subscription {sub} is missing on the {}; traffic stays on the {}",
-                        leg.tag(),
-                        to.as_str(),
-                        from.as_str()
-                    );
-                    self.fail(actor, None, &msg).await;
-                    return Err(ControlError(msg));
-                }
-                Some(false) => {
-                    d.enable_subscription(&leg.sub_c, to, sub).await?;
-                    tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
-                }
-                Some(true) => {}
-            }
-            if dir == Direction::Forward {
-                // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
-                // TABLE leaves one out, or copying).
-                if let Some(problem) = d.forward_problem(&leg.sub_c).await? {
-                    return Err(ControlError(format!(
-                        "cutover refused: {}{problem}; traffic stays on the source",
-                        leg.tag()
-                    )));
-                }
-            }
-            legs.push(leg);
-        }
-        self.set_phase(
-            actor,
-            busy_phase,
-            RUNNING,
-            &format!(
-                "{what} started: traffic {} → {}",
-                from.as_str(),
-                to.as_str()
-            ),
-        )
-        .await?;
-
-        let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
-        let catchup_timeout = Duration::from_millis(self.cfg.upgrade.catchup_timeout_ms);
-
-        // Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
-        // (it cannot come during the pause: the sessions are held). Then client sessions
-        // that hold what cannot move: wait, then refuse or let them end.
-        let ready: Result<(), String> = async {
-            let started = Instant::now();
-            for leg in &legs {
-                let left = drain_timeout.saturating_sub(started.elapsed());
-                wait_no_prepared(&leg.d, &leg.pub_c, from, left)
-                    .await
-                    .map_err(|e| format!("{}{}", leg.tag(), e.message))?;
-            }
-            self.wait_unpinned(&traffic, to, drain_timeout).await
-        }
-        .await;
-        if let Err(why) = ready {
-            let why = format!(
-                "{what} not started: {why}; traffic stays on the {}",
-                from.as_str()
-            );
-            let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
-            return Err(ControlError(msg));
-        }
-        // Before the pause: let the subscribers apply the publishers' current positions, so
-        // the pause covers only what is written meanwhile. This also waits out an apply worker
-        // that has not started yet (the launcher starts at most one per
-        // wal_retrieve_retry_interval, 5 s by default, e.g. right after the previous switch
-        // created the subscription).
-        self.journal
-            .step(id, &key("precatchup"), StepStatus::Started, None, actor)
-            .await?;
-        let pre = futures_util::future::try_join_all(
-            legs.iter()
-                .map(|leg| self.precatchup(leg, dir, what, catchup_timeout)),
-        )
-        .await
-        .map(|v| v.join("; "));
-        match pre {
-            Ok(detail) => {
-                self.journal
-                    .step(
-                        id,
-                        &key("precatchup"),
-                        StepStatus::Done,
-                        Some(detail),
-                        actor,
-                    )
-                    .await?
-            }
-            Err(e) => {
-                let _ = self
-                    .journal
-                    .step(
-                        id,
-                        &key("precatchup"),
-                        StepStatus::Failed,
-                        Some(e.message.clone()),
-                        actor,
-                    )
-                    .await;
-                let msg = self
-                    .abandon_switch(dir, actor, prev_phase, &e.message)
-                    .await;
-                return Err(ControlError(msg));
-            }
-        }
-        let new_epoch = i64::try_from(traffic.route().epoch)
-            .unwrap_or(0)
-            .max(prev.epoch)
-            + 1;
-        // Where the pause goes, in ms: each protocol step, and the journal writes.
-        let mut laps = Laps::default();
-
-        self.journal
-            .step(id, &key("drain"), StepStatus::Started, None, actor)
-            .await?;
-        // Apply synchronously from now on, so the subscribers report their positions at once.
-        for leg in &legs {
-            if let Err(e) = leg
-                .d
-                .set_subscription_sync_commit(&leg.sub_c, to, &leg.sub, true)
-                .await
-            {
-                let msg = self
-                    .abandon_switch(dir, actor, prev_phase, &e.message)
-                    .await;
-                return Err(ControlError(msg));
-            }
-        }
-        let paused_at = Instant::now();
-        laps.start(paused_at);
-        traffic.pause_for_switch(to);
-        let pre_swap: Result<(), Abandon> = async {
-            // a. drain
-            if let Err(busy) = drain(&traffic, paused_at, drain_timeout).await {
-                traffic.resume();
-                return Err(Abandon {
-                    reason: format!(
-                        "drain deadline passed: {busy} sessions still in a transaction; {what} abandoned, traffic stays on the {}",
-                        from.as_str()
-                    ),
-                    resumed: true,
-                });
-            }
-            // One prepared between the wait above and the pause: the next attempt waits for it.
-            let mut open = Vec::new();
-            for leg in &legs {
-                let gids = leg.d.prepared_xacts(&leg.pub_c, from).await.map_err(abandon)?;
-                open.extend(gids.into_iter().map(|g| format!("{}{g}", leg.tag())));
-            }
-            if !open.is_empty() {
-                traffic.resume();
-                return Err(Abandon {
-                    reason: format!(
-                        "{} prepared transaction(s) open on the {}: {}; {what} abandoned, traffic stays on the {}",
-                        open.len(),
-                        from.as_str(),
-                        open.join(", "),
-                        from.as_str()
-                    ),
-                    resumed: true,
-                });
-            }
-            let drained = laps.lap("drain");
-            self.transition(id, actor, &key("drain"), format!("drained in {drained:.1} ms"), &key("catchup"))
-                .await?;
-            laps.lap("journal");
-
-            // b. catch-up: a barrier in every database, each waited for at once
-            let xs = futures_util::future::try_join_all(
-                legs.iter().map(|leg| catch_up(leg, dir, what, catchup_timeout)),
-            )
-            .await?;
-            let caught = laps.lap("catch-up");
-            let applied: Vec<String> = legs
-                .iter()
-                .zip(&xs)
-                .map(|(leg, x)| format!("{}{}", leg.tag(), fmt_lsn(*x)))
-                .collect();
-            self.transition(
-                id,
-                actor,
-                &key("catchup"),
-                format!("{} applied {} in {caught:.1} ms", to.as_str(), applied.join(", ")),
-                &key("stop_apply"),
-            )
-            .await?;
-            laps.lap("journal");
-
-            // c. stop the running direction's apply
-            futures_util::future::try_join_all(legs.iter().map(|leg| async move {
-                leg.d
-                    .stop_subscription(&leg.sub_c, to, &leg.sub, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| leg.abandon(e))
-            }))
-            .await?;
-            laps.lap("stop apply");
-            let subs: Vec<&str> = legs.iter().map(|l| l.sub.as_str()).collect();
-            self.transition(id, actor, &key("stop_apply"), format!("subscription {} disabled", subs.join(", ")), &key("sequences"))
-                .await?;
-            laps.lap("journal");
-
-            // d. sequences
-            let ns = futures_util::future::try_join_all(legs.iter().map(|leg| async move {
-                leg.d
-                    .sync_sequences(&leg.pub_c, from, &leg.sub_c, to)
-                    .await
-                    .map_err(|e| leg.abandon(e))
-            }))
-            .await?;
-            let n: u64 = ns.iter().map(|n| *n as u64).sum();
-            laps.lap("sequences");
-            self.transition(id, actor, &key("sequences"), format!("{n} sequences set"), &key("slot")).await?;
-            laps.lap("journal");
-
-            // e. the reverse slots, fresh
-            let lsns = futures_util::future::try_join_all(legs.iter().map(|leg| async move {
-                leg.d
-                    .recreate_slot(&leg.sub_c, to, &leg.new_slot)
-                    .await
-                    .map_err(|e| leg.abandon(e))
-            }))
-            .await?;
-            laps.lap("slot");
-            let slots: Vec<String> = legs
-                .iter()
-                .zip(&lsns)
-                .map(|(leg, lsn)| format!("slot {} created at {}", leg.new_slot, fmt_lsn(*lsn)))
-                .collect();
-            // f. journal the swap (slot done + swap started + new side/epoch in one transaction) ...
-            let _w = self.row_write.lock().await;
-            let mut row = self.row();
-            row.serving_side = to.as_str().into();
-            row.epoch = new_epoch;
-            row.direction = dir.reverse().as_str().into();
-            // The new serving side gets everything: no weighted share to the old one.
-            row.weight = 0;
-            row.updated_at = now_rfc3339();
-            self.journal
-                .transitions(
-                    id,
-                    vec![
-                        (key("slot"), StepStatus::Done, Some(slots.join("; "))),
-                        (key("swap"), StepStatus::Started, Some(format!("to {}, epoch {new_epoch}", to.as_str()))),
-                    ],
-                    Some(row.clone()),
-                    actor,
-                    Durability::Full,
-                )
-                .await
-                .map_err(|e| Abandon { reason: format!("journal: {e}"), resumed: false })?;
-            note_row(&self.span, &row);
-            lock(&self.inner).row = row;
-            laps.lap("journal");
-            Ok(())
-        }
-        .await;
-
-        if let Err(ab) = pre_swap {
-            if !ab.resumed {
-                traffic.resume();
-            }
-            let msg = self
-                .abandon_switch(dir, actor, prev_phase, &ab.reason)
-                .await;
-            return Err(ControlError(msg));
-        }
-
-        // ... then switch (this also unpauses). The weighted share goes first, while paused:
-        // nothing is routed between the two publications.
-        if traffic.weight() != 0 {
-            traffic.set_weight(0);
-        }
-        traffic.switch_to(to, u64::try_from(new_epoch).unwrap_or(1));
-        lock(&self.inner).swapped_at = Some(Instant::now());
-        let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
-        let breakdown = laps.summary();
-        let dbs = if legs.len() > 1 {
-            format!(", {} databases", legs.len())
-        } else {
-            String::new()
-        };
-        let swap_msg = format!(
-            "swapped to {}, epoch {new_epoch}{dbs}: pause {pause_ms:.1} ms ({breakdown})",
-            to.as_str()
-        );
-        tracing::info!("{swap_msg}");
-        let _ = self
-            .journal
-            .step(
-                id,
-                &key("swap"),
-                StepStatus::Done,
-                Some(swap_msg.clone()),
-                actor,
-            )
-            .await;
-        let _ = self.journal.event(actor, "swap", &swap_msg).await;
-        drop(legs);
-
-        let fin = self.finish_switch(dir, actor).await?;
-        Ok(format!(
-            "{what} done: traffic on the {} at epoch {new_epoch}{dbs}; pause {pause_ms:.1} ms ({breakdown}); {fin}",
-            to.as_str()
-        ))
-    }
-
-    /// The precatchup of one database (module docs, "Cutover"): waits, at most `timeout`,
-    /// until the subscriber applied the publisher's current position and is at most
-    /// `[upgrade] pause_lag_bytes` behind. Returns what it saw.
-    async fn precatchup(
-        &self,
-        leg: &Leg,
-        dir: Direction,
-        what: &str,
-        catchup_timeout: Duration,
-    ) -> Result<String, DriverError> {
-        let (d, pub_c) = (&leg.d, &leg.pub_c);
-        let (from, to) = (dir.publisher(), dir.subscriber());
-        let tag = leg.tag();
-        let x0 = d.current_lsn(pub_c, from).await?;
-        let started = Instant::now();
-        let pause_lag = self.cfg.upgrade.pause_lag_bytes;
-        let mut reached = None;
-        let mut lag = None;
-        loop {
-            let a = d.applied(pub_c, dir).await?;
-            if reached.is_none() && a.position().is_some_and(|p| p >= x0) {
-                reached = Some(started.elapsed());
-            }
-            if let (Some(t), Some(p)) = (reached, a.position()) {
-                // Then the pause starts only while the lag is small: the catch-up inside
-                // it is only as long as applying that much.
-                let behind = d.current_lsn(pub_c, from).await?.saturating_sub(p);
-                if behind <= pause_lag {
-                    return Ok(format!(
-                        "{tag}{} applied {} in {} ms; {behind} bytes behind at the pause (pause_lag_bytes {pause_lag}) after {} ms",
-                        to.as_str(),
-                        fmt_lsn(x0),
-                        t.as_millis(),
-                        started.elapsed().as_millis()
-                    ));
-                }
-                lag = Some(behind);
-            }
-            if started.elapsed() >= catchup_timeout {
-                if let Some(behind) = lag {
-                    return Err(DriverError::new(format!(
-                        "{tag}the {} stayed more than [upgrade] pause_lag_bytes ({pause_lag}) behind the {} for {} ms (last {behind} bytes); \
-                         {what} not started, traffic stays on the {}; lower the write load or raise pause_lag_bytes",
-                        to.as_str(),
-                        from.as_str(),
-                        catchup_timeout.as_millis(),
-                        from.as_str()
-                    )));
-                }
-                let at = a.position();
-                return Err(DriverError::new(format!(
-                    "{tag}the {} has not applied the {}'s position {} within {} ms (applied up to {}, {} bytes behind); \
-                     {what} not started, traffic stays on the {}; check replication (SHOW UPGRADE STATUS, the servers' logs)",
-                    to.as_str(),
-                    from.as_str(),
-                    fmt_lsn(x0),
-                    catchup_timeout.as_millis(),
-                    at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
-                    at.map(|p| x0.saturating_sub(p).to_string()).unwrap_or_else(|| "?".into()),
-                    from.as_str()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn transition(
-        &self,
-        id: i64,
-        actor: &str,
-        done: &str,
-        detail: String,
-        next: &str,
-    ) -> Result<(), Abandon> {
-        self.journal
-            .transitions(
-                id,
-                vec![
-                    (done.to_string(), StepStatus::Done, Some(detail)),
-                    (next.to_string(), StepStatus::Started, None),
-                ],
-                None,
-                actor,
-                Durability::Process,
-            )
-            .await
-            .map_err(|e| Abandon {
-                reason: format!("journal: {e}"),
-                resumed: false,
-            })
-    }
-
-    /// Waits (polling every 10 ms, for at most `timeout`) until no client session of a
-    /// carried database is pinned ([`TrafficControl::pinned`](crate::TrafficControl::pinned)).
-    /// When some still are: `[upgrade] pinned = "refuse"` gives `Err(reason)` naming them;
-    /// `"terminate"` asks the proxy to end them when they move (FATAL 57P01) and gives `Ok`.
-    async fn wait_unpinned(
-        &self,
-        traffic: &Traffic,
-        to: Side,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let started = Instant::now();
-        loop {
-            let pinned: Vec<_> = traffic
-                .pinned()
-                .into_iter()
-                .filter(|p| self.carries(&p.database))
-                .collect();
-            if pinned.is_empty() {
-                return Ok(());
-            }
-            if started.elapsed() >= timeout {
-                let names = pinned
-                    .iter()
-                    .take(10)
-                    .map(|p| {
-                        format!(
-                            "pid {} (user {}, database {}: {})",
-                            p.pid, p.user, p.database, p.reason
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let more = if pinned.len() > 10 {
-                    format!(" and {} more", pinned.len() - 10)
-                } else {
-                    String::new()
-                };
-                return match self.cfg.upgrade.pinned {
-                    config::PinnedPolicy::Refuse => Err(format!(
-                        "{} client sessions still hold state that cannot move to the {} after {} ms ([upgrade] drain_timeout_ms): {names}{more}; \
-                         end them (or what they hold), or set [upgrade] pinned = \"terminate\"",
-                        pinned.len(),
-                        to.as_str(),
-                        timeout.as_millis()
-                    )),
-                    config::PinnedPolicy::Terminate => {
-                        let n = traffic.end_pinned(&format!(
-                            "terminating connection: the upgrade moves traffic to the {} server and this session holds state that cannot move with it",
-                            to.as_str()
-                        ));
-                        tracing::warn!(
-                            "{n} pinned client sessions end at the switch ([upgrade] pinned = \"terminate\"): {names}{more}"
-                        );
-                        Ok(())
-                    }
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// After a failure before the swap (traffic already resumed): re-enable the running
-    /// subscription, drop the new slot, return to `prev_phase` with state `error`.
-    async fn abandon_switch(
-        &self,
-        dir: Direction,
-        actor: &str,
-        prev_phase: Phase,
-        reason: &str,
-    ) -> String {
-        let to = dir.subscriber();
-        let mut msg = reason.to_string();
-        for (i, d) in self.carried().iter().enumerate() {
-            let sub = d.names().subscription(dir).to_string();
-            let new_slot = d.names().subscription(dir.reverse()).to_string();
-            let cleanup: Result<(), DriverError> = async {
-                let c = d.connect(to).await?;
-                d.set_subscription_sync_commit(&c, to, &sub, false).await?;
-                d.enable_subscription(&c, to, &sub).await?;
-                // No subscription of the other direction exists before the swap: the slot is unused.
-                if d.subscription_state(
-                    &d.connect(dir.publisher()).await?,
-                    dir.publisher(),
-                    &new_slot,
-                )
-                .await?
-                .is_none()
-                {
-                    d.drop_slot(&c, to, &new_slot).await?;
-                }
-                Ok(())
-            }
-            .await;
-            if let Err(e) = cleanup {
-                msg.push_str(&format!(
-                    "; cleanup incomplete ({}): {}subscription {sub} on the {} may still be disabled, retry the command",
-                    e.message,
-                    plan::db_tag(i, d),
-                    to.as_str()
-                ));
-            }
-        }
-        let row = self.row();
-        let _ = self
-            .journal
-            .step(
-                row.id,
-                "abandon",
-                StepStatus::Done,
-                Some(msg.clone()),
-                actor,
-            )
-            .await;
-        if self.retrying_switch.load(Ordering::SeqCst) {
-            // The plan tries again: no `error` state in between.
-            let _ = self
-                .save(actor, "retry", &msg, |r| {
-                    r.phase = prev_phase.as_str().into();
-                    r.state = RUNNING.into();
-                    r.last_error = Some(msg.clone());
-                })
-                .await;
-        } else {
-            self.fail(actor, Some(prev_phase), &msg).await;
-        }
-        msg
-    }
-
-    /// Whether a switch of direction `dir` swapped traffic but its post-swap steps
-    /// ([`finish_switch`](Self::finish_switch)) have not all succeeded: the row is still in
-    /// the switch's phase with traffic on `dir`'s subscriber.
-    pub(super) fn switch_incomplete(&self, dir: Direction) -> bool {
-        let row = self.row();
-        let phase = match dir {
-            Direction::Forward => Phase::CuttingOver,
-            Direction::Reverse => Phase::RollingBack,
-        };
-        Phase::parse(&row.phase) == phase && row.serving_side == dir.subscriber().as_str()
-    }
-
-    /// Post-swap steps of a switch of direction `dir` (the direction that ran before it):
-    /// subscription of the other direction on the new slot, then drop the old subscription.
-    async fn finish_switch(&self, dir: Direction, actor: &str) -> Result<String, ControlError> {
-        if self.mirror_driver() {
-            // The capture of the new direction started inside the switch: nothing after it.
-            let (phase, state) = match dir {
-                Direction::Forward => (Phase::CutOver, RUNNING),
-                Direction::Reverse => (Phase::RolledBack, DONE),
-            };
-            let msg = format!("{} capture running", dir.reverse().as_str());
-            self.save(actor, "phase", &msg, |r| {
-                r.phase = phase.as_str().into();
-                r.state = state.into();
-                r.last_error = None;
-                r.direction = dir.reverse().as_str().into();
-            })
-            .await?;
-            return Ok(msg);
-        }
-        let (kp, done_phase, done_state) = match dir {
-            // After a cutover the plan goes on (health checks, DetachOld...).
-            Direction::Forward => ("cutover", Phase::CutOver, RUNNING),
-            Direction::Reverse => ("switchback", Phase::RolledBack, DONE),
-        };
-        let new_dir = dir.reverse();
-        let res: Result<(String, String), ControlError> = async {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            for (i, d) in self.carried().iter().enumerate() {
-                let m = self
-                    .step(
-                        actor,
-                        &plan::db_key(&format!("{kp}.new_sub"), i, d),
-                        || async {
-                            d.ensure_subscription_on_slot(new_dir)
-                                .await
-                                .map(|m| (m.clone(), m))
-                        },
-                    )
-                    .await?;
-                a.push(plan::db_detail(i, d, &m));
-                let m = self
-                    .step(
-                        actor,
-                        &plan::db_key(&format!("{kp}.drop_old_sub"), i, d),
-                        || async { d.drop_subscription(dir).await.map(|m| (m.clone(), m)) },
-                    )
-                    .await?;
-                b.push(plan::db_detail(i, d, &m));
-            }
-            Ok((a.join("; "), b.join("; ")))
-        }
-        .await;
-        match res {
-            Ok((a, b)) => {
-                let msg = format!(
-                    "{} replication {} → {} running ({a}; {b})",
-                    new_dir.as_str(),
-                    new_dir.publisher().as_str(),
-                    new_dir.subscriber().as_str()
-                );
-                self.save(actor, "phase", &msg, |r| {
-                    r.phase = done_phase.as_str().into();
-                    r.state = done_state.into();
-                    r.last_error = None;
-                    r.direction = new_dir.as_str().into();
-                })
-                .await?;
-                Ok(msg)
-            }
-            Err(e) => {
-                let side = new_dir.publisher();
-                let msg = format!(
-                    "traffic is on the {} but a step after the swap failed: {}; {} replication {} → {} is not running yet",
-                    side.as_str(),
-                    e.0,
-                    new_dir.as_str(),
-                    new_dir.publisher().as_str(),
-                    new_dir.subscriber().as_str()
-                );
-                if self.retrying_switch.load(Ordering::SeqCst) {
-                    // The plan tries again: state `running`, the reason in last_error.
-                    let _ = self
-                        .save(actor, "retry", &msg, |r| {
-                            r.state = RUNNING.into();
-                            r.last_error = Some(msg.clone());
-                        })
-                        .await;
-                    return Err(ControlError(msg));
-                }
-                let msg = format!("{msg}; run the command again to finish");
-                self.fail(actor, None, &msg).await;
-                Err(ControlError(msg))
-            }
-        }
-    }
-
     // ------------------------------------------------------------------------------------
     // Rollback before cutover
     // ------------------------------------------------------------------------------------
@@ -2116,41 +1429,14 @@ impl Controller {
             g.current = None;
             g.post_watch = false;
         }
-        let drivers = self.carried();
         let local = crate::provider::Local::target(&self.cfg);
         let res: Result<Vec<String>, ControlError> = async {
             let mut done = Vec::new();
             // A target pgshift provisions but has not made yet: only the source has objects.
             let target_absent = local.as_ref().is_some_and(|l| !l.made_by_pgshift());
-            let removed = if self.mirror_driver() && !target_absent {
-                self.step(actor, "teardown", || async {
-                    self.teardown_capture().await.map(|v| ((), v.join("; ")))
-                })
-                .await
-            } else if target_absent {
-                self.step(actor, "teardown", || async {
-                    teardown_all(&drivers, true).await.map(|v| ((), v))
-                })
-                .await
-            } else {
-                let full = self
-                    .step(actor, "teardown", || async {
-                        teardown_all(&drivers, false).await.map(|v| ((), v))
-                    })
-                    .await;
-                match (full, &local) {
-                    // The provisioned target is going anyway: clean the source alone.
-                    (Err(e), Some(_)) => {
-                        tracing::warn!(error = %e, "teardown on both servers failed; cleaning the source, the provisioned target is deleted next");
-                        self.step(actor, "teardown.source", || async {
-                            teardown_all(&drivers, true).await.map(|v| ((), v))
-                        })
-                        .await
-                    }
-                    (r, _) => r,
-                }
-            };
-            removed?;
+            self.replication
+                .teardown(self, actor, target_absent, local.is_some())
+                .await?;
             done.push("replication objects removed".to_string());
             if let Some(l) = &local {
                 let msg = self
@@ -2287,197 +1573,11 @@ impl Controller {
     }
 }
 
-#[derive(Default)]
-struct Laps {
-    last: Option<Instant>,
-    laps: Vec<(&'static str, f64)>,
-}
-
-impl Laps {
-    /// Ends the current lap under `name` and returns its length in ms.
-    fn lap(&mut self, name: &'static str) -> f64 {
-        let now = Instant::now();
-        let ms = self
-            .last
-            .map(|t| (now - t).as_secs_f64() * 1000.0)
-            .unwrap_or(0.0);
-        self.last = Some(now);
-        match self.laps.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => *v += ms,
-            None => self.laps.push((name, ms)),
-        }
-        ms
-    }
-    fn start(&mut self, at: Instant) {
-        self.last = Some(at);
-    }
-    fn summary(&self) -> String {
-        let parts: Vec<String> = self
-            .laps
-            .iter()
-            .map(|(n, v)| format!("{n} {v:.1}"))
-            .collect();
-        format!("{} ms", parts.join(", "))
-    }
-}
-
-/// One carried database's part of a switch: its driver and its connections to both sides.
-struct Leg {
-    /// Index in the carried set (0 = the primary database).
-    i: usize,
-    d: Logical,
-    pub_c: tokio_postgres::Client,
-    sub_c: tokio_postgres::Client,
-    /// The running direction's subscription.
-    sub: String,
-    /// The slot of the other direction, made fresh at the switch.
-    new_slot: String,
-}
-
-impl Leg {
-    /// `database <name>: ` for a non-primary database, for messages; empty for the primary.
-    fn tag(&self) -> String {
-        plan::db_tag(self.i, &self.d)
-    }
-
-    fn abandon(&self, e: DriverError) -> Abandon {
-        Abandon {
-            reason: format!("{}{}", self.tag(), e.message),
-            resumed: false,
-        }
-    }
-}
-
-/// Inside the pause: the barrier on the publisher (module docs, "The catch-up barrier") and
-/// the wait, at most `timeout`, until the subscriber applied it. Returns the barrier LSN.
-async fn catch_up(
-    leg: &Leg,
-    dir: Direction,
-    what: &str,
-    timeout: Duration,
-) -> Result<u64, Abandon> {
-    let (from, to) = (dir.publisher(), dir.subscriber());
-    let x = leg
-        .d
-        .barrier_lsn(&leg.pub_c, from)
-        .await
-        .map_err(|e| leg.abandon(e))?;
-    let started = Instant::now();
-    loop {
-        let a = leg
-            .d
-            .applied(&leg.pub_c, dir)
-            .await
-            .map_err(|e| leg.abandon(e))?;
-        if a.position().is_some_and(|p| p >= x) {
-            return Ok(x);
-        }
-        if started.elapsed() >= timeout {
-            let at = a.position();
-            return Err(Abandon {
-                reason: format!(
-                    "{}catch-up deadline passed after {} ms: the {} applied up to {}, the {} is at {} ({} bytes behind); \
-                     {what} abandoned, traffic stays on the {}",
-                    leg.tag(),
-                    started.elapsed().as_millis(),
-                    to.as_str(),
-                    at.map(fmt_lsn).unwrap_or_else(|| "nothing".into()),
-                    from.as_str(),
-                    fmt_lsn(x),
-                    at.map(|p| x.saturating_sub(p).to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    from.as_str()
-                ),
-                resumed: false,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// The larger of two optional values (`None` only when both are).
 fn max_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if b > a { b } else { a }),
         (a, b) => a.or(b),
-    }
-}
-
-/// Removes the replication objects of every carried database (`source_only`: on the source
-/// alone). What was removed, `; `-separated.
-async fn teardown_all(drivers: &[Logical], source_only: bool) -> Result<String, DriverError> {
-    let mut out = Vec::new();
-    for (i, d) in drivers.iter().enumerate() {
-        let v = if source_only {
-            d.teardown_source().await?
-        } else {
-            d.teardown().await?
-        };
-        out.extend(v.iter().map(|m| plan::db_detail(i, d, m)));
-    }
-    Ok(out.join("; "))
-}
-
-fn abandon(e: DriverError) -> Abandon {
-    Abandon {
-        reason: e.message,
-        resumed: false,
-    }
-}
-
-impl From<JournalError> for Abandon {
-    fn from(e: JournalError) -> Self {
-        Abandon {
-            reason: format!("journal: {e}"),
-            resumed: false,
-        }
-    }
-}
-
-/// Waits (polling every 10 ms, for at most `timeout`) until the publisher `side` (connection
-/// `c`) has no prepared transaction open in its database. `Err` names them when the time is up.
-async fn wait_no_prepared(
-    d: &crate::logical::Logical,
-    c: &tokio_postgres::Client,
-    side: Side,
-    timeout: Duration,
-) -> Result<(), DriverError> {
-    let started = Instant::now();
-    loop {
-        let open = d.prepared_xacts(c, side).await?;
-        if open.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= timeout {
-            return Err(DriverError::new(format!(
-                "{} prepared transaction(s) still open on the {} after {} ms ([upgrade] drain_timeout_ms): {}; \
-                 COMMIT PREPARED or ROLLBACK PREPARED them",
-                open.len(),
-                side.as_str(),
-                timeout.as_millis(),
-                open.join(", ")
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits (polling every 1 ms) until no session is inside a transaction, while traffic is
-/// paused. `Err(busy)`: the sessions still in one when `timeout` after `paused_at` passed.
-pub(super) async fn drain(
-    traffic: &Traffic,
-    paused_at: Instant,
-    timeout: Duration,
-) -> Result<(), usize> {
-    loop {
-        let busy = traffic.busy_sessions();
-        if busy == 0 {
-            return Ok(());
-        }
-        if paused_at.elapsed() >= timeout {
-            return Err(busy);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -2497,57 +1597,56 @@ async fn collect(weak: Weak<Controller>) {
                 lock(&this.live).lag.clear();
                 None
             }
-            // The mirror driver: bytes recorded and not applied yet.
-            Some(_) if this.capture.get().is_some() => this.capture_state().map(|st| Lag {
-                bytes: Some(i64::try_from(st.lag_bytes).unwrap_or(i64::MAX)),
-                seconds: None,
-            }),
-            Some(d) => {
-                // Every carried database; the upgrade's lag is the largest of theirs.
-                let side = d.publisher();
-                let mut worst: Option<Lag> = None;
-                for drv in this.carried().iter() {
-                    let k = (drv.database(Side::Source).to_string(), side);
-                    if clients.get(&k).is_none_or(|c| c.is_closed()) {
-                        match drv.connect(side).await {
-                            Ok(c) => {
-                                clients.insert(k.clone(), c);
-                            }
-                            Err(_) => {
-                                clients.remove(&k);
+            Some(d) => match this.replication.lag_probe(&this) {
+                // The driver knows (the mirror driver: bytes recorded and not applied yet).
+                replication::LagProbe::Known(l) => l,
+                replication::LagProbe::Slots => {
+                    // Every carried database; the upgrade's lag is the largest of theirs.
+                    let side = d.publisher();
+                    let mut worst: Option<Lag> = None;
+                    for drv in this.carried().iter() {
+                        let k = (drv.database(Side::Source).to_string(), side);
+                        if clients.get(&k).is_none_or(|c| c.is_closed()) {
+                            match drv.connect(side).await {
+                                Ok(c) => {
+                                    clients.insert(k.clone(), c);
+                                }
+                                Err(_) => {
+                                    clients.remove(&k);
+                                }
                             }
                         }
-                    }
-                    let l = match clients.get(&k) {
-                        None => None,
-                        Some(c) => match drv.lag(c, d).await {
-                            Ok(l) => {
-                                failures = 0;
-                                l
-                            }
-                            Err(e) => {
-                                failures += 1;
-                                if failures % 60 == 1 {
-                                    tracing::warn!(error = %e.message, database = %k.0, "lag collector");
+                        let l = match clients.get(&k) {
+                            None => None,
+                            Some(c) => match drv.lag(c, d).await {
+                                Ok(l) => {
+                                    failures = 0;
+                                    l
                                 }
-                                clients.remove(&k);
-                                None
-                            }
-                        },
-                    };
-                    if let Some(l) = l {
-                        worst = Some(match worst {
-                            None => l,
-                            Some(w) => Lag {
-                                bytes: max_opt(w.bytes, l.bytes),
-                                seconds: max_opt(w.seconds, l.seconds),
+                                Err(e) => {
+                                    failures += 1;
+                                    if failures % 60 == 1 {
+                                        tracing::warn!(error = %e.message, database = %k.0, "lag collector");
+                                    }
+                                    clients.remove(&k);
+                                    None
+                                }
                             },
-                        });
+                        };
+                        if let Some(l) = l {
+                            worst = Some(match worst {
+                                None => l,
+                                Some(w) => Lag {
+                                    bytes: max_opt(w.bytes, l.bytes),
+                                    seconds: max_opt(w.seconds, l.seconds),
+                                },
+                            });
+                        }
+                        lock(&this.live).lag.insert(k.0, l);
                     }
-                    lock(&this.live).lag.insert(k.0, l);
+                    worst
                 }
-                worst
-            }
+            },
         };
         lock(&this.inner).lag = lag;
         drop(this);

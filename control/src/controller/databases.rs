@@ -140,7 +140,7 @@ impl Controller {
     /// (a listed database that does not exist, the source unreachable).
     pub(super) async fn resolve_databases(&self) -> Result<Vec<String>, String> {
         let primary = self.cfg.source.dbname.clone();
-        if self.mirror_driver() || self.driver.same_server() {
+        if self.replication.primary_only() || self.driver.same_server() {
             return Ok(vec![primary]);
         }
         let all = self
@@ -190,7 +190,7 @@ impl Controller {
         }
         let runs = drivers.iter().map(|d| {
             let t = target && !missing.contains(d.database(Side::Target));
-            async move { self.driver_preflight(d.preflight_scope(t).await) }
+            async move { self.replication.preflight(self, d.preflight_scope(t).await) }
         });
         let mut all = futures_util::future::join_all(runs).await.into_iter();
         let mut out = all.next().unwrap_or_default();

@@ -422,7 +422,8 @@ impl Controller {
         let cfg = self.cfg.clone();
         match step.kind {
             StepKind::ValidateInput => {
-                self.enter(cancel, actor, Phase::Preflight, "validating the input").await?;
+                self.enter(cancel, actor, Phase::Preflight, "validating the input")
+                    .await?;
                 self.run_step(actor, cancel, step, true, || async {
                     let (failures, notes) = self.validate().await;
                     if failures.is_empty() {
@@ -446,13 +447,25 @@ impl Controller {
                 .await?;
             }
             StepKind::ProvisionTarget => match Local::target(&cfg) {
-                None => self.record(actor, step, "skipped: no [target.provision]; the target server exists").await?,
+                None => {
+                    self.record(
+                        actor,
+                        step,
+                        "skipped: no [target.provision]; the target server exists",
+                    )
+                    .await?
+                }
                 Some(local) => {
-                    self.enter(cancel, actor, Phase::Provisioning, &format!(
-                        "provisioning PostgreSQL {} in {}",
-                        local.spec.major,
-                        local.data_dir().display()
-                    ))
+                    self.enter(
+                        cancel,
+                        actor,
+                        Phase::Provisioning,
+                        &format!(
+                            "provisioning PostgreSQL {} in {}",
+                            local.spec.major,
+                            local.data_dir().display()
+                        ),
+                    )
                     .await?;
                     self.run_step(actor, cancel, step, true, || async {
                         let src = d.connect(Side::Source).await?;
@@ -462,30 +475,25 @@ impl Controller {
                 }
             },
             StepKind::ConfigureParams => {
-                self.record(
-                    actor,
-                    step,
-                    if self.mirror_driver() {
-                        "mirror driver: nothing to configure (no logical decoding; pgshift records and applies the writes itself)"
-                    } else {
-                        "logical driver: nothing to configure (validate_input checked wal_level, slots, WAL senders and workers; a provisioned target was made with wal_level = logical)"
-                    },
-                )
-                .await?
+                self.record(actor, step, self.replication.configure_params_note())
+                    .await?
             }
             StepKind::InstallExtension => {
-                self.record(
-                    actor,
-                    step,
-                    "logical driver: no extension to install (native publications and subscriptions)",
-                )
-                .await?
+                self.record(actor, step, self.replication.install_extension_note())
+                    .await?
             }
             StepKind::InitReplication => {
-                self.enter(cancel, actor, Phase::InitReplication, "creating publications and the subscription")
-                    .await?;
-                self.run_step(actor, cancel, step, true, || self.init_replication(actor, cancel))
-                    .await?;
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::InitReplication,
+                    "creating publications and the subscription",
+                )
+                .await?;
+                self.run_step(actor, cancel, step, true, || {
+                    self.init_replication(actor, cancel)
+                })
+                .await?;
             }
             StepKind::WaitForSync => {
                 let saved = self
@@ -507,10 +515,10 @@ impl Controller {
                 }
                 let total = self
                     .run_step(actor, cancel, step, true, || async {
-                        if self.mirror_driver() {
-                            return self.wait_capture_sync().await.map_err(StepFailure::from);
-                        }
-                        self.wait_sync(actor).await.map_err(StepFailure::from)
+                        self.replication
+                            .wait_sync(self, actor)
+                            .await
+                            .map_err(StepFailure::from)
                     })
                     .await?;
                 lock(&self.inner).progress = None;
@@ -541,17 +549,27 @@ impl Controller {
                 }
                 let weight = cumulative(&cfg.upgrade.shift)[n - 1];
                 if let StepKind::ShiftTraffic(_) = step.kind {
-                    self.enter(cancel, actor, Phase::Shifting, &format!("shift step {n}: {weight} % of eligible traffic to the target"))
-                        .await?;
+                    self.enter(
+                        cancel,
+                        actor,
+                        Phase::Shifting,
+                        &format!("shift step {n}: {weight} % of eligible traffic to the target"),
+                    )
+                    .await?;
                     self.run_step(actor, cancel, step, true, || async {
                         self.publish_weight(cancel, actor, weight).await
                     })
                     .await?;
                 } else {
-                    self.enter(cancel, actor, Phase::HealthCheck, &format!(
-                        "health check {n}: holding {weight} % for {} ms",
-                        cfg.upgrade.shift_hold_ms
-                    ))
+                    self.enter(
+                        cancel,
+                        actor,
+                        Phase::HealthCheck,
+                        &format!(
+                            "health check {n}: holding {weight} % for {} ms",
+                            cfg.upgrade.shift_hold_ms
+                        ),
+                    )
                     .await?;
                     self.run_step(actor, cancel, step, true, || async {
                         // After a health reaction and a resume the weight may be lower.
@@ -566,13 +584,19 @@ impl Controller {
                 if self.switch_incomplete(Direction::Forward) {
                     // Swapped, but a step after the swap failed (the reverse subscription):
                     // finish it before the plan goes on; without it there is no way back.
-                    self.run_step(actor, cancel, step, false, || self.finish_swapped_cutover(actor))
-                        .await?;
+                    self.run_step(actor, cancel, step, false, || {
+                        self.finish_swapped_cutover(actor)
+                    })
+                    .await?;
                     return Ok(false);
                 }
                 if row.serving_side == Side::Target.as_str() {
                     return self
-                        .record(actor, step, "traffic is on the target (cut over by INITIATE CUTOVER)")
+                        .record(
+                            actor,
+                            step,
+                            "traffic is on the target (cut over by INITIATE CUTOVER)",
+                        )
                         .await
                         .map(|_| false);
                 }
@@ -629,7 +653,9 @@ impl Controller {
                         match self.wait_cutover_allowed(actor, cancel, step).await {
                             Ok(()) => {}
                             Err(PlanError::Stopped) => return Err(StepFailure::stopped()),
-                            Err(PlanError::Failed(m)) => return Err(StepFailure::from(ControlError(m))),
+                            Err(PlanError::Failed(m)) => {
+                                return Err(StepFailure::from(ControlError(m)))
+                            }
                         }
                     };
                     if self.row().serving_side == Side::Target.as_str() {
@@ -638,9 +664,11 @@ impl Controller {
                     }
                     // An abandoned attempt is retried (after the last one the plan ends in
                     // state `error` with the reason).
-                    self.retrying_switch.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.retrying_switch
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     let r = self.switch(Direction::Forward, actor).await;
-                    self.retrying_switch.store(false, std::sync::atomic::Ordering::SeqCst);
+                    self.retrying_switch
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
                     match r {
                         Ok(m) => Ok(((), m)),
                         // An abandoned cutover left everything as it was: try again.
@@ -655,18 +683,29 @@ impl Controller {
                     || Direction::parse(&row.direction) != Some(Direction::Reverse)
                 {
                     return self
-                        .record(actor, step, "skipped: no reverse replication to fall back on")
+                        .record(
+                            actor,
+                            step,
+                            "skipped: no reverse replication to fall back on",
+                        )
                         .await
                         .map(|_| false);
                 }
-                self.enter(cancel, actor, Phase::CutOver, &format!(
-                    "cut over; health checks guard the target for {} ms before DetachOld",
-                    cfg.upgrade.shift_hold_ms
-                ))
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::CutOver,
+                    &format!(
+                        "cut over; health checks guard the target for {} ms before DetachOld",
+                        cfg.upgrade.shift_hold_ms
+                    ),
+                )
                 .await?;
                 lock(&self.inner).post_watch = true;
                 let r = self
-                    .run_step(actor, cancel, step, true, || async { self.hold(step, cancel).await })
+                    .run_step(actor, cancel, step, true, || async {
+                        self.hold(step, cancel).await
+                    })
                     .await;
                 lock(&self.inner).post_watch = false;
                 r?;
@@ -677,21 +716,28 @@ impl Controller {
                         "detach_old: traffic is not on the target; the plan cannot go on (ROLLBACK UPGRADE or INITIATE CUTOVER)".into(),
                     ));
                 }
-                self.enter(cancel, actor, Phase::Detaching, "detaching the source: removing replication in both directions")
-                    .await?;
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::Detaching,
+                    "detaching the source: removing replication in both directions",
+                )
+                .await?;
                 self.run_step(actor, cancel, step, true, || async {
-                    let v = if self.mirror_driver() {
-                        self.teardown_capture().await?.join("; ")
-                    } else {
-                        super::teardown_all(&self.carried(), false).await?
-                    };
-                    Ok(((), v))
+                    Ok(((), self.replication.detach(self).await?))
                 })
                 .await?;
                 let saved = self
-                    .plan_save(cancel, actor, "phase", "source detached: no replication runs any more", |r| {
-                        r.direction = "none".into();
-                    }, |_| {})
+                    .plan_save(
+                        cancel,
+                        actor,
+                        "phase",
+                        "source detached: no replication runs any more",
+                        |r| {
+                            r.direction = "none".into();
+                        },
+                        |_| {},
+                    )
                     .await?;
                 if saved.is_none() {
                     return Err(PlanError::Stopped);
@@ -699,8 +745,13 @@ impl Controller {
                 lock(&self.inner).lag = None;
             }
             StepKind::DecommissionSource => {
-                self.enter(cancel, actor, Phase::Decommissioning, "decommissioning the source")
-                    .await?;
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::Decommissioning,
+                    "decommissioning the source",
+                )
+                .await?;
                 self.run_step(actor, cancel, step, true, || async {
                     let mut parts = Vec::new();
                     if let Some(path) = &cfg.upgrade.final_dump {
@@ -1222,54 +1273,14 @@ impl Controller {
                 return Err(StepFailure::stopped());
             }
         }
-        if self.mirror_driver() {
-            let m = self
-                .step(actor, "capture", || async {
-                    self.init_capture(actor).await.map(|m| (m.clone(), m))
-                })
-                .await?;
-            done.push(m);
-            return Ok(((), done.join("; ")));
-        }
-        for (i, d) in drivers.iter().enumerate() {
-            let names = d.names();
-            for (k, side, name) in [
-                ("publication", Side::Source, &names.publication),
-                (
-                    "reverse_publication",
-                    Side::Target,
-                    &names.reverse_publication,
-                ),
-            ] {
-                self.step(actor, &db_key(k, i, d), || async {
-                    let created = d.ensure_publication(side, name).await?;
-                    Ok((
-                        (),
-                        format!(
-                            "publication {name} on {} {}",
-                            side.as_str(),
-                            if created { "created" } else { "exists" }
-                        ),
-                    ))
-                })
-                .await?;
-            }
-            let m = self
-                .step(actor, &db_key("subscription", i, d), || async {
-                    d.ensure_forward_subscription()
-                        .await
-                        .map(|m| (m.clone(), m))
-                })
-                .await?;
-            done.push(db_detail(i, d, &m));
-        }
+        done.extend(self.replication.init(self, actor).await?);
         Ok(((), done.join("; ")))
     }
 
     /// Waits until every table of the forward subscription is synchronised. Transient errors
     /// are logged and the wait goes on (the step's deadline bounds it); a heartbeat with the
     /// progress is journaled every 10 s.
-    async fn wait_sync(&self, actor: &str) -> Result<(u64, String), DriverError> {
+    pub(super) async fn wait_sync(&self, actor: &str) -> Result<(u64, String), DriverError> {
         let drivers = self.carried();
         let id = self.row().id;
         let key = StepKind::WaitForSync.key();

@@ -90,14 +90,8 @@ impl Controller {
             return refuse("FORCE RESYNC TABLE needs a table name, e.g. 'public.accounts'".into())
                 .await;
         }
-        if self.mirror_driver() {
-            // Its method is a publication and the subscription's table list (PostgreSQL 10+
-            // on the source), which the mirror driver has none of.
-            return refuse(format!(
-                "FORCE RESYNC TABLE {name} not possible: it is for [replication] driver = \"logical\" only; \
-                 with the mirror driver every table was copied from one snapshot and every write since is applied"
-            ))
-            .await;
+        if let Some(why) = self.replication.resync_refusal(name) {
+            return refuse(why).await;
         }
         // Admission, under the command lock (a cutover or rollback is not under way) and the
         // row lock (the plan publishes weights under it).

@@ -26,10 +26,11 @@
 //! [`mirror_version_failures`]). Tested against real servers from 10 on (the oldest major
 //! the test harness has).
 
-use super::{drain, lock, now_rfc3339, ControlError, Controller, Laps, Phase, DONE, RUNNING};
-use crate::journal::{Durability, StepStatus};
-use crate::logical::{quote_ident, Direction, DriverError, Preflight};
-use crate::{Capture, CaptureState, Side};
+use super::super::switch::{drain, words, Abandon};
+use super::super::{ControlError, Controller, Phase, DONE, RUNNING};
+use super::{LagProbe, ReplicationDriver, SwitchRun};
+use crate::logical::{quote_ident, Direction, DriverError, Lag, Preflight};
+use crate::{Capture, CaptureState, Side, Traffic};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,25 +116,8 @@ impl Controller {
         })
     }
 
-    /// Drops the preflight failures that only the `logical` driver has, and adds what the
-    /// `mirror` driver needs of the source's version ([`mirror_version_failures`]).
-    pub(super) fn driver_preflight(&self, mut pf: Preflight) -> Preflight {
-        if self.mirror_driver() {
-            let n = pf.failures.len();
-            pf.failures.retain(|f| !logical_only(f));
-            pf.notes.push(format!(
-                "mirror driver: no logical decoding needed ({} logical-replication requirement(s) not applied)",
-                n - pf.failures.len()
-            ));
-            if let Some(v) = pf.source_version {
-                pf.failures.extend(mirror_version_failures(v));
-            }
-        }
-        pf
-    }
-
     /// InitReplication with the `mirror` driver, after the schema copy (see the module docs).
-    pub(super) async fn init_capture(&self, actor: &str) -> Result<String, DriverError> {
+    async fn init_capture(&self, actor: &str) -> Result<String, DriverError> {
         let cap = self.capture_handle()?;
         let traffic = self.traffic().map_err(|e| DriverError::new(e.0))?;
         let d = &self.driver;
@@ -185,7 +169,7 @@ impl Controller {
 
     /// WaitForSync with the `mirror` driver: applying reaches what was recorded when the
     /// step started. Returns (applied seq, message).
-    pub(super) async fn wait_capture_sync(&self) -> Result<(u64, String), DriverError> {
+    async fn wait_capture_sync(&self) -> Result<(u64, String), DriverError> {
         let cap = self.capture_handle()?;
         let goal = cap.state().captured;
         let started = Instant::now();
@@ -243,175 +227,9 @@ impl Controller {
         }
     }
 
-    /// Cutover (`Forward`) or rollback after cutover (`Reverse`) with the `mirror` driver
-    /// (see the module docs).
-    pub(super) async fn switch_capture(
-        &self,
-        dir: Direction,
-        actor: &str,
-    ) -> Result<String, ControlError> {
-        let traffic = self.traffic()?;
-        let cap = self.capture_handle()?;
-        let d = &self.driver;
-        let from = dir.publisher();
-        let to = dir.subscriber();
-        let (kp, what, busy_phase, done_phase, done_state) = match dir {
-            Direction::Forward => (
-                "cutover",
-                "cutover",
-                Phase::CuttingOver,
-                Phase::CutOver,
-                RUNNING,
-            ),
-            Direction::Reverse => (
-                "switchback",
-                "rollback",
-                Phase::RollingBack,
-                Phase::RolledBack,
-                DONE,
-            ),
-        };
-        let key = |k: &str| format!("{kp}.{k}");
-        let prev = self.row();
-        let prev_phase = Phase::parse(&prev.phase);
-        let id = prev.id;
-        let st = cap.state();
-        if let Some(f) = &st.failed {
-            return Err(ControlError(format!(
-                "{what} refused: applying the captured transactions stopped: {f}; traffic stays on the {}",
-                from.as_str()
-            )));
-        }
-        if st.from != Some(from) || !st.applying {
-            return Err(ControlError(format!(
-                "{what} refused: the capture of committed writes does not run on the {} with applying on the {}; traffic stays on the {}",
-                from.as_str(),
-                to.as_str(),
-                from.as_str()
-            )));
-        }
-        let pub_c = d.connect(from).await?;
-        let sub_c = d.connect(to).await?;
-        self.set_phase(
-            actor,
-            busy_phase,
-            RUNNING,
-            &format!(
-                "{what} started: traffic {} → {}",
-                from.as_str(),
-                to.as_str()
-            ),
-        )
-        .await?;
-        let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
-        let catchup_timeout = Duration::from_millis(self.cfg.upgrade.catchup_timeout_ms);
-        let fail = |msg: String| async move {
-            let msg = format!(
-                "{msg}; {what} abandoned, traffic stays on the {}",
-                from.as_str()
-            );
-            self.fail(actor, Some(prev_phase), &msg).await;
-            ControlError(msg)
-        };
-        // Before the pause: catch up with what is recorded now.
-        if let Err(m) = self
-            .capture_reach(&cap, cap.state().captured, catchup_timeout)
-            .await
-        {
-            return Err(fail(m).await);
-        }
-        let new_epoch = i64::try_from(traffic.route().epoch)
-            .unwrap_or(0)
-            .max(prev.epoch)
-            + 1;
-        let mut laps = Laps::default();
-        let paused_at = Instant::now();
-        laps.start(paused_at);
-        traffic.pause();
-        let held: Result<(), String> = async {
-            drain(&traffic, paused_at, drain_timeout)
-                .await
-                .map_err(|busy| {
-                    format!("drain deadline passed: {busy} sessions still in a transaction")
-                })?;
-            laps.lap("drain");
-            let x = cap.state().captured;
-            self.capture_reach(&cap, x, catchup_timeout).await?;
-            laps.lap("catch-up");
-            d.sync_sequences(&pub_c, from, &sub_c, to)
-                .await
-                .map_err(|e| e.message)?;
-            laps.lap("sequences");
-            let _w = self.row_write.lock().await;
-            let mut row = self.row();
-            row.serving_side = to.as_str().into();
-            row.epoch = new_epoch;
-            row.direction = dir.reverse().as_str().into();
-            row.weight = 0;
-            row.updated_at = now_rfc3339();
-            self.journal
-                .transitions(
-                    id,
-                    vec![(
-                        key("swap"),
-                        StepStatus::Started,
-                        Some(format!(
-                            "to {}, epoch {new_epoch}; applied seq {x}",
-                            to.as_str()
-                        )),
-                    )],
-                    Some(row.clone()),
-                    actor,
-                    Durability::Full,
-                )
-                .await
-                .map_err(|e| format!("journal: {e}"))?;
-            lock(&self.inner).row = row;
-            laps.lap("journal");
-            // The way back: record the new serving side, apply on the old one.
-            let gen = new_gen();
-            cap.start(gen, to)?;
-            cap.apply(gen)?;
-            laps.lap("capture");
-            Ok(())
-        }
-        .await;
-        if let Err(m) = held {
-            traffic.resume();
-            return Err(fail(m).await);
-        }
-        if traffic.weight() != 0 {
-            traffic.set_weight(0);
-        }
-        traffic.switch_to(to, u64::try_from(new_epoch).unwrap_or(1));
-        lock(&self.inner).swapped_at = Some(Instant::now());
-        let pause_ms = paused_at.elapsed().as_secs_f64() * 1000.0;
-        let msg = format!(
-            "{what} done: traffic on the {} at epoch {new_epoch}; pause {pause_ms:.1} ms ({}); committed writes on the {} are recorded and applied on the {}",
-            to.as_str(),
-            laps.summary(),
-            to.as_str(),
-            from.as_str()
-        );
-        tracing::info!("{msg}");
-        let _ = self
-            .journal
-            .step(id, &key("swap"), StepStatus::Done, Some(msg.clone()), actor)
-            .await;
-        let _ = self.journal.event(actor, "swap", &msg).await;
-        self.save(actor, "phase", &msg, |r| {
-            r.phase = done_phase.as_str().into();
-            r.state = done_state.into();
-            r.last_error = None;
-            r.direction = dir.reverse().as_str().into();
-        })
-        .await?;
-        Ok(msg)
-    }
-
     /// DetachOld and rollback before cutover with the `mirror` driver: capture stops, its
     /// queue and the `<prefix>_mirror` schema on both servers go. Returns what was done.
-    pub(super) async fn teardown_capture(&self) -> Result<Vec<String>, DriverError> {
+    async fn teardown_capture(&self) -> Result<Vec<String>, DriverError> {
         let mut done = Vec::new();
         if let Ok(cap) = self.capture_handle() {
             cap.stop(true);
@@ -434,6 +252,248 @@ impl Controller {
         }
         done.push(format!("schema {schema} dropped on both servers"));
         Ok(done)
+    }
+}
+
+/// The `mirror` driver (module docs).
+pub(in crate::controller) struct MirrorDriver;
+
+#[async_trait::async_trait]
+impl ReplicationDriver for MirrorDriver {
+    /// Drops the preflight failures that only the `logical` driver has, and adds what the
+    /// `mirror` driver needs of the source's version ([`mirror_version_failures`]).
+    fn preflight(&self, _c: &Controller, mut pf: Preflight) -> Preflight {
+        let n = pf.failures.len();
+        pf.failures.retain(|f| !logical_only(f));
+        pf.notes.push(format!(
+            "mirror driver: no logical decoding needed ({} logical-replication requirement(s) not applied)",
+            n - pf.failures.len()
+        ));
+        if let Some(v) = pf.source_version {
+            pf.failures.extend(mirror_version_failures(v));
+        }
+        pf
+    }
+
+    fn primary_only(&self) -> bool {
+        true
+    }
+
+    fn configure_params_note(&self) -> &'static str {
+        "mirror driver: nothing to configure (no logical decoding; pgshift records and applies the writes itself)"
+    }
+
+    async fn init(&self, c: &Controller, actor: &str) -> Result<Vec<String>, ControlError> {
+        let m = c
+            .step(actor, "capture", || async {
+                c.init_capture(actor).await.map(|m| (m.clone(), m))
+            })
+            .await?;
+        Ok(vec![m])
+    }
+
+    async fn wait_sync(&self, c: &Controller, _actor: &str) -> Result<(u64, String), DriverError> {
+        c.wait_capture_sync().await
+    }
+
+    /// Bytes recorded and not applied yet.
+    fn lag_probe(&self, c: &Controller) -> LagProbe {
+        match c.capture_state() {
+            None => LagProbe::Slots,
+            Some(st) => LagProbe::Known(Some(Lag {
+                bytes: Some(i64::try_from(st.lag_bytes).unwrap_or(i64::MAX)),
+                seconds: None,
+            })),
+        }
+    }
+
+    fn resync_refusal(&self, name: &str) -> Option<String> {
+        // Its method is a publication and the subscription's table list (PostgreSQL 10+
+        // on the source), which the mirror driver has none of.
+        Some(format!(
+            "FORCE RESYNC TABLE {name} not possible: it is for [replication] driver = \"logical\" only; \
+             with the mirror driver every table was copied from one snapshot and every write since is applied"
+        ))
+    }
+
+    async fn begin_switch(
+        &self,
+        c: &Controller,
+        dir: Direction,
+        _actor: &str,
+    ) -> Result<Box<dyn SwitchRun>, ControlError> {
+        let cap = c.capture_handle()?;
+        let (from, to) = (dir.publisher(), dir.subscriber());
+        let what = words(dir).1;
+        let st = cap.state();
+        if let Some(f) = &st.failed {
+            return Err(ControlError(format!(
+                "{what} refused: applying the captured transactions stopped: {f}; traffic stays on the {}",
+                from.as_str()
+            )));
+        }
+        if st.from != Some(from) || !st.applying {
+            return Err(ControlError(format!(
+                "{what} refused: the capture of committed writes does not run on the {} with applying on the {}; traffic stays on the {}",
+                from.as_str(),
+                to.as_str(),
+                from.as_str()
+            )));
+        }
+        let pub_c = c.driver.connect(from).await?;
+        let sub_c = c.driver.connect(to).await?;
+        Ok(Box::new(MirrorRun {
+            dir,
+            cap,
+            pub_c,
+            sub_c,
+        }))
+    }
+
+    /// Nothing changed before the swap: the capture of the running direction goes on.
+    async fn abandon_cleanup(&self, _c: &Controller, _dir: Direction) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The capture of the new direction started inside the switch: only the row's phase.
+    async fn finish_switch(
+        &self,
+        c: &Controller,
+        dir: Direction,
+        actor: &str,
+    ) -> Result<String, ControlError> {
+        let (phase, state) = match dir {
+            Direction::Forward => (Phase::CutOver, RUNNING),
+            Direction::Reverse => (Phase::RolledBack, DONE),
+        };
+        let msg = format!(
+            "committed writes on the {} are recorded and applied on the {}",
+            dir.subscriber().as_str(),
+            dir.publisher().as_str()
+        );
+        c.save(actor, "phase", &msg, |r| {
+            r.phase = phase.as_str().into();
+            r.state = state.into();
+            r.last_error = None;
+            r.direction = dir.reverse().as_str().into();
+        })
+        .await?;
+        Ok(msg)
+    }
+
+    async fn detach(&self, c: &Controller) -> Result<String, DriverError> {
+        Ok(c.teardown_capture().await?.join("; "))
+    }
+
+    async fn teardown(
+        &self,
+        c: &Controller,
+        actor: &str,
+        target_absent: bool,
+        _provisioned: bool,
+    ) -> Result<(), ControlError> {
+        if target_absent {
+            // Nothing was captured yet (InitReplication needs the target): the source's
+            // objects only, as with the logical driver.
+            let drivers = c.carried();
+            return c
+                .step(actor, "teardown", || async {
+                    super::logical::teardown_all(&drivers, true)
+                        .await
+                        .map(|v| ((), v))
+                })
+                .await;
+        }
+        c.step(actor, "teardown", || async {
+            c.teardown_capture().await.map(|v| ((), v.join("; ")))
+        })
+        .await
+    }
+}
+
+/// A switch with the `mirror` driver: the capture and connections to both sides.
+struct MirrorRun {
+    dir: Direction,
+    cap: Arc<dyn Capture>,
+    pub_c: tokio_postgres::Client,
+    sub_c: tokio_postgres::Client,
+}
+
+impl MirrorRun {
+    /// `reason` with what happens to the switch.
+    fn abandoned(&self, reason: String) -> Abandon {
+        Abandon {
+            reason: format!(
+                "{reason}; {} abandoned, traffic stays on the {}",
+                words(self.dir).1,
+                self.dir.publisher().as_str()
+            ),
+            resumed: false,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SwitchRun for MirrorRun {
+    fn databases(&self) -> usize {
+        1
+    }
+
+    fn reverses(&self) -> bool {
+        false
+    }
+
+    /// Applying catches up with what is recorded now.
+    async fn before_pause(
+        &mut self,
+        c: &Controller,
+        _traffic: &Traffic,
+        _actor: &str,
+    ) -> Result<(), String> {
+        let timeout = Duration::from_millis(c.cfg.upgrade.catchup_timeout_ms);
+        c.capture_reach(&self.cap, self.cap.state().captured, timeout)
+            .await
+            .map(|_| ())
+            .map_err(|m| self.abandoned(m).reason)
+    }
+
+    /// Everything recorded until the pause is applied.
+    async fn barrier(&mut self, c: &Controller) -> Result<String, Abandon> {
+        let timeout = Duration::from_millis(c.cfg.upgrade.catchup_timeout_ms);
+        let x = self.cap.state().captured;
+        c.capture_reach(&self.cap, x, timeout)
+            .await
+            .map_err(|m| self.abandoned(m))?;
+        Ok(format!(
+            "{} applied seq {x}",
+            self.dir.subscriber().as_str()
+        ))
+    }
+
+    async fn sequences(&mut self, c: &Controller) -> Result<u64, Abandon> {
+        let (from, to) = (self.dir.publisher(), self.dir.subscriber());
+        match c
+            .driver
+            .sync_sequences(&self.pub_c, from, &self.sub_c, to)
+            .await
+        {
+            Ok(n) => Ok(n as u64),
+            Err(e) => Err(self.abandoned(e.message)),
+        }
+    }
+
+    /// The way back: record the new serving side, apply on the old one.
+    async fn after_swap_journaled(
+        &mut self,
+        _c: &Controller,
+    ) -> Result<Option<&'static str>, Abandon> {
+        let gen = new_gen();
+        let to = self.dir.subscriber();
+        self.cap
+            .start(gen, to)
+            .and_then(|()| self.cap.apply(gen))
+            .map_err(|m| self.abandoned(m))?;
+        Ok(Some("capture"))
     }
 }
 
