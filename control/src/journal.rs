@@ -145,7 +145,7 @@ pub struct HistoryEntry {
 }
 
 /// One entry of the history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Row id (increasing).
     pub id: i64,
@@ -157,6 +157,47 @@ pub struct Event {
     pub kind: String,
     /// Human-readable text (never a password).
     pub message: String,
+    /// The upgrade it belongs to (`None` for entries written before any upgrade).
+    pub upgrade_id: Option<i64>,
+    /// The figures of the entry, for programs (`None` for entries without any, and for
+    /// entries journaled before this column existed).
+    pub data: Option<EventData>,
+}
+
+/// The machine-readable part of a history entry: numbers as numbers, names as the journal's
+/// own spellings. Stored as JSON (`{"type": "swap", "to": "target", "epoch": 2,
+/// "pause_ms": 12.5}`) in the `events.data` column.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventData {
+    /// The upgrade row was written: its phase, state, target weight (percent) and epoch after it.
+    Row {
+        phase: String,
+        state: String,
+        weight: i64,
+        epoch: i64,
+    },
+    /// A plan step's status changed (`started`, `done`, `failed`).
+    Step { key: String, status: String },
+    /// A switch published its new side: the side (`source`/`target`), the new epoch, and the
+    /// pause of client traffic in ms.
+    Swap {
+        to: String,
+        epoch: i64,
+        pause_ms: f64,
+    },
+}
+
+impl EventData {
+    /// The row's figures.
+    pub fn row(row: &UpgradeRow) -> EventData {
+        EventData::Row {
+            phase: row.phase.clone(),
+            state: row.state.clone(),
+            weight: row.weight,
+            epoch: row.epoch,
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
@@ -210,6 +251,7 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("steps", "heartbeat_at", "TEXT"),
     ("events", "upgrade_id", "INTEGER"),
     ("events", "step", "TEXT"),
+    ("events", "data", "TEXT"),
 ];
 
 impl Journal {
@@ -321,6 +363,7 @@ impl Journal {
                     &actor,
                     &kind,
                     &message,
+                    Some(&EventData::row(&row)),
                 )?;
             }
             tx.commit()
@@ -359,6 +402,7 @@ impl Journal {
                     actor,
                     kind,
                     message,
+                    Some(&EventData::row(&row)),
                 )?;
                 tx.commit()
             })();
@@ -436,6 +480,7 @@ impl Journal {
                 &actor,
                 &kind,
                 &message,
+                None,
             )
         })
         .await
@@ -543,8 +588,34 @@ impl Journal {
     /// Appends an event.
     pub async fn event(&self, actor: &str, kind: &str, message: &str) -> Result<(), JournalError> {
         let (actor, kind, message) = (actor.to_string(), kind.to_string(), message.to_string());
-        self.call(move |c| insert_event(c, &now_rfc3339(), None, None, &actor, &kind, &message))
-            .await
+        self.call(move |c| {
+            insert_event(c, &now_rfc3339(), None, None, &actor, &kind, &message, None)
+        })
+        .await
+    }
+
+    /// [`event`](Self::event) with its figures ([`EventData`]).
+    pub async fn event_data(
+        &self,
+        actor: &str,
+        kind: &str,
+        message: &str,
+        data: EventData,
+    ) -> Result<(), JournalError> {
+        let (actor, kind, message) = (actor.to_string(), kind.to_string(), message.to_string());
+        self.call(move |c| {
+            insert_event(
+                c,
+                &now_rfc3339(),
+                None,
+                None,
+                &actor,
+                &kind,
+                &message,
+                Some(&data),
+            )
+        })
+        .await
     }
 
     /// The current upgrade row, if any upgrade was ever started.
@@ -579,7 +650,7 @@ impl Journal {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |c| {
             let mut st = c.prepare(
-                "SELECT id, ts, actor, kind, message FROM
+                "SELECT id, ts, actor, kind, message, upgrade_id, data FROM
                    (SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id",
             )?;
             let rows = st.query_map(params![limit], |r| {
@@ -589,6 +660,11 @@ impl Journal {
                     actor: r.get(2)?,
                     kind: r.get(3)?,
                     message: r.get(4)?,
+                    upgrade_id: r.get(5)?,
+                    // An entry this build cannot read keeps its text only.
+                    data: r
+                        .get::<_, Option<String>>(6)?
+                        .and_then(|d| serde_json::from_str(&d).ok()),
                 })
             })?;
             rows.collect()
@@ -637,7 +713,20 @@ fn write_transitions(
             Some(d) => format!("{key}: {} ({d})", status.as_str()),
             None => format!("{key}: {}", status.as_str()),
         };
-        insert_event(&tx, now, Some(upgrade_id), Some(key), actor, "step", &msg)?;
+        let data = EventData::Step {
+            key: key.clone(),
+            status: status.as_str().to_string(),
+        };
+        insert_event(
+            &tx,
+            now,
+            Some(upgrade_id),
+            Some(key),
+            actor,
+            "step",
+            &msg,
+            Some(&data),
+        )?;
     }
     if let Some(row) = row {
         write_upgrade(&tx, row)?;
@@ -727,6 +816,7 @@ fn read_upgrade(c: &mut Connection) -> rusqlite::Result<Option<UpgradeRow>> {
     .optional()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn insert_event(
     c: &Connection,
     ts: &str,
@@ -735,11 +825,13 @@ fn insert_event(
     actor: &str,
     kind: &str,
     message: &str,
+    data: Option<&EventData>,
 ) -> rusqlite::Result<()> {
+    let data = data.and_then(|d| serde_json::to_string(d).ok());
     c.execute(
-        "INSERT INTO events (ts, actor, kind, message, upgrade_id, step)
-         VALUES (?1, ?2, ?3, ?4, COALESCE(?5, (SELECT max(id) FROM upgrade)), ?6)",
-        params![ts, actor, kind, message, upgrade_id, step],
+        "INSERT INTO events (ts, actor, kind, message, upgrade_id, step, data)
+         VALUES (?1, ?2, ?3, ?4, COALESCE(?5, (SELECT max(id) FROM upgrade)), ?6, ?7)",
+        params![ts, actor, kind, message, upgrade_id, step, data],
     )?;
     Ok(())
 }
@@ -862,9 +954,49 @@ mod tests {
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].attempts, 2);
         assert_eq!(steps[0].status, StepStatus::Started);
-        assert_eq!(j.events(2).await.expect("events").len(), 2);
+        let ev = j.events(4).await.expect("events");
+        assert_eq!(ev.len(), 4);
+        // Numbers as numbers: the row's figures, each step's key and status.
+        assert_eq!(
+            ev[0].data,
+            Some(EventData::Row {
+                phase: "preflight".into(),
+                state: "running".into(),
+                weight: 25,
+                epoch: 1
+            })
+        );
+        assert_eq!(ev[0].upgrade_id, Some(1));
+        assert_eq!(
+            ev[2].data,
+            Some(EventData::Step {
+                key: "preflight".into(),
+                status: "done".into()
+            })
+        );
+        j.event_data(
+            "cutover",
+            "swap",
+            "swapped to target, epoch 2: pause 7.5 ms",
+            EventData::Swap {
+                to: "target".into(),
+                epoch: 2,
+                pause_ms: 7.5,
+            },
+        )
+        .await
+        .expect("swap event");
+        let last = j.events(1).await.expect("events").remove(0);
+        assert_eq!(
+            last.data,
+            Some(EventData::Swap {
+                to: "target".into(),
+                epoch: 2,
+                pause_ms: 7.5
+            })
+        );
         let h = j.history(10).await.expect("history");
-        assert_eq!(h.len(), 4);
+        assert_eq!(h.len(), 5);
         assert_eq!(h[1].step.as_deref(), Some("preflight"));
         assert_eq!(h[1].upgrade_id, Some(1));
         assert_eq!(h[1].kind, "step");

@@ -209,7 +209,7 @@ pub mod logical;
 pub mod provider;
 
 pub use controller::{ControlError, Controller, HealthReaction, StepKind, UpgradeStatus};
-pub use journal::HistoryEntry;
+pub use journal::{Event, EventData, HistoryEntry};
 
 /// Where the proxy's capture for the `mirror` replication driver stands
 /// ([`Capture::state`]).

@@ -653,6 +653,8 @@ struct Sampler {
     step_starts: HashMap<String, i64>,
     /// The current upgrade was counted as completed.
     completed: bool,
+    /// The newest upgrade id counted as started.
+    started: Option<i64>,
     /// `updated_at` of the status when the events were last read.
     last_updated: Option<String>,
 }
@@ -728,6 +730,7 @@ impl Sampler {
     fn events(&mut self, events: &[Event]) {
         let Some(last) = self.last_event else {
             self.last_event = Some(events.last().map_or(0, |e| e.id));
+            self.started = events.iter().filter_map(|e| e.upgrade_id).max();
             return;
         };
         for e in events.iter().filter(|e| e.id > last) {
@@ -739,35 +742,37 @@ impl Sampler {
     }
 
     fn event(&mut self, e: &Event) {
-        match e.kind.as_str() {
-            "phase" if is_upgrade_start(&e.message) => counter!(UPGRADES_STARTED).increment(1),
-            "error" => counter!(UPGRADES_FAILED).increment(1),
-            "swap" => {
-                if let Some(ms) = parse_pause_ms(&e.message) {
-                    let direction = if e.message.starts_with("swapped to source") {
-                        "rollback"
-                    } else {
-                        "cutover"
-                    };
-                    histogram!(CUTOVER_PAUSE, "direction" => direction).record(ms);
+        use control::EventData;
+        match (e.kind.as_str(), &e.data) {
+            ("error", _) => counter!(UPGRADES_FAILED).increment(1),
+            // A fresh start writes the row in phase `preflight` under a new upgrade id.
+            ("phase", Some(EventData::Row { phase, .. })) if phase == "preflight" => {
+                if e.upgrade_id.is_some() && e.upgrade_id > self.started {
+                    self.started = e.upgrade_id;
+                    counter!(UPGRADES_STARTED).increment(1);
                 }
             }
-            "step" => {
-                let Some((key, status)) = parse_step_event(&e.message) else {
-                    return;
+            ("swap", Some(EventData::Swap { to, pause_ms, .. })) => {
+                let direction = if to == "source" {
+                    "rollback"
+                } else {
+                    "cutover"
                 };
+                histogram!(CUTOVER_PAUSE, "direction" => direction).record(*pause_ms);
+            }
+            ("step", Some(EventData::Step { key, status })) => {
                 let Some(at) = parse_rfc3339_ms(&e.ts) else {
                     return;
                 };
-                match status {
+                match status.as_str() {
                     "started" => {
-                        self.step_starts.insert(key.to_string(), at);
+                        self.step_starts.insert(key.clone(), at);
                     }
                     "done" | "failed" => {
                         let outcome = if status == "done" { "done" } else { "failed" };
                         if let Some(start) = self.step_starts.remove(key) {
                             let secs = (at - start).max(0) as f64 / 1000.0;
-                            histogram!(STEP_DURATION, "step" => key.to_string(), "outcome" => outcome)
+                            histogram!(STEP_DURATION, "step" => key.clone(), "outcome" => outcome)
                                 .record(secs);
                         }
                     }
@@ -777,27 +782,6 @@ impl Sampler {
             _ => {}
         }
     }
-}
-
-/// `upgrade 3 started` (the controller's event for a fresh start).
-fn is_upgrade_start(message: &str) -> bool {
-    message
-        .strip_prefix("upgrade ")
-        .and_then(|r| r.strip_suffix(" started"))
-        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `swapped to target, epoch 2: pause 12.5 ms (...)` -> 12.5.
-fn parse_pause_ms(message: &str) -> Option<f64> {
-    let rest = &message[message.find("pause ")? + "pause ".len()..];
-    rest.split(" ms").next()?.trim().parse().ok()
-}
-
-/// The journal's step events: `key: status` or `key: status (detail)`.
-fn parse_step_event(message: &str) -> Option<(&str, &str)> {
-    let (key, rest) = message.split_once(": ")?;
-    let status = rest.split(' ').next()?;
-    Some((key, status))
 }
 
 /// `2026-11-18T11:06:40.123Z` (the journal's format; fraction optional) -> unix ms.
@@ -873,12 +857,59 @@ mod tests {
     }
 
     fn ev(id: i64, ts: &str, kind: &str, message: &str) -> Event {
+        use control::EventData;
+        // What the controller journals with these messages.
+        let (upgrade_id, data) = if let Some(n) = message
+            .strip_prefix("upgrade ")
+            .and_then(|r| r.strip_suffix(" started"))
+        {
+            let row = EventData::Row {
+                phase: "preflight".into(),
+                state: "running".into(),
+                weight: 0,
+                epoch: 1,
+            };
+            (n.parse().ok(), Some(row))
+        } else if let Some((key, rest)) = message.split_once(": ").filter(|_| kind == "step") {
+            let status = rest.split(' ').next().unwrap_or_default();
+            (
+                Some(2),
+                Some(EventData::Step {
+                    key: key.into(),
+                    status: status.into(),
+                }),
+            )
+        } else if kind == "swap" {
+            let to = if message.starts_with("swapped to source") {
+                "source"
+            } else {
+                "target"
+            };
+            let pause_ms = message
+                .split("pause ")
+                .nth(1)
+                .and_then(|r| r.split(" ms").next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            (
+                Some(2),
+                Some(EventData::Swap {
+                    to: to.into(),
+                    epoch: 2,
+                    pause_ms,
+                }),
+            )
+        } else {
+            (Some(2), None)
+        };
         Event {
             id,
             ts: ts.into(),
             actor: "plan".into(),
             kind: kind.into(),
             message: message.into(),
+            upgrade_id,
+            data,
         }
     }
 
@@ -912,26 +943,6 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn event_parsers() {
-        assert!(is_upgrade_start("upgrade 12 started"));
-        assert!(!is_upgrade_start("upgrade resumed at phase synchronizing"));
-        assert_eq!(
-            parse_pause_ms("swapped to target, epoch 2: pause 12.5 ms (drain 1.0, catchup 3.2)"),
-            Some(12.5)
-        );
-        assert_eq!(parse_pause_ms("swapped to target"), None);
-        assert_eq!(
-            parse_step_event("cutover.swap: done (to target, epoch 2)"),
-            Some(("cutover.swap", "done"))
-        );
-        assert_eq!(
-            parse_step_event("preflight: started"),
-            Some(("preflight", "started"))
-        );
-        assert_eq!(parse_step_event("no colon"), None);
     }
 
     #[test]

@@ -272,7 +272,19 @@ impl Controller {
                 actor,
             )
             .await;
-        let _ = self.journal.event(actor, "swap", &swap_msg).await;
+        let _ = self
+            .journal
+            .event_data(
+                actor,
+                "swap",
+                &swap_msg,
+                crate::journal::EventData::Swap {
+                    to: to.as_str().to_string(),
+                    epoch: new_epoch,
+                    pause_ms,
+                },
+            )
+            .await;
         // Its connections close before the post-swap steps.
         drop(run);
 
