@@ -746,11 +746,13 @@ impl Sampler {
         match (e.kind.as_str(), &e.data) {
             ("error", _) => counter!(UPGRADES_FAILED).increment(1),
             // A fresh start writes the row in phase `preflight` under a new upgrade id.
-            ("phase", Some(EventData::Row { phase, .. })) if phase == "preflight" => {
-                if e.upgrade_id.is_some() && e.upgrade_id > self.started {
-                    self.started = e.upgrade_id;
-                    counter!(UPGRADES_STARTED).increment(1);
-                }
+            ("phase", Some(EventData::Row { phase, .. }))
+                if phase == "preflight"
+                    && e.upgrade_id.is_some()
+                    && e.upgrade_id > self.started =>
+            {
+                self.started = e.upgrade_id;
+                counter!(UPGRADES_STARTED).increment(1);
             }
             ("swap", Some(EventData::Swap { to, pause_ms, .. })) => {
                 let direction = if to == "source" {
