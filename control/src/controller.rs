@@ -213,12 +213,10 @@ impl From<JournalError> for ControlError {
 /// What `SHOW UPGRADE STATUS` shows. Read from memory: never waits on I/O.
 #[derive(Debug, Clone)]
 pub struct UpgradeStatus {
-    /// Plan phase: `idle`, `preflight`, `provisioning`, `init_replication`, `schema_copy`,
-    /// `synchronizing`, `replicating`, `shifting`, `health_check`, `cutting_over`, `cut_over`,
-    /// `detaching`, `decommissioning`, `done`, `rolling_back`, `rolled_back`.
-    pub phase: String,
-    /// `idle`, `running`, `waiting`, `paused`, `alert`, `done` or `error`.
-    pub state: String,
+    /// Plan phase (spelled `idle`, `preflight`, ... by [`Phase::as_str`]).
+    pub phase: Phase,
+    /// State within the phase (spelled `idle`, `running`, ... by [`State::as_str`]).
+    pub state: State,
     /// WAL bytes the subscriber of the running direction has not yet confirmed (see module docs).
     pub replication_lag_bytes: Option<i64>,
     /// Replay lag of the running direction in seconds (see module docs).
@@ -258,6 +256,72 @@ pub struct HealthReaction {
     pub reaction_ms: f64,
     /// `true` after the cutover (a rollback to the source).
     pub rolled_back: bool,
+}
+
+/// State of the upgrade within its phase (journal spelling: [`State::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Nothing started.
+    Idle,
+    /// The plan is under way.
+    Running,
+    /// Waiting for INITIATE CUTOVER (or at the cutover gate).
+    Waiting,
+    /// PAUSE UPGRADE, or a failed health check: RESUME UPGRADE goes on.
+    Paused,
+    /// Replication lag above its limits for longer than `lag_grace_ms`.
+    Alert,
+    /// The plan finished, or rolled back.
+    Done,
+    /// A step failed: `last_error` says why and what to do.
+    Error,
+}
+
+impl State {
+    /// Every state, in declaration order.
+    pub const ALL: [State; 7] = [
+        State::Idle,
+        State::Running,
+        State::Waiting,
+        State::Paused,
+        State::Alert,
+        State::Done,
+        State::Error,
+    ];
+
+    /// The journal's and the console's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Running => RUNNING,
+            State::Waiting => WAITING,
+            State::Paused => PAUSED,
+            State::Alert => ALERT,
+            State::Done => DONE,
+            State::Error => ERROR,
+        }
+    }
+
+    /// From the journal's spelling; an unknown one reads as `Error` (a journal written by a
+    /// newer pgshift: nothing is assumed to run).
+    pub fn parse(s: &str) -> State {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .unwrap_or(State::Error)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Plan phase.
@@ -1098,8 +1162,8 @@ impl Controller {
             || (!on_target && w > 0)
             || g.post_watch;
         UpgradeStatus {
-            phase: g.row.phase.clone(),
-            state: g.row.state.clone(),
+            phase,
+            state: State::parse(&g.row.state),
             replication_lag_bytes: g.lag.and_then(|l| l.bytes),
             lag_seconds: g.lag.and_then(|l| l.seconds),
             source_weight: if on_target { 0 } else { 100 - w },
@@ -1179,7 +1243,7 @@ impl Controller {
     pub async fn wait_settled(&self) -> UpgradeStatus {
         loop {
             let st = self.status();
-            let busy = st.state == RUNNING || self.plan_running();
+            let busy = st.state == State::Running || self.plan_running();
             if !busy {
                 return st;
             }
@@ -1663,5 +1727,13 @@ mod phase_tests {
         for p in Phase::ALL {
             assert_eq!(Phase::parse(p.as_str()), p, "{}", p.as_str());
         }
+    }
+
+    #[test]
+    fn every_state_round_trips_through_its_spelling() {
+        for st in super::State::ALL {
+            assert_eq!(super::State::parse(st.as_str()), st, "{st}");
+        }
+        assert_eq!(super::State::parse("from the future"), super::State::Error);
     }
 }

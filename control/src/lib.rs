@@ -208,7 +208,9 @@ pub mod journal;
 pub mod logical;
 pub mod provider;
 
-pub use controller::{ControlError, Controller, HealthReaction, StepKind, UpgradeStatus};
+pub use controller::{
+    ControlError, Controller, HealthReaction, Phase, State, StepKind, UpgradeStatus,
+};
 pub use journal::{Event, EventData, HistoryEntry};
 
 /// Where the proxy's capture for the `mirror` replication driver stands

@@ -598,8 +598,8 @@ fn upgrade_status(proxy: &Proxy, out: &mut BytesMut) {
     msg::data_row(
         out,
         &[
-            Some(&s.phase),
-            Some(&s.state),
+            Some(s.phase.as_str()),
+            Some(s.state.as_str()),
             lag_b.as_deref(),
             lag_s.as_deref(),
             Some(&sw),

@@ -414,8 +414,8 @@ impl Progress {
         let s = controller.status();
         let sync = controller.sync_progress();
         Progress {
-            phase: s.phase,
-            state: s.state,
+            phase: s.phase.as_str().to_string(),
+            state: s.state.as_str().to_string(),
             percent: s.percent,
             step: s.step,
             tables_ready: sync.map(|(r, _)| r),

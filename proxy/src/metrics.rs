@@ -588,8 +588,12 @@ impl ControlSampler {
             let st = self.controller.status();
             let s = &mut self.s;
             s.status(&Sample::new(&st));
-            let quiet = st.state != "running" && s.last_updated.as_deref() == Some(&st.updated_at);
-            let switching = matches!(st.phase.as_str(), "cutting_over" | "rolling_back");
+            let quiet = st.state != control::State::Running
+                && s.last_updated.as_deref() == Some(&st.updated_at);
+            let switching = matches!(
+                st.phase,
+                control::Phase::CuttingOver | control::Phase::RollingBack
+            );
             if s.last_event.is_some() && (quiet || switching) {
                 continue;
             }
@@ -627,8 +631,8 @@ struct Sample<'a> {
 impl<'a> Sample<'a> {
     fn new(st: &'a UpgradeStatus) -> Sample<'a> {
         Sample {
-            phase: &st.phase,
-            state: &st.state,
+            phase: st.phase.as_str(),
+            state: st.state.as_str(),
             percent: st.percent,
             health_ok: st.health.as_deref().map(|h| h.starts_with("ok")),
             lag_bytes: st.replication_lag_bytes,

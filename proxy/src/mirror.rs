@@ -202,8 +202,10 @@ impl Mirror {
                             let (side, _) = c2.serving_side();
                             let on = side == Side::Source
                                 && matches!(
-                                    st.phase.as_str(),
-                                    "replicating" | "shifting" | "health_check"
+                                    st.phase,
+                                    control::Phase::Replicating
+                                        | control::Phase::Shifting
+                                        | control::Phase::HealthCheck
                                 );
                             m2.active.store(on, Ordering::Relaxed);
                             crate::metrics::mirror_state(
