@@ -284,7 +284,7 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         .expect_err("the table is left out");
     assert!(e.0.contains("cutover refused"), "{e}");
     assert!(e.0.contains("FORCE RESYNC TABLE did not finish"), "{e}");
-    assert_eq!(ctl.status().phase, "replicating");
+    assert_eq!(ctl.status().phase, control::Phase::Replicating);
     s.batch_execute("INSERT INTO public.\"Mixed Case\" VALUES ('written meanwhile', 1)")
         .await
         .expect("insert");

@@ -441,10 +441,10 @@ pub async fn wait_phase(ctl: &Controller, phase: &str, secs: u64) -> UpgradeStat
         Duration::from_secs(secs),
         |s| {
             assert!(
-                s.state != "error",
+                s.state != control::State::Error,
                 "upgrade failed while waiting for {phase}: {s:?}"
             );
-            s.phase == phase && s.state != "running"
+            s.phase.as_str() == phase && s.state != control::State::Running
         },
     )
     .await
@@ -543,7 +543,7 @@ pub async fn wait_step_done(ctl: &Controller, key: &str, secs: u64) {
         }
         let st = ctl.status();
         assert!(
-            st.state != "error",
+            st.state != control::State::Error,
             "upgrade failed while waiting for step {key}: {st:?}"
         );
         if Instant::now() > deadline {
