@@ -154,7 +154,7 @@ async fn unattended_plan_13_to_17_with_local_provisioning() {
                 st.percent,
                 st.step
             );
-            seen_phases.push(st.phase.clone());
+            seen_phases.push(st.phase);
         }
         if st.state == "error" || (st.phase == "done" && st.state == "done") {
             break st;
@@ -177,14 +177,14 @@ async fn unattended_plan_13_to_17_with_local_provisioning() {
     print_history(&ctl, 200).await;
     for p in ["provisioning", "health_check", "cut_over", "done"] {
         assert!(
-            seen_phases.iter().any(|s| s == p),
+            seen_phases.iter().any(|s| *s == p),
             "phase {p} not seen in {seen_phases:?}"
         );
     }
     // A one-table initial copy can be over within one 20 ms poll: the step's journal says it.
     let steps = ctl.steps().await.unwrap();
     assert!(
-        seen_phases.iter().any(|s| s == "synchronizing")
+        seen_phases.iter().any(|s| *s == "synchronizing")
             || steps
                 .iter()
                 .any(|s| s.key == "wait_for_sync" && s.status == control::journal::StepStatus::Done),
@@ -609,7 +609,7 @@ async fn rollback_during_provisioning_removes_what_it_made() {
     ctl.start_upgrade().await.expect("start again");
     wait_status(&ctl, "provisioned", Duration::from_secs(40), |s| {
         assert_ne!(s.state, "error", "{s:?}");
-        !s.phase.is_empty()
+        s.phase != control::Phase::Idle
             && !matches!(
                 s.phase.as_str(),
                 "preflight" | "provisioning" | "rolled_back"
