@@ -193,20 +193,93 @@ use tracing::Instrument;
 pub use databases::{names_for, DatabaseStatus};
 pub use plan::StepKind;
 
+/// What kind of error an upgrade command or step ran into. Each kind is one SQLSTATE on
+/// the admin console ([`ControlError::sqlstate`]; PostgreSQL docs, Appendix A "PostgreSQL
+/// Error Codes") and one HTTP status on the API ([`ControlError::http_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not possible in the upgrade's current phase or state, or refused by a check (the
+    /// validation gate, a missing subscription, a plan already running): nothing changed.
+    /// `55000` object_not_in_prerequisite_state, HTTP 409.
+    Refused,
+    /// A bad argument (a weight out of range, an empty table name). `22023`
+    /// invalid_parameter_value, HTTP 400.
+    Invalid,
+    /// The command ran and did not complete (an abandoned switch, a failed step or
+    /// rollback, a server error). `58000` system_error, HTTP 500.
+    Failed,
+    /// A server could not be reached, or a connection was lost: trying again may work.
+    /// `08006` connection_failure, HTTP 503.
+    Unavailable,
+    /// pgshift's own state (the journal) failed. `XX000` internal_error, HTTP 500.
+    Internal,
+}
+
 /// An error of an upgrade command or step; the message says what failed and what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ControlError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// What kind of error.
+    pub kind: ErrorKind,
+    /// What failed and what to do (never a password).
+    pub message: String,
+}
+
+impl ControlError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+        ControlError {
+            kind,
+            message: message.into(),
+        }
+    }
+    /// [`ErrorKind::Refused`].
+    pub fn refused(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Refused, message)
+    }
+    /// [`ErrorKind::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Invalid, message)
+    }
+    /// [`ErrorKind::Failed`].
+    pub fn failed(message: impl Into<String>) -> ControlError {
+        ControlError::new(ErrorKind::Failed, message)
+    }
+    /// The SQLSTATE the admin console answers with.
+    pub fn sqlstate(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Refused => "55000",
+            ErrorKind::Invalid => "22023",
+            ErrorKind::Failed => "58000",
+            ErrorKind::Unavailable => "08006",
+            ErrorKind::Internal => "XX000",
+        }
+    }
+    /// The HTTP status the API answers with.
+    pub fn http_status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::Refused => 409,
+            ErrorKind::Invalid => 400,
+            ErrorKind::Failed | ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+}
 
 impl From<DriverError> for ControlError {
     fn from(e: DriverError) -> Self {
-        ControlError(e.message)
+        let kind = if e.transient {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Failed
+        };
+        ControlError::new(kind, e.message)
     }
 }
 
 impl From<JournalError> for ControlError {
     fn from(e: JournalError) -> Self {
-        ControlError(e.to_string())
+        ControlError::new(ErrorKind::Internal, e.to_string())
     }
 }
 
@@ -743,7 +816,7 @@ impl Controller {
         let row = self.row();
         let phase = Phase::parse(&row.phase);
         if self.plan_running() {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "an upgrade is already running (phase {})",
                 phase.as_str()
             )));
@@ -753,30 +826,29 @@ impl Controller {
             Phase::RolledBack if row.direction == "none" => true,
             p if p.continues() && row.state != WAITING && row.state != DONE => false,
             Phase::Replicating | Phase::Shifting | Phase::HealthCheck => {
-                return Err(ControlError(
-                    "the upgrade is replicating and waits for INITIATE CUTOVER (or ROLLBACK UPGRADE)".into(),
+                return Err(ControlError::refused(
+                    "the upgrade is replicating and waits for INITIATE CUTOVER (or ROLLBACK UPGRADE)",
                 ))
             }
             Phase::CutOver => {
-                return Err(ControlError(
-                    "traffic is on the target; ROLLBACK UPGRADE to go back to the source".into(),
+                return Err(ControlError::refused(
+                    "traffic is on the target; ROLLBACK UPGRADE to go back to the source",
                 ))
             }
             Phase::Done => {
-                return Err(ControlError(format!(
+                return Err(ControlError::refused(format!(
                     "upgrade {} is done: traffic is on the target and the source was detached",
                     row.id
                 )))
             }
             Phase::RolledBack => {
-                return Err(ControlError(
+                return Err(ControlError::refused(
                     "forward replication is running again after a rollback; INITIATE CUTOVER, or ROLLBACK UPGRADE \
-                     once more to remove replication before starting afresh"
-                        .into(),
+                     once more to remove replication before starting afresh",
                 ))
             }
             _ => {
-                return Err(ControlError(format!(
+                return Err(ControlError::refused(format!(
                     "a {} is unfinished (last error: {}); INITIATE CUTOVER or ROLLBACK UPGRADE to finish it",
                     phase.as_str(),
                     row.last_error.as_deref().unwrap_or("none")
@@ -784,8 +856,8 @@ impl Controller {
             }
         };
         if fresh && row.serving_side != Side::Source.as_str() {
-            return Err(ControlError(
-                "traffic is on the target; an upgrade starts only from the source".into(),
+            return Err(ControlError::refused(
+                "traffic is on the target; an upgrade starts only from the source",
             ));
         }
         if !fresh {
@@ -801,7 +873,7 @@ impl Controller {
                 .enumerate()
                 .map(|(i, f)| format!("{}) {f}", i + 1))
                 .collect();
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "preflight found {} problem(s); nothing was changed:\n{}",
                 list.len(),
                 list.join("\n")
@@ -904,7 +976,7 @@ impl Controller {
                             .journal
                             .step_event(row.id, "cutover", "operator", "info", &msg)
                             .await;
-                        return Err(ControlError(msg));
+                        return Err(ControlError::refused(msg));
                     }
                     self.stop_plan().await;
                     self.switch(Direction::Forward, "operator").await
@@ -913,26 +985,25 @@ impl Controller {
                     self.finish_switch(Direction::Forward, "operator").await
                 }
                 Phase::CutOver => {
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                         "already cut over: traffic is on the target (epoch {})",
                         row.epoch
                     )))
                 }
                 Phase::Detaching | Phase::Decommissioning | Phase::Done => {
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                         "already cut over: traffic is on the target (epoch {}; phase {})",
                         row.epoch,
                         phase.as_str()
                     )))
                 }
                 Phase::Idle => {
-                    return Err(ControlError(
-                        "no upgrade in progress; START UPGRADE first".into(),
+                    return Err(ControlError::refused(
+                        "no upgrade in progress; START UPGRADE first",
                     ))
                 }
-                Phase::RolledBack => return Err(ControlError(
-                    "replication was removed by the rollback; START UPGRADE again before a cutover"
-                        .into(),
+                Phase::RolledBack => return Err(ControlError::refused(
+                    "replication was removed by the rollback; START UPGRADE again before a cutover",
                 )),
                 p if p.before_sync() => {
                     let progress = lock(&self.inner).progress.clone();
@@ -942,14 +1013,14 @@ impl Controller {
                         }
                         _ => String::new(),
                     };
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                     "cutover needs phase replicating; the upgrade is in phase {}{extra} (state {})",
                     p.as_str(),
                     row.state
                 )));
                 }
                 p => {
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                         "cutover not possible in phase {} (state {})",
                         p.as_str(),
                         row.state
@@ -983,9 +1054,9 @@ impl Controller {
                 .await;
         }
         match phase {
-            Phase::Idle => Err(ControlError("no upgrade to roll back".into())),
+            Phase::Idle => Err(ControlError::refused("no upgrade to roll back")),
             Phase::RolledBack if dir.is_none() => Ok("already rolled back; nothing to do".into()),
-            Phase::Detaching | Phase::Decommissioning | Phase::Done => Err(ControlError(format!(
+            Phase::Detaching | Phase::Decommissioning | Phase::Done => Err(ControlError::refused(format!(
                 "rollback is no longer possible: DetachOld removed (or is removing) the replication back to the source \
                  (phase {}); the source does not have what was written on the target since",
                 phase.as_str()
@@ -999,8 +1070,8 @@ impl Controller {
                 }
                 r
             }
-            Phase::CutOver if side == Side::Target => Err(ControlError(
-                "traffic is on the target and reverse replication is gone; rollback is not possible".into(),
+            Phase::CutOver if side == Side::Target => Err(ControlError::refused(
+                "traffic is on the target and reverse replication is gone; rollback is not possible",
             )),
             Phase::CuttingOver if side == Side::Target => {
                 self.finish_switch(Direction::Forward, "operator").await?;
@@ -1030,10 +1101,10 @@ impl Controller {
         if !self.plan_running() {
             return match row.state.as_str() {
                 PAUSED | ALERT => Ok(format!("the plan is already stopped (state {})", row.state)),
-                WAITING => Err(ControlError(
-                    "the plan waits for INITIATE CUTOVER; there is nothing to pause".into(),
+                WAITING => Err(ControlError::refused(
+                    "the plan waits for INITIATE CUTOVER; there is nothing to pause",
                 )),
-                s => Err(ControlError(format!(
+                s => Err(ControlError::refused(format!(
                     "no plan is running (phase {}, state {s})",
                     row.phase
                 ))),
@@ -1071,7 +1142,7 @@ impl Controller {
     #[tracing::instrument(parent = &self.span, skip_all)]
     pub async fn shift_traffic(self: &Arc<Self>, percent: u8) -> Result<String, ControlError> {
         if percent > 100 {
-            return Err(ControlError(format!(
+            return Err(ControlError::invalid(format!(
                 "SHIFT TRAFFIC takes a percentage from 0 to 100, not {percent}"
             )));
         }
@@ -1085,14 +1156,14 @@ impl Controller {
                 Phase::Replicating | Phase::Shifting | Phase::HealthCheck
             )
         {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "cannot shift traffic in phase {}: the other side is not kept current by replication; START UPGRADE and wait for phase replicating",
                 row.phase
             )));
         }
         if percent > 0 {
             if let Some((t, _)) = lock(&self.resync).as_ref() {
-                return Err(ControlError(format!(
+                return Err(ControlError::refused(format!(
                     "cannot shift traffic while FORCE RESYNC TABLE {t} is under way: shifted reads would see that table half copied on the target; try again when it is done"
                 )));
             }
@@ -1135,13 +1206,13 @@ impl Controller {
         let row = self.row();
         let phase = Phase::parse(&row.phase);
         if self.plan_running() {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "the plan is already running (phase {})",
                 phase.as_str()
             )));
         }
         if !(phase.continues() && matches!(row.state.as_str(), PAUSED | ALERT | ERROR | RUNNING)) {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "nothing to resume: phase {}, state {}{}",
                 phase.as_str(),
                 row.state,
@@ -1288,8 +1359,8 @@ impl Controller {
 
     fn traffic(&self) -> Result<Traffic, ControlError> {
         self.traffic.get().cloned().ok_or_else(|| {
-            ControlError(
-                "the controller is not attached to the proxy yet; try again in a moment".into(),
+            ControlError::refused(
+                "the controller is not attached to the proxy yet; try again in a moment",
             )
         })
     }
@@ -1441,7 +1512,10 @@ impl Controller {
                         attempt += 1;
                         continue;
                     }
-                    return Err(ControlError(format!("step {key} failed: {}", e.message)));
+                    return Err(ControlError::failed(format!(
+                        "step {key} failed: {}",
+                        e.message
+                    )));
                 }
             }
         }
@@ -1472,8 +1546,8 @@ impl Controller {
     async fn teardown(&self, actor: &str) -> Result<String, ControlError> {
         let row = self.row();
         if row.serving_side != Side::Source.as_str() {
-            return Err(ControlError(
-                "traffic is on the target; removing replication now would lose the way back".into(),
+            return Err(ControlError::refused(
+                "traffic is on the target; removing replication now would lose the way back",
             ));
         }
         self.stop_plan().await;
@@ -1540,9 +1614,12 @@ impl Controller {
                 Ok(msg)
             }
             Err(e) => {
-                let msg = format!("rollback incomplete: {}; run ROLLBACK UPGRADE again", e.0);
+                let msg = format!(
+                    "rollback incomplete: {}; run ROLLBACK UPGRADE again",
+                    e.message
+                );
                 self.fail(actor, None, &msg).await;
-                Err(ControlError(msg))
+                Err(ControlError::failed(msg))
             }
         }
     }
@@ -1741,6 +1818,28 @@ mod phase_tests {
         for p in Phase::ALL {
             assert_eq!(Phase::parse(p.as_str()), p, "{}", p.as_str());
         }
+    }
+
+    #[test]
+    fn every_error_kind_has_one_sqlstate_and_one_http_status() {
+        use super::{ControlError, ErrorKind};
+        let all = [
+            (ErrorKind::Refused, "55000", 409),
+            (ErrorKind::Invalid, "22023", 400),
+            (ErrorKind::Failed, "58000", 500),
+            (ErrorKind::Unavailable, "08006", 503),
+            (ErrorKind::Internal, "XX000", 500),
+        ];
+        for (kind, sqlstate, http) in all {
+            let e = ControlError::new(kind, "x");
+            assert_eq!(
+                (e.sqlstate(), e.http_status()),
+                (sqlstate, http),
+                "{kind:?}"
+            );
+        }
+        let lost = crate::logical::DriverError::temporary("connection lost");
+        assert_eq!(ControlError::from(lost).kind, ErrorKind::Unavailable);
     }
 
     #[test]

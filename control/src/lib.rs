@@ -209,7 +209,7 @@ pub mod logical;
 pub mod provider;
 
 pub use controller::{
-    ControlError, Controller, HealthReaction, Phase, State, StepKind, UpgradeStatus,
+    ControlError, Controller, ErrorKind, HealthReaction, Phase, State, StepKind, UpgradeStatus,
 };
 pub use journal::{Event, EventData, HistoryEntry};
 

@@ -105,7 +105,7 @@ async fn cutover_waits_for_the_validation_gate() {
         .wait_target_applied(lsn0, Duration::from_millis(100))
         .await
         .expect_err("no replication yet");
-    assert!(e.0.contains("forward replication must run"), "{e}");
+    assert!(e.message.contains("forward replication must run"), "{e}");
 
     ctl.start_upgrade().await.expect("start");
     let st = wait_phase(&ctl, "replicating", 120).await;
@@ -116,7 +116,7 @@ async fn cutover_waits_for_the_validation_gate() {
         .initiate_cutover()
         .await
         .expect_err("the gate refuses the cutover");
-    assert_eq!(e.0, format!("cutover refused: {HIGH}"));
+    assert_eq!(e.message, format!("cutover refused: {HIGH}"));
     assert_eq!(traffic.pauses.load(Ordering::SeqCst), 0, "nothing paused");
     let st = ctl.status();
     assert_eq!(
@@ -182,13 +182,13 @@ async fn cutover_waits_for_the_validation_gate() {
         .wait_target_applied(lsn, Duration::from_millis(100))
         .await
         .expect_err("traffic on the target");
-    assert!(e.0.contains("traffic on the target"), "{e}");
+    assert!(e.message.contains("traffic on the target"), "{e}");
     // A rollback is never gated.
     gate.set(Some(HIGH));
     ctl.rollback().await.expect("rollback to the source");
     assert_eq!(traffic.route().side, Side::Source);
     let e = ctl.initiate_cutover().await.expect_err("gated again");
-    assert!(e.0.starts_with("cutover refused: "), "{e}");
+    assert!(e.message.starts_with("cutover refused: "), "{e}");
     ctl.rollback().await.expect("remove replication");
     assert_eq!(ctl.status().phase, "rolled_back");
     ctl.shutdown();
@@ -243,7 +243,7 @@ async fn cutover_waits_for_the_validation_gate() {
         "the cutover step does not start while it waits: {id:?}"
     );
     let e = ctl.initiate_cutover().await.expect_err("refused");
-    assert_eq!(e.0, format!("cutover refused: {HIGHER}"));
+    assert_eq!(e.message, format!("cutover refused: {HIGHER}"));
     assert_eq!(traffic.pauses.load(Ordering::SeqCst), 0);
 
     // PAUSE / RESUME while it waits.

@@ -287,12 +287,12 @@ async fn unattended_plan_13_to_17_with_local_provisioning() {
     );
     // A second START UPGRADE says it is done.
     let e = ctl.start_upgrade().await.expect_err("done");
-    assert!(e.0.contains("done"), "{e}");
+    assert!(e.message.contains("done"), "{e}");
     let e = ctl
         .rollback()
         .await
         .expect_err("no rollback after DetachOld");
-    assert!(e.0.contains("no longer possible"), "{e}");
+    assert!(e.message.contains("no longer possible"), "{e}");
     ctl.shutdown();
     src.kill();
     eprintln!("test took {:?}", t0.elapsed());
@@ -569,7 +569,7 @@ async fn rollback_during_provisioning_removes_what_it_made() {
     let ctl = Controller::open(cfg.clone()).expect("open");
     ctl.attach(FakeTraffic::from(&ctl));
     let e = ctl.start_upgrade().await.expect_err("foreign data_dir");
-    assert!(e.0.contains("was not made by pgshift"), "{e}");
+    assert!(e.message.contains("was not made by pgshift"), "{e}");
     assert_eq!(ctl.status().phase, "idle");
     std::fs::remove_dir_all(dir.join("t17")).unwrap();
 

@@ -49,7 +49,7 @@ async fn cutover_waits_for_prepared_transactions_and_refuses_one_left_open() {
         .await
         .expect_err("a cutover with a prepared transaction open");
     assert!(
-        e.0.contains("'pgshift-test-open'") && e.0.contains("prepared transaction"),
+        e.message.contains("'pgshift-test-open'") && e.message.contains("prepared transaction"),
         "{e}"
     );
     assert!(

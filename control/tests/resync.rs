@@ -125,7 +125,7 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
 
     // Wrong phase: nothing to resync before the upgrade.
     let e = ctl.force_resync("app.accounts").await.expect_err("idle");
-    assert!(e.0.contains("START UPGRADE"), "{e}");
+    assert!(e.message.contains("START UPGRADE"), "{e}");
 
     ctl.start_upgrade().await.expect("start");
     wait_phase(&ctl, "replicating", 120).await;
@@ -141,11 +141,11 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         ("a.b.c.d", "unknown table a.b.c.d"),
     ] {
         let e = ctl.force_resync(name).await.expect_err(name);
-        assert!(e.0.contains(want), "{name}: {e}");
+        assert!(e.message.contains(want), "{name}: {e}");
     }
     ctl.shift_traffic(10).await.expect("shift");
     let e = ctl.force_resync("app.accounts").await.expect_err("weight");
-    assert!(e.0.contains("SHIFT TRAFFIC 0 first"), "{e}");
+    assert!(e.message.contains("SHIFT TRAFFIC 0 first"), "{e}");
     ctl.shift_traffic(0).await.expect("shift back");
 
     // A writer keeps changing app.accounts on the source.
@@ -184,7 +184,8 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         .await
         .expect_err("cutover during a resync");
     assert!(
-        e.0.contains("cutover refused: FORCE RESYNC TABLE app.accounts is under way"),
+        e.message
+            .contains("cutover refused: FORCE RESYNC TABLE app.accounts is under way"),
         "{e}"
     );
     let e = ctl
@@ -192,14 +193,15 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         .await
         .expect_err("shift during a resync");
     assert!(
-        e.0.contains("FORCE RESYNC TABLE app.accounts is under way"),
+        e.message
+            .contains("FORCE RESYNC TABLE app.accounts is under way"),
         "{e}"
     );
     let e = ctl
         .force_resync("public.\"Mixed Case\"")
         .await
         .expect_err("two at once");
-    assert!(e.0.contains("one at a time"), "{e}");
+    assert!(e.message.contains("one at a time"), "{e}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !resync.is_finished(),
@@ -282,8 +284,11 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         .initiate_cutover()
         .await
         .expect_err("the table is left out");
-    assert!(e.0.contains("cutover refused"), "{e}");
-    assert!(e.0.contains("FORCE RESYNC TABLE did not finish"), "{e}");
+    assert!(e.message.contains("cutover refused"), "{e}");
+    assert!(
+        e.message.contains("FORCE RESYNC TABLE did not finish"),
+        "{e}"
+    );
     assert_eq!(ctl.status().phase, control::Phase::Replicating);
     s.batch_execute("INSERT INTO public.\"Mixed Case\" VALUES ('written meanwhile', 1)")
         .await
@@ -314,7 +319,7 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
         .force_resync("app.accounts")
         .await
         .expect_err("after cutover");
-    assert!(e.0.contains("traffic on the target"), "{e}");
+    assert!(e.message.contains("traffic on the target"), "{e}");
     ctl.rollback().await.expect("rollback");
     ctl.rollback().await.expect("remove replication");
     assert!(objects(&s).await.is_empty(), "{:?}", objects(&s).await);

@@ -85,7 +85,11 @@ async fn preflight_lists_every_problem() {
     assert_eq!(report.sequences, vec!["public.counter".to_string()]);
 
     // START UPGRADE answers with every problem at once and changes nothing.
-    let err = ctl.start_upgrade().await.expect_err("start must fail").0;
+    let err = ctl
+        .start_upgrade()
+        .await
+        .expect_err("start must fail")
+        .message;
     assert!(err.starts_with("preflight found"), "{err}");
     assert_eq!(ctl.status().phase, "idle");
     assert!(
@@ -123,7 +127,7 @@ async fn cutover_and_rollback_lose_nothing() {
         .initiate_cutover()
         .await
         .expect_err("cutover with no upgrade");
-    assert!(e.0.contains("START UPGRADE"), "{e}");
+    assert!(e.message.contains("START UPGRADE"), "{e}");
 
     assert!(ctl
         .start_upgrade()
@@ -131,7 +135,7 @@ async fn cutover_and_rollback_lose_nothing() {
         .expect("start")
         .contains("upgrade started"));
     let e = ctl.start_upgrade().await.expect_err("second start");
-    assert!(e.0.contains("already"), "{e}");
+    assert!(e.message.contains("already"), "{e}");
     let st = wait_phase(&ctl, "replicating", 120).await;
     assert_eq!(st.state, "waiting");
     assert_eq!((st.source_weight, st.target_weight, st.epoch), (100, 0, 1));
@@ -409,7 +413,7 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
         .await
         .expect_err("drain must time out");
     assert_eq!(
-        e.0,
+        e.message,
         "drain deadline passed: 3 sessions still in a transaction; cutover abandoned, traffic stays on the source"
     );
     assert_eq!(
@@ -425,7 +429,7 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
         (st.phase.as_str(), st.state.as_str()),
         ("replicating", "error")
     );
-    assert_eq!(st.last_error.as_deref(), Some(e.0.as_str()));
+    assert_eq!(st.last_error.as_deref(), Some(e.message.as_str()));
     assert_eq!(
         objects(&t).await,
         vec!["pub:pgshift_rev_pub", "sub:pgshift_fwd"]
@@ -445,10 +449,14 @@ async fn cutover_abandoned_at_drain_deadline_and_after_crash() {
         .expect_err("slot creation must time out");
     eprintln!("abandoned after {:?}: {e}", t0.elapsed());
     assert!(
-        e.0.contains("creating replication slot pgshift_rev") && e.0.contains("statement timeout"),
+        e.message.contains("creating replication slot pgshift_rev")
+            && e.message.contains("statement timeout"),
         "{e}"
     );
-    assert!(e.0.contains("cutover") || e.0.contains("slot"), "{e}");
+    assert!(
+        e.message.contains("cutover") || e.message.contains("slot"),
+        "{e}"
+    );
     assert_eq!(
         traffic.route(),
         RouteState {
@@ -646,7 +654,7 @@ async fn resume_mid_sync_then_rollback_and_restart() {
         .initiate_cutover()
         .await
         .expect_err("no cutover without replication");
-    assert!(e.0.contains("START UPGRADE"), "{e}");
+    assert!(e.message.contains("START UPGRADE"), "{e}");
 
     // Afresh: the target has the schema and all rows; the source moved on.
     s.batch_execute("INSERT INTO app.accounts (name) VALUES ('between attempts'); DELETE FROM app.events WHERE id <= 100")

@@ -293,7 +293,10 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                     })
                     .await
                     .unwrap_or_else(|e| {
-                        Err(control::ControlError(format!("the command failed: {e}")))
+                        Err(control::ControlError::new(
+                            control::ErrorKind::Internal,
+                            format!("the command failed: {e}"),
+                        ))
                     });
                 reply(out, which, r)
             }
@@ -332,7 +335,10 @@ async fn execute(proxy: &Proxy, out: &mut BytesMut, sql: &str) {
                     Err(e) => reply(
                         out,
                         cmd,
-                        Err(control::ControlError(format!("the command failed: {e}"))),
+                        Err(control::ControlError::new(
+                            control::ErrorKind::Internal,
+                            format!("the command failed: {e}"),
+                        )),
                     ),
                 }
             }
@@ -392,7 +398,12 @@ async fn shift_traffic(proxy: &Proxy, out: &mut BytesMut, percent: u8) -> bool {
         .control_rt
         .spawn(async move { c.shift_traffic(percent).await })
         .await
-        .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(control::ControlError::new(
+                control::ErrorKind::Internal,
+                format!("the command failed: {e}"),
+            ))
+        });
     reply(out, "SHIFT TRAFFIC", r)
 }
 
@@ -547,7 +558,12 @@ async fn force_resync(proxy: &Proxy, out: &mut BytesMut, name: String) -> bool {
         .control_rt
         .spawn(async move { c.force_resync(&n2).await })
         .await
-        .unwrap_or_else(|e| Err(control::ControlError(format!("the command failed: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(control::ControlError::new(
+                control::ErrorKind::Internal,
+                format!("the command failed: {e}"),
+            ))
+        });
     if r.is_ok() {
         if let Some(m) = proxy.mirror.as_deref() {
             m.report.reset_table(&name);
@@ -564,7 +580,7 @@ fn reply(out: &mut BytesMut, tag: &str, r: Result<String, control::ControlError>
             true
         }
         Err(e) => {
-            msg::error_response(out, "ERROR", "55000", &e.to_string(), None, None);
+            msg::error_response(out, "ERROR", e.sqlstate(), &e.to_string(), None, None);
             false
         }
     }

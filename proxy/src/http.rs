@@ -8,7 +8,7 @@
 //! | `GET /clients` | JSON array, the rows of `SHOW CLIENTS` |
 //! | `GET /servers` | JSON array, the rows of `SHOW SERVERS` |
 //! | `GET /databases` | JSON array, the rows of `SHOW UPGRADE DATABASES` |
-//! | `POST /upgrade/start`, `/upgrade/cutover`, `/upgrade/rollback` | the admin console's `START UPGRADE`, `INITIATE CUTOVER`, `ROLLBACK UPGRADE`: `{"ok": bool, "message": "..."}`, 200, or 409 when the controller refused or the command failed |
+//! | `POST /upgrade/start`, `/upgrade/cutover`, `/upgrade/rollback` | the admin console's `START UPGRADE`, `INITIATE CUTOVER`, `ROLLBACK UPGRADE`: `{"ok": bool, "message": "..."}`, 200, 409 when the controller refused, 400 for a bad argument, 500 when the command failed, 503 when a server could not be reached |
 //!
 //! Access ([`Access`], checked before any handler runs, in this order):
 //!
@@ -539,7 +539,9 @@ async fn command(proxy: &Proxy, cmd: Command) -> Response {
         }
         Ok(Err(e)) => {
             tracing::info!(command = cmd.as_str(), phase = %phase, via = "http", "refused: {e}");
-            reply(StatusCode::CONFLICT, false, e.to_string())
+            let code =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            reply(code, false, e.to_string())
         }
         Err(e) => {
             tracing::error!(command = cmd.as_str(), phase = %phase, via = "http", error = %e, "the command's task failed");

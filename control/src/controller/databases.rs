@@ -121,7 +121,7 @@ impl Controller {
     /// pgshift ([`Controller::open`] reads it back).
     pub(super) async fn journal_databases(&self, actor: &str) -> Result<(), ControlError> {
         let dbs = serde_json::to_string(&self.carried_databases())
-            .map_err(|e| ControlError(format!("databases: {e}")))?;
+            .map_err(|e| ControlError::refused(format!("databases: {e}")))?;
         self.step(actor, DATABASES_STEP, || async { Ok(((), dbs.clone())) })
             .await
     }

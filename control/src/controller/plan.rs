@@ -191,7 +191,7 @@ pub(super) enum PlanError {
 
 impl From<ControlError> for PlanError {
     fn from(e: ControlError) -> Self {
-        PlanError::Failed(e.0)
+        PlanError::Failed(e.message)
     }
 }
 
@@ -221,7 +221,7 @@ impl From<DriverError> for StepFailure {
 impl From<ControlError> for StepFailure {
     fn from(e: ControlError) -> Self {
         StepFailure {
-            message: e.0,
+            message: e.message,
             transient: false,
             stopped: false,
         }
@@ -654,7 +654,7 @@ impl Controller {
                             Ok(()) => {}
                             Err(PlanError::Stopped) => return Err(StepFailure::stopped()),
                             Err(PlanError::Failed(m)) => {
-                                return Err(StepFailure::from(ControlError(m)))
+                                return Err(StepFailure::from(ControlError::refused(m)))
                             }
                         }
                     };
@@ -672,7 +672,7 @@ impl Controller {
                     match r {
                         Ok(m) => Ok(((), m)),
                         // An abandoned cutover left everything as it was: try again.
-                        Err(e) => Err(StepFailure::transient(e.0)),
+                        Err(e) => Err(StepFailure::transient(e.message)),
                     }
                 })
                 .await?;
@@ -820,7 +820,8 @@ impl Controller {
         let r = self.finish_switch(Direction::Forward, actor).await;
         self.retrying_switch
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        r.map(|m| ((), m)).map_err(|e| StepFailure::transient(e.0))
+        r.map(|m| ((), m))
+            .map_err(|e| StepFailure::transient(e.message))
     }
 
     async fn record(&self, actor: &str, step: &PlanStep, detail: &str) -> Result<(), PlanError> {

@@ -84,7 +84,7 @@ impl Controller {
                     .await;
             }
             tracing::warn!("{msg}");
-            Err(ControlError(msg))
+            Err(ControlError::refused(msg))
         };
         if name.is_empty() {
             return refuse("FORCE RESYNC TABLE needs a table name, e.g. 'public.accounts'".into())
@@ -282,7 +282,7 @@ impl Controller {
                     .step(id, &k, StepStatus::Failed, Some(msg.clone()), actor)
                     .await;
                 tracing::error!(table = %plan.table, "{msg}");
-                Err(ControlError(msg))
+                Err(ControlError::refused(msg))
             }
         }
     }
@@ -320,7 +320,13 @@ impl Controller {
                         // Ended (failed or refused): not run again at the next restart.
                         let _ = this
                             .journal
-                            .step(id, &key(&table), StepStatus::Failed, Some(e.0), "resume")
+                            .step(
+                                id,
+                                &key(&table),
+                                StepStatus::Failed,
+                                Some(e.message),
+                                "resume",
+                            )
                             .await;
                     }
                 },
@@ -368,7 +374,7 @@ impl Controller {
         {
             Ok(r) => {
                 let lsn: tokio_postgres::types::PgLsn = r.try_get(0).map_err(|e| {
-                    ControlError(format!("source: pg_current_wal_insert_lsn(): {e}"))
+                    ControlError::refused(format!("source: pg_current_wal_insert_lsn(): {e}"))
                 })?;
                 Ok(u64::from(lsn))
             }
@@ -410,13 +416,13 @@ impl Controller {
             loop {
                 let st = cap.state();
                 if let Some(f) = st.failed {
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                         "applying the captured transactions stopped: {f}"
                     )));
                 }
                 if st.from != Some(Side::Source) {
-                    return Err(ControlError(
-                        "the target does not apply the source's changes now".into(),
+                    return Err(ControlError::refused(
+                        "the target does not apply the source's changes now",
                     ));
                 }
                 if st.applied >= lsn {
@@ -434,7 +440,7 @@ impl Controller {
             || row.serving_side != Side::Source.as_str()
             || phase.before_sync()
         {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "the target does not apply the source's changes now (phase {}, traffic on the {}, replication {}): forward replication must run after the initial copy",
                 row.phase, row.serving_side, row.direction
             )));

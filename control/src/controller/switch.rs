@@ -143,7 +143,7 @@ impl Controller {
         let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
         if let Err(why) = run.before_pause(self, &traffic, actor).await {
             let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
-            return Err(ControlError(msg));
+            return Err(ControlError::failed(msg));
         }
         let new_epoch = i64::try_from(traffic.route().epoch)
             .unwrap_or(0)
@@ -240,7 +240,7 @@ impl Controller {
             let msg = self
                 .abandon_switch(dir, actor, prev_phase, &ab.reason)
                 .await;
-            return Err(ControlError(msg));
+            return Err(ControlError::failed(msg));
         }
 
         // ... then switch (this also unpauses). The weighted share goes first, while paused:

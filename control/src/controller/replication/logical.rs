@@ -109,7 +109,7 @@ impl ReplicationDriver for LogicalDriver {
                         from.as_str()
                     );
                     c.fail(actor, None, &msg).await;
-                    return Err(ControlError(msg));
+                    return Err(ControlError::refused(msg));
                 }
                 Some(false) => {
                     d.enable_subscription(&leg.sub_c, to, sub).await?;
@@ -121,7 +121,7 @@ impl ReplicationDriver for LogicalDriver {
                 // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
                 // TABLE leaves one out, or copying).
                 if let Some(problem) = d.forward_problem(&leg.sub_c).await? {
-                    return Err(ControlError(format!(
+                    return Err(ControlError::refused(format!(
                         "cutover refused: {}{problem}; traffic stays on the source",
                         leg.tag()
                     )));
@@ -230,7 +230,7 @@ impl ReplicationDriver for LogicalDriver {
                 let msg = format!(
                     "traffic is on the {} but a step after the swap failed: {}; {} replication {} → {} is not running yet",
                     side.as_str(),
-                    e.0,
+                    e.message,
                     new_dir.as_str(),
                     new_dir.publisher().as_str(),
                     new_dir.subscriber().as_str()
@@ -243,11 +243,11 @@ impl ReplicationDriver for LogicalDriver {
                             r.last_error = Some(msg.clone());
                         })
                         .await;
-                    return Err(ControlError(msg));
+                    return Err(ControlError::failed(msg));
                 }
                 let msg = format!("{msg}; run the command again to finish");
                 c.fail(actor, None, &msg).await;
-                Err(ControlError(msg))
+                Err(ControlError::failed(msg))
             }
         }
     }

@@ -119,7 +119,7 @@ impl Controller {
     /// InitReplication with the `mirror` driver, after the schema copy (see the module docs).
     async fn init_capture(&self, actor: &str) -> Result<String, DriverError> {
         let cap = self.capture_handle()?;
-        let traffic = self.traffic().map_err(|e| DriverError::new(e.0))?;
+        let traffic = self.traffic().map_err(|e| DriverError::new(e.message))?;
         let d = &self.driver;
         let src = d.connect(Side::Source).await?;
         let tgt = d.connect(Side::Target).await?;
@@ -327,13 +327,13 @@ impl ReplicationDriver for MirrorDriver {
         let what = words(dir).1;
         let st = cap.state();
         if let Some(f) = &st.failed {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "{what} refused: applying the captured transactions stopped: {f}; traffic stays on the {}",
                 from.as_str()
             )));
         }
         if st.from != Some(from) || !st.applying {
-            return Err(ControlError(format!(
+            return Err(ControlError::refused(format!(
                 "{what} refused: the capture of committed writes does not run on the {} with applying on the {}; traffic stays on the {}",
                 from.as_str(),
                 to.as_str(),
