@@ -902,15 +902,28 @@ pub enum Driver {
     /// committed write transaction into an on-disk queue (`queue_dir`), which pgshift then
     /// applies on the other side in the source's commit order, exactly once.
     Mirror,
+    /// Native logical replication both ways at once (PostgreSQL 16 or later on both
+    /// servers): publications on both, the forward subscription with `origin = none` and
+    /// `copy_data = true`, the reverse one with `origin = none` and `copy_data = false`
+    /// once the initial copy is done (PostgreSQL docs, "CREATE SUBSCRIPTION", `origin`).
+    /// Writes may reach either server; each target sequence draws from a range of its own
+    /// ([`ReplicationConfig::sequence_gap`]); a switch needs no reverse set-up.
+    Bidirectional,
 }
 
 impl Driver {
-    /// The TOML name: `logical` or `mirror`.
+    /// The TOML name: `logical`, `mirror` or `bidirectional`.
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Logical => "logical",
             Driver::Mirror => "mirror",
+            Driver::Bidirectional => "bidirectional",
         }
+    }
+
+    /// Whether both directions replicate at once (writes may go to either server).
+    pub fn both_ways(self) -> bool {
+        matches!(self, Driver::Bidirectional)
     }
 }
 
@@ -939,6 +952,16 @@ pub struct ReplicationConfig {
     /// answers, ended by one commit that waits for the WAL flush (1 to 1024; 1: one round
     /// trip and one flush per transaction). Default 64.
     pub apply_batch: u32,
+    /// `bidirectional` driver: how far ahead of the source's position each target sequence
+    /// is moved before any write can reach the target (after the initial copy), so that the
+    /// two servers draw from ranges of their own and no value is drawn twice. Must exceed
+    /// what the source draws until the cutover; checked against the draw rate seen during
+    /// the initial copy. 1000 to 2^62. Default 100000000.
+    pub sequence_gap: i64,
+    /// `bidirectional` driver: a conflict or apply error on either subscription halts the
+    /// plan (traffic back to the previous weight, plan paused, the reason shown). `false`
+    /// only logs it. Default true.
+    pub halt_on_conflict: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -952,6 +975,8 @@ impl Default for ReplicationConfig {
             copy_jobs: 4,
             queue_dir: PathBuf::from("./data/mirror-queue"),
             apply_batch: 64,
+            sequence_gap: 100_000_000,
+            halt_on_conflict: true,
         }
     }
 }

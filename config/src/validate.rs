@@ -232,6 +232,15 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
             ),
         );
     }
+    if !(1000..=(1i64 << 62)).contains(&r.sequence_gap) {
+        f.add(
+            at("replication").key("sequence_gap"),
+            format!(
+                "{} is out of range: 1000 to 4611686018427387904 (2^62) sequence values",
+                r.sequence_gap
+            ),
+        );
+    }
     if r.queue_dir.as_os_str().is_empty() {
         f.add(at("replication").key("queue_dir"), "must not be empty");
     }

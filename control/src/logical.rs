@@ -309,6 +309,9 @@ pub struct Logical {
     copy_schema: bool,
     server_users: Vec<(String, String)>,
     connect_timeout: Duration,
+    /// Both directions replicate at once (`[replication] driver = "bidirectional"`): every
+    /// subscription is made with `origin = none`.
+    both_ways: bool,
 }
 
 impl Logical {
@@ -334,6 +337,18 @@ impl Logical {
                 .map(|u| (u.name.clone(), u.server_user().to_string()))
                 .collect(),
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms.max(1000)),
+            both_ways: cfg.replication.driver.both_ways(),
+        }
+    }
+
+    /// `, origin = none` when both directions replicate at once: a subscription then applies
+    /// only changes made on its publisher, not the ones the publisher applied from the other
+    /// direction, so nothing loops (PostgreSQL 16+; docs "CREATE SUBSCRIPTION", `origin`).
+    fn origin_option(&self) -> &'static str {
+        if self.both_ways {
+            ", origin = none"
+        } else {
+            ""
         }
     }
 
@@ -1350,10 +1365,11 @@ impl Logical {
         let leftover = self.drop_slot(&src, Side::Source, &name).await?;
         let truncated = self.truncate_target_tables().await?;
         let sql = format!(
-            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)",
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true{})",
             quote_ident(&name),
             quote_literal(&self.source.replication_conninfo()),
-            quote_ident(&self.names.publication)
+            quote_ident(&self.names.publication),
+            self.origin_option()
         );
         tgt.batch_execute(&sql).await.map_err(|e| {
             pg_error(
@@ -1383,11 +1399,12 @@ impl Logical {
         }
         let publisher = self.server(d.publisher());
         let sql = format!(
-            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {})",
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}{})",
             quote_ident(&name),
             quote_literal(&publisher.replication_conninfo()),
             quote_ident(self.names.publication(d)),
-            quote_literal(&name)
+            quote_literal(&name),
+            self.origin_option()
         );
         c.batch_execute(&sql).await.map_err(|e| {
             pg_error(
@@ -1397,6 +1414,50 @@ impl Logical {
         })?;
         Ok(format!(
             "created subscription {name} on slot {name} (copy_data = false)"
+        ))
+    }
+
+    /// Creates the subscription of direction `d` with a new slot on its publisher and no
+    /// initial copy (`copy_data = false`, plus `origin = none` when both directions run),
+    /// unless it exists (then it is enabled). A leftover slot of that name on the publisher
+    /// (an earlier attempt) is dropped first. For the `bidirectional` driver's reverse
+    /// subscription, made once the forward one has copied every table.
+    pub async fn ensure_subscription_fresh(&self, d: Direction) -> Result<String> {
+        let side = d.subscriber();
+        let c = self.connect(side).await?;
+        let name = self.names.subscription(d).to_string();
+        match self.subscription_state(&c, side, &name).await? {
+            Some(true) => return Ok(format!("subscription {name} exists")),
+            Some(false) => {
+                self.enable_subscription(&c, side, &name).await?;
+                return Ok(format!("subscription {name} existed disabled; enabled"));
+            }
+            None => {}
+        }
+        let pc = self.connect(d.publisher()).await?;
+        let leftover = self.drop_slot(&pc, d.publisher(), &name).await?;
+        let sql = format!(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false{})",
+            quote_ident(&name),
+            quote_literal(&self.server(d.publisher()).replication_conninfo()),
+            quote_ident(self.names.publication(d)),
+            self.origin_option()
+        );
+        c.batch_execute(&sql).await.map_err(|e| {
+            pg_error(
+                &format!("{}: creating subscription {name}", self.label(side)),
+                &e,
+            )
+        })?;
+        Ok(format!(
+            "created subscription {name} on the {} (copy_data = false{}){}",
+            side.as_str(),
+            self.origin_option(),
+            if leftover {
+                ", after dropping a leftover slot"
+            } else {
+                ""
+            }
         ))
     }
 
@@ -2069,6 +2130,135 @@ impl Logical {
             })?;
         let n: i64 = r.col(0)?;
         Ok(n as usize)
+    }
+}
+
+impl Logical {
+    /// Every sequence of `c`'s database the connected role may read, from `pg_sequences`
+    /// (PostgreSQL 10+; docs "pg_sequences"): `(schema, name, last_value, start_value,
+    /// increment_by, min_value, max_value)`, `last_value` `None` when never used.
+    #[allow(clippy::type_complexity)]
+    async fn sequence_table(
+        &self,
+        c: &Client,
+        side: Side,
+    ) -> Result<Vec<(String, String, Option<i64>, i64, i64, i64, i64)>> {
+        let rows = c
+            .query(
+                "SELECT schemaname::text, sequencename::text, last_value, start_value, increment_by, min_value, max_value
+                   FROM pg_catalog.pg_sequences
+                  WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                  ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&format!("{}: reading pg_sequences", self.label(side)), &e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.col(0)?,
+                    r.col(1)?,
+                    r.col(2)?,
+                    r.col(3)?,
+                    r.col(4)?,
+                    r.col(5)?,
+                    r.col(6)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The `bidirectional` driver's sequence ranges: moves every sequence of `to` `gap`
+    /// values ahead of where `from` stands (its last value, or one step before its start
+    /// when never used; downwards for a descending sequence), never backwards, so that the
+    /// two servers draw from ranges of their own while both take writes. Both sides
+    /// PostgreSQL 10+. Returns the number set. Errors: a sequence whose range would pass
+    /// its `MAXVALUE` (`MINVALUE`) on `to`, each named, and nothing set.
+    pub async fn move_sequences_ahead(
+        &self,
+        from: &Client,
+        from_side: Side,
+        to: &Client,
+        to_side: Side,
+        gap: i64,
+    ) -> Result<usize> {
+        let src = self.sequence_table(from, from_side).await?;
+        let dst: std::collections::HashMap<(String, String), (Option<i64>, i64, i64)> = self
+            .sequence_table(to, to_side)
+            .await?
+            .into_iter()
+            .map(|(s, n, last, _, _, min, max)| ((s, n), (last, min, max)))
+            .collect();
+        let mut set = Vec::new();
+        let mut bad = Vec::new();
+        for (schema, name, last, start, inc, _, _) in src {
+            let Some(&(t_last, min, max)) = dst.get(&(schema.clone(), name.clone())) else {
+                continue;
+            };
+            let base = last.unwrap_or(start.saturating_sub(inc));
+            let v = if inc > 0 {
+                match base.checked_add(gap).filter(|v| *v <= max) {
+                    Some(v) => t_last.map_or(v, |t| t.max(v)),
+                    None => {
+                        bad.push(format!("{schema}.{name} (at {base}, MAXVALUE {max})"));
+                        continue;
+                    }
+                }
+            } else {
+                match base.checked_sub(gap).filter(|v| *v >= min) {
+                    Some(v) => t_last.map_or(v, |t| t.min(v)),
+                    None => {
+                        bad.push(format!("{schema}.{name} (at {base}, MINVALUE {min})"));
+                        continue;
+                    }
+                }
+            };
+            set.push(SequenceValue {
+                schema,
+                name,
+                last_value: v,
+            });
+        }
+        if !bad.is_empty() {
+            return Err(DriverError::new(format!(
+                "{}: [replication] sequence_gap {gap} does not fit {} sequence(s): {}; lower sequence_gap \
+                 (it must still exceed what the {} draws until the cutover) or widen the sequence (ALTER SEQUENCE ... AS bigint)",
+                self.label(to_side),
+                bad.len(),
+                bad.join(", "),
+                from_side.as_str()
+            )));
+        }
+        self.set_sequences(to, to_side, from_side, &set).await
+    }
+
+    /// The switch's sequence step of the `bidirectional` driver: every used sequence of
+    /// `from` copied to `to` only where that moves it forward (a target range drawn from
+    /// since [`move_sequences_ahead`](Self::move_sequences_ahead) stays). Returns the
+    /// number set.
+    pub async fn sync_sequences_forward(
+        &self,
+        from: &Client,
+        from_side: Side,
+        to: &Client,
+        to_side: Side,
+    ) -> Result<usize> {
+        let values = self.sequence_values(from, from_side).await?;
+        let dst: std::collections::HashMap<(String, String), (Option<i64>, i64)> = self
+            .sequence_table(to, to_side)
+            .await?
+            .into_iter()
+            .map(|(s, n, last, _, inc, _, _)| ((s, n), (last, inc)))
+            .collect();
+        let ahead: Vec<SequenceValue> = values
+            .into_iter()
+            .filter(|v| match dst.get(&(v.schema.clone(), v.name.clone())) {
+                Some((Some(t), inc)) if *inc > 0 => v.last_value > *t,
+                Some((Some(t), _)) => v.last_value < *t,
+                _ => true,
+            })
+            .collect();
+        self.set_sequences(to, to_side, from_side, &ahead).await
     }
 }
 

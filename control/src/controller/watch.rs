@@ -66,6 +66,8 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
     let mut window: Option<Window> = None;
     let mut lag_watch = LagWatch::default();
     let mut prober = Prober::default();
+    // The `bidirectional` driver: the other direction's subscriber, probed the same way.
+    let mut other_prober = Prober::default();
     let mut apply_before: Option<i64> = None;
     let mut missing_since: Option<Instant> = None;
     let mut was_active = false;
@@ -88,6 +90,7 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
                 apply_before = None;
                 missing_since = None;
                 prober = Prober::default();
+                other_prober = Prober::default();
                 was_active = false;
             }
             drop(this);
@@ -104,6 +107,36 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
         let mut probe = prober
             .tick(&this.driver, dir, interval, this.capture_state().is_some())
             .await;
+        if this.cfg.replication.driver.both_ways() {
+            // Both directions run: both apply workers must, and an apply error on either
+            // (a conflict) counts.
+            let other = other_prober
+                .tick(&this.driver, dir.reverse(), interval, false)
+                .await;
+            probe = Probe {
+                reachable: probe.reachable && other.reachable,
+                worker_running: match (probe.worker_running, other.worker_running) {
+                    (Some(a), Some(b)) => Some(a && b),
+                    _ => None,
+                },
+                apply_errors: match (probe.apply_errors, other.apply_errors) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    _ => None,
+                },
+            };
+            if !this.cfg.replication.halt_on_conflict {
+                // `halt_on_conflict = false`: logged, not a failed check.
+                if let (Some(now), Some(before)) = (probe.apply_errors, apply_before) {
+                    if now > before {
+                        tracing::warn!(
+                            errors = now - before,
+                            "replication conflict or apply error (pg_stat_subscription_stats.apply_error_count); the plan goes on ([replication] halt_on_conflict = false)"
+                        );
+                    }
+                }
+                apply_before = probe.apply_errors;
+            }
+        }
         if let Some(st) = this.capture_state() {
             // The mirror driver: no subscription; pgshift's own applier is the worker.
             probe.worker_running = Some(st.applying && st.failed.is_none());

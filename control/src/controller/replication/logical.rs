@@ -69,103 +69,11 @@ impl ReplicationDriver for LogicalDriver {
         dir: Direction,
         actor: &str,
     ) -> Result<Box<dyn SwitchRun>, ControlError> {
-        let from = dir.publisher();
-        let to = dir.subscriber();
-        let what = super::super::switch::words(dir).1;
-        // Connections and checks before the pause, for every carried database. Every
-        // statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
-        // e.g. creating the slot waits for every transaction running on that server,
-        // including ones opened outside pgshift.
-        let bound = format!(
-            "SET statement_timeout = {}",
-            c.cfg.upgrade.catchup_timeout_ms.max(1000)
-        );
-        let drivers = c.carried();
-        let mut legs = Vec::with_capacity(drivers.len());
-        for (i, d) in drivers.iter().enumerate() {
-            let leg = Leg {
-                i,
-                d: d.clone(),
-                pub_c: d.connect(from).await?,
-                sub_c: d.connect(to).await?,
-                sub: d.names().subscription(dir).to_string(),
-                new_slot: d.names().subscription(dir.reverse()).to_string(),
-            };
-            for (cl, side) in [(&leg.pub_c, from), (&leg.sub_c, to)] {
-                cl.batch_execute(&bound).await.map_err(|e| {
-                    crate::logical::pg_error(
-                        &format!("{}: SET statement_timeout", d.label(side)),
-                        &e,
-                    )
-                })?;
-            }
-            let sub = &leg.sub;
-            match d.subscription_state(&leg.sub_c, to, sub).await? {
-                None => {
-                    let msg = format!(
-                        "{what} not possible: {}subscription {sub} is missing on the {}; traffic stays on the {}",
-                        leg.tag(),
-                        to.as_str(),
-                        from.as_str()
-                    );
-                    c.fail(actor, None, &msg).await;
-                    return Err(ControlError::refused(msg));
-                }
-                Some(false) => {
-                    d.enable_subscription(&leg.sub_c, to, sub).await?;
-                    tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
-                }
-                Some(true) => {}
-            }
-            if dir == Direction::Forward {
-                // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
-                // TABLE leaves one out, or copying).
-                if let Some(problem) = d.forward_problem(&leg.sub_c).await? {
-                    return Err(ControlError::refused(format!(
-                        "cutover refused: {}{problem}; traffic stays on the source",
-                        leg.tag()
-                    )));
-                }
-            }
-            legs.push(leg);
-        }
-        Ok(Box::new(LogicalRun { dir, legs }))
+        Ok(Box::new(LogicalRun::begin(c, dir, actor, false).await?))
     }
 
     async fn abandon_cleanup(&self, c: &Controller, dir: Direction) -> Vec<String> {
-        let to = dir.subscriber();
-        let mut problems = Vec::new();
-        for (i, d) in c.carried().iter().enumerate() {
-            let sub = d.names().subscription(dir).to_string();
-            let new_slot = d.names().subscription(dir.reverse()).to_string();
-            let cleanup: Result<(), DriverError> = async {
-                let cl = d.connect(to).await?;
-                d.set_subscription_sync_commit(&cl, to, &sub, false).await?;
-                d.enable_subscription(&cl, to, &sub).await?;
-                // No subscription of the other direction exists before the swap: the slot is unused.
-                if d.subscription_state(
-                    &d.connect(dir.publisher()).await?,
-                    dir.publisher(),
-                    &new_slot,
-                )
-                .await?
-                .is_none()
-                {
-                    d.drop_slot(&cl, to, &new_slot).await?;
-                }
-                Ok(())
-            }
-            .await;
-            if let Err(e) = cleanup {
-                problems.push(format!(
-                    "cleanup incomplete ({}): {}subscription {sub} on the {} may still be disabled, retry the command",
-                    e.message,
-                    plan::db_tag(i, d),
-                    to.as_str()
-                ));
-            }
-        }
-        problems
+        abandon_cleanup(c, dir, true).await
     }
 
     /// Subscription of the other direction on the new slot, then the old subscription dropped.
@@ -335,10 +243,89 @@ impl Leg {
     }
 }
 
-/// A switch with the `logical` driver: one [`Leg`] per carried database.
-struct LogicalRun {
+/// A switch with the `logical` (or `bidirectional`) driver: one [`Leg`] per carried database.
+pub(super) struct LogicalRun {
     dir: Direction,
     legs: Vec<Leg>,
+    /// Both directions run (the `bidirectional` driver): nothing is stopped or made in the
+    /// pause, and sequences only move forward.
+    both_ways: bool,
+}
+
+impl LogicalRun {
+    /// Connections and checks before the pause, for every carried database (`both_ways`:
+    /// the `bidirectional` driver, whose run stops nothing and makes no slot). Every
+    /// statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
+    /// e.g. creating the slot waits for every transaction running on that server, including
+    /// ones opened outside pgshift.
+    pub(super) async fn begin(
+        c: &Controller,
+        dir: Direction,
+        actor: &str,
+        both_ways: bool,
+    ) -> Result<LogicalRun, ControlError> {
+        let from = dir.publisher();
+        let to = dir.subscriber();
+        let what = super::super::switch::words(dir).1;
+        let bound = format!(
+            "SET statement_timeout = {}",
+            c.cfg.upgrade.catchup_timeout_ms.max(1000)
+        );
+        let drivers = c.carried();
+        let mut legs = Vec::with_capacity(drivers.len());
+        for (i, d) in drivers.iter().enumerate() {
+            let leg = Leg {
+                i,
+                d: d.clone(),
+                pub_c: d.connect(from).await?,
+                sub_c: d.connect(to).await?,
+                sub: d.names().subscription(dir).to_string(),
+                new_slot: d.names().subscription(dir.reverse()).to_string(),
+            };
+            for (cl, side) in [(&leg.pub_c, from), (&leg.sub_c, to)] {
+                cl.batch_execute(&bound).await.map_err(|e| {
+                    crate::logical::pg_error(
+                        &format!("{}: SET statement_timeout", d.label(side)),
+                        &e,
+                    )
+                })?;
+            }
+            let sub = &leg.sub;
+            match d.subscription_state(&leg.sub_c, to, sub).await? {
+                None => {
+                    let msg = format!(
+                        "{what} not possible: {}subscription {sub} is missing on the {}; traffic stays on the {}",
+                        leg.tag(),
+                        to.as_str(),
+                        from.as_str()
+                    );
+                    c.fail(actor, None, &msg).await;
+                    return Err(ControlError::refused(msg));
+                }
+                Some(false) => {
+                    d.enable_subscription(&leg.sub_c, to, sub).await?;
+                    tracing::warn!(subscription = %sub, "subscription was disabled; enabled it before the {what}");
+                }
+                Some(true) => {}
+            }
+            if dir == Direction::Forward {
+                // Every table must be replicated and synchronised (an interrupted FORCE RESYNC
+                // TABLE leaves one out, or copying).
+                if let Some(problem) = d.forward_problem(&leg.sub_c).await? {
+                    return Err(ControlError::refused(format!(
+                        "cutover refused: {}{problem}; traffic stays on the source",
+                        leg.tag()
+                    )));
+                }
+            }
+            legs.push(leg);
+        }
+        Ok(LogicalRun {
+            dir,
+            legs,
+            both_ways,
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -348,7 +335,7 @@ impl SwitchRun for LogicalRun {
     }
 
     fn reverses(&self) -> bool {
-        true
+        !self.both_ways
     }
 
     /// Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
@@ -507,11 +494,16 @@ impl SwitchRun for LogicalRun {
 
     async fn sequences(&mut self, _c: &Controller) -> Result<u64, Abandon> {
         let (from, to) = (self.dir.publisher(), self.dir.subscriber());
+        let forward_only = self.both_ways;
         let ns = futures_util::future::try_join_all(self.legs.iter().map(|leg| async move {
-            leg.d
-                .sync_sequences(&leg.pub_c, from, &leg.sub_c, to)
-                .await
-                .map_err(|e| leg.abandon(e))
+            let r = if forward_only {
+                leg.d
+                    .sync_sequences_forward(&leg.pub_c, from, &leg.sub_c, to)
+                    .await
+            } else {
+                leg.d.sync_sequences(&leg.pub_c, from, &leg.sub_c, to).await
+            };
+            r.map_err(|e| leg.abandon(e))
         }))
         .await?;
         Ok(ns.iter().map(|n| *n as u64).sum())
@@ -675,4 +667,48 @@ async fn wait_no_prepared(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// After an abandoned switch of `dir`: the running subscriptions back to asynchronous
+/// commit and enabled, and (`drop_new_slot`: the `logical` driver) the reverse slot made in
+/// the pause dropped. Returns what could not be undone.
+pub(super) async fn abandon_cleanup(
+    c: &Controller,
+    dir: Direction,
+    drop_new_slot: bool,
+) -> Vec<String> {
+    let to = dir.subscriber();
+    let mut problems = Vec::new();
+    for (i, d) in c.carried().iter().enumerate() {
+        let sub = d.names().subscription(dir).to_string();
+        let new_slot = d.names().subscription(dir.reverse()).to_string();
+        let cleanup: Result<(), DriverError> = async {
+            let cl = d.connect(to).await?;
+            d.set_subscription_sync_commit(&cl, to, &sub, false).await?;
+            d.enable_subscription(&cl, to, &sub).await?;
+            // No subscription of the other direction exists before the swap: the slot is unused.
+            if drop_new_slot
+                && d.subscription_state(
+                    &d.connect(dir.publisher()).await?,
+                    dir.publisher(),
+                    &new_slot,
+                )
+                .await?
+                .is_none()
+            {
+                d.drop_slot(&cl, to, &new_slot).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = cleanup {
+            problems.push(format!(
+                "cleanup incomplete ({}): {}subscription {sub} on the {} may still be disabled, retry the command",
+                e.message,
+                plan::db_tag(i, d),
+                to.as_str()
+            ));
+        }
+    }
+    problems
 }

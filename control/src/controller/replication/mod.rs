@@ -16,9 +16,11 @@
 //!   [`ReplicationDriver::finish_switch`] after the pause.
 //!
 //! Implementations: [`logical::LogicalDriver`] (native publications and subscriptions, one
-//! direction at a time) and [`mirror::MirrorDriver`] (the proxy records committed writes and
-//! applies them on the other side).
+//! direction at a time), [`mirror::MirrorDriver`] (the proxy records committed writes and
+//! applies them on the other side) and [`bidirectional::BidirectionalDriver`] (native
+//! logical replication both ways at once, `origin = none`).
 
+pub(super) mod bidirectional;
 pub(super) mod logical;
 pub(super) mod mirror;
 
@@ -182,5 +184,6 @@ pub(super) fn for_config(cfg: &config::Config) -> Box<dyn ReplicationDriver> {
     match cfg.replication.driver {
         config::Driver::Logical => Box::new(logical::LogicalDriver),
         config::Driver::Mirror => Box::new(mirror::MirrorDriver),
+        config::Driver::Bidirectional => Box::new(bidirectional::BidirectionalDriver),
     }
 }
