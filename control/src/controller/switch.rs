@@ -141,6 +141,16 @@ impl Controller {
         .await?;
 
         let drain_timeout = Duration::from_millis(self.cfg.upgrade.drain_timeout_ms);
+        // Client sessions that hold what cannot move (whatever the driver): wait, then
+        // refuse or let them end.
+        if let Err(why) = self.wait_unpinned(&traffic, to, drain_timeout).await {
+            let why = format!(
+                "{what} not started: {why}; traffic stays on the {}",
+                from.as_str()
+            );
+            let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
+            return Err(ControlError::failed(msg));
+        }
         if let Err(why) = run.before_pause(self, &traffic, actor).await {
             let msg = self.abandon_switch(dir, actor, prev_phase, &why).await;
             return Err(ControlError::failed(msg));

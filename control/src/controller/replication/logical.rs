@@ -339,14 +339,13 @@ impl SwitchRun for LogicalRun {
     }
 
     /// Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
-    /// (it cannot come during the pause: the sessions are held). Then client sessions that
-    /// hold what cannot move: wait, then refuse or let them end. Then the precatchup of
+    /// (it cannot come during the pause: the sessions are held). Then the precatchup of
     /// every database, and the running subscriptions apply synchronously from then on, so
     /// the subscribers report their positions at once.
     async fn before_pause(
         &mut self,
         c: &Controller,
-        traffic: &Traffic,
+        _traffic: &Traffic,
         actor: &str,
     ) -> Result<(), String> {
         let dir = self.dir;
@@ -362,7 +361,7 @@ impl SwitchRun for LogicalRun {
                     .await
                     .map_err(|e| format!("{}{}", leg.tag(), e.message))?;
             }
-            c.wait_unpinned(traffic, to, drain_timeout).await
+            Ok(())
         }
         .await;
         if let Err(why) = ready {
