@@ -1465,9 +1465,14 @@ queue_dir = \"/var/lib/pgshift/queue\"
             "replication.queue_dir: must not be empty",
         ),
         (
+            "apply_batch = 16",
+            "apply_batch = 16\nsequence_gap = 5",
+            "replication.sequence_gap: 5 is out of range",
+        ),
+        (
             "driver = \"mirror\"",
             "driver = \"pgactive2\"",
-            "unknown variant `pgactive2`, expected `logical` or `mirror`",
+            "unknown variant `pgactive2`, expected one of `logical`, `mirror`, `bidirectional`",
         ),
     ];
     for (old, new, fragment) in cases {
