@@ -470,6 +470,69 @@ pub fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<HashMap<String, Option<String>
         .collect()
 }
 
+/// pgshift's replication objects on `s` (database `app`): publications, slots and
+/// subscriptions as `pub:<name>,slot:<name>,sub:<name>`, sorted; empty when none.
+pub fn replication_objects(s: &PgServer) -> String {
+    s.psql(
+        DB,
+        "SELECT coalesce(string_agg(o, ',' ORDER BY o), '') FROM (
+             SELECT 'pub:' || pubname AS o FROM pg_publication
+             UNION ALL SELECT 'slot:' || slot_name FROM pg_replication_slots
+             UNION ALL SELECT 'sub:' || subname FROM pg_subscription) x",
+    )
+    .unwrap_or_else(|e| format!("unreachable: {e}"))
+}
+
+impl Stack {
+    /// Polls `SHOW UPGRADE STATUS` every 20 ms until `pred` holds and returns that status.
+    /// Panics (with the tail of pgshift's log) after `timeout`, or on state `error`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, Option<String>>) -> bool,
+    ) -> HashMap<String, Option<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status().await {
+                assert_ne!(
+                    field(&s, "state"),
+                    "error",
+                    "{what}: {s:?}\n{}",
+                    crate::tail_file(&self.pgshift.log_path(), 40)
+                );
+                if pred(&s) {
+                    return s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} not reached within {timeout:?}: {s:?}\n{}",
+                    crate::tail_file(&self.pgshift.log_path(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (at most 120 s) until pgshift has killed itself at failpoint `which` (as its log
+    /// says: `PGSHIFT_FAILPOINT=<which>`), then clears its environment for the restart.
+    pub async fn crashed_at_failpoint(&mut self, which: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.pgshift.is_running() {
+            assert!(
+                Instant::now() < deadline,
+                "pgshift never reached failpoint {which}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(self
+            .pgshift
+            .log()
+            .contains(&format!("PGSHIFT_FAILPOINT={which}")));
+        self.pgshift.env.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_http_token;

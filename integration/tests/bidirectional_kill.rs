@@ -5,22 +5,9 @@
 //! on the 17), no acknowledged write is lost, and no replication object is left over.
 
 use integration::load::{missing_ids, Writer};
-use integration::stack::field as get;
-use integration::{PgServer, Stack, StackOptions};
-use std::collections::HashMap;
+use integration::stack::{field as get, replication_objects};
+use integration::{Stack, StackOptions};
 use std::time::{Duration, Instant};
-
-/// pgshift's replication objects on a server.
-fn objects(s: &PgServer) -> String {
-    s.psql(
-        "app",
-        "SELECT coalesce(string_agg(o, ',' ORDER BY o), '') FROM (
-             SELECT 'pub:' || pubname AS o FROM pg_publication
-             UNION ALL SELECT 'slot:' || slot_name FROM pg_replication_slots
-             UNION ALL SELECT 'sub:' || subname FROM pg_subscription) x",
-    )
-    .unwrap_or_else(|e| format!("unreachable: {e}"))
-}
 
 /// A 16 → 17 stack whose plan runs unattended to the end with the bidirectional driver; the
 /// schema is made on both servers (the harness's pg_dump 15 cannot dump a 16).
@@ -62,41 +49,13 @@ async fn stack(failpoint: Option<&str>) -> (Stack, Writer) {
     (stack, writer)
 }
 
-/// Polls the status until `pred` holds; panics after `timeout` or on state `error`.
-async fn wait_for(
-    stack: &Stack,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&HashMap<String, Option<String>>) -> bool,
-) -> HashMap<String, Option<String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(s) = stack.status().await {
-            assert_ne!(
-                get(&s, "state"),
-                "error",
-                "{what}: {s:?}\n{}",
-                integration::tail_file(&stack.pgshift.log_path(), 40)
-            );
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not reached within {timeout:?}: {s:?}\n{}",
-                integration::tail_file(&stack.pgshift.log_path(), 40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// After the restart: the plan finishes, nothing lost or left over.
 async fn finish(stack: &Stack, writer: Writer) {
-    wait_for(stack, "phase done", Duration::from_secs(180), |s| {
-        get(s, "phase") == "done"
-    })
-    .await;
+    stack
+        .wait_for("phase done", Duration::from_secs(180), |s| {
+            get(s, "phase") == "done"
+        })
+        .await;
     let before = writer.acked_count();
     let deadline = Instant::now() + Duration::from_secs(20);
     while writer.acked_count() < before + 50 {
@@ -112,39 +71,26 @@ async fn finish(stack: &Stack, writer: Writer) {
         lost.len(),
         &lost[..lost.len().min(20)]
     );
-    assert_eq!(objects(&stack.source), "", "left on the source");
-    assert_eq!(objects(&stack.target), "", "left on the target");
+    assert_eq!(replication_objects(&stack.source), "", "left on the source");
+    assert_eq!(replication_objects(&stack.target), "", "left on the target");
     let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
     assert!(hist.iter().any(|r| get(r, "actor") == "resume"));
-}
-
-/// Waits until pgshift killed itself at failpoint `which`, then clears it for the restart.
-async fn crashed_at_failpoint(stack: &mut Stack, which: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stack.pgshift.is_running() {
-        assert!(Instant::now() < deadline, "never reached failpoint {which}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stack
-        .pgshift
-        .log()
-        .contains(&format!("PGSHIFT_FAILPOINT={which}")));
-    stack.pgshift.env.clear();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bidirectional_kill_9_during_wait_for_sync_then_inside_the_cutover() {
     let (mut stack, writer) = stack(Some("pause")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    wait_for(&stack, "wait_for_sync", Duration::from_secs(60), |s| {
-        get(s, "step") == "wait_for_sync"
-    })
-    .await;
+    stack
+        .wait_for("wait_for_sync", Duration::from_secs(60), |s| {
+            get(s, "step") == "wait_for_sync"
+        })
+        .await;
     stack.pgshift.kill9();
     // Restarted with the cutover failpoint still set: the plan resumes, sets the reverse
     // direction up once, shifts, and dies again when the cutover pauses traffic.
     stack.pgshift.restart().expect("restart");
-    crashed_at_failpoint(&mut stack, "Pause").await;
+    stack.crashed_at_failpoint("Pause").await;
     let subs = stack
         .source
         .psql("app", "SELECT count(*) FROM pg_subscription")
@@ -158,7 +104,7 @@ async fn bidirectional_kill_9_during_wait_for_sync_then_inside_the_cutover() {
 async fn bidirectional_kill_9_inside_cutover_after_the_swap() {
     let (mut stack, writer) = stack(Some("switch")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    crashed_at_failpoint(&mut stack, "Switch").await;
+    stack.crashed_at_failpoint("Switch").await;
     stack.pgshift.restart().expect("restart");
     let s = stack.status().await.unwrap();
     assert_eq!(get(&s, "epoch"), "2", "{s:?}");

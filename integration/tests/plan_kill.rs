@@ -6,23 +6,10 @@
 //! after journaling the swap); the others by `kill -9` from here at the right phase.
 
 use integration::load::{missing_ids, Writer};
-use integration::{PgServer, Stack, StackOptions};
-use std::collections::HashMap;
+use integration::{Stack, StackOptions};
 use std::time::{Duration, Instant};
 
-use integration::stack::field as get;
-
-/// pgshift's replication objects on a server: publications, slots, subscriptions.
-fn objects(s: &PgServer) -> String {
-    s.psql(
-        "app",
-        "SELECT coalesce(string_agg(o, ',' ORDER BY o), '') FROM (
-             SELECT 'pub:' || pubname AS o FROM pg_publication
-             UNION ALL SELECT 'slot:' || slot_name FROM pg_replication_slots
-             UNION ALL SELECT 'sub:' || subname FROM pg_subscription) x",
-    )
-    .unwrap_or_else(|e| format!("unreachable: {e}"))
-}
+use integration::stack::{field as get, replication_objects};
 
 /// A stack whose plan runs unattended to the end (no approval, no decommission).
 async fn stack(shift: &str, hold_ms: u64, failpoint: Option<&str>) -> (Stack, Writer) {
@@ -44,41 +31,13 @@ async fn stack(shift: &str, hold_ms: u64, failpoint: Option<&str>) -> (Stack, Wr
     (stack, writer)
 }
 
-/// Polls the status until `pred` holds; panics after `timeout` or on state `error`.
-async fn wait_for(
-    stack: &Stack,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&HashMap<String, Option<String>>) -> bool,
-) -> HashMap<String, Option<String>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(s) = stack.status().await {
-            assert_ne!(
-                get(&s, "state"),
-                "error",
-                "{what}: {s:?}\n{}",
-                integration::tail_file(&stack.pgshift.log_path(), 40)
-            );
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not reached within {timeout:?}: {s:?}\n{}",
-                integration::tail_file(&stack.pgshift.log_path(), 40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// After the restart: the plan finishes, traffic is on the 17, nothing lost or left over.
 async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
-    let s = wait_for(stack, "phase done", Duration::from_secs(180), |s| {
-        get(s, "phase") == "done"
-    })
-    .await;
+    let s = stack
+        .wait_for("phase done", Duration::from_secs(180), |s| {
+            get(s, "phase") == "done"
+        })
+        .await;
     eprintln!("plan done {:.1?} after the start: {s:?}", t0.elapsed());
     // Writes go on through pgshift on the 17.
     let before = writer.acked_count();
@@ -106,8 +65,8 @@ async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
         lost.len(),
         &lost[..lost.len().min(20)]
     );
-    assert_eq!(objects(&stack.source), "", "left on the source");
-    assert_eq!(objects(&stack.target), "", "left on the target");
+    assert_eq!(replication_objects(&stack.source), "", "left on the source");
+    assert_eq!(replication_objects(&stack.target), "", "left on the target");
     let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
     let dup: Vec<String> = hist
         .iter()
@@ -121,33 +80,16 @@ async fn finish(stack: &Stack, writer: Writer, t0: Instant) {
     );
 }
 
-/// Waits until pgshift has killed itself at failpoint `which` (as logged), then clears
-/// `PGSHIFT_FAILPOINT` for the restart.
-async fn crashed_at_failpoint(stack: &mut Stack, which: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stack.pgshift.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "the cutover never reached failpoint {which}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stack
-        .pgshift
-        .log()
-        .contains(&format!("PGSHIFT_FAILPOINT={which}")));
-    stack.pgshift.env.clear();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_wait_for_sync() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[]", 1000, None).await;
     stack.admin("START UPGRADE").await.unwrap();
-    let s = wait_for(&stack, "wait_for_sync", Duration::from_secs(60), |s| {
-        get(s, "step") == "wait_for_sync"
-    })
-    .await;
+    let s = stack
+        .wait_for("wait_for_sync", Duration::from_secs(60), |s| {
+            get(s, "step") == "wait_for_sync"
+        })
+        .await;
     stack.pgshift.kill9();
     eprintln!("killed in {s:?}");
     // (Table synchronisation slots of the subscription come and go besides these.)
@@ -160,14 +102,15 @@ async fn kill_9_during_wait_for_sync() {
     // The whole instance is carried: database postgres has its own slot (its publication is
     // in database postgres, not listed here).
     let forward = "pub:pgshift_pub,slot:pgshift_fwd,slot:pgshift_postgres_fwd";
-    assert_eq!(ours(objects(&stack.source)), forward);
+    assert_eq!(ours(replication_objects(&stack.source)), forward);
     stack.pgshift.restart().expect("restart");
     // Exactly one of each forward object after the resume.
-    wait_for(&stack, "resumed", Duration::from_secs(30), |s| {
-        get(s, "state") == "running" || get(s, "phase") != "synchronizing"
-    })
-    .await;
-    let o = ours(objects(&stack.source));
+    stack
+        .wait_for("resumed", Duration::from_secs(30), |s| {
+            get(s, "state") == "running" || get(s, "phase") != "synchronizing"
+        })
+        .await;
+    let o = ours(replication_objects(&stack.source));
     assert!(
         o == forward || o.is_empty(),
         "source after the restart: {o}"
@@ -180,10 +123,11 @@ async fn kill_9_between_shift_steps() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[25, 25, 50]", 3000, None).await;
     stack.admin("START UPGRADE").await.unwrap();
-    wait_for(&stack, "the first hold", Duration::from_secs(90), |s| {
-        get(s, "step") == "health_check:1" && get(s, "target_weight") == "25"
-    })
-    .await;
+    stack
+        .wait_for("the first hold", Duration::from_secs(90), |s| {
+            get(s, "step") == "health_check:1" && get(s, "target_weight") == "25"
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.pgshift.kill9();
     stack.pgshift.restart().expect("restart");
@@ -216,7 +160,7 @@ async fn kill_9_inside_cutover_before_the_swap() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[]", 1000, Some("pause")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    crashed_at_failpoint(&mut stack, "Pause").await;
+    stack.crashed_at_failpoint("Pause").await;
     stack.pgshift.restart().expect("restart");
     finish(&stack, writer, t0).await;
     let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
@@ -232,7 +176,7 @@ async fn kill_9_inside_cutover_after_the_swap() {
     let t0 = Instant::now();
     let (mut stack, writer) = stack("[]", 1000, Some("switch")).await;
     stack.admin("START UPGRADE").await.unwrap();
-    crashed_at_failpoint(&mut stack, "Switch").await;
+    stack.crashed_at_failpoint("Switch").await;
     stack.pgshift.restart().expect("restart");
     // The swap was journaled before the crash: the restarted proxy serves the target at once.
     let s = stack.status().await.unwrap();
@@ -255,10 +199,11 @@ async fn pgshift_upgrade_runs_the_plan_and_a_second_run_does_nothing() {
         .pgshift
         .start_again("upgrade")
         .expect("pgshift upgrade");
-    let s = wait_for(&stack, "phase done", Duration::from_secs(180), |s| {
-        get(s, "phase") == "done"
-    })
-    .await;
+    let s = stack
+        .wait_for("phase done", Duration::from_secs(180), |s| {
+            get(s, "phase") == "done"
+        })
+        .await;
     eprintln!("`pgshift upgrade` done after {:.1?}: {s:?}", t0.elapsed());
     let before = stack.admin("SHOW UPGRADE HISTORY").await.unwrap().len();
     stack
