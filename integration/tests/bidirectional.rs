@@ -235,6 +235,12 @@ async fn both_ways_16_to_17_with_sequence_ranges_cutover_and_rollback() {
     )
     .await;
 
+    for l in stack.history_lines().await.unwrap() {
+        if l.starts_with("swap ") {
+            eprintln!("{l}");
+        }
+    }
+
     // And over again, for good.
     stack
         .admin("INITIATE CUTOVER")
