@@ -348,3 +348,101 @@ async fn a_conflict_halts_the_shift_with_the_reason_shown() {
     let why = field(&st, "last_error");
     assert!(why.contains("conflict"), "{why}");
 }
+
+/// Part 4: with a both-ways driver the weight applies to whole sessions, writes included.
+/// 100 sessions through pgshift: at 25 % exactly a quarter of them write on the target; at
+/// 50 % the ones already there stay (sticky) and as many again join; at 0 % every one is
+/// back on the source at its next statement; every row reaches the other server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_sessions_follow_the_weight_writes_included() {
+    let stack = Stack::start(StackOptions {
+        source_major: 16,
+        target_major: 17,
+        pgbench_scale: 0,
+        extra_config: config(""),
+        ..Default::default()
+    })
+    .expect("stack");
+    on_both(
+        &stack,
+        "CREATE TABLE w (id bigserial PRIMARY KEY, port int, session int); ALTER TABLE w OWNER TO app",
+    );
+    stack.admin("START UPGRADE").await.expect("start");
+    stack
+        .wait_state("waiting", Duration::from_secs(120))
+        .await
+        .expect("synchronised");
+    let tgt_port = stack.target.port as i32;
+    const N: usize = 100;
+    let mut sessions = Vec::new();
+    for _ in 0..N {
+        sessions.push(stack.app_client().await.expect("session"));
+    }
+    // One write per session; returns which sessions wrote on the target.
+    async fn round(sessions: &[tokio_postgres::Client], tgt_port: i32) -> Vec<bool> {
+        let mut on = Vec::new();
+        for (i, c) in sessions.iter().enumerate() {
+            let port: i32 = c
+                .query_one(
+                    "INSERT INTO w (port, session) VALUES (inet_server_port(), $1) RETURNING port",
+                    &[&(i as i32)],
+                )
+                .await
+                .map_err(|e| db_error(&e))
+                .expect("write")
+                .get(0);
+            on.push(port == tgt_port);
+        }
+        on
+    }
+    let count = |v: &[bool]| v.iter().filter(|b| **b).count();
+
+    let before = round(&sessions, tgt_port).await;
+    assert_eq!(count(&before), 0, "no weight: every session on the source");
+    stack.admin("SHIFT TRAFFIC 25").await.expect("shift 25");
+    let at25 = round(&sessions, tgt_port).await;
+    eprintln!("weight 25: {} of {N} sessions on the target", count(&at25));
+    assert!((20..=30).contains(&count(&at25)), "{} of {N}", count(&at25));
+    // The same sessions stay where they are while the weight does not change.
+    assert_eq!(
+        round(&sessions, tgt_port).await,
+        at25,
+        "sessions moved without a reason"
+    );
+    stack.admin("SHIFT TRAFFIC 50").await.expect("shift 50");
+    let at50 = round(&sessions, tgt_port).await;
+    eprintln!("weight 50: {} of {N} sessions on the target", count(&at50));
+    assert!((45..=55).contains(&count(&at50)), "{} of {N}", count(&at50));
+    let stayed = at25.iter().zip(&at50).filter(|(a, b)| **a && **b).count();
+    assert_eq!(
+        stayed,
+        count(&at25),
+        "sticky: the sessions on the target at 25 % stay at 50 %"
+    );
+    let t0 = Instant::now();
+    stack.admin("SHIFT TRAFFIC 0").await.expect("shift 0");
+    let back = round(&sessions, tgt_port).await;
+    eprintln!("weight 0: all back in {:?}", t0.elapsed());
+    assert_eq!(
+        count(&back),
+        0,
+        "weight 0: every session back on the source"
+    );
+    // Every write of either side is on both servers.
+    let n = (5 * N).to_string();
+    for s in [&stack.source, &stack.target] {
+        wait_value(s, "SELECT count(*) FROM w", &n, Duration::from_secs(20)).await;
+    }
+    let on_target = stack
+        .source
+        .psql(
+            "app",
+            &format!("SELECT count(*) FROM w WHERE port = {tgt_port}"),
+        )
+        .unwrap();
+    assert_eq!(
+        on_target.trim(),
+        (count(&at25) * 2 + count(&at50)).to_string(),
+        "the target's writes reached the source"
+    );
+}

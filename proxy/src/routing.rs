@@ -93,6 +93,59 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// A session's place under the session-level shift of a both-ways replication driver
+/// (`[replication] driver = "bidirectional"`): the weight applies to whole sessions, writes
+/// included. [`Router::place`] registers a session; [`decide`](Placement::decide) at each
+/// of its transaction boundaries says whether it runs on the side that is not serving, and
+/// moves it only when the share requires it (sticky); dropping it leaves.
+pub struct Placement<'a> {
+    router: &'a Router,
+    other: bool,
+}
+
+impl Placement<'_> {
+    /// Whether the session runs on the other side under weight `w` (percent). The number
+    /// of sessions there is kept at `round(w × registered sessions / 100)`: a session moves
+    /// there only while fewer are, and back only while more are. A session that is not
+    /// `movable` (it holds what cannot move) stays where it is.
+    pub fn decide(&mut self, w: u8, movable: bool) -> bool {
+        if !movable {
+            return self.other;
+        }
+        let total = self.router.placed.load(Ordering::SeqCst).max(1);
+        let want = (total * usize::from(w.min(100)) + 50) / 100;
+        let on = &self.router.on_other;
+        if self.other {
+            if on
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n > want).then(|| n - 1)
+                })
+                .is_ok()
+            {
+                self.other = false;
+            }
+        } else if w > 0
+            && on
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < want).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            self.other = true;
+        }
+        self.other
+    }
+}
+
+impl Drop for Placement<'_> {
+    fn drop(&mut self) {
+        self.router.placed.fetch_sub(1, Ordering::SeqCst);
+        if self.other {
+            self.router.on_other.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The proxy's implementation of [`TrafficControl`].
 ///
 /// Drain accounting is Dekker-style with sequentially consistent atomics: a session
@@ -108,6 +161,10 @@ pub struct Router {
     changes: watch::Sender<u64>,
     /// Client traffic per side, for health checks.
     pub traffic: Traffic,
+    /// Sessions registered for the session-level shift ([`Router::place`]), and those of
+    /// them on the side that is not serving.
+    placed: AtomicUsize,
+    on_other: AtomicUsize,
     /// Test hook `PGSHIFT_FAILPOINT` (see [`Failpoint`]).
     failpoint: Option<Failpoint>,
     /// Sessions that hold state that cannot move, by pgshift pid ([`Router::set_pinned`]).
@@ -176,7 +233,28 @@ impl Router {
             traffic: Traffic::new(std::time::Duration::from_secs(10)),
             failpoint: Failpoint::from_env(),
             pinned: Default::default(),
+            placed: AtomicUsize::new(0),
+            on_other: AtomicUsize::new(0),
         })
+    }
+
+    /// Registers a session for the session-level shift (see [`Placement`]); it starts on
+    /// the serving side.
+    pub fn place(&self) -> Placement<'_> {
+        self.placed.fetch_add(1, Ordering::SeqCst);
+        Placement {
+            router: self,
+            other: false,
+        }
+    }
+
+    /// Sessions registered for the session-level shift, and those on the side that is not
+    /// serving: (registered, there).
+    pub fn placement(&self) -> (usize, usize) {
+        (
+            self.placed.load(Ordering::SeqCst),
+            self.on_other.load(Ordering::SeqCst),
+        )
     }
 
     /// The table in force (lock-free).
@@ -369,6 +447,36 @@ mod tests {
             std::thread::yield_now();
             self.table.store(Arc::new(next));
         }
+    }
+
+    #[test]
+    fn placement_keeps_the_share_and_moves_only_when_it_must() {
+        let r = router();
+        let mut p: Vec<Placement<'_>> = (0..8).map(|_| r.place()).collect();
+        let on = |p: &mut Vec<Placement<'_>>, w| {
+            p.iter_mut().map(|x| x.decide(w, true)).collect::<Vec<_>>()
+        };
+        assert_eq!(r.placement(), (8, 0));
+        let a = on(&mut p, 25);
+        assert_eq!(a.iter().filter(|b| **b).count(), 2);
+        // Same weight: nobody moves.
+        assert_eq!(on(&mut p, 25), a);
+        let b = on(&mut p, 50);
+        assert_eq!(b.iter().filter(|x| **x).count(), 4);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| !*x || *y),
+            "sticky: {a:?} {b:?}"
+        );
+        // A session that cannot move stays where it is, even at weight 0.
+        let pinned = b.iter().position(|x| *x).unwrap();
+        assert!(p[pinned].decide(0, false));
+        let c = on(&mut p, 0);
+        assert_eq!(c.iter().filter(|x| **x).count(), 0);
+        assert_eq!(r.placement(), (8, 0));
+        let d = on(&mut p, 100);
+        assert!(d.iter().all(|x| *x));
+        p.truncate(3);
+        assert_eq!(r.placement(), (3, 3), "dropped placements leave");
     }
 
     fn router() -> Arc<Router> {

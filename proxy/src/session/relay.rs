@@ -13,6 +13,12 @@
 //! an extended-protocol batch up to Sync) that the classifier proves read-only goes there with
 //! the table's probability. That connection is opened with `default_transaction_read_only =
 //! on`, so a misclassified write fails instead of diverging the replica.
+//!
+//! With a replication driver that runs both ways (`bidirectional`) the weight applies to
+//! whole sessions instead, writes included ([`crate::routing::Placement`]): at each
+//! transaction boundary the session runs on the side its place says, which changes only
+//! when the share requires it; the connection there is read-write, and a unit that fails on
+//! it is not run again (it may have written): the session ends with the error.
 
 use super::memory::{Share, FREE_BYTES};
 use super::pins;
@@ -130,6 +136,11 @@ pub(crate) struct Relay<'p> {
     check_pins: bool,
     /// What pins it, as [`pins`] bits, from the last check.
     pins: u8,
+    /// The weight applies to whole sessions, writes included (a both-ways replication
+    /// driver): this session's place ([`crate::routing::Placement`]), from its first unit.
+    placement: Option<crate::routing::Placement<'p>>,
+    /// Whether the session-level shift is on (`[replication] driver` replicates both ways).
+    by_session: bool,
     /// What it takes from the sessions' memory budget ([`super::memory`]).
     mem: Share<'p>,
     /// A large client message waits for room in the budget: its length.
@@ -213,6 +224,8 @@ pub(crate) async fn relay(
         side,
         carried,
         home: info.database == proxy.cfg.source.dbname,
+        placement: None,
+        by_session: proxy.cfg.replication.driver.both_ways(),
         epoch,
         held: false,
         c_skip: 0,
@@ -753,6 +766,15 @@ impl<'p> Relay<'p> {
         self.info.state.store(STATE_ACTIVE, Ordering::Relaxed);
         // A session that holds (or may hold) what cannot move never runs a unit elsewhere.
         let movable = self.pins == 0 && !self.state.suspect.any();
+        // Session-level shift: where the whole session runs, decided before the unit.
+        let by_session = self.by_session && self.carried;
+        let session_other = if by_session {
+            let router = &self.proxy.router;
+            let place = self.placement.get_or_insert_with(|| router.place());
+            place.decide(t.weight, movable)
+        } else {
+            false
+        };
         let max_msg = self.max_msg;
         let (cbuf, state) = (&self.cbuf, &mut self.state);
         let body_of = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &cbuf[r]);
@@ -763,6 +785,9 @@ impl<'p> Relay<'p> {
             self.backend.as_ref().map(|c| c.side),
             self.carried,
             |w| {
+                if by_session {
+                    return session_other;
+                }
                 movable
                     && rand::random::<u32>() % 100 < u32::from(w)
                     && match &body {
@@ -786,7 +811,9 @@ impl<'p> Relay<'p> {
         };
         let shifted = runs_on != serving;
         self.unit.answered = false;
-        self.rec.replay = shifted.then(BytesMut::new);
+        // A unit that may write is never run twice: with the session-level shift its
+        // failure on the other side ends the session instead of a replay.
+        self.rec.replay = (shifted && !by_session).then(BytesMut::new);
         if !shifted && self.home {
             // The mirror driver's capture: every unit on the serving side (once switched).
             self.start_write_capture(serving, tag, body.clone());
@@ -1239,7 +1266,8 @@ impl<'p> Relay<'p> {
                 if let Some(o) = other {
                     o.terminate();
                 }
-                match self.open(side, side != self.side).await {
+                // Read-only for a shifted read-only unit; the session-level shift writes there.
+                match self.open(side, side != self.side && !self.by_session).await {
                     Ok((c, _)) => {
                         // Its latency is not the server's answer time (see `unit_done`).
                         self.unit.cold = true;
