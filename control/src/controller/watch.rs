@@ -107,7 +107,7 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
         let mut probe = prober
             .tick(&this.driver, dir, interval, this.capture_state().is_some())
             .await;
-        if this.cfg.replication.driver.both_ways() {
+        if this.replication.both_ways() {
             // Both directions run: both apply workers must, and an apply error on either
             // (a conflict) counts.
             let other = other_prober

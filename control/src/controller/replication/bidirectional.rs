@@ -60,6 +60,10 @@ impl ReplicationDriver for BidirectionalDriver {
         pf
     }
 
+    fn both_ways(&self) -> bool {
+        true
+    }
+
     fn configure_params_note(&self) -> &'static str {
         "bidirectional driver: nothing to configure (validate_input checked wal_level, slots, WAL senders and workers on both servers)"
     }

@@ -69,6 +69,12 @@ pub(super) trait ReplicationDriver: Send + Sync {
     /// (tables or transactions synchronised, message).
     async fn wait_sync(&self, c: &Controller, actor: &str) -> Result<(u64, String), DriverError>;
 
+    /// Whether both directions replicate at once, so that the health checks probe both
+    /// subscribers.
+    fn both_ways(&self) -> bool {
+        false
+    }
+
     /// What the lag collector reads.
     fn lag_probe(&self, c: &Controller) -> LagProbe {
         let _ = c;
