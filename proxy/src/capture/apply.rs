@@ -29,6 +29,15 @@ pub(super) async fn run(e: Arc<Engine>) {
     loop {
         let gen = e.apply_gen.load(Ordering::SeqCst);
         if gen == 0 {
+            // Leaving: clear the running flag, then look again. A generation asked for
+            // between the load above and the flag cleared found the applier running and left
+            // the work to it (`Engine::run_applier`): take it up, unless a new applier did.
+            e.applier_running.store(false, Ordering::SeqCst);
+            if e.apply_gen.load(Ordering::SeqCst) != 0
+                && !e.applier_running.swap(true, Ordering::SeqCst)
+            {
+                continue;
+            }
             return;
         }
         match apply_gen(&e, gen).await {

@@ -443,12 +443,14 @@ impl Engine {
                     .enable_all()
                     .build()
                 {
+                    // `run` clears `applier_running` itself when it leaves (and takes up a
+                    // generation asked for meanwhile).
                     Ok(rt) => rt.block_on(apply::run(e.clone())),
                     Err(err) => {
                         *lock(&e.failed) = Some(format!("cannot start the applier: {err}"));
+                        e.applier_running.store(false, Ordering::SeqCst);
                     }
                 }
-                e.applier_running.store(false, Ordering::SeqCst);
             });
         if let Err(err) = spawned {
             self.applier_running.store(false, Ordering::SeqCst);
