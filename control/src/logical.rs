@@ -1353,13 +1353,8 @@ impl Logical {
     pub async fn ensure_forward_subscription(&self) -> Result<String> {
         let tgt = self.connect(Side::Target).await?;
         let name = self.names.forward.clone();
-        match self.subscription_state(&tgt, Side::Target, &name).await? {
-            Some(true) => return Ok(format!("subscription {name} exists")),
-            Some(false) => {
-                self.enable_subscription(&tgt, Side::Target, &name).await?;
-                return Ok(format!("subscription {name} existed disabled; enabled"));
-            }
-            None => {}
+        if let Some(m) = self.reuse_subscription(&tgt, Side::Target, &name).await? {
+            return Ok(m);
         }
         let src = self.connect(Side::Source).await?;
         let leftover = self.drop_slot(&src, Side::Source, &name).await?;
@@ -1371,16 +1366,46 @@ impl Logical {
             quote_ident(&self.names.publication),
             self.origin_option()
         );
-        tgt.batch_execute(&sql).await.map_err(|e| {
-            pg_error(
-                &format!("{}: creating subscription {name}", self.label(Side::Target)),
-                &e,
-            )
-        })?;
+        self.create_subscription(&tgt, Side::Target, &name, &sql)
+            .await?;
         Ok(format!(
             "created subscription {name} (copy_data = true){}; emptied {truncated} target tables first",
             if leftover { ", after dropping a leftover slot on the source" } else { "" }
         ))
+    }
+
+    /// An existing subscription `name` on `side`: enabled if it was disabled, with what was
+    /// found (`None`: there is none, make it).
+    async fn reuse_subscription(
+        &self,
+        c: &Client,
+        side: Side,
+        name: &str,
+    ) -> Result<Option<String>> {
+        Ok(match self.subscription_state(c, side, name).await? {
+            Some(true) => Some(format!("subscription {name} exists")),
+            Some(false) => {
+                self.enable_subscription(c, side, name).await?;
+                Some(format!("subscription {name} existed disabled; enabled"))
+            }
+            None => None,
+        })
+    }
+
+    /// Runs `sql`, the `CREATE SUBSCRIPTION` of `name`, on `side`.
+    async fn create_subscription(
+        &self,
+        c: &Client,
+        side: Side,
+        name: &str,
+        sql: &str,
+    ) -> Result<()> {
+        c.batch_execute(sql).await.map_err(|e| {
+            pg_error(
+                &format!("{}: creating subscription {name}", self.label(side)),
+                &e,
+            )
+        })
     }
 
     /// Creates the subscription of direction `d` on an existing slot, without initial copy
@@ -1389,13 +1414,8 @@ impl Logical {
         let side = d.subscriber();
         let c = self.connect(side).await?;
         let name = self.names.subscription(d).to_string();
-        match self.subscription_state(&c, side, &name).await? {
-            Some(true) => return Ok(format!("subscription {name} exists")),
-            Some(false) => {
-                self.enable_subscription(&c, side, &name).await?;
-                return Ok(format!("subscription {name} existed disabled; enabled"));
-            }
-            None => {}
+        if let Some(m) = self.reuse_subscription(&c, side, &name).await? {
+            return Ok(m);
         }
         let publisher = self.server(d.publisher());
         let sql = format!(
@@ -1406,12 +1426,7 @@ impl Logical {
             quote_literal(&name),
             self.origin_option()
         );
-        c.batch_execute(&sql).await.map_err(|e| {
-            pg_error(
-                &format!("{}: creating subscription {name}", self.label(side)),
-                &e,
-            )
-        })?;
+        self.create_subscription(&c, side, &name, &sql).await?;
         Ok(format!(
             "created subscription {name} on slot {name} (copy_data = false)"
         ))
@@ -1426,13 +1441,8 @@ impl Logical {
         let side = d.subscriber();
         let c = self.connect(side).await?;
         let name = self.names.subscription(d).to_string();
-        match self.subscription_state(&c, side, &name).await? {
-            Some(true) => return Ok(format!("subscription {name} exists")),
-            Some(false) => {
-                self.enable_subscription(&c, side, &name).await?;
-                return Ok(format!("subscription {name} existed disabled; enabled"));
-            }
-            None => {}
+        if let Some(m) = self.reuse_subscription(&c, side, &name).await? {
+            return Ok(m);
         }
         let pc = self.connect(d.publisher()).await?;
         let leftover = self.drop_slot(&pc, d.publisher(), &name).await?;
@@ -1443,12 +1453,7 @@ impl Logical {
             quote_ident(self.names.publication(d)),
             self.origin_option()
         );
-        c.batch_execute(&sql).await.map_err(|e| {
-            pg_error(
-                &format!("{}: creating subscription {name}", self.label(side)),
-                &e,
-            )
-        })?;
+        self.create_subscription(&c, side, &name, &sql).await?;
         Ok(format!(
             "created subscription {name} on the {} (copy_data = false{}){}",
             side.as_str(),

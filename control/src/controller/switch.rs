@@ -443,6 +443,29 @@ impl Controller {
         Phase::parse(&row.phase) == words(dir).2 && row.serving_side == dir.subscriber().as_str()
     }
 
+    /// The last write of a finished switch of direction `dir`: the done phase (`cut_over`,
+    /// state `running`: the plan goes on; or `rolled_back`, state `done`), no error, the
+    /// running direction turned, journaled with `msg`. Returns `msg`.
+    pub(super) async fn switch_done(
+        &self,
+        dir: Direction,
+        actor: &str,
+        msg: String,
+    ) -> Result<String, ControlError> {
+        let (phase, state) = match dir {
+            Direction::Forward => (Phase::CutOver, RUNNING),
+            Direction::Reverse => (Phase::RolledBack, super::DONE),
+        };
+        self.save(actor, "phase", &msg, |r| {
+            r.phase = phase.as_str().into();
+            r.state = state.into();
+            r.last_error = None;
+            r.direction = dir.reverse().as_str().into();
+        })
+        .await?;
+        Ok(msg)
+    }
+
     /// Post-swap steps of a switch of direction `dir` (the direction that ran before it),
     /// by the driver ([`ReplicationDriver::finish_switch`](super::replication::ReplicationDriver::finish_switch)).
     pub(super) async fn finish_switch(

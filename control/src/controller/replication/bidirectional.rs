@@ -21,7 +21,7 @@
 //! * **DetachOld / rollback before cutover**: both subscriptions, slots and publications
 //!   removed, as with `logical`.
 
-use super::super::{plan, ControlError, Controller, Phase, DONE, RUNNING};
+use super::super::{plan, ControlError, Controller};
 use super::logical::{abandon_cleanup, teardown_all, LogicalRun};
 use super::{ReplicationDriver, SwitchRun};
 use crate::logical::{Direction, DriverError, Preflight};
@@ -179,10 +179,6 @@ impl ReplicationDriver for BidirectionalDriver {
         dir: Direction,
         actor: &str,
     ) -> Result<String, ControlError> {
-        let (phase, state) = match dir {
-            Direction::Forward => (Phase::CutOver, RUNNING),
-            Direction::Reverse => (Phase::RolledBack, DONE),
-        };
         for d in c.carried().iter() {
             let cl = d.connect(dir.subscriber()).await?;
             d.set_subscription_sync_commit(
@@ -199,14 +195,7 @@ impl ReplicationDriver for BidirectionalDriver {
             dir.publisher().as_str(),
             c.driver.names().subscription(dir.reverse())
         );
-        c.save(actor, "phase", &msg, |r| {
-            r.phase = phase.as_str().into();
-            r.state = state.into();
-            r.last_error = None;
-            r.direction = dir.reverse().as_str().into();
-        })
-        .await?;
-        Ok(msg)
+        c.switch_done(dir, actor, msg).await
     }
 
     async fn detach(&self, c: &Controller) -> Result<String, DriverError> {

@@ -6,7 +6,7 @@
 //! See the controller's module docs, "Cutover" and "The catch-up barrier".
 
 use super::super::switch::{abandon, Abandon};
-use super::super::{plan, ControlError, Controller, Phase, DONE, RUNNING};
+use super::super::{plan, ControlError, Controller, RUNNING};
 use super::{ReplicationDriver, SwitchRun};
 use crate::logical::{fmt_lsn, Direction, DriverError, Logical};
 use crate::{Side, Traffic};
@@ -83,11 +83,7 @@ impl ReplicationDriver for LogicalDriver {
         dir: Direction,
         actor: &str,
     ) -> Result<String, ControlError> {
-        let (kp, done_phase, done_state) = match dir {
-            // After a cutover the plan goes on (health checks, DetachOld...).
-            Direction::Forward => ("cutover", Phase::CutOver, RUNNING),
-            Direction::Reverse => ("switchback", Phase::RolledBack, DONE),
-        };
+        let kp = super::super::switch::words(dir).0;
         let new_dir = dir.reverse();
         let res: Result<(String, String), ControlError> = async {
             let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -124,14 +120,8 @@ impl ReplicationDriver for LogicalDriver {
                     new_dir.publisher().as_str(),
                     new_dir.subscriber().as_str()
                 );
-                c.save(actor, "phase", &msg, |r| {
-                    r.phase = done_phase.as_str().into();
-                    r.state = done_state.into();
-                    r.last_error = None;
-                    r.direction = new_dir.as_str().into();
-                })
-                .await?;
-                Ok(msg)
+                // After a cutover the plan goes on (health checks, DetachOld...).
+                c.switch_done(dir, actor, msg).await
             }
             Err(e) => {
                 let side = new_dir.publisher();

@@ -27,7 +27,7 @@
 //! the test harness has).
 
 use super::super::switch::{drain, words, Abandon};
-use super::super::{ControlError, Controller, Phase, DONE, RUNNING};
+use super::super::{ControlError, Controller};
 use super::{LagProbe, ReplicationDriver, SwitchRun};
 use crate::logical::{quote_ident, Direction, DriverError, Lag, Preflight};
 use crate::{Capture, CaptureState, Side, Traffic};
@@ -362,23 +362,12 @@ impl ReplicationDriver for MirrorDriver {
         dir: Direction,
         actor: &str,
     ) -> Result<String, ControlError> {
-        let (phase, state) = match dir {
-            Direction::Forward => (Phase::CutOver, RUNNING),
-            Direction::Reverse => (Phase::RolledBack, DONE),
-        };
         let msg = format!(
             "committed writes on the {} are recorded and applied on the {}",
             dir.subscriber().as_str(),
             dir.publisher().as_str()
         );
-        c.save(actor, "phase", &msg, |r| {
-            r.phase = phase.as_str().into();
-            r.state = state.into();
-            r.last_error = None;
-            r.direction = dir.reverse().as_str().into();
-        })
-        .await?;
-        Ok(msg)
+        c.switch_done(dir, actor, msg).await
     }
 
     async fn detach(&self, c: &Controller) -> Result<String, DriverError> {
