@@ -909,21 +909,57 @@ pub enum Driver {
     /// Writes may reach either server; each target sequence draws from a range of its own
     /// ([`ReplicationConfig::sequence_gap`]); a switch needs no reverse set-up.
     Bidirectional,
+    /// AWS's pgactive extension (active-active logical replication, github.com/aws/pgactive):
+    /// a group created on the source, the target joined to it
+    /// ([`ReplicationConfig::pgactive_join`]); both directions replicate at once, so writes
+    /// may reach either server, each target sequence draws from a range of its own
+    /// ([`ReplicationConfig::sequence_gap`]) and a switch needs no reverse set-up. Both
+    /// servers need `shared_preload_libraries` with `pgactive` and
+    /// `track_commit_timestamp = on`; pgshift connects to them as a superuser (on Amazon RDS
+    /// `rds_superuser`, with `rds.enable_pgactive = 1`).
+    Pgactive,
 }
 
 impl Driver {
-    /// The TOML name: `logical`, `mirror` or `bidirectional`.
+    /// The TOML name: `logical`, `mirror`, `bidirectional` or `pgactive`.
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Logical => "logical",
             Driver::Mirror => "mirror",
             Driver::Bidirectional => "bidirectional",
+            Driver::Pgactive => "pgactive",
         }
     }
 
     /// Whether both directions replicate at once (writes may go to either server).
     pub fn both_ways(self) -> bool {
-        matches!(self, Driver::Bidirectional)
+        matches!(self, Driver::Bidirectional | Driver::Pgactive)
+    }
+}
+
+/// How the target joins the source's pgactive group (`[replication] pgactive_join`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PgactiveJoin {
+    /// `pgactive_join_group(..., data_only_node_init := true)` after pgshift's own schema
+    /// copy (`pg_dump --schema-only` of the configured `pg_dump`): pgactive copies only the
+    /// rows. The default: pgactive's bundled dump of the schema copies server-internal
+    /// column options (`pg_attver`) that a newer major rejects at restore, and a failed
+    /// join leaves the target needing manual clean-up.
+    #[default]
+    DataOnly,
+    /// A full logical join: pgactive dumps and restores schema and rows itself (the
+    /// target's database must hold no user tables; pgshift's schema copy is skipped).
+    Full,
+}
+
+impl PgactiveJoin {
+    /// The TOML name: `data_only` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgactiveJoin::DataOnly => "data_only",
+            PgactiveJoin::Full => "full",
+        }
     }
 }
 
@@ -952,16 +988,19 @@ pub struct ReplicationConfig {
     /// answers, ended by one commit that waits for the WAL flush (1 to 1024; 1: one round
     /// trip and one flush per transaction). Default 64.
     pub apply_batch: u32,
-    /// `bidirectional` driver: how far ahead of the source's position each target sequence
+    /// `bidirectional` and `pgactive` drivers: how far ahead of the source's position each target sequence
     /// is moved before any write can reach the target (after the initial copy), so that the
     /// two servers draw from ranges of their own and no value is drawn twice. Must exceed
     /// what the source draws until the cutover; checked against the draw rate seen during
     /// the initial copy. 1000 to 2^62. Default 100000000.
     pub sequence_gap: i64,
-    /// `bidirectional` driver: a conflict or apply error on either subscription halts the
-    /// plan (traffic back to the previous weight, plan paused, the reason shown). `false`
-    /// only logs it. Default true.
+    /// `bidirectional` and `pgactive` drivers: a conflict or apply error on either side
+    /// (`pg_stat_subscription_stats.apply_error_count`; pgactive's conflict history and its
+    /// workers' last error) halts the plan (traffic back to the previous weight, plan
+    /// paused, the reason shown). `false` only logs it. Default true.
     pub halt_on_conflict: bool,
+    /// `pgactive` driver: how the target joins the group. Default `data_only`.
+    pub pgactive_join: PgactiveJoin,
 }
 
 impl Default for ReplicationConfig {
@@ -977,6 +1016,7 @@ impl Default for ReplicationConfig {
             apply_batch: 64,
             sequence_gap: 100_000_000,
             halt_on_conflict: true,
+            pgactive_join: PgactiveJoin::DataOnly,
         }
     }
 }

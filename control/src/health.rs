@@ -263,7 +263,7 @@ pub fn evaluate(
                 v.failures.push(Failure {
                     kind: FailureKind::ApplyErrors,
                     reason: format!(
-                        "the subscription's apply worker reported {} error(s) (pg_stat_subscription_stats.apply_error_count {before} -> {now}): a replication conflict (e.g. one key written on both servers) or a change the subscriber cannot apply; see the subscriber's log",
+                        "the apply side reported {} error(s) or conflict(s) (count {before} -> {now}: pg_stat_subscription_stats.apply_error_count, or pgactive's conflict counters): a replication conflict (e.g. one key written on both servers) or a change the subscriber cannot apply; see the subscriber's log",
                         now - before
                     ),
                 });

@@ -62,8 +62,10 @@ impl DriverError {
 
 type Result<T, E = DriverError> = std::result::Result<T, E>;
 
+mod pgactive;
 mod resync;
 mod snapshot;
+pub use pgactive::{status_words, Health as PgactiveHealth, NodeState, Requirement};
 pub use resync::ResyncPlan;
 pub use snapshot::{CopyReport, ExportedSnapshot};
 
@@ -157,6 +159,8 @@ impl Direction {
 /// Names of the objects pgshift creates, from `replication.object_prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
+    /// `<p>` itself (node names of the `pgactive` driver: `<p>_source`, `<p>_target`).
+    pub prefix: String,
     /// `<p>_pub`: publication FOR ALL TABLES on the source.
     pub publication: String,
     /// `<p>_fwd`: subscription on the target, and its slot on the source.
@@ -175,6 +179,7 @@ impl Names {
     /// Names for `prefix`.
     pub fn new(prefix: &str) -> Names {
         Names {
+            prefix: prefix.to_string(),
             publication: format!("{prefix}_pub"),
             forward: format!("{prefix}_fwd"),
             reverse_publication: format!("{prefix}_rev_pub"),
@@ -284,7 +289,10 @@ pub fn fmt_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
+/// The schemas of the application's objects: not the system's, and not `pgactive` (the
+/// pgactive extension's per-node state, made by `CREATE EXTENSION` on each node: never
+/// copied, replicated or synced).
+const USER_SCHEMA: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgactive') AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_'";
 
 /// What the other databases carried by the same upgrade take from the same two servers, for
 /// the preflight's capacity checks: slots, WAL senders and workers are per instance.
@@ -312,6 +320,9 @@ pub struct Logical {
     /// Both directions replicate at once (`[replication] driver = "bidirectional"`): every
     /// subscription is made with `origin = none`.
     both_ways: bool,
+    /// `[replication] driver = "pgactive"`: the slots are pgactive's (one per peer, of
+    /// plugin `pgactive`), and health comes from its workers and conflict history.
+    pgactive: bool,
 }
 
 impl Logical {
@@ -328,7 +339,10 @@ impl Logical {
             names,
             pg_dump: cfg.replication.pg_dump.clone(),
             psql: cfg.replication.psql.clone(),
-            copy_schema: cfg.replication.copy_schema,
+            // A full pgactive join copies the schema itself (into a database without tables).
+            copy_schema: cfg.replication.copy_schema
+                && !(cfg.replication.driver == config::Driver::Pgactive
+                    && cfg.replication.pgactive_join == config::PgactiveJoin::Full),
             // Admin users only open the console: they never log in to a server.
             server_users: cfg
                 .users
@@ -338,6 +352,7 @@ impl Logical {
                 .collect(),
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms.max(1000)),
             both_ways: cfg.replication.driver.both_ways(),
+            pgactive: cfg.replication.driver == config::Driver::Pgactive,
         }
     }
 
@@ -730,7 +745,7 @@ impl Logical {
         let seqs = c
             .query(
                 if version >= 100000 {
-                    "SELECT schemaname::text, sequencename::text FROM pg_sequences ORDER BY 1, 2"
+                    "SELECT schemaname::text, sequencename::text FROM pg_sequences WHERE schemaname <> 'pgactive' ORDER BY 1, 2"
                 } else {
                     &catalog
                 },
@@ -1874,8 +1889,21 @@ impl Logical {
     }
 
     /// How far the subscriber of `d` has applied, read on the publisher (`c`): the slot's
-    /// `confirmed_flush_lsn` and the walsender's `replay_lsn`.
+    /// `confirmed_flush_lsn` and the walsender's `replay_lsn` (with the `pgactive` driver:
+    /// of the database's slot of plugin `pgactive`).
     pub async fn applied(&self, c: &Client, d: Direction) -> Result<Applied> {
+        if self.pgactive {
+            return match self.pgactive_slot(c, d.publisher()).await? {
+                Some((_, cf, rp, _, _, _)) => Ok(Applied {
+                    confirmed_flush: cf,
+                    replay: rp,
+                }),
+                None => Err(DriverError::new(format!(
+                    "{}: pgactive's replication slot (plugin pgactive) is missing",
+                    self.label(d.publisher())
+                ))),
+            };
+        }
         let name = self.names.subscription(d);
         let r = c
             .query_opt(
@@ -1900,8 +1928,17 @@ impl Logical {
         })
     }
 
-    /// Lag of direction `d`, read on its publisher (`c`); `None` when the slot is missing.
+    /// Lag of direction `d`, read on its publisher (`c`); `None` when the slot is missing
+    /// (with the `pgactive` driver: the database's slot of plugin `pgactive`).
     pub async fn lag(&self, c: &Client, d: Direction) -> Result<Option<Lag>> {
+        if self.pgactive {
+            return Ok(self.pgactive_slot(c, d.publisher()).await?.map(
+                |(_, _, _, bytes, secs, streaming)| Lag {
+                    bytes,
+                    seconds: secs.or(if streaming { Some(0.0) } else { None }),
+                },
+            ));
+        }
         let name = self.names.subscription(d);
         let r = c
             .query_opt(
@@ -1928,14 +1965,25 @@ impl Logical {
 
     /// The health probe of direction `d`'s subscription, on its subscriber (`c`): `None` when
     /// the subscription does not exist, else (enabled, apply worker running,
-    /// `pg_stat_subscription_stats.apply_error_count` on PostgreSQL 15+).
+    /// `pg_stat_subscription_stats.apply_error_count` on PostgreSQL 15+). With the
+    /// `pgactive` driver: `None` when the subscriber is no pgactive node, else (node ready,
+    /// every peer's apply worker running, conflicts and worker errors:
+    /// [`PgactiveHealth`]).
     pub async fn subscription_health(
         &self,
         c: &Client,
         d: Direction,
     ) -> Result<Option<(bool, bool, Option<i64>)>> {
-        let name = self.names.subscription(d);
         let side = d.subscriber();
+        if self.pgactive {
+            // pgactive: the node is ready, every peer's apply worker runs, conflicts and
+            // worker errors counted.
+            return Ok(self
+                .pgactive_health(c, side)
+                .await?
+                .map(|h| (h.ready, h.applying, Some(h.errors))));
+        }
+        let name = self.names.subscription(d);
         let ctx = format!(
             "{}: reading the state of subscription {name}",
             self.label(side)
@@ -2012,7 +2060,7 @@ impl Logical {
         let rows = c
             .query(
                 "SELECT schemaname::text, sequencename::text, last_value FROM pg_catalog.pg_sequences
-                  WHERE last_value IS NOT NULL ORDER BY 1, 2",
+                  WHERE last_value IS NOT NULL AND schemaname <> 'pgactive' ORDER BY 1, 2",
                 &[],
             )
             .await
@@ -2152,7 +2200,7 @@ impl Logical {
             .query(
                 "SELECT schemaname::text, sequencename::text, last_value, start_value, increment_by, min_value, max_value
                    FROM pg_catalog.pg_sequences
-                  WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                  WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pgactive')
                   ORDER BY 1, 2",
                 &[],
             )

@@ -870,6 +870,85 @@ impl Local {
         ))
     }
 
+    /// ConfigureParams for a server pgshift made (marker): writes `settings` (name, value)
+    /// to `pgshift-driver.conf` in the data directory (0600, owned by the server's user,
+    /// included after `pgshift.conf`, so these win over `[*.provision] settings`), then
+    /// restarts the server (`pg_ctl restart -m fast -w`) and waits for its TCP listener.
+    /// Writing the same settings again is harmless. Returns what was done.
+    pub async fn configure(&self, settings: &[(String, String)]) -> Result<String> {
+        if !self.made_by_pgshift() {
+            return Err(DriverError::new(self.ctx(&format!(
+                "{} was not made by pgshift (no {MARKER}): set the settings yourself",
+                self.data_dir().display()
+            ))));
+        }
+        let bindir = find_bindir(&self.spec)
+            .await
+            .map_err(|e| DriverError::new(self.ctx(&e)))?;
+        let user = self
+            .server_user()
+            .map_err(|e| DriverError::new(self.ctx(&e)))?;
+        let dir = self.data_dir();
+        let io =
+            |what: &str, e: std::io::Error| DriverError::new(self.ctx(&format!("{what}: {e}")));
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+        let mut text = String::from(
+            "# written by pgshift (ConfigureParams: the replication driver's needs)\n",
+        );
+        for (k, v) in settings {
+            text.push_str(&format!("{k} = {}\n", q(v)));
+        }
+        let path = dir.join("pgshift-driver.conf");
+        files::write(&path, text).map_err(|e| io("writing pgshift-driver.conf", e))?;
+        self.chown(&path, &user)?;
+        let conf = dir.join("postgresql.conf");
+        let mut main =
+            std::fs::read_to_string(&conf).map_err(|e| io("reading postgresql.conf", e))?;
+        if !main.contains("include 'pgshift-driver.conf'") {
+            main.push_str("include 'pgshift-driver.conf'\n");
+            files::write(&conf, main).map_err(|e| io("writing postgresql.conf", e))?;
+        }
+        let mut cmd = self.command(&bindir, "pg_ctl", &user);
+        cmd.arg("-D")
+            .arg(&dir)
+            .arg("-l")
+            .arg(dir.join("pgshift-server.log"))
+            .args(["-m", "fast", "-w", "-t", "300", "restart"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| DriverError::new(self.ctx(&format!("cannot run pg_ctl restart: {e}"))))?;
+        if !out.status.success() {
+            let logged =
+                std::fs::read_to_string(dir.join("pgshift-server.log")).unwrap_or_default();
+            return Err(DriverError::new(self.ctx(&format!(
+                "pg_ctl restart failed ({}): {} | server log: {}",
+                out.status,
+                tail(&String::from_utf8_lossy(&out.stderr), 4),
+                tail(&logged, 8)
+            ))));
+        }
+        let addr = format!("{}:{}", self.server.host, self.server.port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr.as_str()).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(DriverError::temporary(self.ctx(&format!(
+                    "the server restarted but does not accept TCP connections on {addr}"
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let names: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+        Ok(format!(
+            "{} server: {} set in pgshift-driver.conf, restarted",
+            self.side,
+            names.join(", ")
+        ))
+    }
+
     /// Rollback before the cutover: stops the server and deletes the data directory, only
     /// if pgshift made it (marker). Also removes a leftover initdb staging directory.
     pub async fn remove(&self) -> Result<String> {

@@ -85,6 +85,69 @@ pub fn binaries(major: u32) -> Result<PgBinaries> {
     Ok(found)
 }
 
+/// The environment variable naming a PostgreSQL `bindir` whose server has the pgactive
+/// extension installed (`pgactive.so` in its `pkglibdir`, `pgactive.control` in its
+/// extension directory). pgactive has no package in the registries these machines reach;
+/// build it from its source (github.com/aws/pgactive) for the server of that bindir.
+pub const PGACTIVE_BINDIR_ENV: &str = "PGSHIFT_PGACTIVE_BINDIR";
+
+/// The binaries named by [`PGACTIVE_BINDIR_ENV`], checked: `Ok(None)` when the variable is
+/// unset or empty (tests then skip, saying so), `Err` when it names a bindir without a
+/// server or without pgactive.
+pub fn pgactive_binaries() -> Result<Option<PgBinaries>> {
+    let Some(dir) = std::env::var_os(PGACTIVE_BINDIR_ENV).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let bindir = PathBuf::from(dir);
+    let out = run_checked(
+        Command::new(bindir.join("postgres")).arg("--version"),
+        "postgres --version",
+    )
+    .with_context(|| format!("{PGACTIVE_BINDIR_ENV}={}", bindir.display()))?;
+    let version = out
+        .split_whitespace()
+        .skip_while(|w| *w != "(PostgreSQL)")
+        .nth(1)
+        .with_context(|| format!("unexpected `postgres --version` output: {out:?}"))?
+        .to_string();
+    let major: u32 = version.split('.').next().unwrap_or("").parse().unwrap_or(0);
+    // pg_config knows the directories; without it, the layout of Debian and of
+    // `make install` (bindir/../lib, bindir/../share).
+    let (libdir, sharedir) = match (
+        run_checked(
+            Command::new(bindir.join("pg_config")).arg("--pkglibdir"),
+            "pg_config",
+        ),
+        run_checked(
+            Command::new(bindir.join("pg_config")).arg("--sharedir"),
+            "pg_config",
+        ),
+    ) {
+        (Ok(l), Ok(s)) => (PathBuf::from(l), PathBuf::from(s)),
+        _ => {
+            let up = bindir.parent().unwrap_or(Path::new("/")).to_path_buf();
+            (up.join("lib"), up.join("share"))
+        }
+    };
+    for f in [
+        libdir.join("pgactive.so"),
+        sharedir.join("extension").join("pgactive.control"),
+    ] {
+        if !f.exists() {
+            bail!(
+                "{PGACTIVE_BINDIR_ENV}={}: PostgreSQL {version} there has no {}; install pgactive for that server",
+                bindir.display(),
+                f.display()
+            );
+        }
+    }
+    Ok(Some(PgBinaries {
+        major,
+        version,
+        bindir,
+    }))
+}
+
 const MARKER: &str = ".pgshift-installed";
 
 fn npm_binaries(major: u32, pkg_version: &str) -> Result<PgBinaries> {

@@ -27,7 +27,9 @@ mod server;
 
 use std::path::{Path, PathBuf};
 
-pub use binaries::{binaries, client_bin, PgBinaries, NPM_PACKAGE};
+pub use binaries::{
+    binaries, client_bin, pgactive_binaries, PgBinaries, NPM_PACKAGE, PGACTIVE_BINDIR_ENV,
+};
 pub use pgshift::{pgbench, pgshift_bin, Pgshift};
 pub use runas::{run_as, RunAs};
 pub use server::{free_port, PgServer, ServerOptions};

@@ -49,6 +49,9 @@ pub struct ServerOptions {
     /// `server.key`, mode 0600, owned by the server's user) and `ssl = on` is set. Plain
     /// connections stay allowed unless `hba` says otherwise (`hostnossl ... reject`).
     pub ssl: Option<crate::certs::CertFiles>,
+    /// The binaries to run instead of the harness's own of the major (e.g. a build with the
+    /// pgactive extension installed: [`crate::binaries::pgactive_binaries`]).
+    pub binaries: Option<PgBinaries>,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +63,7 @@ impl Default for ServerOptions {
             port: None,
             start_timeout: Duration::from_secs(60),
             ssl: None,
+            binaries: None,
         }
     }
 }
@@ -118,7 +122,15 @@ impl PgServer {
     /// Returns once the server accepts TCP connections; on failure the error carries the tail
     /// of the server log. As root, the server runs as the system user `pgshift-pg`.
     pub fn start_with(major: u32, opts: ServerOptions) -> Result<PgServer> {
-        let binaries = binaries(major)?;
+        let binaries = match &opts.binaries {
+            Some(b) if b.major == major => b.clone(),
+            Some(b) => bail!(
+                "ServerOptions::binaries are PostgreSQL {} ({}), the server asked for is {major}",
+                b.version,
+                b.bindir.display()
+            ),
+            None => binaries(major)?,
+        };
         let run_as = run_as()?;
         cleanup_stale_once();
 
@@ -168,7 +180,12 @@ impl PgServer {
     /// `run_as`. Superuser `postgres`, password `postgres`, as for harness servers. Dropping
     /// it stops whatever server runs in `datadir` by then and removes the directory.
     pub fn reserve(major: u32) -> Result<PgServer> {
-        let binaries = binaries(major)?;
+        Self::reserve_with(binaries(major)?)
+    }
+
+    /// [`reserve`](Self::reserve) for the given binaries.
+    pub fn reserve_with(binaries: PgBinaries) -> Result<PgServer> {
+        let major = binaries.major;
         let run_as = run_as()?;
         cleanup_stale_once();
         let dir =

@@ -36,6 +36,9 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// Extra `postgresql.conf` settings of the source (e.g. `wal_level = replica`).
     pub source_settings: Vec<(String, String)>,
+    /// Binaries for both servers instead of the harness's own (their major must be
+    /// `source_major` and `target_major`), e.g. [`crate::binaries::pgactive_binaries`].
+    pub binaries: Option<crate::PgBinaries>,
 }
 
 impl Default for StackOptions {
@@ -48,6 +51,7 @@ impl Default for StackOptions {
             provision_target: false,
             env: Vec::new(),
             source_settings: Vec::new(),
+            binaries: None,
         }
     }
 }
@@ -67,13 +71,21 @@ impl Stack {
             opts.source_major,
             crate::ServerOptions {
                 settings: opts.source_settings.clone(),
+                binaries: opts.binaries.clone(),
                 ..Default::default()
             },
         )?;
-        let target = if opts.provision_target {
-            PgServer::reserve(opts.target_major)?
-        } else {
-            PgServer::start(opts.target_major)?
+        let target = match (&opts.binaries, opts.provision_target) {
+            (Some(b), true) => PgServer::reserve_with(b.clone())?,
+            (Some(b), false) => PgServer::start_with(
+                opts.target_major,
+                crate::ServerOptions {
+                    binaries: Some(b.clone()),
+                    ..Default::default()
+                },
+            )?,
+            (None, true) => PgServer::reserve(opts.target_major)?,
+            (None, false) => PgServer::start(opts.target_major)?,
         };
         let servers: &[&PgServer] = if opts.provision_target {
             &[&source]

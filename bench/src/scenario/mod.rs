@@ -6,6 +6,7 @@ pub mod demo;
 pub mod mirror;
 pub mod overhead;
 pub mod plan;
+mod plan_both;
 mod upgrade;
 
 /// What a scenario hands back: its closing JSON object and whether it passed.

@@ -102,6 +102,11 @@ pub struct Opts {
     /// pgbench scale of the source's data in the fault run.
     #[arg(long, default_value_t = 1)]
     pub fault_scale: u32,
+    /// Replication driver: `logical` (this module's runs), `bidirectional` (16 → 17 at
+    /// least) or `pgactive` (servers from `PGSHIFT_PGACTIVE_BINDIR`): whole sessions shifted
+    /// both ways, then a conflict (see `plan_both.rs`).
+    #[arg(long, default_value = "logical")]
+    pub driver: String,
 }
 
 /// The configured shift steps and their cumulative weights.
@@ -114,6 +119,10 @@ const FAULT_MIN_TARGET_TXNS: f64 = 200.0;
 
 /// Run the scenario.
 pub async fn run(o: Opts) -> Result<Outcome> {
+    if o.driver != "logical" {
+        let driver = o.driver.clone();
+        return super::plan_both::run(o, &driver).await;
+    }
     let p = plan_run(&o).await?;
     let f = fault_run(&o).await?;
 

@@ -190,7 +190,11 @@ impl Controller {
         }
         let runs = drivers.iter().map(|d| {
             let t = target && !missing.contains(d.database(Side::Target));
-            async move { self.replication.preflight(self, d.preflight_scope(t).await) }
+            async move {
+                self.replication
+                    .preflight(self, d, t, d.preflight_scope(t).await)
+                    .await
+            }
         });
         let mut all = futures_util::future::join_all(runs).await.into_iter();
         let mut out = all.next().unwrap_or_default();

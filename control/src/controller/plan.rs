@@ -474,9 +474,35 @@ impl Controller {
                     .await?;
                 }
             },
+            StepKind::ConfigureParams if self.replication.has_setup_steps() => {
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::InitReplication,
+                    "configuring the servers",
+                )
+                .await?;
+                self.run_step(actor, cancel, step, true, || async {
+                    Ok(((), self.replication.configure_params(self).await?))
+                })
+                .await?;
+            }
             StepKind::ConfigureParams => {
                 self.record(actor, step, self.replication.configure_params_note())
                     .await?
+            }
+            StepKind::InstallExtension if self.replication.has_setup_steps() => {
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::InitReplication,
+                    "installing the extension",
+                )
+                .await?;
+                self.run_step(actor, cancel, step, true, || async {
+                    Ok(((), self.replication.install_extension(self).await?))
+                })
+                .await?;
             }
             StepKind::InstallExtension => {
                 self.record(actor, step, self.replication.install_extension_note())

@@ -151,7 +151,7 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
         }
         let lag = lock(&this.inner).lag;
         let delta = w.delta();
-        let verdict = evaluate(
+        let mut verdict = evaluate(
             &hc,
             delta.as_ref(),
             lag,
@@ -159,6 +159,20 @@ pub(super) async fn health_loop(weak: Weak<Controller>) {
             apply_before,
             missing_since.map(|s| now.duration_since(s)),
         );
+        if verdict
+            .failures
+            .iter()
+            .any(|f| f.kind == crate::health::FailureKind::ApplyErrors)
+        {
+            // The driver may name the conflict (pgactive's conflict history).
+            if let Some(why) = this.replication.explain_apply_errors(&this).await {
+                for f in verdict.failures.iter_mut() {
+                    if f.kind == crate::health::FailureKind::ApplyErrors {
+                        f.reason = format!("{}: {why}", f.reason);
+                    }
+                }
+            }
+        }
         if probe.apply_errors.is_some() {
             apply_before = probe.apply_errors;
         }

@@ -22,9 +22,9 @@
 //!   removed, as with `logical`.
 
 use super::super::{plan, ControlError, Controller};
-use super::logical::{abandon_cleanup, teardown_all, LogicalRun};
+use super::logical::{abandon_cleanup, teardown_all, LogicalRun, RunMode};
 use super::{ReplicationDriver, SwitchRun};
-use crate::logical::{Direction, DriverError, Preflight};
+use crate::logical::{Direction, DriverError, Logical, Preflight};
 use crate::Side;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,13 @@ pub(in crate::controller) struct BidirectionalDriver;
 #[async_trait::async_trait]
 impl ReplicationDriver for BidirectionalDriver {
     /// Both servers must be PostgreSQL 16 or later (`origin = none`).
-    fn preflight(&self, c: &Controller, mut pf: Preflight) -> Preflight {
+    async fn preflight(
+        &self,
+        c: &Controller,
+        _d: &Logical,
+        _target: bool,
+        mut pf: Preflight,
+    ) -> Preflight {
         if let Some(v) = pf.source_version.filter(|v| *v < ORIGIN_NONE) {
             pf.failures.push(format!(
                 "source: PostgreSQL {} is older than 16; [replication] driver = \"bidirectional\" needs the subscription option origin = none (PostgreSQL 16+) on both servers; use driver = \"logical\"",
@@ -81,29 +87,9 @@ impl ReplicationDriver for BidirectionalDriver {
         let before = draws(c, &src).await?;
         let t0 = Instant::now();
         let (n, msg) = c.wait_sync(actor).await?;
-        let after = draws(c, &src).await?;
-        let rate = rate_per_s(&before, &after, t0.elapsed());
-        let gap = c.cfg.replication.sequence_gap;
-        let need = (rate * SEQUENCE_HORIZON.as_secs_f64()).ceil();
-        if need > gap as f64 {
-            return Err(DriverError::new(format!(
-                "the source draws about {rate:.0} sequence values per second; [replication] sequence_gap {gap} would last less than {} h of the upgrade; \
-                 raise sequence_gap to at least {need:.0}",
-                SEQUENCE_HORIZON.as_secs() / 3600
-            )));
-        }
         let mut parts = vec![msg];
+        parts.extend(sequence_ranges(c, &before, t0).await?);
         for (i, d) in c.carried().iter().enumerate() {
-            let s = d.connect(Side::Source).await?;
-            let t = d.connect(Side::Target).await?;
-            let moved = d
-                .move_sequences_ahead(&s, Side::Source, &t, Side::Target, gap)
-                .await?;
-            parts.push(plan::db_detail(
-                i,
-                d,
-                &format!("{moved} target sequences moved {gap} ahead of the source's (source draws {rate:.1}/s)"),
-            ));
             let m = d.ensure_subscription_fresh(Direction::Reverse).await?;
             parts.push(plan::db_detail(i, d, &m));
         }
@@ -164,7 +150,9 @@ impl ReplicationDriver for BidirectionalDriver {
                 }
             }
         }
-        Ok(Box::new(LogicalRun::begin(c, dir, actor, true).await?))
+        Ok(Box::new(
+            LogicalRun::begin(c, dir, actor, RunMode::BothWays).await?,
+        ))
     }
 
     async fn abandon_cleanup(&self, c: &Controller, dir: Direction) -> Vec<String> {
@@ -215,8 +203,48 @@ impl ReplicationDriver for BidirectionalDriver {
     }
 }
 
+/// After the initial copy, before any write may reach the target: checks the source's draw
+/// rate since `t0` (positions `before`, from [`draws`]) against `[replication]
+/// sequence_gap` over [`SEQUENCE_HORIZON`], then moves every target sequence of every carried
+/// database `sequence_gap` values ahead of the source's
+/// ([`Logical::move_sequences_ahead`](crate::logical::Logical::move_sequences_ahead)), so
+/// that no value is drawn on both servers. Returns what was done, one entry per database.
+/// `Err` when the gap would not last, naming the gap needed.
+pub(super) async fn sequence_ranges(
+    c: &Controller,
+    before: &std::collections::HashMap<String, i64>,
+    t0: Instant,
+) -> Result<Vec<String>, DriverError> {
+    let src = c.driver.connect(Side::Source).await?;
+    let after = draws(c, &src).await?;
+    let rate = rate_per_s(before, &after, t0.elapsed());
+    let gap = c.cfg.replication.sequence_gap;
+    let need = (rate * SEQUENCE_HORIZON.as_secs_f64()).ceil();
+    if need > gap as f64 {
+        return Err(DriverError::new(format!(
+            "the source draws about {rate:.0} sequence values per second; [replication] sequence_gap {gap} would last less than {} h of the upgrade; \
+             raise sequence_gap to at least {need:.0}",
+            SEQUENCE_HORIZON.as_secs() / 3600
+        )));
+    }
+    let mut parts = Vec::new();
+    for (i, d) in c.carried().iter().enumerate() {
+        let s = d.connect(Side::Source).await?;
+        let t = d.connect(Side::Target).await?;
+        let moved = d
+            .move_sequences_ahead(&s, Side::Source, &t, Side::Target, gap)
+            .await?;
+        parts.push(plan::db_detail(
+            i,
+            d,
+            &format!("{moved} target sequences moved {gap} ahead of the source's (source draws {rate:.1}/s)"),
+        ));
+    }
+    Ok(parts)
+}
+
 /// Every sequence's position on the source (`schema.name` → last value), for the draw rate.
-async fn draws(
+pub(super) async fn draws(
     c: &Controller,
     src: &tokio_postgres::Client,
 ) -> Result<std::collections::HashMap<String, i64>, DriverError> {

@@ -69,7 +69,9 @@ impl ReplicationDriver for LogicalDriver {
         dir: Direction,
         actor: &str,
     ) -> Result<Box<dyn SwitchRun>, ControlError> {
-        Ok(Box::new(LogicalRun::begin(c, dir, actor, false).await?))
+        Ok(Box::new(
+            LogicalRun::begin(c, dir, actor, RunMode::OneWay).await?,
+        ))
     }
 
     async fn abandon_cleanup(&self, c: &Controller, dir: Direction) -> Vec<String> {
@@ -233,18 +235,29 @@ impl Leg {
     }
 }
 
-/// A switch with the `logical` (or `bidirectional`) driver: one [`Leg`] per carried database.
+/// Which driver a [`LogicalRun`] switches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunMode {
+    /// `logical`: the running subscription stops in the pause and the reverse slot is made.
+    OneWay,
+    /// `bidirectional`: both subscriptions run on; nothing is stopped or made in the
+    /// pause, and sequences only move forward.
+    BothWays,
+    /// `pgactive`: as `BothWays`, with pgactive's slots and no subscription to check or set.
+    Pgactive,
+}
+
+/// A switch with the `logical`, `bidirectional` or `pgactive` driver: one [`Leg`] per
+/// carried database.
 pub(super) struct LogicalRun {
     dir: Direction,
     legs: Vec<Leg>,
-    /// Both directions run (the `bidirectional` driver): nothing is stopped or made in the
-    /// pause, and sequences only move forward.
-    both_ways: bool,
+    mode: RunMode,
 }
 
 impl LogicalRun {
-    /// Connections and checks before the pause, for every carried database (`both_ways`:
-    /// the `bidirectional` driver, whose run stops nothing and makes no slot). Every
+    /// Connections and checks before the pause, for every carried database (`mode`: the
+    /// driver; with both ways the run stops nothing and makes no slot). Every
     /// statement inside the pause is bounded by statement_timeout (= catchup_timeout_ms):
     /// e.g. creating the slot waits for every transaction running on that server, including
     /// ones opened outside pgshift.
@@ -252,7 +265,7 @@ impl LogicalRun {
         c: &Controller,
         dir: Direction,
         actor: &str,
-        both_ways: bool,
+        mode: RunMode,
     ) -> Result<LogicalRun, ControlError> {
         let from = dir.publisher();
         let to = dir.subscriber();
@@ -279,6 +292,11 @@ impl LogicalRun {
                         &e,
                     )
                 })?;
+            }
+            if mode == RunMode::Pgactive {
+                // No subscription: the driver checked the nodes before.
+                legs.push(leg);
+                continue;
             }
             let sub = &leg.sub;
             match d.subscription_state(&leg.sub_c, to, sub).await? {
@@ -310,11 +328,7 @@ impl LogicalRun {
             }
             legs.push(leg);
         }
-        Ok(LogicalRun {
-            dir,
-            legs,
-            both_ways,
-        })
+        Ok(LogicalRun { dir, legs, mode })
     }
 }
 
@@ -325,7 +339,7 @@ impl SwitchRun for LogicalRun {
     }
 
     fn reverses(&self) -> bool {
-        !self.both_ways
+        self.mode == RunMode::OneWay
     }
 
     /// Prepared transactions on the publisher: wait for their COMMIT / ROLLBACK PREPARED
@@ -371,11 +385,24 @@ impl SwitchRun for LogicalRun {
             .step(id, &key, crate::journal::StepStatus::Started, None, actor)
             .await
             .map_err(|e| format!("journal: {e}"))?;
-        let pre = futures_util::future::try_join_all(
-            self.legs
-                .iter()
-                .map(|leg| precatchup(c, leg, dir, what, catchup_timeout)),
-        )
+        let pgactive = self.mode == RunMode::Pgactive;
+        let pre = futures_util::future::try_join_all(self.legs.iter().map(|leg| async move {
+            if pgactive {
+                pgactive_catch_up(leg, dir, what, catchup_timeout)
+                    .await
+                    .map(|(n, ms)| {
+                        format!(
+                            "{}{} saw barrier {n} of the {} after {ms:.1} ms",
+                            leg.tag(),
+                            to.as_str(),
+                            from.as_str()
+                        )
+                    })
+                    .map_err(|a| DriverError::new(a.reason))
+            } else {
+                precatchup(c, leg, dir, what, catchup_timeout).await
+            }
+        }))
         .await
         .map(|v| v.join("; "));
         match pre {
@@ -404,11 +431,13 @@ impl SwitchRun for LogicalRun {
                 return Err(e.message);
             }
         }
-        for leg in &self.legs {
-            leg.d
-                .set_subscription_sync_commit(&leg.sub_c, to, &leg.sub, true)
-                .await
-                .map_err(|e| e.message)?;
+        if self.mode != RunMode::Pgactive {
+            for leg in &self.legs {
+                leg.d
+                    .set_subscription_sync_commit(&leg.sub_c, to, &leg.sub, true)
+                    .await
+                    .map_err(|e| e.message)?;
+            }
         }
         Ok(())
     }
@@ -449,6 +478,25 @@ impl SwitchRun for LogicalRun {
         let dir = self.dir;
         let what = super::super::switch::words(dir).1;
         let timeout = Duration::from_millis(c.cfg.upgrade.catchup_timeout_ms);
+        if self.mode == RunMode::Pgactive {
+            let seen = futures_util::future::try_join_all(
+                self.legs
+                    .iter()
+                    .map(|leg| pgactive_catch_up(leg, dir, what, timeout)),
+            )
+            .await?;
+            let applied: Vec<String> = self
+                .legs
+                .iter()
+                .zip(&seen)
+                .map(|(leg, (n, ms))| format!("{}barrier {n} in {ms:.1} ms", leg.tag()))
+                .collect();
+            return Ok(format!(
+                "{} applied {}",
+                dir.subscriber().as_str(),
+                applied.join(", ")
+            ));
+        }
         let xs = futures_util::future::try_join_all(
             self.legs
                 .iter()
@@ -483,7 +531,7 @@ impl SwitchRun for LogicalRun {
 
     async fn sequences(&mut self, _c: &Controller) -> Result<u64, Abandon> {
         let (from, to) = (self.dir.publisher(), self.dir.subscriber());
-        let forward_only = self.both_ways;
+        let forward_only = self.mode != RunMode::OneWay;
         let ns = futures_util::future::try_join_all(self.legs.iter().map(|leg| async move {
             let r = if forward_only {
                 leg.d
@@ -627,6 +675,50 @@ async fn catch_up(
             });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The `pgactive` driver's barrier in one database: the serving node's barrier row moved on
+/// ([`Logical::pgactive_barrier`]), then the wait, at most `timeout`, until the other node
+/// shows it (pgactive applies in commit order: everything committed before is applied).
+/// Returns (the barrier's number, ms until seen).
+async fn pgactive_catch_up(
+    leg: &Leg,
+    dir: Direction,
+    what: &str,
+    timeout: Duration,
+) -> Result<(i64, f64), Abandon> {
+    let (from, to) = (dir.publisher(), dir.subscriber());
+    let n = leg
+        .d
+        .pgactive_barrier(&leg.pub_c, from)
+        .await
+        .map_err(|e| leg.abandon(e))?;
+    let started = Instant::now();
+    loop {
+        let seen = leg
+            .d
+            .pgactive_barrier_seen(&leg.sub_c, to, from)
+            .await
+            .map_err(|e| leg.abandon(e))?;
+        if seen >= n {
+            return Ok((n, started.elapsed().as_secs_f64() * 1000.0));
+        }
+        if started.elapsed() >= timeout {
+            return Err(Abandon {
+                reason: format!(
+                    "{}catch-up deadline passed after {} ms: the {} shows barrier {seen} of the {}, which wrote {n}; \
+                     {what} abandoned, traffic stays on the {}; check pgactive (pgactive.pgactive_get_workers_info(), the servers' logs)",
+                    leg.tag(),
+                    started.elapsed().as_millis(),
+                    to.as_str(),
+                    from.as_str(),
+                    from.as_str()
+                ),
+                resumed: false,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -262,7 +262,13 @@ pub(in crate::controller) struct MirrorDriver;
 impl ReplicationDriver for MirrorDriver {
     /// Drops the preflight failures that only the `logical` driver has, and adds what the
     /// `mirror` driver needs of the source's version ([`mirror_version_failures`]).
-    fn preflight(&self, _c: &Controller, mut pf: Preflight) -> Preflight {
+    async fn preflight(
+        &self,
+        _c: &Controller,
+        _d: &crate::logical::Logical,
+        _target: bool,
+        mut pf: Preflight,
+    ) -> Preflight {
         let n = pf.failures.len();
         pf.failures.retain(|f| !logical_only(f));
         pf.notes.push(format!(

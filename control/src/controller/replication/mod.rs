@@ -18,15 +18,17 @@
 //! Implementations: [`logical::LogicalDriver`] (native publications and subscriptions, one
 //! direction at a time), [`mirror::MirrorDriver`] (the proxy records committed writes and
 //! applies them on the other side) and [`bidirectional::BidirectionalDriver`] (native
-//! logical replication both ways at once, `origin = none`).
+//! logical replication both ways at once, `origin = none`) and [`pgactive::PgactiveDriver`]
+//! (AWS's pgactive extension: a group of two nodes replicating both ways).
 
 pub(super) mod bidirectional;
 pub(super) mod logical;
 pub(super) mod mirror;
+pub(super) mod pgactive;
 
 use super::switch::Abandon;
 use super::{ControlError, Controller};
-use crate::logical::{Direction, DriverError, Lag, Preflight};
+use crate::logical::{Direction, DriverError, Lag, Logical, Preflight};
 use crate::Traffic;
 
 /// What the lag collector reads for a driver.
@@ -41,10 +43,16 @@ pub(super) enum LagProbe {
 /// error, with what to do.
 #[async_trait::async_trait]
 pub(super) trait ReplicationDriver: Send + Sync {
-    /// Adjusts the common preflight of one database to this driver: drops requirements it
-    /// does not have, adds its own.
-    fn preflight(&self, c: &Controller, pf: Preflight) -> Preflight {
-        let _ = c;
+    /// Adjusts the common preflight of one database (`d`; `target`: the target was checked
+    /// too) to this driver: drops requirements it does not have, adds its own.
+    async fn preflight(
+        &self,
+        c: &Controller,
+        d: &Logical,
+        target: bool,
+        pf: Preflight,
+    ) -> Preflight {
+        let _ = (c, d, target);
         pf
     }
 
@@ -56,9 +64,30 @@ pub(super) trait ReplicationDriver: Send + Sync {
     /// What ConfigureParams journals when the driver needs no server parameter change.
     fn configure_params_note(&self) -> &'static str;
 
+    /// Whether ConfigureParams and InstallExtension do work for this driver
+    /// ([`configure_params`](Self::configure_params),
+    /// [`install_extension`](Self::install_extension)); else they journal their notes.
+    fn has_setup_steps(&self) -> bool {
+        false
+    }
+
+    /// ConfigureParams: sets what the driver needs on the servers (restarting a server
+    /// pgshift made, naming exactly what to change on one it did not). Returns what was done.
+    async fn configure_params(&self, c: &Controller) -> Result<String, DriverError> {
+        let _ = c;
+        Ok(self.configure_params_note().into())
+    }
+
     /// What InstallExtension journals when the driver needs no extension.
     fn install_extension_note(&self) -> &'static str {
         "logical driver: no extension to install (native publications and subscriptions)"
+    }
+
+    /// InstallExtension: creates the driver's extension in every carried database of both
+    /// servers and checks what must match. Returns what was done.
+    async fn install_extension(&self, c: &Controller) -> Result<String, DriverError> {
+        let _ = c;
+        Ok(self.install_extension_note().into())
     }
 
     /// InitReplication after the schema copy of every carried database: sets replication
@@ -73,6 +102,13 @@ pub(super) trait ReplicationDriver: Send + Sync {
     /// subscribers.
     fn both_ways(&self) -> bool {
         false
+    }
+
+    /// A reason naming the newest conflict or apply error, for a health check that failed
+    /// on new apply errors (`None`: the generic reason stands).
+    async fn explain_apply_errors(&self, c: &Controller) -> Option<String> {
+        let _ = c;
+        None
     }
 
     /// What the lag collector reads.
@@ -191,5 +227,6 @@ pub(super) fn for_config(cfg: &config::Config) -> Box<dyn ReplicationDriver> {
         config::Driver::Logical => Box::new(logical::LogicalDriver),
         config::Driver::Mirror => Box::new(mirror::MirrorDriver),
         config::Driver::Bidirectional => Box::new(bidirectional::BidirectionalDriver),
+        config::Driver::Pgactive => Box::new(pgactive::PgactiveDriver),
     }
 }
