@@ -97,7 +97,7 @@ pub async fn run(o: Opts, driver: &str) -> Result<Outcome> {
         && p.lost_writes == 0
         && p.duplicate_ids == 0
         && p.done
-        && p.steps.len() == WEIGHTS.len()
+        && p.steps.len() >= WEIGHTS.len()
         && shift_error_points.is_some_and(|g| g <= 5.0)
         && c.halt_ms.is_some();
 
