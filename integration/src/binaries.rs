@@ -99,17 +99,8 @@ pub fn pgactive_binaries() -> Result<Option<PgBinaries>> {
         return Ok(None);
     };
     let bindir = PathBuf::from(dir);
-    let out = run_checked(
-        Command::new(bindir.join("postgres")).arg("--version"),
-        "postgres --version",
-    )
-    .with_context(|| format!("{PGACTIVE_BINDIR_ENV}={}", bindir.display()))?;
-    let version = out
-        .split_whitespace()
-        .skip_while(|w| *w != "(PostgreSQL)")
-        .nth(1)
-        .with_context(|| format!("unexpected `postgres --version` output: {out:?}"))?
-        .to_string();
+    let version = postgres_version(&bindir)
+        .with_context(|| format!("{PGACTIVE_BINDIR_ENV}={}", bindir.display()))?;
     let major: u32 = version.split('.').next().unwrap_or("").parse().unwrap_or(0);
     // pg_config knows the directories; without it, the layout of Debian and of
     // `make install` (bindir/../lib, bindir/../share).
@@ -239,16 +230,7 @@ fn npm_binaries(major: u32, pkg_version: &str) -> Result<PgBinaries> {
 
 /// Runs `postgres --version` and checks the major: `postgres (PostgreSQL) 17.10 ...` → `17.10`.
 fn server_version(bindir: &Path, major: u32) -> Result<String> {
-    let mut cmd = Command::new(bindir.join("postgres"));
-    cmd.arg("--version");
-    let out = run_checked(&mut cmd, "postgres --version")?;
-    // "postgres (PostgreSQL) 17.10", or "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
-    let version = out
-        .split_whitespace()
-        .skip_while(|w| *w != "(PostgreSQL)")
-        .nth(1)
-        .with_context(|| format!("unexpected `postgres --version` output: {out:?}"))?
-        .to_string();
+    let version = postgres_version(bindir)?;
     let found_major: u32 = version.split('.').next().unwrap_or("").parse().unwrap_or(0);
     if found_major != major {
         bail!(
@@ -257,6 +239,20 @@ fn server_version(bindir: &Path, major: u32) -> Result<String> {
         );
     }
     Ok(version)
+}
+
+/// `postgres --version` of `bindir`: `postgres (PostgreSQL) 17.10 ...` → `17.10`, also for
+/// `postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+fn postgres_version(bindir: &Path) -> Result<String> {
+    let mut cmd = Command::new(bindir.join("postgres"));
+    cmd.arg("--version");
+    let out = run_checked(&mut cmd, "postgres --version")?;
+    Ok(out
+        .split_whitespace()
+        .skip_while(|w| *w != "(PostgreSQL)")
+        .nth(1)
+        .with_context(|| format!("unexpected `postgres --version` output: {out:?}"))?
+        .to_string())
 }
 
 /// Runs a command to completion; on failure the error carries its output.

@@ -432,10 +432,11 @@ impl Logical {
             .map(|(n, _)| n)
             .collect();
         let base = self.pgactive_node_name(Side::Target);
-        let name = std::iter::once(base.clone())
-            .chain((2..).map(|n| format!("{base}_{n}")))
-            .find(|n| !taken.contains(n))
-            .expect("an unused node name");
+        let (mut name, mut n) = (base.clone(), 1);
+        while taken.contains(&name) {
+            n += 1;
+            name = format!("{base}_{n}");
+        }
         t.execute(
             "SELECT pgactive.pgactive_join_group(node_name := $1, node_dsn := $2, join_using_dsn := $3,
                                                  data_only_node_init := $4)",

@@ -39,7 +39,7 @@ use super::super::{plan, ControlError, Controller};
 use super::bidirectional::{draws, sequence_ranges};
 use super::logical::{LogicalRun, RunMode};
 use super::{ReplicationDriver, SwitchRun};
-use crate::logical::{status_words, Direction, DriverError, Logical, Preflight};
+use crate::logical::{status_words, Direction, DriverError, Logical, Preflight, RowExt};
 use crate::provider::Local;
 use crate::Side;
 use std::time::{Duration, Instant};
@@ -70,7 +70,7 @@ async fn tables_without_key(
         .map_err(|e| {
             crate::logical::pg_error(&format!("{}: reading the tables' keys", d.label(side)), &e)
         })?;
-    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    rows.iter().map(|r| r.col(0)).collect()
 }
 
 #[async_trait::async_trait]
@@ -332,8 +332,9 @@ impl ReplicationDriver for PgactiveDriver {
                 &[],
             )
             .await
-            .map(|r| r.get::<_, i64>(0).max(0) as u64)
-            .unwrap_or(0);
+            .ok()
+            .and_then(|r| r.col::<i64>(0).ok())
+            .map_or(0, |n| n.max(0) as u64);
         Ok((tables, parts.join("; ")))
     }
 
