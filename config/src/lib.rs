@@ -636,6 +636,16 @@ pub struct UpgradeConfig {
     /// behind the old one (waiting up to `catchup_timeout_ms`), so the catch-up inside the
     /// pause is short. Default 262144 (256 KiB).
     pub pause_lag_bytes: u64,
+    /// What pgshift does with DDL (`CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT`, `REVOKE`,
+    /// ...; `TRUNCATE` too with the pgactive driver) sent through it while a logical-decoding
+    /// driver replicates (from the schema copy until DetachOld or a rollback removes the
+    /// replication): `"block"` (default: refused with SQLSTATE 55000 and the reason; logical
+    /// replication carries no DDL, so a schema change on one side would stop the apply or
+    /// leave a table unreplicated), `"replicate"` (pgactive driver with
+    /// `pgactive.skip_ddl_replication = off` on both nodes: pgactive runs each DDL statement
+    /// on every node; blocked until the target has joined) or `"allow"` (forwarded, with a warning in
+    /// the log). The `mirror` driver replays DDL with the rest and ignores this.
+    pub ddl: DdlPolicy,
     /// The source databases the upgrade carries (each with its own schema copy, publication
     /// and subscription, switched together under one pause). `[source] dbname` is always
     /// carried (added when the list leaves it out). Default: absent = every database of the
@@ -660,6 +670,30 @@ pub enum PinnedPolicy {
     Terminate,
 }
 
+/// `[upgrade] ddl` (TOML: `"block"`, `"replicate"`, `"allow"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DdlPolicy {
+    /// Refused (SQLSTATE 55000) while replication runs.
+    #[default]
+    Block,
+    /// Run on every node by the pgactive driver's DDL replication.
+    Replicate,
+    /// Forwarded to the serving side only, with a warning in the log.
+    Allow,
+}
+
+impl DdlPolicy {
+    /// The TOML word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DdlPolicy::Block => "block",
+            DdlPolicy::Replicate => "replicate",
+            DdlPolicy::Allow => "allow",
+        }
+    }
+}
+
 impl Default for UpgradeConfig {
     fn default() -> Self {
         UpgradeConfig {
@@ -678,6 +712,7 @@ impl Default for UpgradeConfig {
             backoff_max_ms: 60000,
             pinned: PinnedPolicy::Refuse,
             pause_lag_bytes: 256 * 1024,
+            ddl: DdlPolicy::Block,
             databases: None,
             timeouts: StepTimeouts::default(),
         }

@@ -252,6 +252,7 @@ fn defaults() {
     assert!(!c.users[0].admin);
     assert_eq!(c.upgrade.drain_timeout_ms, 10000);
     assert_eq!(c.upgrade.pinned, PinnedPolicy::Refuse);
+    assert_eq!(c.upgrade.ddl, DdlPolicy::Block);
     assert_eq!(c.upgrade.pause_lag_bytes, 262144);
     assert_eq!(c.upgrade.catchup_timeout_ms, 30000);
     assert_eq!(c.upgrade.poll_interval_ms, 500);
@@ -1120,6 +1121,7 @@ decommission_source = true
 final_dump = "/tmp/final.dump"
 max_attempts = 2
 pinned = "terminate"
+ddl = "allow"
 
 [upgrade.timeouts]
 cutover_ms = 5000
@@ -1145,6 +1147,7 @@ data_dir = "/var/lib/postgresql/13/main"
     assert_eq!(c.upgrade.timeouts.detach_old_ms, 300000);
     assert_eq!(c.health.on_failure, OnFailure::Source);
     assert_eq!(c.upgrade.pinned, PinnedPolicy::Terminate);
+    assert_eq!(c.upgrade.ddl, DdlPolicy::Allow);
     let p = c.target.provision.as_ref().unwrap();
     assert_eq!(
         (p.provider, p.major, p.run_as.as_deref()),
@@ -1169,6 +1172,8 @@ data_dir = "/var/lib/postgresql/13/main"
         ("final_dump = \"/tmp/final.dump\"", "final_dump = \"\"", "upgrade.final_dump: must not be empty"),
         ("max_attempts = 2", "max_attempts = 0", "upgrade.max_attempts: must be at least 1"),
         ("pinned = \"terminate\"", "pinned = \"kill\"", "unknown variant `kill`, expected `refuse` or `terminate`"),
+        ("ddl = \"allow\"", "ddl = \"ignore\"", "unknown variant `ignore`, expected one of `block`, `replicate`, `allow`"),
+        ("ddl = \"allow\"", "ddl = \"replicate\"", "upgrade.ddl: \"replicate\" needs [replication] driver = \"pgactive\""),
         ("max_attempts = 2", "backoff_max_ms = 10", "upgrade.backoff_max_ms: 10 is below backoff_initial_ms (1000)"),
         ("cutover_ms = 5000", "cutover_ms = 0", "upgrade.timeouts.cutover_ms: must be greater than 0"),
         ("interval_ms = 100", "interval_ms = 0", "health.interval_ms: must be greater than 0"),

@@ -241,6 +241,16 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
             ),
         );
     }
+    if up.ddl == crate::DdlPolicy::Replicate && r.driver != crate::Driver::Pgactive {
+        f.0.push(Issue {
+            path: at("upgrade").key("ddl"),
+            message: format!(
+                "\"replicate\" needs [replication] driver = \"pgactive\" (its DDL replication); with driver = \"{}\" use \"block\" or \"allow\"",
+                r.driver.as_str()
+            ),
+            also: Some(at("replication").key("driver")),
+        });
+    }
     if r.queue_dir.as_os_str().is_empty() {
         f.add(at("replication").key("queue_dir"), "must not be empty");
     }

@@ -160,6 +160,14 @@
 //! `approve_cutover` (the plan waited at the cutover gate), where the plan goes on and waits
 //! again.
 //!
+//! # DDL
+//!
+//! Logical replication carries no DDL. From the schema copy until the replication is
+//! removed (DetachOld, or a rollback before the cutover), every journaled row change
+//! publishes to the proxy the gate of `[upgrade] ddl` for the driver
+//! ([`TrafficControl::set_ddl`](crate::TrafficControl::set_ddl)): DDL sent through pgshift is
+//! refused, run on every node (pgactive), or let through with a warning.
+//!
 //! # Lag
 //!
 //! A collector task refreshes, every `poll_interval_ms`, while replication objects exist:
@@ -788,6 +796,7 @@ impl Controller {
                 "the proxy's routing table differs from the journal; build it from serving_side()"
             );
         }
+        traffic.set_ddl(self.ddl_gate(&self.row()));
         let w = self.journaled_weight();
         if traffic.weight() != w {
             traffic.set_weight(w);
@@ -1398,6 +1407,9 @@ impl Controller {
             )
             .await?;
         note_row(&self.span, &row);
+        if let Some(t) = self.traffic.get() {
+            t.set_ddl(self.ddl_gate(&row));
+        }
         if row.state == ERROR {
             tracing::error!(actor, upgrade = row.id, phase = %row.phase, side = %row.serving_side, epoch = row.epoch, "{message}");
         } else {
@@ -1405,6 +1417,20 @@ impl Controller {
         }
         lock(&self.inner).row = row.clone();
         Ok(row)
+    }
+
+    /// The DDL gate for the journaled `row` (module docs, "DDL"): on from the schema copy
+    /// while replication objects may exist, off otherwise.
+    fn ddl_gate(&self, row: &UpgradeRow) -> crate::DdlGate {
+        let phase = Phase::parse(&row.phase);
+        let dir = Direction::parse(&row.direction);
+        let setting_up = matches!(phase, Phase::SchemaCopy | Phase::InitReplication);
+        let replicating = dir.is_some() && !matches!(phase, Phase::Idle | Phase::Done);
+        if !setting_up && !replicating {
+            return crate::DdlGate::default();
+        }
+        let ready = dir.is_some() && !setting_up && phase != Phase::Synchronizing;
+        self.replication.ddl_gate(self.cfg.upgrade.ddl, ready)
     }
 
     /// Changes the current row with `f`, journals it, then updates memory.

@@ -146,6 +146,58 @@ pub trait TrafficControl: Send + Sync + 'static {
         let _ = message;
         0
     }
+    /// What sessions do with DDL they send from now on (see [`DdlGate`]). The controller
+    /// publishes it whenever the journaled phase or direction changes it (and at
+    /// [`Controller::attach`]). Cheap: one atomic store.
+    fn set_ddl(&self, gate: DdlGate) {
+        let _ = gate;
+    }
+}
+
+/// What the proxy does with a DDL statement a client sends: published by the controller
+/// from `[upgrade] ddl` and the replication driver while replication runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DdlGate {
+    pub action: DdlAction,
+    /// `TRUNCATE` counts as DDL (pgactive replicates it only through its DDL replication).
+    pub truncate: bool,
+}
+
+/// [`DdlGate::action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DdlAction {
+    /// Nothing replicates (or the driver replays DDL itself): forwarded unlooked-at.
+    #[default]
+    Off,
+    /// Refused with SQLSTATE 55000 (`object_not_in_prerequisite_state`) and the reason.
+    Block,
+    /// Forwarded; a warning is logged with the statement's first words.
+    Warn,
+}
+
+impl DdlGate {
+    /// The gate in one byte (for an atomic): action in the low bits, `truncate` in bit 3.
+    pub fn to_bits(self) -> u8 {
+        let a = match self.action {
+            DdlAction::Off => 0,
+            DdlAction::Block => 1,
+            DdlAction::Warn => 2,
+        };
+        a | if self.truncate { 8 } else { 0 }
+    }
+
+    /// The inverse of [`to_bits`](Self::to_bits); an unknown action reads as `Off`.
+    pub fn from_bits(b: u8) -> DdlGate {
+        let action = match b & 7 {
+            1 => DdlAction::Block,
+            2 => DdlAction::Warn,
+            _ => DdlAction::Off,
+        };
+        DdlGate {
+            action,
+            truncate: b & 8 != 0,
+        }
+    }
 }
 
 /// A client session that holds state a backend switch would lose ([`TrafficControl::pinned`]).

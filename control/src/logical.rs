@@ -323,6 +323,9 @@ pub struct Logical {
     /// `[replication] driver = "pgactive"`: the slots are pgactive's (one per peer, of
     /// plugin `pgactive`), and health comes from its workers and conflict history.
     pgactive: bool,
+    /// `[upgrade] ddl = "replicate"` with the pgactive driver: both nodes need
+    /// `pgactive.skip_ddl_replication = off`.
+    pgactive_ddl: bool,
 }
 
 impl Logical {
@@ -353,6 +356,8 @@ impl Logical {
             connect_timeout: Duration::from_millis(cfg.proxy.connect_timeout_ms.max(1000)),
             both_ways: cfg.replication.driver.both_ways(),
             pgactive: cfg.replication.driver == config::Driver::Pgactive,
+            pgactive_ddl: cfg.replication.driver == config::Driver::Pgactive
+                && cfg.upgrade.ddl == config::DdlPolicy::Replicate,
         }
     }
 

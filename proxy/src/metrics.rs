@@ -43,6 +43,7 @@ const BACKEND_CONNECT_ERRORS: &str = "pgshift_backend_connect_errors_total";
 const SHIFT_REPLAYS: &str = "pgshift_shift_replays_total";
 const PINNED_SESSIONS: &str = "pgshift_pinned_sessions";
 const PINNED_ENDED: &str = "pgshift_pinned_sessions_ended_total";
+const DDL_STATEMENTS: &str = "pgshift_ddl_statements_total";
 const LOGINS_ACCEPTED: &str = "pgshift_logins_accepted_total";
 const LOGINS_REFUSED: &str = "pgshift_logins_refused_total";
 const CLIENT_CONNECTIONS: &str = "pgshift_client_connections";
@@ -184,6 +185,10 @@ fn describe() {
     describe_counter!(
         PINNED_ENDED,
         "Pinned client sessions ended (FATAL 57P01) because a switch moved traffic to another server"
+    );
+    describe_counter!(
+        DDL_STATEMENTS,
+        "DDL statements sent through pgshift while replication ran, by what [upgrade] ddl did with them (refused, allowed)"
     );
     describe_gauge!(CLIENT_CONNECTIONS, "Client sessions, by the backend side they are on (none: not connected yet; admin: admin console)");
     describe_gauge!(
@@ -398,6 +403,15 @@ pub fn pinned_sessions(n: usize) {
 /// A pinned session ended at a switch.
 pub fn pinned_ended() {
     counter!(PINNED_ENDED).increment(1);
+}
+
+/// A DDL statement met the DDL gate (`action`: Block = refused, Warn = allowed).
+pub fn ddl_statement(action: control::DdlAction) {
+    let what = match action {
+        control::DdlAction::Block => "refused",
+        _ => "allowed",
+    };
+    counter!(DDL_STATEMENTS, "action" => what).increment(1);
 }
 
 /// A shifted read-only unit failed on the other side before answering and runs again on the

@@ -4,7 +4,7 @@
 use crate::stats::Traffic;
 use arc_swap::ArcSwap;
 use control::{RouteState, Side, TrafficControl, TrafficStats};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -169,6 +169,8 @@ pub struct Router {
     failpoint: Option<Failpoint>,
     /// Sessions that hold state that cannot move, by pgshift pid ([`Router::set_pinned`]).
     pinned: std::sync::Mutex<std::collections::HashMap<i32, control::PinnedSession>>,
+    /// The DDL gate in force ([`control::DdlGate::to_bits`]), read at each Query and Parse.
+    ddl: AtomicU8,
 }
 
 /// Crash points for the kill tests: with `PGSHIFT_FAILPOINT=pause` the process kills itself
@@ -235,7 +237,15 @@ impl Router {
             pinned: Default::default(),
             placed: AtomicUsize::new(0),
             on_other: AtomicUsize::new(0),
+            ddl: AtomicU8::new(0),
         })
+    }
+
+    /// The DDL gate in force (see [`TrafficControl::set_ddl`]): one relaxed load, so a
+    /// statement sent as the gate changes may see either value.
+    #[inline]
+    pub fn ddl(&self) -> control::DdlGate {
+        control::DdlGate::from_bits(self.ddl.load(Ordering::Relaxed))
     }
 
     /// Registers a session for the session-level shift (see [`Placement`]); it starts on
@@ -416,6 +426,12 @@ impl TrafficControl for Router {
             tracing::warn!("{n} pinned sessions will end at their next move: {message}");
         }
         n
+    }
+    fn set_ddl(&self, gate: control::DdlGate) {
+        let old = self.ddl.swap(gate.to_bits(), Ordering::Relaxed);
+        if old != gate.to_bits() {
+            tracing::info!(action = ?gate.action, truncate = gate.truncate, "DDL gate published");
+        }
     }
     fn set_weight(&self, percent: u8) {
         let weight = percent.min(100);

@@ -108,13 +108,17 @@ impl Logical {
     }
 
     /// The settings `side` (connection `c`) lacks to run pgactive, each with the value it
-    /// needs. `Err` only when the server cannot be read.
+    /// needs; with `[upgrade] ddl = "replicate"` also `pgactive.skip_ddl_replication = off`
+    /// (a `superuser` setting that pgactive accepts only from the configuration file, so a
+    /// reload; it must be equal on every node, pgactive source `pgactive.c`). `Err` only when
+    /// the server cannot be read.
     pub async fn pgactive_requirements(&self, c: &Client, side: Side) -> Result<Vec<Requirement>> {
         let rows = c
             .query(
                 "SELECT name, setting, context FROM pg_settings
                   WHERE name IN ('shared_preload_libraries', 'track_commit_timestamp', 'wal_level',
-                                 'output_plugin_libraries', 'max_worker_processes')",
+                                 'output_plugin_libraries', 'max_worker_processes',
+                                 'pgactive.skip_ddl_replication')",
                 &[],
             )
             .await
@@ -141,6 +145,9 @@ impl Logical {
                 }
                 "track_commit_timestamp" if now != "on" => "on".into(),
                 "wal_level" if now != "logical" => "logical".into(),
+                "pgactive.skip_ddl_replication" if self.pgactive_ddl && now != "off" => {
+                    "off".into()
+                }
                 "max_worker_processes"
                     if now.parse::<i64>().unwrap_or(0) < MIN_WORKER_PROCESSES =>
                 {
@@ -153,6 +160,21 @@ impl Logical {
                 want,
                 now,
                 restart: context == "postmaster",
+            });
+        }
+        // Without pgactive loaded the setting does not exist yet: its default is on.
+        let ddl = "pgactive.skip_ddl_replication";
+        if self.pgactive_ddl
+            && !out.iter().any(|r| r.name == ddl)
+            && !rows
+                .iter()
+                .any(|r| r.col::<String>(0).is_ok_and(|n| n == ddl))
+        {
+            out.push(Requirement {
+                name: ddl.into(),
+                want: "off".into(),
+                now: "on".into(),
+                restart: false,
             });
         }
         Ok(out)

@@ -15,6 +15,7 @@
 //!   mirroring, the mirror driver's write capture), one list instead of three copies.
 //! * [`relay`]: the I/O loop that moves bytes between the client and its backends.
 
+pub mod ddl;
 pub mod limits;
 pub mod login;
 pub mod memory;

@@ -20,6 +20,7 @@
 //! when the share requires it; the connection there is read-write, and a unit that fails on
 //! it is not run again (it may have written): the session ends with the error.
 
+use super::ddl;
 use super::memory::{Share, FREE_BYTES};
 use super::pins;
 use super::record::{Recorders, WriteCapture};
@@ -658,6 +659,28 @@ impl<'p> Relay<'p> {
                         w.uid = self.proxy.capture.as_deref().map(|e| e.open_unit());
                     }
                 }
+                if matches!(tag, msg::QUERY | msg::PARSE) && avail >= total {
+                    if let Some(new) = self.ddl_gate(tag, fwd + 5..end)? {
+                        // The statement goes to the server rewritten: what precedes it as
+                        // it was, then the new message in place of the client's.
+                        let out = spliced.get_or_insert_with(BytesMut::new);
+                        let part = self.cbuf.split_to(fwd);
+                        self.rec.client(&part, &mut self.mem);
+                        out.extend_from_slice(&part);
+                        self.cbuf.advance(total);
+                        scan::client_frame(
+                            tag,
+                            &new,
+                            &mut self.proto,
+                            &mut self.state,
+                            self.backend.as_mut().map(|c| &mut c.st),
+                        )?;
+                        self.rec.client(&new, &mut self.mem);
+                        out.extend_from_slice(&new);
+                        fwd = 0;
+                        continue;
+                    }
+                }
                 let step = scan::client_frame(
                     tag,
                     &self.cbuf[fwd..end],
@@ -721,6 +744,52 @@ impl<'p> Relay<'p> {
             }
             // Go on scanning what the client sent, now on the chosen backend.
         }
+    }
+
+    /// `[upgrade] ddl` on a Query or Parse whose body is `cbuf[body]` (see [`ddl`]):
+    /// `Some(message)` to send instead (the refusal), `None` to forward it as it is (after
+    /// the warning, under `allow`). Errors: a malformed body (08P01).
+    fn ddl_gate(&mut self, tag: u8, body: std::ops::Range<usize>) -> Result<Option<Bytes>, End> {
+        let gate = self.proxy.router.ddl();
+        if gate.action == control::DdlAction::Off {
+            return Ok(None);
+        }
+        let body = &self.cbuf[body];
+        let sql = if tag == msg::QUERY {
+            msg::query_text(body)?
+        } else {
+            msg::parse_text(body)?.1
+        };
+        let temp = self.pins & pins::TEMP != 0
+            || self.state.suspect.temp
+            || super::track::pin_hints(sql).temp;
+        let Some(found) = ddl::find(sql, gate.truncate, temp) else {
+            return Ok(None);
+        };
+        crate::metrics::ddl_statement(gate.action);
+        if gate.action == control::DdlAction::Warn {
+            tracing::warn!(
+                pid = self.info.pid,
+                user = %self.info.user,
+                database = %self.info.database,
+                command = %found.command,
+                "DDL through pgshift while replication runs ([upgrade] ddl = \"allow\"): only the server it runs on gets it"
+            );
+            return Ok(None);
+        }
+        tracing::info!(
+            pid = self.info.pid,
+            user = %self.info.user,
+            database = %self.info.database,
+            command = %found.command,
+            "DDL refused while replication runs ([upgrade] ddl = \"block\")"
+        );
+        let refusal = ddl::refusal(&found.command);
+        Ok(Some(if tag == msg::QUERY {
+            ddl::query_with(sql, found.at, &refusal)
+        } else {
+            ddl::parse_with(body, found.at, &refusal)?
+        }))
     }
 
     /// The idle connection may hold a statement or setting the session no longer has: drop

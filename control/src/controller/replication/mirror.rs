@@ -281,6 +281,12 @@ impl ReplicationDriver for MirrorDriver {
         pf
     }
 
+    /// The capture records DDL with the rest and applies it on the other side in commit
+    /// order: nothing to gate.
+    fn ddl_gate(&self, _policy: config::DdlPolicy, _ready: bool) -> crate::DdlGate {
+        crate::DdlGate::default()
+    }
+
     fn primary_only(&self) -> bool {
         true
     }

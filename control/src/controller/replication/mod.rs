@@ -56,6 +56,21 @@ pub(super) trait ReplicationDriver: Send + Sync {
         pf
     }
 
+    /// The DDL gate the proxy applies while this driver replicates, under `[upgrade] ddl`
+    /// (`ready`: the replication the driver's DDL replication needs is in place; before it,
+    /// `replicate` blocks). The default suits native logical replication, which carries no
+    /// DDL and replicates TRUNCATE: `block` refuses, `allow` warns.
+    fn ddl_gate(&self, policy: config::DdlPolicy, ready: bool) -> crate::DdlGate {
+        let _ = ready;
+        crate::DdlGate {
+            action: match policy {
+                config::DdlPolicy::Allow => crate::DdlAction::Warn,
+                config::DdlPolicy::Block | config::DdlPolicy::Replicate => crate::DdlAction::Block,
+            },
+            truncate: false,
+        }
+    }
+
     /// Whether the driver carries only the primary database (`[source] dbname`).
     fn primary_only(&self) -> bool {
         false

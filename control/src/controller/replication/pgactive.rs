@@ -125,6 +125,23 @@ impl ReplicationDriver for PgactiveDriver {
         true
     }
 
+    /// pgactive replicates neither DDL nor TRUNCATE while `pgactive.skip_ddl_replication`
+    /// is on (its default). `replicate` requires it off on both nodes (preflight), and then
+    /// pgactive itself queues each DDL statement and TRUNCATE for the other node under its
+    /// global DDL lock (pgactive source: `pgactive_commandfilter.c`, `pgactive_ddlrep.c`):
+    /// the proxy lets DDL through once both nodes are in the group (`ready`) and blocks it
+    /// before, while the schema is copied and the target joins.
+    fn ddl_gate(&self, policy: config::DdlPolicy, ready: bool) -> crate::DdlGate {
+        crate::DdlGate {
+            action: match policy {
+                config::DdlPolicy::Allow => crate::DdlAction::Warn,
+                config::DdlPolicy::Replicate if ready => crate::DdlAction::Off,
+                config::DdlPolicy::Replicate | config::DdlPolicy::Block => crate::DdlAction::Block,
+            },
+            truncate: true,
+        }
+    }
+
     fn configure_params_note(&self) -> &'static str {
         "pgactive driver: server settings checked"
     }

@@ -1,0 +1,363 @@
+//! DDL sent through pgshift while logical replication runs (`[upgrade] ddl`). Logical
+//! replication carries rows, not schema changes (PostgreSQL docs 31.8 "Restrictions"; the
+//! pgactive extension alike unless its DDL replication is on), so a schema change made on
+//! one server during the upgrade stops the apply on the other, or leaves a new table
+//! unreplicated. The controller publishes a [`control::DdlGate`]; each Query and Parse the
+//! session forwards is looked at only while the gate is not `Off`:
+//!
+//! * [`find`] names the first DDL statement of a text by its command words (`ALTER TABLE`),
+//!   never more of it (a statement may hold a password);
+//! * `Block` replaces that statement and what follows it with [`refusal`], a `DO` block
+//!   that raises SQLSTATE 55000 on the server, so the error, the transaction state it
+//!   leaves (a failed transaction block, or the implicit transaction of a multi-statement
+//!   Query rolled back) and the ReadyForQuery are the server's own;
+//! * `Warn` forwards it and logs the command words.
+//!
+//! Not seen: DDL run inside functions, `DO` blocks or procedures, `SELECT ... INTO`, and
+//! DDL on connections that do not go through pgshift. Let through: `CREATE TEMP ...`
+//! (session-local), `ALTER SYSTEM` (the instance's settings), and, in a session that holds
+//! or may hold temporary objects, `ALTER`, `DROP`, `TRUNCATE` and `COMMENT` (their object
+//! may be temporary; the text alone cannot tell).
+//!
+//! Grammar: the SQL command reference (PostgreSQL docs, "SQL Commands"); lexical structure:
+//! 4.1 (comments skipped like white space).
+
+use super::track;
+use bytes::{BufMut, Bytes, BytesMut};
+use wire::msg;
+
+/// A DDL statement found in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Byte offset of the statement in the text.
+    pub at: usize,
+    /// Its command words, upper case ASCII: the verb and, for `CREATE`, `ALTER` and
+    /// `DROP`, the kind of object (`CREATE UNIQUE INDEX`, `ALTER TABLE`, `GRANT`).
+    pub command: String,
+}
+
+/// The first DDL statement of `sql` (bytes in the client's encoding), if any. `truncate`:
+/// `TRUNCATE` counts (the pgactive driver); `temp`: the session holds or may hold temporary
+/// objects (module docs).
+pub fn find(sql: &[u8], truncate: bool, temp: bool) -> Option<Found> {
+    // One statement (no `;` before the end): no split.
+    let trimmed = trim_end(sql);
+    if memchr::memchr(b';', trimmed).is_none() {
+        return command(trimmed, truncate, temp).map(|command| Found { at: 0, command });
+    }
+    for stmt in track::statements(sql) {
+        if let Some(command) = command(stmt, truncate, temp) {
+            // `statements` returns slices of `sql`.
+            let at = stmt.as_ptr() as usize - sql.as_ptr() as usize;
+            return Some(Found { at, command });
+        }
+    }
+    None
+}
+
+/// The command words of one statement when it is DDL under the module's rules.
+fn command(stmt: &[u8], truncate: bool, temp: bool) -> Option<String> {
+    let mut w = Words { b: stmt, i: 0 };
+    let verb = w.next()?;
+    let verb = verb.to_ascii_uppercase();
+    match verb.as_slice() {
+        b"CREATE" => {
+            let mut kind = w.next().unwrap_or_default().to_ascii_uppercase();
+            if kind == b"OR" {
+                // OR REPLACE
+                w.next();
+                kind = w.next().unwrap_or_default().to_ascii_uppercase();
+            }
+            if matches!(kind.as_slice(), b"GLOBAL" | b"LOCAL") {
+                kind = w.next().unwrap_or_default().to_ascii_uppercase();
+            }
+            if matches!(kind.as_slice(), b"TEMP" | b"TEMPORARY") {
+                return None;
+            }
+            let mut words = format!("CREATE {}", object_kind(&kind));
+            if kind == b"UNIQUE" {
+                words.push_str(" INDEX");
+            }
+            Some(words.trim_end().to_string())
+        }
+        b"ALTER" | b"DROP" => {
+            let kind = w.next().unwrap_or_default().to_ascii_uppercase();
+            if verb == b"ALTER" && kind == b"SYSTEM" {
+                return None;
+            }
+            if temp {
+                return None;
+            }
+            Some(
+                format!("{} {}", ascii(&verb), object_kind(&kind))
+                    .trim_end()
+                    .to_string(),
+            )
+        }
+        b"COMMENT" if !temp => Some("COMMENT".into()),
+        b"TRUNCATE" if truncate && !temp => Some("TRUNCATE".into()),
+        b"GRANT" | b"REVOKE" | b"REASSIGN" | b"IMPORT" => Some(ascii(&verb)),
+        b"SECURITY" => Some("SECURITY LABEL".into()),
+        _ => None,
+    }
+}
+
+/// The word naming the kind of object after `CREATE`, `ALTER` or `DROP` when it is one
+/// (so that no identifier of the statement ends up in a message or a log line).
+fn object_kind(kind: &[u8]) -> &'static str {
+    const KINDS: &[&str] = &[
+        "ACCESS",
+        "AGGREGATE",
+        "CAST",
+        "COLLATION",
+        "CONVERSION",
+        "DATABASE",
+        "DEFAULT",
+        "DOMAIN",
+        "EVENT",
+        "EXTENSION",
+        "FOREIGN",
+        "FUNCTION",
+        "GROUP",
+        "INDEX",
+        "LANGUAGE",
+        "MATERIALIZED",
+        "OPERATOR",
+        "OWNED",
+        "POLICY",
+        "PROCEDURE",
+        "PUBLICATION",
+        "ROLE",
+        "ROUTINE",
+        "RULE",
+        "SCHEMA",
+        "SEQUENCE",
+        "SERVER",
+        "STATISTICS",
+        "SUBSCRIPTION",
+        "TABLE",
+        "TABLESPACE",
+        "TEXT",
+        "TRANSFORM",
+        "TRIGGER",
+        "TYPE",
+        "UNIQUE",
+        "UNLOGGED",
+        "USER",
+        "VIEW",
+    ];
+    KINDS
+        .iter()
+        .find(|k| k.as_bytes() == kind)
+        .copied()
+        .unwrap_or("")
+}
+
+fn ascii(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let mut e = b.len();
+    while e > 0 && (b[e - 1].is_ascii_whitespace() || b[e - 1] == b';') {
+        e -= 1;
+    }
+    &b[..e]
+}
+
+/// Key words of a statement's start: white space and comments (`--`, nested `/* */`)
+/// skipped; a word is ASCII letters and underscores (a quoted identifier or anything else
+/// ends the scan).
+struct Words<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Words<'a> {
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let b = self.b;
+        loop {
+            while self.i < b.len() && b[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+            if b[self.i..].starts_with(b"--") {
+                while self.i < b.len() && b[self.i] != b'\n' {
+                    self.i += 1;
+                }
+            } else if b[self.i..].starts_with(b"/*") {
+                let mut depth = 0usize;
+                while self.i < b.len() {
+                    if b[self.i..].starts_with(b"/*") {
+                        depth += 1;
+                        self.i += 2;
+                    } else if b[self.i..].starts_with(b"*/") {
+                        depth -= 1;
+                        self.i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        self.i += 1;
+                    }
+                }
+            } else {
+                break;
+            }
+        }
+        let start = self.i;
+        while self.i < b.len() && (b[self.i].is_ascii_alphabetic() || b[self.i] == b'_') {
+            self.i += 1;
+        }
+        (self.i > start).then(|| &b[start..self.i])
+    }
+}
+
+/// The statement that refuses `command` on the server: a `DO` block raising SQLSTATE 55000
+/// (`object_not_in_prerequisite_state`, PostgreSQL docs Appendix A) with the reason and
+/// what to do. `command` is [`Found::command`] (ASCII letters and spaces only, so it needs
+/// no quoting).
+pub fn refusal(command: &str) -> String {
+    format!(
+        "DO $pgshift$BEGIN RAISE EXCEPTION USING ERRCODE = '55000', \
+         MESSAGE = '{command} is refused: pgshift is upgrading this database with logical replication, which does not carry schema changes ([upgrade] ddl = block)', \
+         HINT = 'Run schema changes before START UPGRADE or once the upgrade is done (or after ROLLBACK UPGRADE); with the pgactive driver, [upgrade] ddl = replicate runs them on every node.'; END$pgshift$"
+    )
+}
+
+/// A Query message whose text is `sql[..at]` followed by `tail`.
+pub fn query_with(sql: &[u8], at: usize, tail: &str) -> Bytes {
+    let mut text = Vec::with_capacity(at + tail.len());
+    text.extend_from_slice(&sql[..at]);
+    text.extend_from_slice(tail.as_bytes());
+    let mut out = BytesMut::with_capacity(text.len() + 6);
+    msg::query_bytes(&mut out, &text);
+    out.freeze()
+}
+
+/// A Parse message like `body` (its statement name and parameter types kept) whose text
+/// is `sql[..at]` followed by `tail`. Errors: a malformed Parse body.
+pub fn parse_with(body: &[u8], at: usize, tail: &str) -> Result<Bytes, wire::frame::WireError> {
+    let (name, sql) = msg::parse_text(body)?;
+    // name NUL text NUL, then the parameter types as sent.
+    let params = &body[name.len() + 1 + sql.len() + 1..];
+    let mut out = BytesMut::with_capacity(body.len() + tail.len() + 5);
+    msg::put_msg(&mut out, msg::PARSE, |b| {
+        b.put_slice(name);
+        b.put_u8(0);
+        b.put_slice(&sql[..at]);
+        b.put_slice(tail.as_bytes());
+        b.put_u8(0);
+        b.put_slice(params);
+    });
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(sql: &str) -> Option<String> {
+        find(sql.as_bytes(), false, false).map(|f| f.command)
+    }
+
+    #[test]
+    fn ddl_is_named_by_its_command_words() {
+        assert_eq!(
+            cmd("create table t (a int)").as_deref(),
+            Some("CREATE TABLE")
+        );
+        assert_eq!(
+            cmd("  /* x /* y */ */ -- c\n ALTER TABLE t ADD b int").as_deref(),
+            Some("ALTER TABLE")
+        );
+        assert_eq!(
+            cmd("CREATE UNIQUE INDEX ON t (a)").as_deref(),
+            Some("CREATE UNIQUE INDEX")
+        );
+        assert_eq!(
+            cmd("create or replace view v as select 1").as_deref(),
+            Some("CREATE VIEW")
+        );
+        assert_eq!(cmd("DROP TABLE t").as_deref(), Some("DROP TABLE"));
+        assert_eq!(cmd("COMMENT ON TABLE t IS 'x'").as_deref(), Some("COMMENT"));
+        assert_eq!(cmd("GRANT SELECT ON t TO app").as_deref(), Some("GRANT"));
+        assert_eq!(
+            cmd("SECURITY LABEL ON TABLE t IS 'x'").as_deref(),
+            Some("SECURITY LABEL")
+        );
+        assert_eq!(cmd("REASSIGN OWNED BY a TO b").as_deref(), Some("REASSIGN"));
+        // No identifier in the words.
+        assert_eq!(
+            cmd("ALTER ROLE app PASSWORD 'secret'").as_deref(),
+            Some("ALTER ROLE")
+        );
+        assert_eq!(cmd("CREATE secretword").as_deref(), Some("CREATE"));
+    }
+
+    #[test]
+    fn what_is_not_ddl_or_is_let_through() {
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "create temp table x (a int)",
+            "CREATE GLOBAL TEMPORARY TABLE x (a int)",
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+            "ALTER SYSTEM SET work_mem = '8MB'",
+            "TRUNCATE t",
+            "VACUUM t",
+            "SET search_path = x",
+            "select 'CREATE TABLE x'",
+            "",
+        ] {
+            assert_eq!(cmd(sql), None, "{sql}");
+        }
+        assert_eq!(
+            find(b"TRUNCATE t", true, false)
+                .map(|f| f.command)
+                .as_deref(),
+            Some("TRUNCATE")
+        );
+        // A session with temporary objects: its DROP may be of one of them.
+        assert_eq!(find(b"DROP TABLE tmp", false, true), None);
+        assert!(find(b"CREATE TABLE t (a int)", false, true).is_some());
+    }
+
+    #[test]
+    fn the_first_ddl_statement_of_a_text_is_found_where_it_starts() {
+        let sql = b"BEGIN; INSERT INTO t VALUES (';'); ALTER TABLE t ADD c int; COMMIT";
+        let f = find(sql, false, false).unwrap();
+        assert_eq!(f.command, "ALTER TABLE");
+        assert!(
+            sql[f.at..].trim_ascii_start().starts_with(b"ALTER TABLE t"),
+            "{}",
+            f.at
+        );
+        assert_eq!(
+            find(b"SELECT 1; SELECT $$;CREATE TABLE$$", false, false),
+            None
+        );
+    }
+
+    #[test]
+    fn rewritten_messages_keep_what_comes_before_and_the_parameters() {
+        let q = query_with(b"SELECT 1; DROP TABLE t", 10, "DO x");
+        assert_eq!(&q[5..], b"SELECT 1; DO x\0");
+        let mut body = BytesMut::new();
+        body.put_slice(b"s1\0CREATE TABLE t ()\0");
+        body.put_i16(1);
+        body.put_i32(23);
+        let p = parse_with(&body, 0, "DO y").unwrap();
+        assert_eq!(p[0], msg::PARSE);
+        assert_eq!(
+            msg::parse_text(&p[5..]).unwrap(),
+            (&b"s1"[..], &b"DO y"[..])
+        );
+        assert!(p.ends_with(&[0, 1, 0, 0, 0, 23]));
+        assert!(parse_with(b"broken", 0, "x").is_err());
+        let r = refusal("CREATE TABLE");
+        assert!(
+            r.contains("'55000'") && r.starts_with("DO $pgshift$") && r.ends_with("END$pgshift$")
+        );
+        assert_eq!(r.matches('\'').count() % 2, 0);
+    }
+}
