@@ -281,3 +281,28 @@ pub fn client_bin(name: &str) -> PathBuf {
         PathBuf::from(name)
     }
 }
+
+/// The `postgresql.conf` settings a pgactive node needs on the server of `bins`:
+/// `shared_preload_libraries`, `track_commit_timestamp`, and `output_plugin_libraries`
+/// listing pgactive where the server has that setting (minors from 2026-08 on: 15.19,
+/// 17.11, ...; `postgres --describe-config` tells). Errors: `postgres` cannot run.
+pub fn pgactive_settings(bins: &PgBinaries) -> Result<Vec<(String, String)>> {
+    let mut v = vec![
+        (
+            "shared_preload_libraries".to_string(),
+            "pgactive".to_string(),
+        ),
+        ("track_commit_timestamp".into(), "on".into()),
+    ];
+    let described = run_checked(
+        Command::new(bins.bin("postgres")).arg("--describe-config"),
+        "postgres --describe-config",
+    )?;
+    if described.contains("output_plugin_libraries") {
+        v.push((
+            "output_plugin_libraries".into(),
+            "pgoutput, test_decoding, pgactive".into(),
+        ));
+    }
+    Ok(v)
+}

@@ -28,7 +28,8 @@ mod server;
 use std::path::{Path, PathBuf};
 
 pub use binaries::{
-    binaries, client_bin, pgactive_binaries, PgBinaries, NPM_PACKAGE, PGACTIVE_BINDIR_ENV,
+    binaries, client_bin, pgactive_binaries, pgactive_settings, PgBinaries, NPM_PACKAGE,
+    PGACTIVE_BINDIR_ENV,
 };
 pub use pgshift::{pgbench, pgshift_bin, Pgshift};
 pub use runas::{run_as, RunAs};

@@ -172,7 +172,7 @@ pub async fn run(o: Opts, driver: &str) -> Result<Outcome> {
 }
 
 /// The stack options and the `[replication]` lines of `both`.
-fn stack_opts(both: &Both, scale: u32, extra: &str) -> StackOptions {
+fn stack_opts(both: &Both, scale: u32, extra: &str) -> Result<StackOptions> {
     let gap = 10_000_000_000i64;
     let base = |replication: &str| {
         format!(
@@ -181,7 +181,7 @@ fn stack_opts(both: &Both, scale: u32, extra: &str) -> StackOptions {
              [health]\ninterval_ms = 250\nmax_p99_ratio = 100.0\n"
         )
     };
-    match both {
+    Ok(match both {
         Both::Bidirectional { source, target } => StackOptions {
             source_major: *source,
             target_major: *target,
@@ -195,14 +195,11 @@ fn stack_opts(both: &Both, scale: u32, extra: &str) -> StackOptions {
             pgbench_scale: scale,
             provision_target: true,
             binaries: Some(b.clone()),
-            source_settings: vec![
-                ("shared_preload_libraries".into(), "pgactive".into()),
-                ("track_commit_timestamp".into(), "on".into()),
-            ],
+            source_settings: integration::pgactive_settings(b)?,
             extra_config: base("driver = \"pgactive\"\n"),
             ..Default::default()
         },
-    }
+    })
 }
 
 /// The schema the runs use: pgbench_history with a key (pgactive updates only keyed rows),
@@ -298,7 +295,7 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
             both,
             o.scale,
             &format!("shift = [25, 25, 50]\nshift_hold_ms = {}", o.hold_ms),
-        ),
+        )?,
         both,
     )
     .await?;
@@ -478,7 +475,7 @@ struct ConflictRun {
 
 async fn conflict_run(both: &Both) -> Result<ConflictRun> {
     say(format!("run 2: a conflict with the {} driver", both.name()));
-    let mut opts = stack_opts(both, 1, "approve_cutover = true");
+    let mut opts = stack_opts(both, 1, "approve_cutover = true")?;
     opts.extra_config = opts
         .extra_config
         .replace("halt_on_conflict = false", "halt_on_conflict = true");

@@ -56,6 +56,33 @@ impl Requirement {
     }
 }
 
+/// The items of a list setting as `pg_settings.setting` shows it: split on the commas
+/// outside double quotes, each trimmed and unquoted (`""` inside quotes is one `"`). A list
+/// set with `ALTER SYSTEM SET x = 'a, b'` shows as the one item `a, b` (PostgreSQL docs,
+/// ALTER SYSTEM; GUC_LIST_QUOTE settings such as `shared_preload_libraries`), which is not
+/// `b`.
+pub fn list_items(setting: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = setting.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c if !quoted && c.is_whitespace() => {}
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.retain(|i| !i.is_empty());
+    out
+}
+
 /// Workers pgactive needs on a node of a two-node group, one carried database: the
 /// supervisor, one per-database worker, one apply worker per peer, plus PostgreSQL's own
 /// (logical replication launcher, autovacuum launcher and parallel workers) and room for
@@ -128,20 +155,24 @@ impl Logical {
             let (name, now, context): (String, String, String) = (r.col(0)?, r.col(1)?, r.col(2)?);
             let want = match name.as_str() {
                 "shared_preload_libraries" | "output_plugin_libraries" => {
-                    let has = now
-                        .split(',')
-                        .any(|l| l.trim().trim_matches('"') == "pgactive");
-                    if has {
+                    let items = list_items(&now);
+                    if items.iter().any(|l| l == "pgactive") {
                         continue;
                     }
-                    if now.trim().is_empty() && name == "output_plugin_libraries" {
+                    // What was meant: an item holding commas (`ALTER SYSTEM SET x = 'a, b'`
+                    // quotes the whole text as one item) is its parts.
+                    let mut want: Vec<String> = items
+                        .iter()
+                        .flat_map(|i| i.split(','))
+                        .map(|i| i.trim().to_string())
+                        .filter(|i| !i.is_empty() && i != "pgactive")
+                        .collect();
+                    if want.is_empty() && name == "output_plugin_libraries" {
                         // Empty means "none but the built-in"; keep PostgreSQL's own.
-                        "pgoutput, test_decoding, pgactive".to_string()
-                    } else if now.trim().is_empty() {
-                        "pgactive".to_string()
-                    } else {
-                        format!("{now}, pgactive")
+                        want = vec!["pgoutput".into(), "test_decoding".into()];
                     }
+                    want.push("pgactive".into());
+                    want.join(", ")
                 }
                 "track_commit_timestamp" if now != "on" => "on".into(),
                 "wal_level" if now != "logical" => "logical".into(),
@@ -806,5 +837,25 @@ impl Logical {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_settings_are_read_as_postgresql_reads_them() {
+        assert_eq!(
+            list_items("pgoutput, test_decoding, pgactive"),
+            ["pgoutput", "test_decoding", "pgactive"]
+        );
+        assert_eq!(
+            list_items("\"pgoutput, test_decoding, pgactive\""),
+            ["pgoutput, test_decoding, pgactive"]
+        );
+        assert_eq!(list_items("\"a\"\"b\", c"), ["a\"b", "c"]);
+        assert!(list_items("").is_empty());
+        assert!(list_items(" , ").is_empty());
     }
 }
