@@ -28,11 +28,8 @@ fn pgactive(test: &str) -> Option<PgBinaries> {
 }
 
 /// A source server's settings for pgactive.
-fn source_settings() -> Vec<(String, String)> {
-    vec![
-        ("shared_preload_libraries".into(), "pgactive".into()),
-        ("track_commit_timestamp".into(), "on".into()),
-    ]
+fn source_settings(bins: &PgBinaries) -> Vec<(String, String)> {
+    integration::pgactive_settings(bins).expect("pgactive settings")
 }
 
 fn config(extra: &str) -> String {
@@ -133,13 +130,14 @@ async fn pgactive_plan_unattended_under_load() {
     let Some(bins) = pgactive("pgactive_plan_unattended_under_load") else {
         return;
     };
+    let settings = source_settings(&bins);
     let stack = Stack::start(StackOptions {
         source_major: bins.major,
         target_major: bins.major,
         pgbench_scale: 1,
         provision_target: true,
         binaries: Some(bins),
-        source_settings: source_settings(),
+        source_settings: settings,
         // pgbench's random account updates from sessions on both nodes meet now and then
         // (update_update, resolved last-update-wins on both): logged, not a halt, here.
         extra_config: config_with(
@@ -241,22 +239,28 @@ async fn pgactive_sessions_shift_and_switch_both_ways() {
     let Some(bins) = pgactive("pgactive_sessions_shift_and_switch_both_ways") else {
         return;
     };
+    let settings = source_settings(&bins);
     let mut stack = Stack::start(StackOptions {
         source_major: bins.major,
         target_major: bins.major,
         pgbench_scale: 1,
         binaries: Some(bins),
-        source_settings: source_settings(),
+        source_settings: settings.clone(),
         extra_config: config("approve_cutover = true\ndatabases = [\"app\"]"),
         ..Default::default()
     })
     .expect("stack");
     // The harness's target: pgactive's settings set before it starts.
-    for sql in [
-        "ALTER SYSTEM SET shared_preload_libraries = 'pgactive'",
-        "ALTER SYSTEM SET track_commit_timestamp = on",
-    ] {
-        stack.target.psql("postgres", sql).unwrap();
+    for (k, v) in &settings {
+        // One literal per item: ALTER SYSTEM would quote 'a, b' as the one item "a, b".
+        let items: Vec<String> = v.split(',').map(|i| format!("'{}'", i.trim())).collect();
+        stack
+            .target
+            .psql(
+                "postgres",
+                &format!("ALTER SYSTEM SET {k} = {}", items.join(", ")),
+            )
+            .unwrap();
     }
     stack.target.restart().expect("target restart");
     prepare(&stack);
@@ -407,13 +411,14 @@ async fn pgactive_conflict_halts_the_shift() {
     let Some(bins) = pgactive("pgactive_conflict_halts_the_shift") else {
         return;
     };
+    let settings = source_settings(&bins);
     let stack = Stack::start(StackOptions {
         source_major: bins.major,
         target_major: bins.major,
         pgbench_scale: 0,
         provision_target: true,
         binaries: Some(bins),
-        source_settings: source_settings(),
+        source_settings: settings,
         extra_config: config("approve_cutover = true\ndatabases = [\"app\"]"),
         ..Default::default()
     })
@@ -430,6 +435,20 @@ async fn pgactive_conflict_halts_the_shift() {
         .wait_state("waiting", Duration::from_secs(180))
         .await
         .expect("synchronised");
+    // [upgrade] ddl = "block" (the default): with pgactive, TRUNCATE is DDL too.
+    let app = stack.app_client().await.unwrap();
+    let e = app
+        .batch_execute("TRUNCATE kv")
+        .await
+        .expect_err("TRUNCATE refused");
+    let d = e.as_db_error().expect("a server error");
+    assert_eq!(d.code().code(), "55000", "{}", d.message());
+    assert!(
+        d.message().starts_with("TRUNCATE is refused"),
+        "{}",
+        d.message()
+    );
+    drop(app);
     stack.admin("SHIFT TRAFFIC 25").await.expect("shift");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let s = direct(&stack.source).await;
@@ -465,6 +484,251 @@ async fn pgactive_conflict_halts_the_shift() {
         assert!(Instant::now() < deadline, "kv differs: {x:?} / {y:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `[upgrade] ddl = "replicate"` with `pgactive.skip_ddl_replication = off` (set on the
+/// source by hand, on the provisioned target by ConfigureParams): DDL and TRUNCATE sent
+/// through pgshift once the target has joined reach both nodes through pgactive's DDL
+/// replication, with sessions on both sides writing the new column; then the cutover and
+/// DetachOld, and DDL goes on on the target alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgactive_ddl_replicates_to_every_node() {
+    let Some(bins) = pgactive("pgactive_ddl_replicates_to_every_node") else {
+        return;
+    };
+    let mut settings = source_settings(&bins);
+    settings.push(("pgactive.skip_ddl_replication".into(), "off".into()));
+    let stack = Stack::start(StackOptions {
+        source_major: bins.major,
+        target_major: bins.major,
+        pgbench_scale: 0,
+        provision_target: true,
+        binaries: Some(bins),
+        source_settings: settings,
+        extra_config: config(
+            "approve_cutover = true\nddl = \"replicate\"\nshift_hold_ms = 500\ndatabases = [\"app\"]",
+        ),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack
+        .source
+        .psql(
+            "app",
+            "CREATE TABLE kv (k int PRIMARY KEY, v text); ALTER TABLE kv OWNER TO app; \
+             INSERT INTO kv SELECT g, 'before' FROM generate_series(1, 100) g",
+        )
+        .unwrap();
+    stack.admin("START UPGRADE").await.expect("start");
+    stack
+        .wait_state("waiting", Duration::from_secs(180))
+        .await
+        .expect("synchronised");
+    let c = stack.app_client().await.unwrap();
+    let t0 = Instant::now();
+    c.batch_execute("ALTER TABLE kv ADD COLUMN note text")
+        .await
+        .map_err(|e| db_error(&e))
+        .expect("ALTER TABLE through pgshift");
+    let alter_ms = t0.elapsed().as_millis();
+    let has_note = "SELECT count(*) FROM information_schema.columns WHERE table_name = 'kv' AND column_name = 'note'";
+    wait_value(&stack.target, has_note, "1", Duration::from_secs(20)).await;
+    eprintln!(
+        "ALTER TABLE through pgshift took {alter_ms} ms; on the target after {} ms",
+        t0.elapsed().as_millis()
+    );
+    // A new table, and writes of the new column on both nodes.
+    c.batch_execute(
+        "CREATE TABLE public.notes (id bigint PRIMARY KEY, body text); \
+         INSERT INTO kv VALUES (1001, 'via pgshift', 'n1')",
+    )
+    .await
+    .map_err(|e| db_error(&e))
+    .expect("CREATE TABLE through pgshift");
+    wait_value(
+        &stack.target,
+        "SELECT to_regclass('public.notes') IS NOT NULL",
+        "t",
+        Duration::from_secs(20),
+    )
+    .await;
+    let t = direct(&stack.target).await;
+    t.batch_execute("INSERT INTO kv VALUES (1002, 'on the target', 'n2'); INSERT INTO notes VALUES (1, 'target')")
+        .await
+        .map_err(|e| db_error(&e))
+        .unwrap();
+    wait_value(
+        &stack.source,
+        "SELECT count(*) FROM kv WHERE note IS NOT NULL",
+        "2",
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_value(
+        &stack.source,
+        "SELECT count(*) FROM notes",
+        "1",
+        Duration::from_secs(20),
+    )
+    .await;
+    // TRUNCATE replicates too (pgactive's truncate trigger).
+    c.batch_execute("TRUNCATE notes")
+        .await
+        .map_err(|e| db_error(&e))
+        .expect("TRUNCATE through pgshift");
+    wait_value(
+        &stack.target,
+        "SELECT count(*) FROM notes",
+        "0",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        table_digest(&stack.source, "kv", "k").unwrap(),
+        table_digest(&stack.target, "kv", "k").unwrap()
+    );
+    let st = stack.status().await.unwrap();
+    assert_eq!(
+        field(&st, "state"),
+        "waiting",
+        "replication healthy: {st:?}"
+    );
+
+    drop((c, t));
+    stack.admin("INITIATE CUTOVER").await.expect("cutover");
+    stack
+        .wait_phase("done", Duration::from_secs(120))
+        .await
+        .expect("done");
+    let c = stack.app_client().await.unwrap();
+    c.batch_execute("ALTER TABLE kv ADD COLUMN later int")
+        .await
+        .map_err(|e| db_error(&e))
+        .expect("DDL on the target alone after DetachOld");
+}
+
+/// A provisioned-target stack whose plan runs unattended to the end with the pgactive
+/// driver, `PGSHIFT_FAILPOINT` set to `failpoint`, 200,000 rows to join and the id writer
+/// running.
+async fn kill_stack(bins: PgBinaries, failpoint: &str) -> (Stack, Writer) {
+    let settings = source_settings(&bins);
+    let stack = Stack::start(StackOptions {
+        source_major: bins.major,
+        target_major: bins.major,
+        pgbench_scale: 0,
+        provision_target: true,
+        binaries: Some(bins),
+        source_settings: settings,
+        env: vec![("PGSHIFT_FAILPOINT".into(), failpoint.into())],
+        extra_config: config("shift = [25, 25, 50]\nshift_hold_ms = 1000\ndatabases = [\"app\"]"),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack
+        .source
+        .psql(
+            "app",
+            &format!(
+                "{}; CREATE TABLE items (id bigserial PRIMARY KEY, v text); ALTER TABLE items OWNER TO app; \
+                 INSERT INTO items (v) SELECT 'x' FROM generate_series(1, 200000)",
+                integration::stack::ACKED_TABLE_SQL
+            ),
+        )
+        .unwrap();
+    let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(5));
+    (stack, writer)
+}
+
+/// After the restarts: the plan finishes on the target, no acknowledged write lost, no id
+/// drawn twice, pgactive and its slots gone from the source.
+async fn kill_finish(stack: &Stack, writer: Writer) {
+    stack
+        .wait_for("phase done", Duration::from_secs(180), |s| {
+            field(s, "phase") == "done"
+        })
+        .await;
+    let before = writer.acked_count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while writer.acked_count() < before + 50 {
+        assert!(Instant::now() < deadline, "no writes after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = stack.app_client().await.unwrap();
+    let port: i32 = app
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, stack.target.port as i32, "traffic on the target");
+    // The writer's connections die with pgshift (errors, not acknowledged writes).
+    let written = writer.stop().await;
+    let lost = missing_ids(&stack.target, "app", "acked", &written.acked).unwrap();
+    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    let dup = stack
+        .target
+        .psql("app", "SELECT count(*) - count(DISTINCT id) FROM acked")
+        .unwrap();
+    assert_eq!(dup.trim(), "0", "an id drawn twice");
+    assert_eq!(
+        integration::stack::replication_objects(&stack.source),
+        "",
+        "left on the source"
+    );
+    let ext = stack
+        .source
+        .psql(
+            "app",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pgactive'",
+        )
+        .unwrap();
+    assert_eq!(ext.trim(), "0", "pgactive left on the source");
+    let hist = stack.admin("SHOW UPGRADE HISTORY").await.unwrap();
+    assert!(hist.iter().any(|r| field(r, "actor") == "resume"));
+}
+
+/// `kill -9` while the target joins (WaitForSync), then inside the cutover before the
+/// swap (`PGSHIFT_FAILPOINT=pause`): each restart resumes the plan, which finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgactive_kill_9_during_the_join_then_inside_the_cutover() {
+    let Some(bins) = pgactive("pgactive_kill_9_during_the_join_then_inside_the_cutover") else {
+        return;
+    };
+    let (mut stack, writer) = kill_stack(bins, "pause").await;
+    stack.admin("START UPGRADE").await.unwrap();
+    stack
+        .wait_for("wait_for_sync", Duration::from_secs(120), |s| {
+            field(s, "step") == "wait_for_sync"
+        })
+        .await;
+    stack.pgshift.kill9();
+    stack.pgshift.restart().expect("restart");
+    stack.crashed_at_failpoint("Pause").await;
+    let nodes = stack
+        .target
+        .psql(
+            "app",
+            "SELECT count(*) FROM pgactive.pgactive_nodes WHERE node_status = 'r'",
+        )
+        .unwrap();
+    assert_eq!(nodes.trim(), "2", "one join, both nodes ready");
+    stack.pgshift.restart().expect("restart");
+    kill_finish(&stack, writer).await;
+}
+
+/// `kill -9` inside the cutover after the swap was journaled (`PGSHIFT_FAILPOINT=switch`):
+/// the restart finds traffic on the target and finishes the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgactive_kill_9_inside_the_cutover_after_the_swap() {
+    let Some(bins) = pgactive("pgactive_kill_9_inside_the_cutover_after_the_swap") else {
+        return;
+    };
+    let (mut stack, writer) = kill_stack(bins, "switch").await;
+    stack.admin("START UPGRADE").await.unwrap();
+    stack.crashed_at_failpoint("Switch").await;
+    stack.pgshift.restart().expect("restart");
+    let s = stack.status().await.unwrap();
+    assert_eq!(field(&s, "epoch"), "2", "{s:?}");
+    kill_finish(&stack, writer).await;
 }
 
 /// Runs everywhere: START UPGRADE on servers without pgactive's settings is refused by the

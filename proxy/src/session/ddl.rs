@@ -13,8 +13,10 @@
 //!   Query rolled back) and the ReadyForQuery are the server's own;
 //! * `Warn` forwards it and logs the command words.
 //!
-//! Not seen: DDL run inside functions, `DO` blocks or procedures, `SELECT ... INTO`, and
-//! DDL on connections that do not go through pgshift. Let through: `CREATE TEMP ...`
+//! Not seen: DDL run inside functions, `DO` blocks or procedures, `SELECT ... INTO`, a
+//! named statement prepared before the gate was published, and DDL on connections that do
+//! not go through pgshift. Cost while the gate is on: the first key words of each Query and
+//! Parse, and a split of texts that hold a `;`. Let through: `CREATE TEMP ...`
 //! (session-local), `ALTER SYSTEM` (the instance's settings), and, in a session that holds
 //! or may hold temporary objects, `ALTER`, `DROP`, `TRUNCATE` and `COMMENT` (their object
 //! may be temporary; the text alone cannot tell).
