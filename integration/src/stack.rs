@@ -36,6 +36,9 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// Extra `postgresql.conf` settings of the source (e.g. `wal_level = replica`).
     pub source_settings: Vec<(String, String)>,
+    /// Extra `postgresql.conf` settings of the target: of the harness's server, or added to
+    /// (and overriding) the `[target.provision] settings` of a provisioned one.
+    pub target_settings: Vec<(String, String)>,
     /// Binaries for both servers instead of the harness's own (their major must be
     /// `source_major` and `target_major`), e.g. [`crate::binaries::pgactive_binaries`].
     pub binaries: Option<crate::PgBinaries>,
@@ -51,6 +54,7 @@ impl Default for StackOptions {
             provision_target: false,
             env: Vec::new(),
             source_settings: Vec::new(),
+            target_settings: Vec::new(),
             binaries: None,
         }
     }
@@ -80,12 +84,19 @@ impl Stack {
             (Some(b), false) => PgServer::start_with(
                 opts.target_major,
                 crate::ServerOptions {
+                    settings: opts.target_settings.clone(),
                     binaries: Some(b.clone()),
                     ..Default::default()
                 },
             )?,
             (None, true) => PgServer::reserve(opts.target_major)?,
-            (None, false) => PgServer::start(opts.target_major)?,
+            (None, false) => PgServer::start_with(
+                opts.target_major,
+                crate::ServerOptions {
+                    settings: opts.target_settings.clone(),
+                    ..Default::default()
+                },
+            )?,
         };
         let servers: &[&PgServer] = if opts.provision_target {
             &[&source]
@@ -122,7 +133,7 @@ impl Stack {
         }
         let mut extra = opts.extra_config.clone();
         if opts.provision_target {
-            extra.push_str(&provision_config(&source, &target));
+            extra.push_str(&provision_config(&source, &target, &opts.target_settings));
         }
         let config = stack_config(&source, &target, free_port(), &extra);
         let pgshift = Pgshift::start_with_env(&config, &opts.env)?;
@@ -415,21 +426,49 @@ pub fn stack_config(source: &PgServer, target: &PgServer, port: u16, extra: &str
 
 /// `[target.provision]` (local provider, into `target`'s reserved directory) and
 /// `[source.provision]` for a [`Stack`] whose target pgshift creates. TOML sub-tables of
-/// `[target]` and `[source]`: appended after them, they still belong to them.
-pub fn provision_config(source: &PgServer, target: &PgServer) -> String {
+/// `[target]` and `[source]`: appended after them, they still belong to them. `settings`
+/// are added to the target's (a value given overrides the harness's own).
+pub fn provision_config(
+    source: &PgServer,
+    target: &PgServer,
+    settings: &[(String, String)],
+) -> String {
     let run_as = |s: &PgServer| {
         s.run_as_user()
             .map(|u| format!("run_as = \"{u}\"\n"))
             .unwrap_or_default()
     };
+    let mut all: Vec<(String, String)> = [
+        ("fsync", "false"),
+        ("synchronous_commit", "\"off\""),
+        ("full_page_writes", "false"),
+        ("max_connections", "200"),
+        ("shared_buffers", "\"128MB\""),
+        ("max_replication_slots", "20"),
+        ("max_wal_senders", "20"),
+        ("max_worker_processes", "20"),
+        ("max_logical_replication_workers", "10"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in settings {
+        let v = format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        match all.iter_mut().find(|(n, _)| n == k) {
+            Some(e) => e.1 = v,
+            None => all.push((k.clone(), v)),
+        }
+    }
+    let settings: Vec<String> = all.iter().map(|(k, v)| format!("{k} = {v}")).collect();
     format!(
         "\n[target.provision]\nprovider = \"local\"\nmajor = {}\nbindir = \"{}\"\ndata_dir = \"{}\"\n{}\
-         settings = {{ fsync = false, synchronous_commit = \"off\", full_page_writes = false, max_connections = 200, shared_buffers = \"128MB\", max_replication_slots = 20, max_wal_senders = 20, max_worker_processes = 20, max_logical_replication_workers = 10 }}\n\n\
+         settings = {{ {} }}\n\n\
          [source.provision]\nmajor = {}\nbindir = \"{}\"\ndata_dir = \"{}\"\n{}\n",
         target.major,
         target.binaries.bindir.display(),
         target.datadir.display(),
         run_as(target),
+        settings.join(", "),
         source.major,
         source.binaries.bindir.display(),
         source.datadir.display(),

@@ -621,6 +621,7 @@ async fn kill_stack(bins: PgBinaries, failpoint: &str) -> (Stack, Writer) {
         source_settings: settings,
         env: vec![("PGSHIFT_FAILPOINT".into(), failpoint.into())],
         extra_config: config("shift = [25, 25, 50]\nshift_hold_ms = 1000\ndatabases = [\"app\"]"),
+        ..Default::default()
     })
     .expect("stack");
     stack

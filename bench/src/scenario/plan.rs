@@ -107,6 +107,10 @@ pub struct Opts {
     /// both ways, then a conflict (see `plan_both.rs`).
     #[arg(long, default_value = "logical")]
     pub driver: String,
+    /// Probe sessions of the session-level shift (`--driver bidirectional|pgactive`); both
+    /// servers get `max_connections` of this plus 100.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
 }
 
 /// The configured shift steps and their cumulative weights.

@@ -12,7 +12,8 @@
 //! (simple update: no updates of the shared branch and teller rows) `-c --clients` in 8 s
 //! runs, the unique-id writer, one "pinger" session inserting a row of `items` (a
 //! `bigserial`, drawn on whichever server the session is on) back to back, and
-//! `--sessions` probe sessions that each insert one row per round.
+//! `--sessions` (default 1,000) probe sessions that each insert one row per round (both
+//! servers get `max_connections` of that plus 100).
 //! * `failed_transactions`: pgbench's failed transactions plus its error lines, the writer's
 //!   and the pinger's errors. `lost_writes`: acknowledged writer ids missing on the target.
 //! * `duplicate_ids`: ids of `items` handed out twice (over every acknowledged insert of
@@ -172,7 +173,9 @@ pub async fn run(o: Opts, driver: &str) -> Result<Outcome> {
 }
 
 /// The stack options and the `[replication]` lines of `both`.
-fn stack_opts(both: &Both, scale: u32, extra: &str) -> Result<StackOptions> {
+fn stack_opts(both: &Both, scale: u32, sessions: usize, extra: &str) -> Result<StackOptions> {
+    // Each probe session may hold a connection on both servers while it moves.
+    let conns = vec![("max_connections".to_string(), (sessions + 100).to_string())];
     let gap = 10_000_000_000i64;
     let base = |replication: &str| {
         format!(
@@ -187,6 +190,8 @@ fn stack_opts(both: &Both, scale: u32, extra: &str) -> Result<StackOptions> {
             target_major: *target,
             pgbench_scale: scale,
             extra_config: base("driver = \"bidirectional\"\ncopy_schema = false\n"),
+            source_settings: conns.clone(),
+            target_settings: conns,
             ..Default::default()
         },
         Both::Pgactive(b) => StackOptions {
@@ -195,7 +200,11 @@ fn stack_opts(both: &Both, scale: u32, extra: &str) -> Result<StackOptions> {
             pgbench_scale: scale,
             provision_target: true,
             binaries: Some(b.clone()),
-            source_settings: integration::pgactive_settings(b)?,
+            source_settings: integration::pgactive_settings(b)?
+                .into_iter()
+                .chain(conns.clone())
+                .collect(),
+            target_settings: conns,
             extra_config: base("driver = \"pgactive\"\n"),
             ..Default::default()
         },
@@ -294,6 +303,7 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
         stack_opts(
             both,
             o.scale,
+            o.sessions,
             &format!("shift = [25, 25, 50]\nshift_hold_ms = {}", o.hold_ms),
         )?,
         both,
@@ -305,10 +315,8 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
     );
     say(format!("stack up: {versions}"));
     let tgt_port = stack.target.port as i32;
-    // The servers take 200 connections; the load, the writer and the pinger need some.
-    const SESSIONS: usize = 150;
-    let mut probes = Vec::with_capacity(SESSIONS);
-    for _ in 0..SESSIONS {
+    let mut probes = Vec::with_capacity(o.sessions);
+    for _ in 0..o.sessions {
         probes.push(stack.app_client().await?);
     }
     let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(2));
@@ -373,9 +381,10 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
                 }
             }
             say(format!(
-                "{step}: weight {w}: {on} of {SESSIONS} sessions on the target"
+                "{step}: weight {w}: {on} of {} sessions on the target",
+                o.sessions
             ));
-            steps.push((w, on, SESSIONS));
+            steps.push((w, on, o.sessions));
         }
         if Instant::now() > deadline {
             break format!("timeout after {} s in {phase} / {state}", o.plan_timeout);
@@ -475,7 +484,7 @@ struct ConflictRun {
 
 async fn conflict_run(both: &Both) -> Result<ConflictRun> {
     say(format!("run 2: a conflict with the {} driver", both.name()));
-    let mut opts = stack_opts(both, 1, "approve_cutover = true")?;
+    let mut opts = stack_opts(both, 1, 10, "approve_cutover = true")?;
     opts.extra_config = opts
         .extra_config
         .replace("halt_on_conflict = false", "halt_on_conflict = true");
