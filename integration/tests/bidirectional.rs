@@ -445,4 +445,23 @@ async fn whole_sessions_follow_the_weight_writes_included() {
         (count(&at25) * 2 + count(&at50)).to_string(),
         "the target's writes reached the source"
     );
+    // The cutover from 50 %: the sessions on the source move, those on the target keep
+    // their connection; one connection each on the target afterwards (none left over).
+    stack.admin("SHIFT TRAFFIC 50").await.expect("shift 50");
+    assert_eq!(count(&round(&sessions, tgt_port).await), count(&at50));
+    stack.admin("INITIATE CUTOVER").await.expect("cutover");
+    assert_eq!(
+        count(&round(&sessions, tgt_port).await),
+        N,
+        "all on the target"
+    );
+    let backends =
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = 'app'";
+    wait_value(
+        &stack.target,
+        backends,
+        &N.to_string(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

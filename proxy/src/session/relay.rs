@@ -1160,9 +1160,12 @@ impl<'p> Relay<'p> {
         let Some(to) = t.next.filter(|_| t.paused && self.carried) else {
             return;
         };
+        // Nothing to open for a session already on `to` (shifted there by the session-level
+        // shift): the switch keeps that connection.
         if to == self.side
             || self.pins != 0
             || self.opening.is_some()
+            || self.backend.as_ref().is_some_and(|c| c.side == to)
             || self.ready.as_ref().is_some_and(|(c, _)| c.side == to)
         {
             return;
