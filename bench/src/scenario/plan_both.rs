@@ -45,6 +45,9 @@ use super::plan::Opts;
 use super::Outcome;
 use crate::report::{json_num, num, say, Table};
 
+/// Probe sessions that insert at once in a round.
+const PROBE_BATCH: usize = 100;
+
 /// The configured shift steps and their cumulative weights.
 const SHIFT: [u32; 3] = [25, 25, 50];
 const WEIGHTS: [u32; 3] = [25, 50, 100];
@@ -294,6 +297,37 @@ async fn insert_item(c: &tokio_postgres::Client) -> Result<(i64, i32), String> {
     .map_err(|e| db_error(&e))
 }
 
+/// One insert by every probe session, [`PROBE_BATCH`] at a time (so that a round of 1,000,
+/// a quarter or more of them moving and opening a connection on the other server, fits in
+/// a hold); returns how many ran on the server at `tgt_port`, the ids going to `ids` and
+/// the errors to `errors`.
+async fn probe_round(
+    probes: &[Arc<tokio_postgres::Client>],
+    tgt_port: i32,
+    ids: &mut Vec<i64>,
+    errors: &mut Vec<String>,
+) -> usize {
+    let mut on = 0;
+    for chunk in probes.chunks(PROBE_BATCH) {
+        let mut set = tokio::task::JoinSet::new();
+        for c in chunk {
+            let c = c.clone();
+            set.spawn(async move { insert_item(&c).await });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok((id, port))) => {
+                    ids.push(id);
+                    on += usize::from(port == tgt_port);
+                }
+                Ok(Err(e)) => errors.push(format!("probe session: {e}")),
+                Err(e) => errors.push(format!("probe task: {e}")),
+            }
+        }
+    }
+    on
+}
+
 async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
     say(format!(
         "run 1: the whole plan with the {} driver",
@@ -317,7 +351,7 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
     let tgt_port = stack.target.port as i32;
     let mut probes = Vec::with_capacity(o.sessions);
     for _ in 0..o.sessions {
-        probes.push(stack.app_client().await?);
+        probes.push(Arc::new(stack.app_client().await?));
     }
     let writer = Writer::start(stack.app_conninfo(), "acked", Duration::from_millis(2));
     let clients = o.clients.to_string();
@@ -345,11 +379,19 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
         })
     };
 
-    let t0 = Instant::now();
-    stack.admin("START UPGRADE").await?;
     let mut steps = Vec::new();
     let mut probe_ids = Vec::new();
     let mut errors = Vec::new();
+    // The probes are sessions of the application before the upgrade: one unit each, on
+    // the source.
+    let warm = probe_round(&probes, tgt_port, &mut probe_ids, &mut errors).await;
+    if warm > 0 {
+        errors.push(format!(
+            "{warm} probe sessions on the target before any shift"
+        ));
+    }
+    let t0 = Instant::now();
+    stack.admin("START UPGRADE").await?;
     let mut seen_steps = std::collections::HashSet::new();
     let mut swap_at = None;
     let deadline = Instant::now() + Duration::from_secs(o.plan_timeout);
@@ -368,23 +410,28 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
         if swap_at.is_none() && matches!(phase.as_str(), "cut_over" | "detaching") {
             swap_at = Some(Instant::now());
         }
-        if phase == "health_check" && seen_steps.insert(step.clone()) {
+        // The holds of the shift steps (not the one after the cutover, step `cutover`).
+        if phase == "health_check"
+            && step.starts_with("health_check:")
+            && seen_steps.insert(step.clone())
+        {
             let w: u32 = field(&s, "target_weight").parse().unwrap_or(0);
-            let mut on = 0;
-            for c in &probes {
-                match insert_item(c).await {
-                    Ok((id, port)) => {
-                        probe_ids.push(id);
-                        on += usize::from(port == tgt_port);
-                    }
-                    Err(e) => errors.push(format!("probe session: {e}")),
-                }
+            let round = Instant::now();
+            let on = probe_round(&probes, tgt_port, &mut probe_ids, &mut errors).await;
+            let after = stack.status().await?;
+            let round_ms = round.elapsed().as_millis();
+            if field(&after, "target_weight") != w.to_string() {
+                say(format!(
+                    "{step}: weight {w}: the weight changed during the {round_ms} ms round ({on} of {} on the target); not counted (raise --hold-ms)",
+                    o.sessions
+                ));
+            } else {
+                say(format!(
+                    "{step}: weight {w}: {on} of {} sessions on the target (round {round_ms} ms)",
+                    o.sessions
+                ));
+                steps.push((w, on, o.sessions));
             }
-            say(format!(
-                "{step}: weight {w}: {on} of {} sessions on the target",
-                o.sessions
-            ));
-            steps.push((w, on, o.sessions));
         }
         if Instant::now() > deadline {
             break format!("timeout after {} s in {phase} / {state}", o.plan_timeout);
