@@ -21,7 +21,8 @@
 //! * `shift_error_points` (sessions): in each step's hold one round over the probe
 //!   sessions; the share that ran on the target against the weight, largest gap in points.
 //! * `cutover_pause_ms`: the pinger's longest insert within 1 s of the cutover (client
-//!   side); `cutover_server_pause_ms` from the journal's swap entry.
+//!   side); `cutover_server_pause_ms` from the journal's swap entry;
+//!   `ping_max_elsewhere_ms`, the pinger's longest insert in the rest of the plan, for scale.
 //! * `conflicts`: conflicts or apply errors the health probes counted during the plan.
 //!
 //! **Run 2, a conflict.** A new stack, `approve_cutover = true`, weight 25, the same key
@@ -125,6 +126,10 @@ pub async fn run(o: Opts, driver: &str) -> Result<Outcome> {
     }
     add("shift error (points)", opt(shift_error_points, 2));
     add("cutover: client pause (ms)", opt(p.cutover_pause_ms, 1));
+    add(
+        "pinger: longest insert outside the cutover (ms)",
+        opt(p.ping_max_elsewhere_ms, 1),
+    );
     add("cutover: server pause (ms)", opt(p.server_pause_ms, 1));
     add("pgbench -N transactions", p.tpcn.to_string());
     add("failed transactions", failed.to_string());
@@ -166,6 +171,7 @@ pub async fn run(o: Opts, driver: &str) -> Result<Outcome> {
         "shift_error_points": shift_error_points.map(|v| json_num(v, 2)),
         "shift_steps": p.steps.iter().map(|(w, on, n)| json!({"weight": w, "on_target": on, "sessions": n})).collect::<Vec<_>>(),
         "cutover_pause_ms": p.cutover_pause_ms.map(|v| json_num(v, 1)),
+        "ping_max_elsewhere_ms": p.ping_max_elsewhere_ms.map(|v| json_num(v, 1)),
         "cutover_server_pause_ms": p.server_pause_ms.map(|v| json_num(v, 1)),
         "conflicts": p.conflicts,
         "conflict_halt_ms": c.halt_ms.map(|v| json_num(v, 0)),
@@ -269,6 +275,8 @@ struct PlanRun {
     /// (weight, sessions on the target, sessions) per step.
     steps: Vec<(u32, usize, usize)>,
     cutover_pause_ms: Option<f64>,
+    /// The pinger's longest insert outside the cutover's window, in ms.
+    ping_max_elsewhere_ms: Option<f64>,
     server_pause_ms: Option<f64>,
     tpcn: u64,
     pgbench_failed: u64,
@@ -466,6 +474,18 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
             .map(|(_, ms, _)| *ms)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
     });
+    // For scale: the pinger's worst insert in the rest of the plan (outside that window).
+    let ping_max_elsewhere_ms = pings
+        .iter()
+        .filter(|(done_at, ms, _)| {
+            swap_at.is_none_or(|at| {
+                let started = *done_at - Duration::from_secs_f64(ms / 1000.0);
+                started > at + Duration::from_millis(1000)
+                    || *done_at + Duration::from_millis(1000) < at
+            })
+        })
+        .map(|(_, ms, _)| *ms)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     let hist = stack.history_lines().await?;
     let server_pause_ms = hist
         .iter()
@@ -497,6 +517,7 @@ async fn plan_run(o: &Opts, both: &Both) -> Result<PlanRun> {
         seconds,
         steps,
         cutover_pause_ms,
+        ping_max_elsewhere_ms,
         server_pause_ms,
         tpcn: totals.transactions,
         pgbench_failed: totals.failed,
