@@ -43,7 +43,7 @@ pub struct Found {
 /// objects (module docs).
 pub fn find(sql: &[u8], truncate: bool, temp: bool) -> Option<Found> {
     // One statement (no `;` before the end): no split.
-    let trimmed = trim_end(sql);
+    let trimmed = track::trim_end(sql);
     if memchr::memchr(b';', trimmed).is_none() {
         return command(trimmed, truncate, temp).map(|command| Found { at: 0, command });
     }
@@ -59,54 +59,53 @@ pub fn find(sql: &[u8], truncate: bool, temp: bool) -> Option<Found> {
 
 /// The command words of one statement when it is DDL under the module's rules.
 fn command(stmt: &[u8], truncate: bool, temp: bool) -> Option<String> {
-    let mut w = Words { b: stmt, i: 0 };
-    let verb = w.next()?;
-    let verb = verb.to_ascii_uppercase();
+    let mut w = track::Words::new(stmt);
+    let mut next = || w.word().unwrap_or_default();
+    let verb = next();
     match verb.as_slice() {
-        b"CREATE" => {
-            let mut kind = w.next().unwrap_or_default().to_ascii_uppercase();
-            if kind == b"OR" {
+        b"create" => {
+            let mut kind = next();
+            if kind == b"or" {
                 // OR REPLACE
-                w.next();
-                kind = w.next().unwrap_or_default().to_ascii_uppercase();
+                next();
+                kind = next();
             }
-            if matches!(kind.as_slice(), b"GLOBAL" | b"LOCAL") {
-                kind = w.next().unwrap_or_default().to_ascii_uppercase();
+            if matches!(kind.as_slice(), b"global" | b"local") {
+                kind = next();
             }
-            if matches!(kind.as_slice(), b"TEMP" | b"TEMPORARY") {
+            if matches!(kind.as_slice(), b"temp" | b"temporary") {
                 return None;
             }
-            let mut words = format!("CREATE {}", object_kind(&kind));
-            if kind == b"UNIQUE" {
+            let mut words = with_kind("CREATE", &kind);
+            if kind == b"unique" {
                 words.push_str(" INDEX");
             }
-            Some(words.trim_end().to_string())
+            Some(words)
         }
-        b"ALTER" | b"DROP" => {
-            let kind = w.next().unwrap_or_default().to_ascii_uppercase();
-            if verb == b"ALTER" && kind == b"SYSTEM" {
+        b"alter" | b"drop" => {
+            let kind = next();
+            if (verb == b"alter" && kind == b"system") || temp {
                 return None;
             }
-            if temp {
-                return None;
-            }
-            Some(
-                format!("{} {}", ascii(&verb), object_kind(&kind))
-                    .trim_end()
-                    .to_string(),
-            )
+            Some(with_kind(
+                if verb == b"alter" { "ALTER" } else { "DROP" },
+                &kind,
+            ))
         }
-        b"COMMENT" if !temp => Some("COMMENT".into()),
-        b"TRUNCATE" if truncate && !temp => Some("TRUNCATE".into()),
-        b"GRANT" | b"REVOKE" | b"REASSIGN" | b"IMPORT" => Some(ascii(&verb)),
-        b"SECURITY" => Some("SECURITY LABEL".into()),
+        b"comment" if !temp => Some("COMMENT".into()),
+        b"truncate" if truncate && !temp => Some("TRUNCATE".into()),
+        b"grant" => Some("GRANT".into()),
+        b"revoke" => Some("REVOKE".into()),
+        b"reassign" => Some("REASSIGN".into()),
+        b"import" => Some("IMPORT".into()),
+        b"security" => Some("SECURITY LABEL".into()),
         _ => None,
     }
 }
 
-/// The word naming the kind of object after `CREATE`, `ALTER` or `DROP` when it is one
-/// (so that no identifier of the statement ends up in a message or a log line).
-fn object_kind(kind: &[u8]) -> &'static str {
+/// `verb` and the kind of object after it (folded key word `kind`) when it is one, so that
+/// no identifier of the statement ends up in a message or a log line.
+fn with_kind(verb: &str, kind: &[u8]) -> String {
     const KINDS: &[&str] = &[
         "ACCESS",
         "AGGREGATE",
@@ -148,69 +147,12 @@ fn object_kind(kind: &[u8]) -> &'static str {
         "USER",
         "VIEW",
     ];
-    KINDS
+    match KINDS
         .iter()
-        .find(|k| k.as_bytes() == kind)
-        .copied()
-        .unwrap_or("")
-}
-
-fn ascii(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn trim_end(b: &[u8]) -> &[u8] {
-    let mut e = b.len();
-    while e > 0 && (b[e - 1].is_ascii_whitespace() || b[e - 1] == b';') {
-        e -= 1;
-    }
-    &b[..e]
-}
-
-/// Key words of a statement's start: white space and comments (`--`, nested `/* */`)
-/// skipped; a word is ASCII letters and underscores (a quoted identifier or anything else
-/// ends the scan).
-struct Words<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Words<'a> {
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let b = self.b;
-        loop {
-            while self.i < b.len() && b[self.i].is_ascii_whitespace() {
-                self.i += 1;
-            }
-            if b[self.i..].starts_with(b"--") {
-                while self.i < b.len() && b[self.i] != b'\n' {
-                    self.i += 1;
-                }
-            } else if b[self.i..].starts_with(b"/*") {
-                let mut depth = 0usize;
-                while self.i < b.len() {
-                    if b[self.i..].starts_with(b"/*") {
-                        depth += 1;
-                        self.i += 2;
-                    } else if b[self.i..].starts_with(b"*/") {
-                        depth -= 1;
-                        self.i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        self.i += 1;
-                    }
-                }
-            } else {
-                break;
-            }
-        }
-        let start = self.i;
-        while self.i < b.len() && (b[self.i].is_ascii_alphabetic() || b[self.i] == b'_') {
-            self.i += 1;
-        }
-        (self.i > start).then(|| &b[start..self.i])
+        .find(|k| k.as_bytes().eq_ignore_ascii_case(kind))
+    {
+        Some(k) => format!("{verb} {k}"),
+        None => verb.to_string(),
     }
 }
 

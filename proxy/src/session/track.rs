@@ -281,7 +281,8 @@ fn prev_word(b: &[u8], i: usize) -> Option<&[u8]> {
     (start < end).then(|| &b[start..end])
 }
 
-fn trim_end(b: &[u8]) -> &[u8] {
+/// `b` without trailing white space and semicolons.
+pub(super) fn trim_end(b: &[u8]) -> &[u8] {
     let mut e = b.len();
     while e > 0 && (b[e - 1].is_ascii_whitespace() || b[e - 1] == b';') {
         e -= 1;
@@ -291,13 +292,13 @@ fn trim_end(b: &[u8]) -> &[u8] {
 
 /// A tokenizer of the few words recognition needs: white space and comments skipped,
 /// identifiers folded to lower case unless quoted (`"..."` undoubled).
-struct Words<'a> {
+pub(super) struct Words<'a> {
     b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Words<'a> {
-    fn new(b: &'a [u8]) -> Self {
+    pub(super) fn new(b: &'a [u8]) -> Self {
         Words { b, i: 0 }
     }
 
@@ -332,7 +333,7 @@ impl<'a> Words<'a> {
     }
 
     /// The next identifier or key word, folded (or `None` at anything else).
-    fn word(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn word(&mut self) -> Option<Vec<u8>> {
         self.skip_trivia();
         let rest = &self.b[self.i..];
         match rest.first() {
