@@ -636,6 +636,10 @@ pub struct UpgradeConfig {
     /// behind the old one (waiting up to `catchup_timeout_ms`), so the catch-up inside the
     /// pause is short. Default 262144 (256 KiB).
     pub pause_lag_bytes: u64,
+    /// START UPGRADE refuses while a transaction has been open on the source for longer
+    /// than this, in ms (or a prepared transaction waits that long): creating a logical
+    /// replication slot waits for every transaction running at that moment. Default 300000.
+    pub long_transaction_ms: u64,
     /// What pgshift does with DDL (`CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT`, `REVOKE`,
     /// ...; `TRUNCATE` too with the pgactive driver) sent through it while a logical-decoding
     /// driver replicates (from the schema copy until DetachOld or a rollback removes the
@@ -712,6 +716,7 @@ impl Default for UpgradeConfig {
             backoff_max_ms: 60000,
             pinned: PinnedPolicy::Refuse,
             pause_lag_bytes: 256 * 1024,
+            long_transaction_ms: 300_000,
             ddl: DdlPolicy::Block,
             databases: None,
             timeouts: StepTimeouts::default(),

@@ -254,6 +254,7 @@ fn defaults() {
     assert_eq!(c.upgrade.pinned, PinnedPolicy::Refuse);
     assert_eq!(c.upgrade.ddl, DdlPolicy::Block);
     assert_eq!(c.upgrade.pause_lag_bytes, 262144);
+    assert_eq!(c.upgrade.long_transaction_ms, 300000);
     assert_eq!(c.upgrade.catchup_timeout_ms, 30000);
     assert_eq!(c.upgrade.poll_interval_ms, 500);
     assert!(!c.upgrade.auto_start);

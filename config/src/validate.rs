@@ -198,6 +198,12 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         up.catchup_timeout_ms,
     );
     positive(&mut f, "upgrade", "poll_interval_ms", up.poll_interval_ms);
+    positive(
+        &mut f,
+        "upgrade",
+        "long_transaction_ms",
+        up.long_transaction_ms,
+    );
     check_plan(&mut f, cfg);
 
     // [health]

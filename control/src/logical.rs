@@ -62,6 +62,7 @@ impl DriverError {
 
 type Result<T, E = DriverError> = std::result::Result<T, E>;
 
+mod checks;
 mod pgactive;
 mod resync;
 mod snapshot;
@@ -326,6 +327,8 @@ pub struct Logical {
     /// `[upgrade] ddl = "replicate"` with the pgactive driver: both nodes need
     /// `pgactive.skip_ddl_replication = off`.
     pgactive_ddl: bool,
+    /// `[upgrade] long_transaction_ms`.
+    long_transaction_ms: u64,
 }
 
 impl Logical {
@@ -358,6 +361,7 @@ impl Logical {
             pgactive: cfg.replication.driver == config::Driver::Pgactive,
             pgactive_ddl: cfg.replication.driver == config::Driver::Pgactive
                 && cfg.upgrade.ddl == config::DdlPolicy::Replicate,
+            long_transaction_ms: cfg.upgrade.long_transaction_ms,
         }
     }
 
@@ -643,6 +647,19 @@ impl Logical {
                 .await
             {
                 out.failures.push(e.message);
+            }
+        }
+        if let Some(c) = &src {
+            // What logical replication does not carry, and what its slot waits for.
+            if out.source_version.is_some_and(|v| v >= 100000) {
+                if let Err(e) = self.preflight_not_carried(c, &mut out).await {
+                    out.failures.push(e.message);
+                }
+            }
+            if let Some(t) = &tgt {
+                if let Err(e) = self.preflight_extensions(c, t, &mut out).await {
+                    out.failures.push(e.message);
+                }
             }
         }
         if let (Some(s), Some(t)) = (out.source_major, out.target_major) {
