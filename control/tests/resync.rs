@@ -111,12 +111,9 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
     let s = connect(&src).await;
     let t = connect(&tgt).await;
     s.batch_execute(SOURCE_SCHEMA).await.expect("source schema");
-    s.batch_execute(
-        "CREATE UNLOGGED TABLE public.scratch (id int PRIMARY KEY);
-         CREATE VIEW public.v AS SELECT 1 AS one;",
-    )
-    .await
-    .expect("more schema");
+    s.batch_execute("CREATE VIEW public.v AS SELECT 1 AS one;")
+        .await
+        .expect("more schema");
 
     let journal = journal_path("resync");
     let cfg = Arc::new(make_config(&src, &tgt, &journal));
@@ -129,6 +126,11 @@ async fn force_resync_recopies_a_table_while_traffic_continues() {
 
     ctl.start_upgrade().await.expect("start");
     wait_phase(&ctl, "replicating", 120).await;
+    // Made after the start (the preflight refuses unlogged tables): FORCE RESYNC must
+    // refuse it too.
+    s.batch_execute("CREATE UNLOGGED TABLE public.scratch (id int PRIMARY KEY)")
+        .await
+        .expect("unlogged table");
 
     // Refusals, each naming the problem.
     for (name, want) in [
