@@ -331,11 +331,18 @@ async fn a_conflict_halts_the_shift_with_the_reason_shown() {
     // The same key on both servers, before either side has the other's row.
     let s = direct(&stack.source).await;
     let t = direct(&stack.target).await;
+    // Both rows inserted before either commits (a commit replicates within milliseconds,
+    // so two autocommit inserts may not meet), then both committed at once.
+    s.batch_execute("BEGIN; INSERT INTO kv VALUES (1, 'source')")
+        .await
+        .map_err(|e| db_error(&e))
+        .unwrap();
+    t.batch_execute("BEGIN; INSERT INTO kv VALUES (1, 'target')")
+        .await
+        .map_err(|e| db_error(&e))
+        .unwrap();
     let written = Instant::now();
-    let (a, b) = tokio::join!(
-        s.batch_execute("INSERT INTO kv VALUES (1, 'source')"),
-        t.batch_execute("INSERT INTO kv VALUES (1, 'target')")
-    );
+    let (a, b) = tokio::join!(s.batch_execute("COMMIT"), t.batch_execute("COMMIT"));
     a.map_err(|e| db_error(&e)).unwrap();
     b.map_err(|e| db_error(&e)).unwrap();
     let st = stack

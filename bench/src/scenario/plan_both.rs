@@ -581,11 +581,16 @@ async fn conflict_run(both: &Both) -> Result<ConflictRun> {
     };
     let a = integration::stack::connect(&direct(&stack.source)).await?;
     let b = integration::stack::connect(&direct(&stack.target)).await?;
+    // Both rows inserted before either commits (a commit replicates within milliseconds,
+    // so two autocommit inserts may not meet), then both committed at once.
+    a.batch_execute("BEGIN; INSERT INTO kv VALUES (1, 'source')")
+        .await
+        .map_err(|e| anyhow::anyhow!(db_error(&e)))?;
+    b.batch_execute("BEGIN; INSERT INTO kv VALUES (1, 'target')")
+        .await
+        .map_err(|e| anyhow::anyhow!(db_error(&e)))?;
     let written = Instant::now();
-    let (x, y) = tokio::join!(
-        a.batch_execute("INSERT INTO kv VALUES (1, 'source')"),
-        b.batch_execute("INSERT INTO kv VALUES (1, 'target')")
-    );
+    let (x, y) = tokio::join!(a.batch_execute("COMMIT"), b.batch_execute("COMMIT"));
     x.map_err(|e| anyhow::anyhow!(db_error(&e)))?;
     y.map_err(|e| anyhow::anyhow!(db_error(&e)))?;
     let deadline = Instant::now() + Duration::from_secs(30);
