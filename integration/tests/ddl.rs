@@ -1,7 +1,7 @@
 //! `[upgrade] ddl` (issue 11): DDL sent through pgshift while logical replication runs is
 //! refused with SQLSTATE 55000 by default, in both protocols, with the transaction state the
-//! server itself gives a failed statement; before START UPGRADE and once the upgrade is done
-//! it goes through; `allow` lets it through meanwhile. PostgreSQL 13 → 17, `logical` driver.
+//! server itself gives a failed statement; before START UPGRADE, once the upgrade is done and
+//! in a database the upgrade does not carry it goes through; `allow` lets it through meanwhile. PostgreSQL 13 → 17, `logical` driver.
 
 use integration::stack::db_error;
 use integration::{Stack, StackOptions};
@@ -32,7 +32,7 @@ async fn ddl_is_refused_while_replication_runs_and_goes_through_before_and_after
     let stack = Stack::start(StackOptions {
         pgbench_scale: 0,
         extra_config:
-            "[upgrade]\napprove_cutover = true\nshift_hold_ms = 500\npoll_interval_ms = 100\n"
+            "[upgrade]\napprove_cutover = true\nshift_hold_ms = 500\npoll_interval_ms = 100\ndatabases = [\"app\"]\n"
                 .into(),
         ..Default::default()
     })
@@ -111,6 +111,19 @@ async fn ddl_is_refused_while_replication_runs_and_goes_through_before_and_after
             .unwrap(),
         "t"
     );
+    // A database the upgrade does not carry is not replicated: its DDL goes through.
+    let other = integration::stack::connect(&stack.pgshift.conninfo(
+        integration::stack::APP_USER,
+        integration::stack::APP_PASSWORD,
+        "postgres",
+    ))
+    .await
+    .unwrap();
+    other
+        .batch_execute("CREATE TABLE app_notes (id int); DROP TABLE app_notes")
+        .await
+        .map_err(|e| db_error(&e))
+        .expect("DDL in a database the upgrade does not carry");
     let st = stack.status().await.unwrap();
     assert_eq!(integration::stack::field(&st, "state"), "waiting", "{st:?}");
 

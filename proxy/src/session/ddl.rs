@@ -17,7 +17,8 @@
 //! named statement prepared before the gate was published, and DDL on connections that do
 //! not go through pgshift. Cost while the gate is on: the first key words of each Query and
 //! Parse, and a split of texts that hold a `;`. Let through: `CREATE TEMP ...`
-//! (session-local), `ALTER SYSTEM` (the instance's settings), and, in a session that holds
+//! (session-local), `ALTER SYSTEM` (the instance's settings), all DDL in a database the
+//! upgrade does not carry (the relay checks), and, in a session that holds
 //! or may hold temporary objects, `ALTER`, `DROP`, `TRUNCATE` and `COMMENT` (their object
 //! may be temporary; the text alone cannot tell).
 //!

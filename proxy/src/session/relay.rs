@@ -751,7 +751,8 @@ impl<'p> Relay<'p> {
     /// the warning, under `allow`). Errors: a malformed body (08P01).
     fn ddl_gate(&mut self, tag: u8, body: std::ops::Range<usize>) -> Result<Option<Bytes>, End> {
         let gate = self.proxy.router.ddl();
-        if gate.action == control::DdlAction::Off {
+        // A database the upgrade does not carry is not replicated: its DDL is its own.
+        if gate.action == control::DdlAction::Off || !self.carried {
             return Ok(None);
         }
         let body = &self.cbuf[body];
