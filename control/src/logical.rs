@@ -157,6 +157,15 @@ impl Direction {
     }
 }
 
+/// The first `n` of `items`, comma-separated, then `(and k more)`: a list in a message.
+pub fn summarise(items: &[String], n: usize) -> String {
+    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > n {
+        s.push_str(&format!(" (and {} more)", items.len() - n));
+    }
+    s
+}
+
 /// Names of the objects pgshift creates, from `replication.object_prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

@@ -22,15 +22,7 @@ const NOT_CARRIED: &[&str] = &["plpgsql", "pgactive"];
 const LIST: usize = 10;
 
 fn list(items: &[String]) -> String {
-    if items.len() <= LIST {
-        items.join(", ")
-    } else {
-        format!(
-            "{} and {} more",
-            items[..LIST].join(", "),
-            items.len() - LIST
-        )
-    }
+    super::summarise(items, LIST)
 }
 
 /// Whether extension version `have` (target) is `want` (source) or newer: dotted numbers
@@ -62,25 +54,41 @@ impl Logical {
             )
             .await
             .map_err(|e| pg_error("source: reading pg_extension", &e))?;
+        let mut carried = Vec::new();
         for r in &have {
             let (name, version): (String, String) = (r.col(0)?, r.col(1)?);
-            if NOT_CARRIED.contains(&name.as_str()) {
-                continue;
+            if !NOT_CARRIED.contains(&name.as_str()) {
+                carried.push((name, version));
             }
-            let avail = tgt
-                .query(
-                    "SELECT version FROM pg_available_extension_versions WHERE name = $1 ORDER BY 1",
-                    &[&name],
-                )
-                .await
-                .map_err(|e| pg_error("target: reading pg_available_extension_versions", &e))?;
-            let versions: Vec<String> = avail.iter().map(|r| r.col(0)).collect::<Result<_>>()?;
+        }
+        if carried.is_empty() {
+            return Ok(());
+        }
+        // One round trip for all of them.
+        let names: Vec<&str> = carried.iter().map(|(n, _)| n.as_str()).collect();
+        let avail = tgt
+            .query(
+                "SELECT name::text, version FROM pg_available_extension_versions WHERE name = ANY($1) ORDER BY 1, 2",
+                &[&names],
+            )
+            .await
+            .map_err(|e| pg_error("target: reading pg_available_extension_versions", &e))?;
+        let mut offered: Vec<(String, String)> = Vec::with_capacity(avail.len());
+        for r in &avail {
+            offered.push((r.col(0)?, r.col(1)?));
+        }
+        for (name, version) in &carried {
+            let versions: Vec<&str> = offered
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
             if versions.is_empty() {
                 out.failures.push(format!(
                     "target: extension {name} (version {version} on the source) is not available on the target server; \
                      install its package for the target's PostgreSQL, or DROP EXTENSION {name} on the source if it is not used"
                 ));
-            } else if !versions.iter().any(|v| version_at_least(v, &version)) {
+            } else if !versions.iter().any(|v| version_at_least(v, version)) {
                 out.failures.push(format!(
                     "target: extension {name} is at version {version} on the source; the target offers only {}; \
                      install version {version} or newer of it on the target",
@@ -229,6 +237,6 @@ mod tests {
         assert!(!version_at_least("1.0beta", "1.0"));
         assert_eq!(list(&["a".to_string(), "b".to_string()]), "a, b");
         let many: Vec<String> = (0..12).map(|i| i.to_string()).collect();
-        assert!(list(&many).ends_with("and 2 more"));
+        assert!(list(&many).ends_with("and 2 more)"));
     }
 }

@@ -196,7 +196,6 @@ impl Logical {
         // Without pgactive loaded the setting does not exist yet: its default is on.
         let ddl = "pgactive.skip_ddl_replication";
         if self.pgactive_ddl
-            && !out.iter().any(|r| r.name == ddl)
             && !rows
                 .iter()
                 .any(|r| r.col::<String>(0).is_ok_and(|n| n == ddl))

@@ -40,16 +40,16 @@ pub struct Found {
 }
 
 /// The first DDL statement of `sql` (bytes in the client's encoding), if any. `truncate`:
-/// `TRUNCATE` counts (the pgactive driver); `temp`: the session holds or may hold temporary
-/// objects (module docs).
-pub fn find(sql: &[u8], truncate: bool, temp: bool) -> Option<Found> {
+/// `TRUNCATE` counts (the pgactive driver); `temp`: whether the session holds or may hold
+/// temporary objects (module docs), asked only for the statements it decides.
+pub fn find(sql: &[u8], truncate: bool, temp: impl Fn() -> bool) -> Option<Found> {
     // One statement (no `;` before the end): no split.
     let trimmed = track::trim_end(sql);
     if memchr::memchr(b';', trimmed).is_none() {
-        return command(trimmed, truncate, temp).map(|command| Found { at: 0, command });
+        return command(trimmed, truncate, &temp).map(|command| Found { at: 0, command });
     }
     for stmt in track::statements(sql) {
-        if let Some(command) = command(stmt, truncate, temp) {
+        if let Some(command) = command(stmt, truncate, &temp) {
             // `statements` returns slices of `sql`.
             let at = stmt.as_ptr() as usize - sql.as_ptr() as usize;
             return Some(Found { at, command });
@@ -59,7 +59,7 @@ pub fn find(sql: &[u8], truncate: bool, temp: bool) -> Option<Found> {
 }
 
 /// The command words of one statement when it is DDL under the module's rules.
-fn command(stmt: &[u8], truncate: bool, temp: bool) -> Option<String> {
+fn command(stmt: &[u8], truncate: bool, temp: &impl Fn() -> bool) -> Option<String> {
     let mut w = track::Words::new(stmt);
     let mut next = || w.word().unwrap_or_default();
     let verb = next();
@@ -85,7 +85,7 @@ fn command(stmt: &[u8], truncate: bool, temp: bool) -> Option<String> {
         }
         b"alter" | b"drop" => {
             let kind = next();
-            if (verb == b"alter" && kind == b"system") || temp {
+            if (verb == b"alter" && kind == b"system") || temp() {
                 return None;
             }
             Some(with_kind(
@@ -93,8 +93,8 @@ fn command(stmt: &[u8], truncate: bool, temp: bool) -> Option<String> {
                 &kind,
             ))
         }
-        b"comment" if !temp => Some("COMMENT".into()),
-        b"truncate" if truncate && !temp => Some("TRUNCATE".into()),
+        b"comment" if !temp() => Some("COMMENT".into()),
+        b"truncate" if truncate && !temp() => Some("TRUNCATE".into()),
         b"grant" => Some("GRANT".into()),
         b"revoke" => Some("REVOKE".into()),
         b"reassign" => Some("REASSIGN".into()),
@@ -202,7 +202,7 @@ mod tests {
     use super::*;
 
     fn cmd(sql: &str) -> Option<String> {
-        find(sql.as_bytes(), false, false).map(|f| f.command)
+        find(sql.as_bytes(), false, || false).map(|f| f.command)
     }
 
     #[test]
@@ -257,20 +257,20 @@ mod tests {
             assert_eq!(cmd(sql), None, "{sql}");
         }
         assert_eq!(
-            find(b"TRUNCATE t", true, false)
+            find(b"TRUNCATE t", true, || false)
                 .map(|f| f.command)
                 .as_deref(),
             Some("TRUNCATE")
         );
         // A session with temporary objects: its DROP may be of one of them.
-        assert_eq!(find(b"DROP TABLE tmp", false, true), None);
-        assert!(find(b"CREATE TABLE t (a int)", false, true).is_some());
+        assert_eq!(find(b"DROP TABLE tmp", false, || true), None);
+        assert!(find(b"CREATE TABLE t (a int)", false, || true).is_some());
     }
 
     #[test]
     fn the_first_ddl_statement_of_a_text_is_found_where_it_starts() {
         let sql = b"BEGIN; INSERT INTO t VALUES (';'); ALTER TABLE t ADD c int; COMMIT";
-        let f = find(sql, false, false).unwrap();
+        let f = find(sql, false, || false).unwrap();
         assert_eq!(f.command, "ALTER TABLE");
         assert!(
             sql[f.at..].trim_ascii_start().starts_with(b"ALTER TABLE t"),
@@ -278,7 +278,7 @@ mod tests {
             f.at
         );
         assert_eq!(
-            find(b"SELECT 1; SELECT $$;CREATE TABLE$$", false, false),
+            find(b"SELECT 1; SELECT $$;CREATE TABLE$$", false, || false),
             None
         );
     }

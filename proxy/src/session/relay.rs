@@ -761,9 +761,8 @@ impl<'p> Relay<'p> {
         } else {
             msg::parse_text(body)?.1
         };
-        let temp = self.pins & pins::TEMP != 0
-            || self.state.suspect.temp
-            || super::track::pin_hints(sql).temp;
+        let held = self.pins & pins::TEMP != 0 || self.state.suspect.temp;
+        let temp = || held || super::track::pin_hints(sql).temp;
         let Some(found) = ddl::find(sql, gate.truncate, temp) else {
             return Ok(None);
         };

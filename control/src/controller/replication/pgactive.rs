@@ -106,7 +106,7 @@ impl ReplicationDriver for PgactiveDriver {
                         "source: {} table(s) without a primary key or replica identity index: {}; pgactive rejects UPDATE and DELETE on them; \
                          add a primary key (or ALTER TABLE .. REPLICA IDENTITY USING INDEX)",
                         t.len(),
-                        summarise(&t, 10)
+                        crate::logical::summarise(&t, 10)
                     )),
                     Ok(_) => {}
                     Err(e) => pf.failures.push(e.message),
@@ -478,13 +478,4 @@ impl ReplicationDriver for PgactiveDriver {
             )
         })
     }
-}
-
-/// The first `n` items, then `(and k more)`.
-fn summarise(items: &[String], n: usize) -> String {
-    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
-    if items.len() > n {
-        s.push_str(&format!(" (and {} more)", items.len() - n));
-    }
-    s
 }
