@@ -35,8 +35,9 @@
 //! is used when `run_as` is not given); the directories pgshift creates are handed to it.
 //! Not root: the server runs as pgshift's own user, and `run_as` may only name that user.
 
+use super::roles::{source_shape, DbShape};
 use crate::files;
-use crate::logical::{pg_env, quote_ident, quote_literal, tail, DriverError, RowExt};
+use crate::logical::{tail, DriverError};
 use config::{Config, ProvisionConfig, ServerConfig};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -175,19 +176,6 @@ pub struct Local {
     pub server: ServerConfig,
 }
 
-/// Encoding, collation, ctype and owner of the source database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbShape {
-    /// E.g. `UTF8`.
-    pub encoding: String,
-    /// `datcollate`.
-    pub collate: String,
-    /// `datctype`.
-    pub ctype: String,
-    /// Owner role name.
-    pub owner: String,
-}
-
 impl Local {
     /// The `[target.provision]` of `cfg`, if any.
     pub fn target(cfg: &Config) -> Option<Local> {
@@ -217,7 +205,7 @@ impl Local {
 
     /// The data directory as an absolute path.
     pub fn data_dir(&self) -> PathBuf {
-        absolute(&self.spec.data_dir)
+        super::dump::absolute(&self.spec.data_dir)
     }
 
     fn staging_dir(&self) -> PathBuf {
@@ -663,170 +651,8 @@ impl Local {
 
     async fn ensure_roles_and_database(&self, src: &Client, shape: &DbShape) -> Result<String> {
         let tgt = self.connect("postgres").await?;
-        let perr =
-            |what: &str, e: &tokio_postgres::Error| crate::logical::pg_error(&self.ctx(what), e);
-        // rolbypassrls is PostgreSQL 9.5+ (docs "pg_roles"; row security came in 9.5): an
-        // older source's roles have no such attribute, NOBYPASSRLS.
-        let version = crate::logical::server_version_num(src)
+        super::roles::copy_roles_and_database(src, &tgt, &self.server, shape, &|w| self.ctx(w))
             .await
-            .map_err(|e| perr("source: reading server_version_num", &e))?;
-        let bypassrls = if version >= 90500 {
-            "rolbypassrls"
-        } else {
-            "false"
-        };
-        let roles = src
-            .query(
-                &format!(
-                    "SELECT rolname::text, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin,
-                            rolreplication, {bypassrls}, rolconnlimit, rolvaliduntil::text
-                       FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY oid"
-                ),
-                &[],
-            )
-            .await
-            .map_err(|e| perr("source: listing roles", &e))?;
-        // Password verifiers: pg_authid is readable by superusers only.
-        let verifiers: std::collections::HashMap<String, String> = match src
-            .query(
-                "SELECT rolname::text, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL",
-                &[],
-            )
-            .await
-        {
-            Ok(rows) => rows
-                .iter()
-                .filter_map(|r| Some((r.col::<String>(0).ok()?, r.col::<String>(1).ok()?)))
-                .collect(),
-            Err(_) => Default::default(),
-        };
-        let existing: std::collections::HashSet<String> = tgt
-            .query("SELECT rolname::text FROM pg_roles", &[])
-            .await
-            .map_err(|e| perr("listing roles", &e))?
-            .iter()
-            .map(|r| r.col(0))
-            .collect::<Result<_>>()?;
-        let mut created = Vec::new();
-        let mut passwords = 0;
-        for r in &roles {
-            let name: String = r.col(0)?;
-            if existing.contains(&name) {
-                continue;
-            }
-            let flag = |i: usize, yes: &str, no: &str| -> Result<String> {
-                Ok(if r.col::<bool>(i)? {
-                    yes.into()
-                } else {
-                    no.into()
-                })
-            };
-            let mut sql = format!(
-                "CREATE ROLE {} WITH {} {} {} {} {} {} {} CONNECTION LIMIT {}",
-                quote_ident(&name),
-                flag(1, "SUPERUSER", "NOSUPERUSER")?,
-                flag(2, "INHERIT", "NOINHERIT")?,
-                flag(3, "CREATEROLE", "NOCREATEROLE")?,
-                flag(4, "CREATEDB", "NOCREATEDB")?,
-                flag(5, "LOGIN", "NOLOGIN")?,
-                flag(6, "REPLICATION", "NOREPLICATION")?,
-                flag(7, "BYPASSRLS", "NOBYPASSRLS")?,
-                r.col::<i32>(8)?
-            );
-            if let Some(until) = r.col::<Option<String>>(9)? {
-                sql.push_str(&format!(" VALID UNTIL {}", quote_literal(&until)));
-            }
-            if let Some(v) = verifiers.get(&name) {
-                sql.push_str(&format!(" PASSWORD {}", quote_literal(v)));
-                passwords += 1;
-            }
-            tgt.batch_execute(&sql)
-                .await
-                .map_err(|e| perr(&format!("creating role {name}"), &e))?;
-            created.push(name);
-        }
-        // Memberships whose both roles exist on the target.
-        let members_sql = "SELECT r.rolname::text, m.rolname::text, am.admin_option
-                             FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid
-                             JOIN pg_roles m ON m.oid = am.member";
-        let have: std::collections::HashSet<(String, String)> = tgt
-            .query(members_sql, &[])
-            .await
-            .map_err(|e| perr("listing role memberships", &e))?
-            .iter()
-            .map(|r| Ok((r.col(0)?, r.col(1)?)))
-            .collect::<Result<_>>()?;
-        let now: std::collections::HashSet<String> = tgt
-            .query("SELECT rolname::text FROM pg_roles", &[])
-            .await
-            .map_err(|e| perr("listing roles", &e))?
-            .iter()
-            .map(|r| r.col(0))
-            .collect::<Result<_>>()?;
-        let mut grants = 0;
-        for r in src
-            .query(members_sql, &[])
-            .await
-            .map_err(|e| perr("source: listing role memberships", &e))?
-        {
-            let (role, member, admin): (String, String, bool) = (r.col(0)?, r.col(1)?, r.col(2)?);
-            if have.contains(&(role.clone(), member.clone()))
-                || !now.contains(&role)
-                || !now.contains(&member)
-            {
-                continue;
-            }
-            tgt.batch_execute(&format!(
-                "GRANT {} TO {}{}",
-                quote_ident(&role),
-                quote_ident(&member),
-                if admin { " WITH ADMIN OPTION" } else { "" }
-            ))
-            .await
-            .map_err(|e| perr(&format!("granting {role} to {member}"), &e))?;
-            grants += 1;
-        }
-
-        let dbname = &self.server.dbname;
-        let exists = tgt
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[dbname])
-            .await
-            .map_err(|e| perr("listing databases", &e))?
-            .is_some();
-        let db = if exists {
-            format!("database {dbname} exists")
-        } else {
-            let owner = if now.contains(&shape.owner) {
-                shape.owner.clone()
-            } else {
-                self.server.user.clone()
-            };
-            tgt.batch_execute(&format!(
-                "CREATE DATABASE {} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-                quote_ident(dbname),
-                quote_ident(&owner),
-                quote_literal(&shape.encoding),
-                quote_literal(&shape.collate),
-                quote_literal(&shape.ctype)
-            ))
-            .await
-            .map_err(|e| perr(&format!("creating database {dbname}"), &e))?;
-            format!("database {dbname} created (owner {owner})")
-        };
-        let roles_msg = if created.is_empty() {
-            "all source roles exist".to_string()
-        } else {
-            format!(
-                "created role(s) {} ({passwords} with the source's password verifier{})",
-                created.join(", "),
-                if verifiers.is_empty() {
-                    "; pg_authid not readable: no passwords copied"
-                } else {
-                    ""
-                }
-            )
-        };
-        Ok(format!("{roles_msg}; {grants} membership(s) granted; {db}"))
     }
 
     /// Stops the server (`pg_ctl stop -m fast -w`) if it runs. Returns what was done.
@@ -974,94 +800,5 @@ impl Local {
             .map_err(|e| DriverError::new(self.ctx(&format!("deleting {}: {e}", dir.display()))))?;
         done.push(format!("deleted {} (made by pgshift)", dir.display()));
         Ok(done.join("; "))
-    }
-}
-
-/// Encoding, collation, ctype and owner of the connected database.
-pub async fn source_shape(src: &Client) -> Result<DbShape> {
-    let r = src
-        .query_one(
-            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text,
-                    pg_get_userbyid(datdba)::text
-               FROM pg_database WHERE datname = current_database()",
-            &[],
-        )
-        .await
-        .map_err(|e| {
-            crate::logical::pg_error("source: reading the database's encoding and locale", &e)
-        })?;
-    Ok(DbShape {
-        encoding: r.col(0)?,
-        collate: r.col(1)?,
-        ctype: r.col(2)?,
-        owner: r.col(3)?,
-    })
-}
-
-/// `pg_dump -Fc` of `source` into `path` (through `path.partial`, renamed when complete).
-pub async fn final_dump(pg_dump: &Path, source: &ServerConfig, path: &Path) -> Result<String> {
-    let path = absolute(path);
-    if let Some(dir) = path.parent() {
-        files::create_dir_all(dir).map_err(|e| {
-            DriverError::new(format!("final dump: cannot create {}: {e}", dir.display()))
-        })?;
-    }
-    let partial = path.with_file_name(format!(
-        "{}.partial",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    // pg_dump -f opens with O_TRUNC and keeps the mode of a file that exists: made 0600 here,
-    // exclusively (a leftover of an interrupted dump is removed first).
-    match std::fs::remove_file(&partial) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(DriverError::new(format!(
-                "final dump: removing the leftover {}: {e}",
-                partial.display()
-            )))
-        }
-        _ => {}
-    }
-    files::create_new(&partial).map_err(|e| {
-        DriverError::new(format!("final dump: creating {}: {e}", partial.display()))
-    })?;
-    let mut cmd = tokio::process::Command::new(pg_dump);
-    cmd.args(["-Fc", "--no-password", "-f"])
-        .arg(&partial)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    pg_env(&mut cmd, source);
-    cmd.env("PGAPPNAME", "pgshift-final-dump");
-    let out = cmd.output().await.map_err(|e| {
-        DriverError::new(format!("final dump: cannot run {}: {e}", pg_dump.display()))
-    })?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(DriverError::temporary(format!(
-            "final dump: pg_dump of the source failed ({}): {}",
-            out.status,
-            tail(&String::from_utf8_lossy(&out.stderr), 6)
-        )));
-    }
-    std::fs::rename(&partial, &path).map_err(|e| {
-        DriverError::new(format!("final dump: renaming to {}: {e}", path.display()))
-    })?;
-    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(format!(
-        "final dump of the source written to {} ({size} bytes, pg_dump -Fc)",
-        path.display()
-    ))
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
