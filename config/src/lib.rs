@@ -474,6 +474,8 @@ pub enum Provider {
     /// `initdb` / `pg_ctl` on this machine, with the binaries of the requested major.
     #[default]
     Local,
+    /// An Amazon RDS for PostgreSQL instance, made with the RDS API (aws-sdk-rds).
+    Rds,
 }
 
 /// One `postgresql.conf` value in `[*.provision] settings`: a string, an integer, a float or a
@@ -501,34 +503,171 @@ impl SettingValue {
             SettingValue::Text(t) => format!("'{}'", t.replace('\\', "\\\\").replace('\'', "''")),
         }
     }
+
+    /// The value unquoted, as an RDS parameter group takes it (`1`, `on`, `pgactive`).
+    pub fn to_plain(&self) -> String {
+        match self {
+            SettingValue::Text(t) => t.clone(),
+            SettingValue::Bool(b) => if *b { "1" } else { "0" }.to_string(),
+            other => other.to_conf(),
+        }
+    }
 }
 
-/// `[target.provision]` / `[source.provision]`: a server pgshift makes or manages on this
-/// machine with the `local` provider.
+/// `[target.provision]` / `[source.provision]`: a server pgshift makes or manages: on this
+/// machine with the `local` provider, or an Amazon RDS instance with `rds`
+/// (`[target.provision]` only).
+///
+/// The keys of one provider are refused with the other (validation names them).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionConfig {
     /// Default `local`.
     #[serde(default)]
     pub provider: Provider,
-    /// PostgreSQL major version of the server, 10 to 18. Required.
-    pub major: u32,
-    /// Directory of `initdb`, `pg_ctl` and `postgres`. Default: the first of `PATH`,
-    /// `/usr/lib/postgresql/<major>/bin`, `/usr/pgsql-<major>/bin` whose `postgres --version`
-    /// is of `major`.
+    /// PostgreSQL major version of the server, 10 to 18. Required for `local`; for `rds` it
+    /// is `engine_version`'s major (and must agree with it when given).
+    #[serde(default)]
+    pub major: Option<u32>,
+    /// `local`: directory of `initdb`, `pg_ctl` and `postgres`. Default: the first of
+    /// `PATH`, `/usr/lib/postgresql/<major>/bin`, `/usr/pgsql-<major>/bin` whose
+    /// `postgres --version` is of `major`.
     #[serde(default)]
     pub bindir: Option<PathBuf>,
-    /// Data directory. For `[target.provision]` pgshift creates it (it must not exist, or be
-    /// one pgshift made earlier); for `[source.provision]` it is the running source's. Required.
-    pub data_dir: PathBuf,
-    /// Operating-system user the server runs as (`initdb`, `pg_ctl`). Required when pgshift
-    /// runs as root (PostgreSQL refuses root); otherwise default: pgshift's own user.
+    /// `local`: data directory. For `[target.provision]` pgshift creates it (it must not
+    /// exist, or be one pgshift made earlier); for `[source.provision]` it is the running
+    /// source's. Required for `local`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// `local`: operating-system user the server runs as (`initdb`, `pg_ctl`). Required when
+    /// pgshift runs as root (PostgreSQL refuses root); otherwise default: pgshift's own user.
     #[serde(default)]
     pub run_as: Option<String>,
-    /// Extra `postgresql.conf` settings for a provisioned server, applied after pgshift's own
-    /// (`listen_addresses`, `port`, `wal_level = logical`...). Default none.
+    /// `local`: extra `postgresql.conf` settings for a provisioned server, applied after
+    /// pgshift's own (`listen_addresses`, `port`, `wal_level = logical`...). Default none.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, SettingValue>,
+    /// `rds`: the source's DB instance identifier (DescribeDBInstances). Every instance
+    /// setting below defaults to this instance's own. Required for `rds`.
+    #[serde(default)]
+    pub source_db_instance_id: Option<String>,
+    /// `rds`: the engine version to create, e.g. `"17.4"`. Required for `rds`.
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    /// `rds`: identifier of the new instance. Default `<source_db_instance_id>-pg<major>`.
+    #[serde(default)]
+    pub db_instance_id: Option<String>,
+    /// `rds`: AWS region. Default: the usual AWS environment and configuration
+    /// (`AWS_REGION`, the profile's `region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `rds`: named profile of `~/.aws/config` for credentials and region. Default: the
+    /// usual chain (`AWS_PROFILE`, environment keys, instance role...).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// `rds`: the AWS API endpoint, `http://` or `https://` (for tests against moto, or a
+    /// VPC endpoint). Default: the region's public endpoint (or `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// `rds`: instance class, e.g. `db.r6g.large`. Default: the source's.
+    #[serde(default)]
+    pub instance_class: Option<String>,
+    /// `rds`: `gp2`, `gp3`, `io1`, `io2`... Default: the source's.
+    #[serde(default)]
+    pub storage_type: Option<String>,
+    /// `rds`: allocated storage in GiB. Default: the source's.
+    #[serde(default)]
+    pub allocated_storage_gb: Option<i32>,
+    /// `rds`: provisioned IOPS (io1, io2, gp3). Default: the source's.
+    #[serde(default)]
+    pub iops: Option<i32>,
+    /// `rds`: storage throughput in MiB/s (gp3). Default: the source's.
+    #[serde(default)]
+    pub storage_throughput: Option<i32>,
+    /// `rds`: DB subnet group name. Default: the source's.
+    #[serde(default)]
+    pub db_subnet_group: Option<String>,
+    /// `rds`: VPC security group ids. Default: the source's.
+    #[serde(default)]
+    pub vpc_security_group_ids: Option<Vec<String>>,
+    /// `rds`: Multi-AZ. Default: the source's.
+    #[serde(default)]
+    pub multi_az: Option<bool>,
+    /// `rds`: automated backup retention in days (0-35). Default: the source's.
+    #[serde(default)]
+    pub backup_retention_days: Option<i32>,
+    /// `rds`: KMS key for storage encryption (id, ARN or alias). Default: the source's
+    /// (an encrypted source gives an encrypted target).
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// `rds`: tags of the new instance, added to the source's own. Default none.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// `rds`: DB parameter group pgshift creates for the target (family
+    /// `postgres<major>`). Default `pgshift-<db_instance_id>`.
+    #[serde(default)]
+    pub parameter_group: Option<String>,
+    /// `rds`: extra parameters of that group, after the source's custom ones and the
+    /// driver's. Default none.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, SettingValue>,
+    /// `rds`: whether ConfigureParams may change the source's parameters (logical
+    /// replication, pgactive) and reboot the source for them. Default false: preflight
+    /// names the parameter group and the values to set.
+    #[serde(default)]
+    pub allow_source_reboot: bool,
+    /// `rds`: whether ROLLBACK UPGRADE before the cutover takes a final snapshot of the
+    /// instance it deletes. Default false.
+    #[serde(default)]
+    pub final_snapshot_on_rollback: bool,
+    /// `rds`: first interval, in ms, between two DescribeDBInstances while waiting for
+    /// `available` (doubled up to 6 times that). Default 10000.
+    #[serde(default = "default_rds_poll_ms")]
+    pub wait_poll_ms: u64,
+    /// `rds`: longest wait, in ms, for an instance or snapshot to become available.
+    /// Default 7200000 (2 h).
+    #[serde(default = "default_rds_wait_ms")]
+    pub wait_timeout_ms: u64,
+    /// `rds`: attempts of one API call refused for throttling or capacity
+    /// (`InsufficientDBInstanceCapacity`) before the step fails. Default 6.
+    #[serde(default = "default_rds_attempts")]
+    pub api_attempts: u32,
+    /// `rds`: first backoff, in ms, between two such attempts (doubled each time).
+    /// Default 2000.
+    #[serde(default = "default_rds_backoff_ms")]
+    pub api_backoff_ms: u64,
+}
+
+fn default_rds_poll_ms() -> u64 {
+    10_000
+}
+fn default_rds_wait_ms() -> u64 {
+    7_200_000
+}
+fn default_rds_attempts() -> u32 {
+    6
+}
+fn default_rds_backoff_ms() -> u64 {
+    2_000
+}
+
+impl ProvisionConfig {
+    /// The server's major: `major`, else `engine_version`'s (`"17.4"` → 17); 0 when neither
+    /// says (refused by validation).
+    pub fn major(&self) -> u32 {
+        self.major
+            .or_else(|| {
+                self.engine_version
+                    .as_deref()
+                    .and_then(|v| v.split('.').next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// `data_dir`, or an empty path when not given (refused by validation for `local`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_default()
+    }
 }
 
 fn default_pg_port() -> u16 {

@@ -1152,13 +1152,13 @@ data_dir = "/var/lib/postgresql/13/main"
     let p = c.target.provision.as_ref().unwrap();
     assert_eq!(
         (p.provider, p.major, p.run_as.as_deref()),
-        (Provider::Local, 17, Some("postgres"))
+        (Provider::Local, Some(17), Some("postgres"))
     );
     assert_eq!(p.settings["shared_buffers"].to_conf(), "'256MB'");
     assert_eq!(p.settings["max_connections"].to_conf(), "300");
     assert_eq!(p.settings["jit"].to_conf(), "off");
     assert_eq!(p.settings["random_page_cost"].to_conf(), "1.1");
-    assert_eq!(c.source.provision.as_ref().unwrap().major, 13);
+    assert_eq!(c.source.provision.as_ref().unwrap().major(), 13);
     let shown = format!("{:?}", c.target);
     assert!(
         shown.contains("provision") && !shown.contains("tgt-Secret-3"),
@@ -1226,6 +1226,130 @@ data_dir = "/var/lib/postgresql/13/main"
             "test.toml:{}:",
             line_of(&edited, "provider = \"rds2\"")
         )),
+        "{err}"
+    );
+}
+
+#[test]
+fn rds_provision_keys() {
+    let text = r#"[source]
+host = "orders.c1.us-east-1.rds.amazonaws.com"
+dbname = "orders"
+user = "pgshift"
+
+[target]
+host = "orders-pg17.c1.us-east-1.rds.amazonaws.com"
+dbname = "orders"
+user = "pgshift"
+password = "tgt-Secret-3"
+
+[target.provision]
+provider = "rds"
+source_db_instance_id = "orders"
+engine_version = "17.4"
+region = "us-east-1"
+instance_class = "db.r6g.large"
+tags = { team = "orders" }
+parameters = { work_mem = "64MB", "rds.force_ssl" = 1 }
+allow_source_reboot = true
+
+[[users]]
+name = "app"
+password = "x"
+"#;
+    let c = load(text).unwrap_or_else(|e| panic!("{e}"));
+    let p = c.target.provision.as_ref().unwrap();
+    assert_eq!((p.provider, p.major(), p.major), (Provider::Rds, 17, None));
+    assert_eq!(p.source_db_instance_id.as_deref(), Some("orders"));
+    assert!(p.allow_source_reboot && !p.final_snapshot_on_rollback);
+    assert_eq!((p.wait_poll_ms, p.api_attempts), (10_000, 6));
+    assert_eq!(p.parameters["work_mem"].to_plain(), "64MB");
+    assert_eq!(p.parameters["rds.force_ssl"].to_plain(), "1");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "source_db_instance_id = \"orders\"",
+            "source_db_instance_id = \"9orders\"",
+            "target.provision.source_db_instance_id: `9orders` is not an RDS identifier",
+        ),
+        (
+            "source_db_instance_id = \"orders\"",
+            "db_instance_id = \"new--db\"",
+            "target.provision.source_db_instance_id: is required with provider = \"rds\"",
+        ),
+        (
+            "engine_version = \"17.4\"",
+            "engine_version = \"latest\"",
+            "target.provision.engine_version: `latest` is not an engine version",
+        ),
+        (
+            "engine_version = \"17.4\"",
+            "engine_version = \"8.4\"",
+            "major 8 is not one pgshift provisions",
+        ),
+        (
+            "engine_version = \"17.4\"",
+            "data_dir = \"/x\"",
+            "target.provision.data_dir: is a key of provider = \"local\"",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "settings = { a = 1 }",
+            "server parameters of an RDS instance go in `parameters`",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "endpoint_url = \"localhost:5000\"",
+            "target.provision.endpoint_url: `localhost:5000` is not an http:// or https:// URL",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "backup_retention_days = 40",
+            "must be between 0 and 35",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "db_instance_id = \"orders\"",
+            "is the source's identifier",
+        ),
+        (
+            "region = \"us-east-1\"",
+            "major = 16",
+            "target.provision.major: 16 disagrees with engine_version `17.4`",
+        ),
+        (
+            "tags = { team = \"orders\" }",
+            "tags = { \"aws:x\" = \"y\" }",
+            "reserved by AWS",
+        ),
+    ];
+    for (old, new, fragment) in cases {
+        let line = line_of(text, old);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[line - 1] = new;
+        let edited = lines.join("\n") + "\n";
+        let err = fail(&edited);
+        assert!(err.contains(fragment), "{new}: {err}");
+    }
+    // Keys of rds with local, and rds for the source.
+    let local = format!(
+        "{MINIMAL}\n[target.provision]\nmajor = 17\ndata_dir = \"/t\"\nengine_version = \"17.4\"\n"
+    );
+    let err = fail(&local.replace("[target]\n", "[target]\npassword = \"p\"\n"));
+    assert!(
+        err.contains("target.provision.engine_version: is a key of provider = \"rds\""),
+        "{err}"
+    );
+    let src = format!("{MINIMAL}\n[source.provision]\nprovider = \"rds\"\n");
+    let err = fail(&src);
+    assert!(
+        err.contains("source.provision.provider: \"rds\" is for [target.provision]"),
+        "{err}"
+    );
+    let err = fail(&format!(
+        "{MINIMAL}\n[source.provision]\ndata_dir = \"/s\"\n"
+    ));
+    assert!(
+        err.contains("source.provision.major: is required with provider = \"local\""),
         "{err}"
     );
 }

@@ -744,14 +744,66 @@ fn check_validation(f: &mut Findings, v: &crate::ValidationConfig) {
 fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
     let Some(p) = &s.provision else { return };
     let base = || at(side).key("provision");
-    if !(MIN_MAJOR..=MAX_MAJOR).contains(&p.major) {
+    if side == "target" && s.password.as_deref().is_none_or(str::is_empty) {
         f.add(
+            at(side).key("password"),
+            "is required with [target.provision]: pgshift creates the server with this password for `user` (SCRAM-SHA-256 over TCP)",
+        );
+    }
+    if p.provider == crate::Provider::Rds {
+        check_rds(f, side, p);
+        return;
+    }
+    // Keys of the rds provider, refused with local.
+    let rds_keys: [(&'static str, bool); 24] = [
+        ("source_db_instance_id", p.source_db_instance_id.is_some()),
+        ("engine_version", p.engine_version.is_some()),
+        ("db_instance_id", p.db_instance_id.is_some()),
+        ("region", p.region.is_some()),
+        ("profile", p.profile.is_some()),
+        ("endpoint_url", p.endpoint_url.is_some()),
+        ("instance_class", p.instance_class.is_some()),
+        ("storage_type", p.storage_type.is_some()),
+        ("allocated_storage_gb", p.allocated_storage_gb.is_some()),
+        ("iops", p.iops.is_some()),
+        ("storage_throughput", p.storage_throughput.is_some()),
+        ("db_subnet_group", p.db_subnet_group.is_some()),
+        ("vpc_security_group_ids", p.vpc_security_group_ids.is_some()),
+        ("multi_az", p.multi_az.is_some()),
+        ("backup_retention_days", p.backup_retention_days.is_some()),
+        ("kms_key_id", p.kms_key_id.is_some()),
+        ("tags", !p.tags.is_empty()),
+        ("parameter_group", p.parameter_group.is_some()),
+        ("parameters", !p.parameters.is_empty()),
+        ("allow_source_reboot", p.allow_source_reboot),
+        ("final_snapshot_on_rollback", p.final_snapshot_on_rollback),
+        ("wait_poll_ms", p.wait_poll_ms != 10_000),
+        ("wait_timeout_ms", p.wait_timeout_ms != 7_200_000),
+        (
+            "api_attempts",
+            p.api_attempts != 6 || p.api_backoff_ms != 2_000,
+        ),
+    ];
+    for (k, set) in rds_keys {
+        if set {
+            f.add(
+                base().key(k),
+                "is a key of provider = \"rds\"; this provision is provider = \"local\"",
+            );
+        }
+    }
+    match p.major {
+        None => f.add(
+            base().key("major"),
+            "is required with provider = \"local\": the PostgreSQL major of the server, e.g. major = 17",
+        ),
+        Some(m) if !(MIN_MAJOR..=MAX_MAJOR).contains(&m) => f.add(
             base().key("major"),
             format!(
-                "{} is not a PostgreSQL major pgshift provisions: must be between {MIN_MAJOR} and {MAX_MAJOR}",
-                p.major
+                "{m} is not a PostgreSQL major pgshift provisions: must be between {MIN_MAJOR} and {MAX_MAJOR}"
             ),
-        );
+        ),
+        Some(_) => {}
     }
     if p.bindir.as_ref().is_some_and(|b| b.as_os_str().is_empty()) {
         f.add(
@@ -759,27 +811,22 @@ fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
             "must not be empty; omit it to search PATH and /usr/lib/postgresql/<major>/bin",
         );
     }
-    if p.data_dir.as_os_str().is_empty() {
-        f.add(base().key("data_dir"), "must not be empty");
-    } else if p.data_dir.parent().is_none() {
-        f.add(
+    match &p.data_dir {
+        None => f.add(
             base().key("data_dir"),
-            format!(
-                "`{}` is not a directory pgshift can create",
-                p.data_dir.display()
-            ),
-        );
+            "is required with provider = \"local\": the server's data directory",
+        ),
+        Some(d) if d.as_os_str().is_empty() => f.add(base().key("data_dir"), "must not be empty"),
+        Some(d) if d.parent().is_none() => f.add(
+            base().key("data_dir"),
+            format!("`{}` is not a directory pgshift can create", d.display()),
+        ),
+        Some(_) => {}
     }
     if p.run_as.as_deref().is_some_and(|u| u.trim().is_empty()) {
         f.add(
             base().key("run_as"),
             "must not be empty; omit it to run the server as pgshift's own user",
-        );
-    }
-    if side == "target" && s.password.as_deref().is_none_or(str::is_empty) {
-        f.add(
-            at(side).key("password"),
-            "is required with [target.provision]: pgshift creates the server with this password for `user` (SCRAM-SHA-256 over TCP)",
         );
     }
     let mut bad = Vec::new();
@@ -826,6 +873,172 @@ fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
     }
     for c in conflicts {
         f.add(base().key("settings"), c);
+    }
+}
+
+/// An RDS DB instance or parameter group identifier: 1 to 63 letters, digits and hyphens,
+/// starting with a letter, no two hyphens in a row, not ending with one (RDS API
+/// reference, CreateDBInstance `DBInstanceIdentifier`; parameter groups take up to 255).
+pub(crate) fn rds_identifier(id: &str, max: usize) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= max
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.contains("--")
+        && !id.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not an RDS identifier: 1 to {max} letters, digits and hyphens, starting with a letter, no `--`, not ending with `-`"
+        ))
+    }
+}
+
+/// `[target.provision] provider = "rds"`.
+fn check_rds(f: &mut Findings, side: &'static str, p: &crate::ProvisionConfig) {
+    let base = || at(side).key("provision");
+    if side == "source" {
+        f.add(
+            base().key("provider"),
+            "\"rds\" is for [target.provision]; the source instance is [target.provision] source_db_instance_id",
+        );
+        return;
+    }
+    let local_keys: [(&'static str, bool); 4] = [
+        ("bindir", p.bindir.is_some()),
+        ("data_dir", p.data_dir.is_some()),
+        ("run_as", p.run_as.is_some()),
+        ("settings", !p.settings.is_empty()),
+    ];
+    for (k, set) in local_keys {
+        if set {
+            let hint = if k == "settings" {
+                "; server parameters of an RDS instance go in `parameters`"
+            } else {
+                ""
+            };
+            f.add(
+                base().key(k),
+                format!(
+                    "is a key of provider = \"local\"; this provision is provider = \"rds\"{hint}"
+                ),
+            );
+        }
+    }
+    match p.source_db_instance_id.as_deref() {
+        None => f.add(
+            base().key("source_db_instance_id"),
+            "is required with provider = \"rds\": the DB instance identifier of the source",
+        ),
+        Some(id) => {
+            if let Err(e) = rds_identifier(id, 63) {
+                f.add(base().key("source_db_instance_id"), e);
+            }
+        }
+    }
+    if let Some(id) = p.db_instance_id.as_deref() {
+        if let Err(e) = rds_identifier(id, 63) {
+            f.add(base().key("db_instance_id"), e);
+        } else if Some(id) == p.source_db_instance_id.as_deref() {
+            f.add(
+                base().key("db_instance_id"),
+                "is the source's identifier; the new instance needs its own",
+            );
+        }
+    }
+    if let Some(g) = p.parameter_group.as_deref() {
+        if let Err(e) = rds_identifier(g, 255) {
+            f.add(base().key("parameter_group"), e);
+        }
+    }
+    match p.engine_version.as_deref() {
+        None => f.add(
+            base().key("engine_version"),
+            "is required with provider = \"rds\": the RDS for PostgreSQL engine version to create, e.g. \"17.4\"",
+        ),
+        Some(v) => {
+            let parts: Vec<&str> = v.split('.').collect();
+            let major = parts.first().and_then(|m| m.parse::<u32>().ok());
+            if parts.len() > 3 || !parts.iter().all(|x| !x.is_empty() && x.chars().all(|c| c.is_ascii_alphanumeric())) || major.is_none() {
+                f.add(
+                    base().key("engine_version"),
+                    format!("`{v}` is not an engine version such as \"17.4\""),
+                );
+            } else if let Some(m) = major {
+                if !(MIN_MAJOR..=MAX_MAJOR).contains(&m) {
+                    f.add(
+                        base().key("engine_version"),
+                        format!("major {m} is not one pgshift provisions: must be between {MIN_MAJOR} and {MAX_MAJOR}"),
+                    );
+                } else if p.major.is_some_and(|x| x != m) {
+                    f.add(
+                        base().key("major"),
+                        format!("{} disagrees with engine_version `{v}` (major {m}); omit major", p.major.unwrap_or(0)),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(u) = p.endpoint_url.as_deref() {
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+            f.add(
+                base().key("endpoint_url"),
+                format!("`{u}` is not an http:// or https:// URL"),
+            );
+        }
+    }
+    for (k, v) in [
+        ("allocated_storage_gb", p.allocated_storage_gb),
+        ("iops", p.iops),
+        ("storage_throughput", p.storage_throughput),
+    ] {
+        if v.is_some_and(|n| n <= 0) {
+            f.add(base().key(k), "must be a positive number");
+        }
+    }
+    if p.backup_retention_days
+        .is_some_and(|d| !(0..=35).contains(&d))
+    {
+        f.add(
+            base().key("backup_retention_days"),
+            "must be between 0 and 35 (RDS's limit)",
+        );
+    }
+    for (k, v) in [
+        ("region", &p.region),
+        ("profile", &p.profile),
+        ("instance_class", &p.instance_class),
+        ("storage_type", &p.storage_type),
+        ("db_subnet_group", &p.db_subnet_group),
+        ("kms_key_id", &p.kms_key_id),
+    ] {
+        if v.as_deref().is_some_and(|x| x.trim().is_empty()) {
+            f.add(base().key(k), "must not be empty; omit it for the default");
+        }
+    }
+    if p.tags.keys().any(|k| k.is_empty() || k.starts_with("aws:")) {
+        f.add(
+            base().key("tags"),
+            "tag keys must not be empty or start with `aws:` (reserved by AWS)",
+        );
+    }
+    if p.parameters.keys().any(|k| {
+        k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    }) {
+        f.add(
+            base().key("parameters"),
+            "parameter names are PostgreSQL or RDS parameter names ([A-Za-z0-9_.]+)",
+        );
+    }
+    if p.wait_poll_ms == 0 || p.api_backoff_ms == 0 || p.api_attempts == 0 {
+        f.add(
+            base(),
+            "wait_poll_ms, api_backoff_ms and api_attempts must be positive",
+        );
     }
 }
 

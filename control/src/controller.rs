@@ -1607,11 +1607,14 @@ impl Controller {
             g.current = None;
             g.post_watch = false;
         }
-        let local = crate::provider::Local::target(&self.cfg);
+        let local = crate::provider::Target::of(&self.cfg);
         let res: Result<Vec<String>, ControlError> = async {
             let mut done = Vec::new();
             // A target pgshift provisions but has not made yet: only the source has objects.
-            let target_absent = local.as_ref().is_some_and(|l| !l.made_by_pgshift());
+            let target_absent = match &local {
+                Some(l) => !l.made_by_pgshift().await?,
+                None => false,
+            };
             self.replication
                 .teardown(self, actor, target_absent, local.is_some())
                 .await?;

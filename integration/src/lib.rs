@@ -35,6 +35,7 @@ pub use pgshift::{pgbench, pgshift_bin, Pgshift};
 pub use runas::{run_as, RunAs};
 pub use server::{free_port, PgServer, ServerOptions};
 pub mod load;
+pub mod moto;
 pub mod raw;
 pub mod stack;
 pub use stack::{Stack, StackOptions};

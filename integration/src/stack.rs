@@ -536,7 +536,8 @@ pub fn replication_objects(s: &PgServer) -> String {
 
 impl Stack {
     /// Polls `SHOW UPGRADE STATUS` every 20 ms until `pred` holds and returns that status.
-    /// Panics (with the tail of pgshift's log) after `timeout`, or on state `error`.
+    /// Panics (with the tail of pgshift's log) after `timeout`, or on state `error` that
+    /// `pred` does not accept.
     pub async fn wait_for(
         &self,
         what: &str,
@@ -546,15 +547,15 @@ impl Stack {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(s) = self.status().await {
+                if pred(&s) {
+                    return s;
+                }
                 assert_ne!(
                     field(&s, "state"),
                     "error",
                     "{what}: {s:?}\n{}",
                     crate::tail_file(&self.pgshift.log_path(), 40)
                 );
-                if pred(&s) {
-                    return s;
-                }
                 assert!(
                     Instant::now() < deadline,
                     "{what} not reached within {timeout:?}: {s:?}\n{}",

@@ -6,7 +6,8 @@ use super::{lock, ControlError, Controller, Inner, Phase, DONE, ERROR, RUNNING, 
 use crate::health::cumulative;
 use crate::journal::StepStatus;
 use crate::logical::{Direction, DriverError, Logical, SyncProgress};
-use crate::provider::Local;
+use crate::provider::rds::Rds;
+use crate::provider::{Local, Target};
 use crate::Side;
 use config::Config;
 use std::collections::HashSet;
@@ -446,7 +447,7 @@ impl Controller {
                 })
                 .await?;
             }
-            StepKind::ProvisionTarget => match Local::target(&cfg) {
+            StepKind::ProvisionTarget => match Target::of(&cfg) {
                 None => {
                     self.record(
                         actor,
@@ -455,25 +456,51 @@ impl Controller {
                     )
                     .await?
                 }
-                Some(local) => {
+                Some(target) => {
                     self.enter(
                         cancel,
                         actor,
                         Phase::Provisioning,
-                        &format!(
-                            "provisioning PostgreSQL {} in {}",
-                            local.spec.major,
-                            local.data_dir().display()
-                        ),
+                        &format!("provisioning {}", target.describe()),
                     )
                     .await?;
+                    let needs = self.replication.rds_parameters();
                     self.run_step(actor, cancel, step, true, || async {
                         let src = d.connect(Side::Source).await?;
-                        Ok(((), local.provision(&src).await?))
+                        Ok((
+                            (),
+                            match &target {
+                                Target::Local(local) => local.provision(&src).await?,
+                                Target::Rds(rds) => rds.provision(&src, needs).await?,
+                            },
+                        ))
                     })
                     .await?;
                 }
             },
+            StepKind::ConfigureParams if Rds::target(&cfg).is_some() => {
+                let rds = Rds::target(&cfg).expect("checked");
+                self.enter(
+                    cancel,
+                    actor,
+                    Phase::InitReplication,
+                    "configuring the servers",
+                )
+                .await?;
+                self.run_step(actor, cancel, step, true, || async {
+                    let mut done = vec![
+                        rds.configure_source(self.replication.rds_parameters())
+                            .await?,
+                    ];
+                    done.push(if self.replication.has_setup_steps() {
+                        self.replication.configure_params(self).await?
+                    } else {
+                        self.replication.configure_params_note().to_string()
+                    });
+                    Ok(((), done.join("; ")))
+                })
+                .await?;
+            }
             StepKind::ConfigureParams if self.replication.has_setup_steps() => {
                 self.enter(
                     cancel,
@@ -796,6 +823,12 @@ impl Controller {
                         }
                     }
                     match (cfg.upgrade.decommission_source, Local::source(&cfg)) {
+                        _ if Rds::target(&cfg).is_some() => parts.push(
+                            Rds::target(&cfg)
+                                .expect("checked")
+                                .decommission(cfg.upgrade.decommission_source)
+                                .await?,
+                        ),
                         (false, _) => parts.push(
                             "source left running (decommission_source = false)".to_string(),
                         ),
@@ -1171,16 +1204,39 @@ impl Controller {
     pub(super) async fn validate(&self) -> (Vec<String>, Vec<String>) {
         let cfg = &self.cfg;
         let local = Local::target(cfg);
+        let rds = Rds::target(cfg);
         let mut failures = Vec::new();
         match self.resolve_databases().await {
             Ok(dbs) => self.carry(&dbs),
             Err(e) => failures.push(e),
         }
         let pf = self
-            .preflight_carried(&self.carried(), local.is_none())
+            .preflight_carried(&self.carried(), local.is_none() && rds.is_none())
             .await;
-        failures.extend(pf.failures);
         let mut notes = pf.notes;
+        let needs = self.replication.rds_parameters();
+        for f in pf.failures {
+            // ConfigureParams sets what the driver needs on an RDS source it may reboot.
+            let fixed = rds.as_ref().is_some_and(|r| r.spec.allow_source_reboot)
+                && !needs.is_empty()
+                && f.starts_with("source")
+                && (f.contains("wal_level") || f.contains("pgactive needs"));
+            if fixed {
+                notes.push(format!(
+                    "{f} (ConfigureParams sets it: allow_source_reboot)"
+                ));
+            } else {
+                failures.push(f);
+            }
+        }
+        if let Some(r) = &rds {
+            let (f, n) = r.check_target(pf.source_major, needs).await;
+            failures.extend(f);
+            notes.extend(n);
+            notes.push(
+                "the target's settings, roles and replication capacity are checked after provisioning".into(),
+            );
+        }
         if let Some(l) = &local {
             let (f, n) = l.check_target(pf.source_major).await;
             failures.extend(f);
@@ -1221,7 +1277,7 @@ impl Controller {
     ) -> Result<((), String), StepFailure> {
         let drivers = self.carried();
         let mut done = Vec::new();
-        if Local::target(&self.cfg).is_some() {
+        if Target::of(&self.cfg).is_some() {
             let notes = self
                 .step(actor, "preflight", || async {
                     let p = self.preflight_carried(&drivers, true).await;

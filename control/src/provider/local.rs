@@ -124,11 +124,11 @@ async fn bindir_major(dir: &Path) -> Result<u32, String> {
 pub async fn find_bindir(p: &ProvisionConfig) -> Result<PathBuf, String> {
     if let Some(dir) = &p.bindir {
         return match bindir_major(dir).await {
-            Ok(m) if m == p.major => Ok(dir.clone()),
+            Ok(m) if m == p.major() => Ok(dir.clone()),
             Ok(m) => Err(format!(
                 "bindir {} holds PostgreSQL {m}, not {}",
                 dir.display(),
-                p.major
+                p.major()
             )),
             Err(e) => Err(format!("bindir {}: {e}", dir.display())),
         };
@@ -137,8 +137,8 @@ pub async fn find_bindir(p: &ProvisionConfig) -> Result<PathBuf, String> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     candidates.extend([
-        PathBuf::from(format!("/usr/lib/postgresql/{}/bin", p.major)),
-        PathBuf::from(format!("/usr/pgsql-{}/bin", p.major)),
+        PathBuf::from(format!("/usr/lib/postgresql/{}/bin", p.major())),
+        PathBuf::from(format!("/usr/pgsql-{}/bin", p.major())),
         PathBuf::from("/usr/local/pgsql/bin"),
     ]);
     let mut seen = Vec::new();
@@ -147,16 +147,16 @@ pub async fn find_bindir(p: &ProvisionConfig) -> Result<PathBuf, String> {
             continue;
         }
         match bindir_major(&dir).await {
-            Ok(m) if m == p.major => return Ok(dir),
+            Ok(m) if m == p.major() => return Ok(dir),
             Ok(m) => seen.push(format!("{} is {m}", dir.display())),
             Err(_) => {}
         }
     }
     Err(format!(
         "no PostgreSQL {} binaries found in PATH, /usr/lib/postgresql/{}/bin or /usr/pgsql-{}/bin{}; install them or set bindir",
-        p.major,
-        p.major,
-        p.major,
+        p.major(),
+        p.major(),
+        p.major(),
         if seen.is_empty() {
             String::new()
         } else {
@@ -179,33 +179,41 @@ pub struct Local {
 impl Local {
     /// The `[target.provision]` of `cfg`, if any.
     pub fn target(cfg: &Config) -> Option<Local> {
-        cfg.target.provision.clone().map(|spec| Local {
-            side: "target",
-            spec,
-            server: cfg.target.clone(),
-        })
+        cfg.target
+            .provision
+            .clone()
+            .filter(|p| p.provider == config::Provider::Local)
+            .map(|spec| Local {
+                side: "target",
+                spec,
+                server: cfg.target.clone(),
+            })
     }
 
     /// The `[source.provision]` of `cfg`, if any.
     pub fn source(cfg: &Config) -> Option<Local> {
-        cfg.source.provision.clone().map(|spec| Local {
-            side: "source",
-            spec,
-            server: cfg.source.clone(),
-        })
+        cfg.source
+            .provision
+            .clone()
+            .filter(|p| p.provider == config::Provider::Local)
+            .map(|spec| Local {
+                side: "source",
+                spec,
+                server: cfg.source.clone(),
+            })
     }
 
     fn ctx(&self, what: &str) -> String {
         format!(
             "{} provision ({}): {what}",
             self.side,
-            self.spec.data_dir.display()
+            self.spec.data_dir().display()
         )
     }
 
     /// The data directory as an absolute path.
     pub fn data_dir(&self) -> PathBuf {
-        super::dump::absolute(&self.spec.data_dir)
+        super::dump::absolute(&self.spec.data_dir())
     }
 
     fn staging_dir(&self) -> PathBuf {
@@ -320,7 +328,7 @@ impl Local {
         match find_bindir(&self.spec).await {
             Ok(b) => notes.push(format!(
                 "{key}: PostgreSQL {} binaries in {}",
-                self.spec.major,
+                self.spec.major(),
                 b.display()
             )),
             Err(e) => failures.push(format!("{key}: {e}")),
@@ -329,10 +337,10 @@ impl Local {
             failures.push(format!("{key}: {e}"));
         }
         if let Some(s) = source_major {
-            if self.spec.major < s {
+            if self.spec.major() < s {
                 failures.push(format!(
                     "{key}: major {} is older than the source's {s}; the target must run the same or a newer major",
-                    self.spec.major
+                    self.spec.major()
                 ));
             }
         }
@@ -544,7 +552,7 @@ impl Local {
             format!(
                 "made by pgshift (ProvisionTarget) at {}: PostgreSQL {} for {}:{}; deleted only by a rollback before the cutover\n",
                 crate::journal::now_rfc3339(),
-                self.spec.major,
+                self.spec.major(),
                 self.server.host,
                 self.server.port
             ),
@@ -559,7 +567,7 @@ impl Local {
         })?;
         Ok(format!(
             "initdb of PostgreSQL {} in {} ({}, {}/{})",
-            self.spec.major,
+            self.spec.major(),
             dir.display(),
             shape.encoding,
             shape.collate,

@@ -294,6 +294,12 @@ impl ReplicationDriver for MirrorDriver {
         true
     }
 
+    /// Mirror needs no logical decoding on the source; the target applies what pgshift
+    /// sends.
+    fn rds_parameters(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     fn configure_params_note(&self) -> &'static str {
         "mirror driver: nothing to configure (no logical decoding; pgshift records and applies the writes itself)"
     }

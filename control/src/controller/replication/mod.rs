@@ -79,6 +79,13 @@ pub(super) trait ReplicationDriver: Send + Sync {
     /// What ConfigureParams journals when the driver needs no server parameter change.
     fn configure_params_note(&self) -> &'static str;
 
+    /// The RDS parameters (name, value) the driver needs on an RDS instance, source and
+    /// target (RDS User Guide, "Setting up logical replication for your Amazon RDS for
+    /// PostgreSQL DB instance": `rds.logical_replication = 1`, which sets `wal_level`).
+    fn rds_parameters(&self) -> &'static [(&'static str, &'static str)] {
+        &[("rds.logical_replication", "1")]
+    }
+
     /// Whether ConfigureParams and InstallExtension do work for this driver
     /// ([`configure_params`](Self::configure_params),
     /// [`install_extension`](Self::install_extension)); else they journal their notes.

@@ -40,7 +40,6 @@ use super::bidirectional::{draws, sequence_ranges};
 use super::logical::{LogicalRun, RunMode};
 use super::{ReplicationDriver, SwitchRun};
 use crate::logical::{status_words, Direction, DriverError, Logical, Preflight, RowExt};
-use crate::provider::Local;
 use crate::Side;
 use std::time::{Duration, Instant};
 
@@ -142,6 +141,13 @@ impl ReplicationDriver for PgactiveDriver {
         }
     }
 
+    /// RDS User Guide, "Initializing the pgactive extension capability":
+    /// `rds.enable_pgactive = 1` also turns on `rds.logical_replication` and
+    /// `track_commit_timestamp`.
+    fn rds_parameters(&self) -> &'static [(&'static str, &'static str)] {
+        &[("rds.enable_pgactive", "1")]
+    }
+
     fn configure_params_note(&self) -> &'static str {
         "pgactive driver: server settings checked"
     }
@@ -171,7 +177,7 @@ impl ReplicationDriver for PgactiveDriver {
         if need.is_empty() {
             done.push("target has pgactive's settings".into());
         } else {
-            match Local::target(&c.cfg) {
+            match crate::provider::Target::of(&c.cfg) {
                 Some(local) => {
                     let settings: Vec<(String, String)> = need
                         .iter()
