@@ -372,6 +372,12 @@ pub struct ServerConfig {
     /// Password of `user`; none when the server trusts it (or uses a `.pgpass`). Default none.
     #[serde(default)]
     pub password: Option<String>,
+    /// AWS Secrets Manager secret holding `password` instead (ARN or name): the secret
+    /// string itself, or the `password` of a JSON secret such as the RDS-managed master
+    /// secret (`{"username": ..., "password": ...}`). Read at start and again when a login
+    /// with it fails (a rotation). Not with `password`. Default none.
+    #[serde(default)]
+    pub password_secret: Option<String>,
     /// libpq conninfo the *other* server uses to reach this one for replication
     /// (subscriptions are made from it). Default: built from host, port, dbname, user, password.
     #[serde(default)]
@@ -696,9 +702,14 @@ pub enum AuthMethod {
 pub struct UserConfig {
     /// Login name clients give in their startup message. Required, non-empty, unique.
     pub name: String,
-    /// Plain-text password clients authenticate with (required unless `auth = "trust"`).
+    /// Plain-text password clients authenticate with (required unless `auth = "trust"`, or
+    /// given by `password_secret`).
     #[serde(default)]
     pub password: Option<String>,
+    /// AWS Secrets Manager secret (ARN or name) holding `password` (its string, or the
+    /// `password` of a JSON secret), read at start. Not with `password`. Default none.
+    #[serde(default)]
+    pub password_secret: Option<String>,
     /// Default `scram-sha-256`.
     #[serde(default = "default_auth")]
     pub auth: AuthMethod,
@@ -708,6 +719,11 @@ pub struct UserConfig {
     /// Password for `server_user` on the backends. Default: `password`.
     #[serde(default)]
     pub server_password: Option<String>,
+    /// AWS Secrets Manager secret (ARN or name) holding `server_password`, as
+    /// `[source] password_secret`: read at start and again when a backend login with it
+    /// fails (a rotation). Not with `server_password`. Default none.
+    #[serde(default)]
+    pub server_password_secret: Option<String>,
     /// May open the admin console (database `proxy.admin_database`). Admin users never
     /// reach a backend. Default false.
     #[serde(default)]
@@ -1281,6 +1297,7 @@ impl fmt::Debug for ServerConfig {
             .field("dbname", &self.dbname)
             .field("user", &self.user)
             .field("password", &masked(&self.password))
+            .field("password_secret", &self.password_secret)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
             .field("sslcert", &self.sslcert)
@@ -1302,7 +1319,9 @@ impl fmt::Debug for UserConfig {
             .field("password", &masked(&self.password))
             .field("auth", &self.auth)
             .field("server_user", &self.server_user)
+            .field("password_secret", &self.password_secret)
             .field("server_password", &masked(&self.server_password))
+            .field("server_password_secret", &self.server_password_secret)
             .field("admin", &self.admin)
             .field("max_connections", &self.max_connections)
             .finish()

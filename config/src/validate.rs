@@ -127,6 +127,15 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
     // [source], [target]
     check_server(&mut f, "source", &cfg.source);
     check_server(&mut f, "target", &cfg.target);
+    for (side, sv) in [("source", &cfg.source), ("target", &cfg.target)] {
+        check_secret(
+            &mut f,
+            at(side),
+            "password",
+            sv.password.is_some(),
+            &sv.password_secret,
+        );
+    }
     check_provision(&mut f, "source", &cfg.source);
     check_provision(&mut f, "target", &cfg.target);
     let (s, t) = (&cfg.source, &cfg.target);
@@ -168,8 +177,23 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Issue> {
         } else {
             format!(" (user `{}`)", u.name)
         };
+        check_secret(
+            &mut f,
+            base.clone(),
+            "password",
+            u.password.is_some(),
+            &u.password_secret,
+        );
+        check_secret(
+            &mut f,
+            base.clone(),
+            "server_password",
+            u.server_password.is_some(),
+            &u.server_password_secret,
+        );
         match (&u.password, u.auth) {
             (_, AuthMethod::Trust) => {}
+            (None, _) if u.password_secret.is_some() => {}
             (None, _) => f.add(
                 base.clone().key("password"),
                 format!("is required unless auth = \"trust\"{who}"),
@@ -744,7 +768,10 @@ fn check_validation(f: &mut Findings, v: &crate::ValidationConfig) {
 fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
     let Some(p) = &s.provision else { return };
     let base = || at(side).key("provision");
-    if side == "target" && s.password.as_deref().is_none_or(str::is_empty) {
+    if side == "target"
+        && s.password.as_deref().is_none_or(str::is_empty)
+        && s.password_secret.is_none()
+    {
         f.add(
             at(side).key("password"),
             "is required with [target.provision]: pgshift creates the server with this password for `user` (SCRAM-SHA-256 over TCP)",
@@ -873,6 +900,48 @@ fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
     }
     for c in conflicts {
         f.add(base().key("settings"), c);
+    }
+}
+
+/// `<key>_secret`: an AWS Secrets Manager secret id (a name, or an ARN
+/// `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`), not given with
+/// `<key>` itself.
+fn check_secret(
+    f: &mut Findings,
+    base: KeyPath,
+    key: &'static str,
+    plain: bool,
+    id: &Option<String>,
+) {
+    let Some(id) = id else { return };
+    let skey: &'static str = match key {
+        "password" => "password_secret",
+        _ => "server_password_secret",
+    };
+    if plain {
+        f.add(
+            base.clone().key(skey),
+            format!("is given with `{key}`: give one of them"),
+        );
+    }
+    let arn_ok = |a: &str| {
+        let parts: Vec<&str> = a.splitn(7, ':').collect();
+        parts.len() == 7
+            && parts[2] == "secretsmanager"
+            && !parts[3].is_empty()
+            && parts[5] == "secret"
+            && !parts[6].is_empty()
+    };
+    if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
+        f.add(
+            base.key(skey),
+            "must be a secret name or ARN, without spaces",
+        );
+    } else if id.starts_with("arn:") && !arn_ok(id) {
+        f.add(
+            base.key(skey),
+            format!("`{id}` is not a Secrets Manager ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"),
+        );
     }
 }
 

@@ -20,7 +20,25 @@ pub async fn connect(
     timeout: Duration,
     context: &str,
 ) -> Result<Client, DriverError> {
-    match tokio::time::timeout(timeout, connect_inner(s, dbname, context)).await {
+    let attempt = async {
+        // The password of `password_secret`: the value held now (it may have been re-read
+        // since the start), and once more after a failed login if the secret rotated.
+        let held = s
+            .password_secret
+            .as_deref()
+            .and_then(crate::secrets::current);
+        let first = connect_inner(s, held.as_deref(), dbname, context).await;
+        match (&first, s.password_secret.as_deref()) {
+            (Err(e), Some(id)) if e.message.contains("(SQLSTATE 28P01)") => {
+                match Box::pin(crate::secrets::refresh(id)).await {
+                    Some(new) => connect_inner(s, Some(&new), dbname, context).await,
+                    None => first,
+                }
+            }
+            _ => first,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(DriverError::temporary(format!(
             "{context}: timed out after {} ms",
@@ -31,6 +49,7 @@ pub async fn connect(
 
 async fn connect_inner(
     s: &ServerConfig,
+    password: Option<&str>,
     dbname: &str,
     context: &str,
 ) -> Result<Client, DriverError> {
@@ -55,7 +74,7 @@ async fn connect_inner(
         .options("-c standard_conforming_strings=on")
         // The SSLRequest is done above, on the socket the guard watches.
         .ssl_mode(tokio_postgres::config::SslMode::Disable);
-    if let Some(p) = &s.password {
+    if let Some(p) = password.or(s.password.as_deref()) {
         c.password(p.as_bytes());
     }
     let (client, conn) = c.connect_raw(guarded, NoTls).await.map_err(|e| {

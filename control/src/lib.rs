@@ -259,6 +259,7 @@ pub mod health;
 pub mod journal;
 pub mod logical;
 pub mod provider;
+pub mod secrets;
 
 pub use controller::{
     ControlError, Controller, ErrorKind, HealthReaction, Phase, State, StepKind, UpgradeStatus,

@@ -54,6 +54,8 @@ async fn preflight_lists_every_problem() {
         auth: config::AuthMethod::ScramSha256,
         server_user: Some("app_user".into()),
         server_password: None,
+        password_secret: None,
+        server_password_secret: None,
         admin: false,
         max_connections: None,
     });

@@ -400,3 +400,139 @@ async fn rds_preflight_names_the_source_parameters_and_a_taken_name() {
     assert_eq!(moto.count("ModifyDBParameterGroup"), 0);
     assert_eq!(moto.count("CreateDBParameterGroup"), 0);
 }
+
+/// Passwords from Secrets Manager (issue 12, item 2): the target's control-plane password
+/// from an RDS-managed master secret (JSON), the application's backend password from a
+/// plain secret; a rotation of the latter is picked up at the next failed login; a secret
+/// that cannot be read stops start-up naming the key and the secret, never a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_passwords_are_read_at_start_and_after_a_rotation() {
+    let Some(moto) = integration::moto::start_or_skip("secrets").await else {
+        return;
+    };
+    let mut stack = Stack::start(StackOptions {
+        pgbench_scale: 0,
+        extra_config: "[upgrade]\napprove_cutover = true\npoll_interval_ms = 100\n".into(),
+        env: moto.env(),
+        ..Default::default()
+    })
+    .expect("stack");
+    stack.source.psql("app", ACKED_TABLE_SQL).unwrap();
+    let (tuser, tpw) = (
+        stack.target.superuser.clone(),
+        stack.target.password.clone(),
+    );
+    moto.python(&format!(
+        "sm.create_secret(Name='rds!db-orders-pg17', SecretString=json.dumps({{'username': {tuser:?}, 'password': {tpw:?}}}))\n\
+         sm.create_secret(Name='pgshift/app', SecretString={:?})",
+        integration::stack::APP_PASSWORD
+    ))
+    .unwrap();
+    let arn = moto
+        .python("print(sm.describe_secret(SecretId='rds!db-orders-pg17')['ARN'])")
+        .unwrap()
+        .trim()
+        .to_string();
+    // [target] password becomes password_secret (the ARN); the app user gets
+    // server_password_secret.
+    let text = std::fs::read_to_string(&stack.pgshift.config_path).unwrap();
+    let target_at = text.find("[target]").unwrap();
+    let pw_line = format!("password = \"{tpw}\"\n");
+    let at = target_at + text[target_at..].find(&pw_line).unwrap();
+    let mut edited = format!(
+        "{}password_secret = \"{arn}\"\n{}",
+        &text[..at],
+        &text[at + pw_line.len()..]
+    );
+    let app = format!("\nname = \"{}\"\n", integration::stack::APP_USER);
+    edited = edited.replacen(
+        &app,
+        &format!("{app}server_password_secret = \"pgshift/app\"\n"),
+        1,
+    );
+    std::fs::write(&stack.pgshift.config_path, &edited).unwrap();
+    let check = std::process::Command::new(&stack.pgshift.bin)
+        .args(["check", "--config"])
+        .arg(&stack.pgshift.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{edited}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let endpoint = (
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER".to_string(),
+        format!("http://127.0.0.1:{}", moto.port),
+    );
+    stack.pgshift.env.push(endpoint.clone());
+    stack.pgshift.restart().expect("restart with secrets");
+    assert!(
+        stack
+            .pgshift
+            .log()
+            .contains("passwords read from AWS Secrets Manager"),
+        "{}",
+        tail(&stack)
+    );
+
+    // The application's backend login uses the secret.
+    let c = stack.app_client().await.expect("app through pgshift");
+    c.batch_execute("INSERT INTO acked (id) VALUES (1)")
+        .await
+        .unwrap();
+    // The control plane logs in to the target with the master secret's password.
+    stack.admin("START UPGRADE").await.expect("START UPGRADE");
+    stack
+        .wait_state("waiting", Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Rotation: the role's password and the secret change; a new session's backend login
+    // fails once with the old value, pgshift reads the secret again and logs in.
+    let rotated = "rotated-Secret-7";
+    stack
+        .source
+        .psql("postgres", &format!("ALTER ROLE app PASSWORD '{rotated}'"))
+        .unwrap();
+    moto.python(&format!(
+        "sm.put_secret_value(SecretId='pgshift/app', SecretString={rotated:?})"
+    ))
+    .unwrap();
+    let c2 = stack.app_client().await.expect("app after the rotation");
+    c2.batch_execute("INSERT INTO acked (id) VALUES (2)")
+        .await
+        .unwrap();
+    let log = stack.pgshift.log();
+    assert!(log.contains("secret rotated"), "{}", tail(&stack));
+    // (The target's harness password, `postgres`, is also a user name: only the rotated
+    // value can be looked for.)
+    assert!(!log.contains(rotated), "the rotated password is in the log");
+    stack
+        .admin("ROLLBACK UPGRADE")
+        .await
+        .expect("ROLLBACK UPGRADE");
+
+    // A secret that does not exist: start-up stops, naming the key and the secret.
+    stack.pgshift.stop();
+    std::fs::write(
+        &stack.pgshift.config_path,
+        edited.replace("pgshift/app", "pgshift/missing"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&stack.pgshift.bin)
+        .args(["serve", "--config"])
+        .arg(&stack.pgshift.config_path)
+        .envs(moto.env())
+        .env(&endpoint.0, &endpoint.1)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "users[0].server_password_secret: secret pgshift/missing: ResourceNotFoundException"
+        ),
+        "{err}"
+    );
+}

@@ -329,6 +329,15 @@ pub fn database_on<'a>(proxy: &'a Proxy, side: Side, database: &'a str) -> &'a s
     }
 }
 
+/// The password pgshift gives the backends for `u`: the value of `server_password_secret`
+/// held now (re-read after a rotation), else [`config::UserConfig::server_password`].
+pub(crate) fn server_password(u: &config::UserConfig) -> Option<String> {
+    u.server_password_secret
+        .as_deref()
+        .and_then(control::secrets::current)
+        .or_else(|| u.server_password().map(str::to_string))
+}
+
 /// Like [`connect_backend`], giving up after `timeout` ms (connect, log-in and retries of
 /// transient refusals all included). For optional connections (a shifted read-only
 /// transaction, which can run on the serving side instead) that must not keep a client
@@ -345,17 +354,54 @@ pub(crate) async fn connect_backend_within(
     addr.dbname = database_on(proxy, side, database).to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     let mut wait = 10;
+    let mut password = server_password(&user.cfg);
+    let mut reread = false;
     loop {
         match connect(
             &addr,
             user.cfg.server_user(),
-            user.cfg.server_password(),
+            password.as_deref(),
             params,
             timeout,
         )
         .await
         {
             Ok(b) => return Ok(b),
+            // A password from Secrets Manager that the server refuses: the secret may have
+            // rotated. Read it again once, and log in with the new value.
+            Err(BackendError::Refused { ref fields, .. })
+                if fields.sqlstate == "28P01"
+                    && !reread
+                    && user.cfg.server_password_secret.is_some() =>
+            {
+                reread = true;
+                let id = user.cfg.server_password_secret.clone().unwrap_or_default();
+                // On a task of its own: the AWS SDK's future is neither small nor Sync, and
+                // the session's future must stay both.
+                let read = id.clone();
+                let fresh = tokio::spawn(async move { control::secrets::refresh(&read).await })
+                    .await
+                    .ok()
+                    .flatten();
+                match fresh {
+                    Some(new) => {
+                        password = Some(new);
+                        continue;
+                    }
+                    None => {
+                        crate::metrics::backend_connect_failed(side);
+                        return Err(End::fatal(
+                            &fields.sqlstate,
+                            format!(
+                                "the {} server refused pgshift's login as {} ({}); the password of secret {id} did not change",
+                                side.as_str(),
+                                user.cfg.server_user(),
+                                fields.message
+                            ),
+                        ));
+                    }
+                }
+            }
             // The server said no for a reason of its own: retrying will not help. What is
             // about the client's request (no such database, no CONNECT privilege, ...) it
             // hears in the server's words, as it would straight from PostgreSQL; a refused

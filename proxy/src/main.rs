@@ -117,6 +117,19 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Passwords from AWS Secrets Manager, read before anything connects.
+    let mut resolved = (*cfg).clone();
+    let cfg = match rt.block_on(control::secrets::resolve(&mut resolved)) {
+        Ok(keys) if keys.is_empty() => cfg,
+        Ok(keys) => {
+            tracing::info!(keys = %keys.join(", "), "passwords read from AWS Secrets Manager");
+            Arc::new(resolved)
+        }
+        Err(e) => {
+            eprintln!("pgshift: cannot read the configuration's secrets: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     match rt.block_on(serve(cfg, start_upgrade)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -559,7 +559,7 @@ impl Worker {
                 let BackendConn { stream, .. } = backend::connect(
                     addr,
                     job.user.cfg.server_user(),
-                    job.user.cfg.server_password(),
+                    backend::server_password(&job.user.cfg).as_deref(),
                     &[("application_name".into(), "pgshift-mirror".into())],
                     self.sides.connect_timeout,
                 )

@@ -471,7 +471,7 @@ impl Controller {
                             (),
                             match &target {
                                 Target::Local(local) => local.provision(&src).await?,
-                                Target::Rds(rds) => rds.provision(&src, needs).await?,
+                                Target::Rds(rds) => Box::pin(rds.provision(&src, needs)).await?,
                             },
                         ))
                     })
@@ -823,12 +823,13 @@ impl Controller {
                         }
                     }
                     match (cfg.upgrade.decommission_source, Local::source(&cfg)) {
-                        _ if Rds::target(&cfg).is_some() => parts.push(
-                            Rds::target(&cfg)
-                                .expect("checked")
-                                .decommission(cfg.upgrade.decommission_source)
-                                .await?,
-                        ),
+                        _ if Rds::target(&cfg).is_some() => {
+                            let rds = Rds::target(&cfg).expect("checked");
+                            parts.push(
+                                Box::pin(rds.decommission(cfg.upgrade.decommission_source))
+                                    .await?,
+                            )
+                        }
                         (false, _) => parts.push(
                             "source left running (decommission_source = false)".to_string(),
                         ),
@@ -1230,7 +1231,7 @@ impl Controller {
             }
         }
         if let Some(r) = &rds {
-            let (f, n) = r.check_target(pf.source_major, needs).await;
+            let (f, n) = Box::pin(r.check_target(pf.source_major, needs)).await;
             failures.extend(f);
             notes.extend(n);
             notes.push(

@@ -57,7 +57,8 @@ impl Target {
     pub async fn made_by_pgshift(&self) -> Result<bool, DriverError> {
         match self {
             Target::Local(l) => Ok(l.made_by_pgshift()),
-            Target::Rds(r) => r.made_by_pgshift().await,
+            // Boxed: the AWS SDK's futures are deep, and these run inside the admin's.
+            Target::Rds(r) => Box::pin(r.made_by_pgshift()).await,
         }
     }
 
@@ -66,7 +67,7 @@ impl Target {
     pub async fn configure(&self, settings: &[(String, String)]) -> Result<String, DriverError> {
         match self {
             Target::Local(l) => l.configure(settings).await,
-            Target::Rds(r) => r.configure_target(settings).await,
+            Target::Rds(r) => Box::pin(r.configure_target(settings)).await,
         }
     }
 
@@ -74,7 +75,7 @@ impl Target {
     pub async fn remove(&self) -> Result<String, DriverError> {
         match self {
             Target::Local(l) => l.remove().await,
-            Target::Rds(r) => r.remove().await,
+            Target::Rds(r) => Box::pin(r.remove()).await,
         }
     }
 }

@@ -246,7 +246,7 @@ impl Pool {
         if !self.users.contains_key(user) {
             let (addr, admin_user, admin_password) = e.server(to);
             let password = match e.cfg().users.iter().find(|u| u.server_user() == user) {
-                Some(u) => u.server_password().map(str::to_string),
+                Some(u) => crate::backend::server_password(u),
                 None if user == admin_user => admin_password,
                 None => {
                     return Err(Halt::Fatal(format!(
