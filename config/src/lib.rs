@@ -644,17 +644,23 @@ pub struct ProvisionConfig {
     pub api_backoff_ms: u64,
 }
 
+/// Defaults of `wait_poll_ms`, `wait_timeout_ms`, `api_attempts`, `api_backoff_ms`.
+pub(crate) const RDS_POLL_MS: u64 = 10_000;
+pub(crate) const RDS_WAIT_MS: u64 = 7_200_000;
+pub(crate) const RDS_ATTEMPTS: u32 = 6;
+pub(crate) const RDS_BACKOFF_MS: u64 = 2_000;
+
 fn default_rds_poll_ms() -> u64 {
-    10_000
+    RDS_POLL_MS
 }
 fn default_rds_wait_ms() -> u64 {
-    7_200_000
+    RDS_WAIT_MS
 }
 fn default_rds_attempts() -> u32 {
-    6
+    RDS_ATTEMPTS
 }
 fn default_rds_backoff_ms() -> u64 {
-    2_000
+    RDS_BACKOFF_MS
 }
 
 impl ProvisionConfig {

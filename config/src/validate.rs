@@ -782,7 +782,7 @@ fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
         return;
     }
     // Keys of the rds provider, refused with local.
-    let rds_keys: [(&'static str, bool); 24] = [
+    let rds_keys: [(&'static str, bool); 25] = [
         ("source_db_instance_id", p.source_db_instance_id.is_some()),
         ("engine_version", p.engine_version.is_some()),
         ("db_instance_id", p.db_instance_id.is_some()),
@@ -804,12 +804,11 @@ fn check_provision(f: &mut Findings, side: &'static str, s: &ServerConfig) {
         ("parameters", !p.parameters.is_empty()),
         ("allow_source_reboot", p.allow_source_reboot),
         ("final_snapshot_on_rollback", p.final_snapshot_on_rollback),
-        ("wait_poll_ms", p.wait_poll_ms != 10_000),
-        ("wait_timeout_ms", p.wait_timeout_ms != 7_200_000),
-        (
-            "api_attempts",
-            p.api_attempts != 6 || p.api_backoff_ms != 2_000,
-        ),
+        // Set to other than their defaults (a default given in the file is harmless).
+        ("wait_poll_ms", p.wait_poll_ms != crate::RDS_POLL_MS),
+        ("wait_timeout_ms", p.wait_timeout_ms != crate::RDS_WAIT_MS),
+        ("api_attempts", p.api_attempts != crate::RDS_ATTEMPTS),
+        ("api_backoff_ms", p.api_backoff_ms != crate::RDS_BACKOFF_MS),
     ];
     for (k, set) in rds_keys {
         if set {

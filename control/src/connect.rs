@@ -28,15 +28,23 @@ pub async fn connect(
             .as_deref()
             .and_then(crate::secrets::current);
         let first = connect_inner(s, held.as_deref(), dbname, context).await;
-        match (&first, s.password_secret.as_deref()) {
-            (Err(e), Some(id)) if e.message.contains("(SQLSTATE 28P01)") => {
-                match Box::pin(crate::secrets::refresh(id)).await {
-                    Some(new) => connect_inner(s, Some(&new), dbname, context).await,
-                    None => first,
-                }
-            }
-            _ => first,
+        match (first, s.password_secret.as_deref()) {
+            (
+                Err(Refused {
+                    bad_password: true,
+                    error,
+                }),
+                Some(id),
+            ) => match Box::pin(crate::secrets::refresh(id)).await {
+                Some(new) => connect_inner(s, Some(&new), dbname, context).await,
+                None => Err(Refused {
+                    bad_password: true,
+                    error,
+                }),
+            },
+            (r, _) => r,
         }
+        .map_err(|r| r.error)
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
@@ -47,12 +55,28 @@ pub async fn connect(
     }
 }
 
+/// A failed connection attempt; `bad_password`: the server refused the password (SQLSTATE
+/// 28P01), which a re-read secret may cure.
+struct Refused {
+    error: DriverError,
+    bad_password: bool,
+}
+
+impl From<DriverError> for Refused {
+    fn from(error: DriverError) -> Refused {
+        Refused {
+            error,
+            bad_password: false,
+        }
+    }
+}
+
 async fn connect_inner(
     s: &ServerConfig,
     password: Option<&str>,
     dbname: &str,
     context: &str,
-) -> Result<Client, DriverError> {
+) -> Result<Client, Refused> {
     let tcp = tokio::net::TcpStream::connect((s.host.as_str(), s.port))
         .await
         .map_err(|e| DriverError::temporary(format!("{context}: {e}")))?;
@@ -78,6 +102,9 @@ async fn connect_inner(
         c.password(p.as_bytes());
     }
     let (client, conn) = c.connect_raw(guarded, NoTls).await.map_err(|e| {
+        let bad_password = e
+            .as_db_error()
+            .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::INVALID_PASSWORD);
         let mut d = pg_error(context, &e);
         // The guard's refusal (PermissionDenied): pgshift's own policy, retrying cannot help.
         if std::error::Error::source(&e)
@@ -86,7 +113,10 @@ async fn connect_inner(
         {
             d.transient = false;
         }
-        d
+        Refused {
+            error: d,
+            bad_password,
+        }
     })?;
     let label = context.to_string();
     tokio::spawn(async move {

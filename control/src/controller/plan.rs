@@ -478,8 +478,9 @@ impl Controller {
                     .await?;
                 }
             },
-            StepKind::ConfigureParams if Rds::target(&cfg).is_some() => {
-                let rds = Rds::target(&cfg).expect("checked");
+            StepKind::ConfigureParams
+                if self.replication.has_setup_steps() || Rds::target(&cfg).is_some() =>
+            {
                 self.enter(
                     cancel,
                     actor,
@@ -488,29 +489,20 @@ impl Controller {
                 )
                 .await?;
                 self.run_step(actor, cancel, step, true, || async {
-                    let mut done = vec![
-                        rds.configure_source(self.replication.rds_parameters())
-                            .await?,
-                    ];
+                    let mut done = Vec::new();
+                    // An RDS source first: the driver's own checks read its settings.
+                    if let Some(rds) = Rds::target(&cfg) {
+                        done.push(
+                            Box::pin(rds.configure_source(self.replication.rds_parameters()))
+                                .await?,
+                        );
+                    }
                     done.push(if self.replication.has_setup_steps() {
                         self.replication.configure_params(self).await?
                     } else {
                         self.replication.configure_params_note().to_string()
                     });
                     Ok(((), done.join("; ")))
-                })
-                .await?;
-            }
-            StepKind::ConfigureParams if self.replication.has_setup_steps() => {
-                self.enter(
-                    cancel,
-                    actor,
-                    Phase::InitReplication,
-                    "configuring the servers",
-                )
-                .await?;
-                self.run_step(actor, cancel, step, true, || async {
-                    Ok(((), self.replication.configure_params(self).await?))
                 })
                 .await?;
             }
@@ -822,21 +814,17 @@ impl Controller {
                             );
                         }
                     }
-                    match (cfg.upgrade.decommission_source, Local::source(&cfg)) {
-                        _ if Rds::target(&cfg).is_some() => {
-                            let rds = Rds::target(&cfg).expect("checked");
-                            parts.push(
-                                Box::pin(rds.decommission(cfg.upgrade.decommission_source))
-                                    .await?,
-                            )
+                    match (cfg.upgrade.decommission_source, Local::source(&cfg), Rds::target(&cfg)) {
+                        (delete, _, Some(rds)) => {
+                            parts.push(Box::pin(rds.decommission(delete)).await?)
                         }
-                        (false, _) => parts.push(
+                        (false, _, None) => parts.push(
                             "source left running (decommission_source = false)".to_string(),
                         ),
-                        (true, None) => parts.push(
+                        (true, None, None) => parts.push(
                             "source left running: decommission_source is set but no [source.provision] says where its data directory is".to_string(),
                         ),
-                        (true, Some(l)) => parts.push(format!(
+                        (true, Some(l), None) => parts.push(format!(
                             "{}; its data directory {} is kept",
                             l.stop().await?,
                             l.data_dir().display()

@@ -177,29 +177,25 @@ pub struct Local {
 }
 
 impl Local {
-    /// The `[target.provision]` of `cfg`, if any.
+    /// The `[target.provision]` of `cfg`, if any (and of this provider).
     pub fn target(cfg: &Config) -> Option<Local> {
-        cfg.target
-            .provision
-            .clone()
-            .filter(|p| p.provider == config::Provider::Local)
-            .map(|spec| Local {
-                side: "target",
-                spec,
-                server: cfg.target.clone(),
-            })
+        Self::of("target", &cfg.target)
     }
 
     /// The `[source.provision]` of `cfg`, if any.
     pub fn source(cfg: &Config) -> Option<Local> {
-        cfg.source
+        Self::of("source", &cfg.source)
+    }
+
+    fn of(side: &'static str, server: &ServerConfig) -> Option<Local> {
+        server
             .provision
             .clone()
             .filter(|p| p.provider == config::Provider::Local)
             .map(|spec| Local {
-                side: "source",
+                side,
                 spec,
-                server: cfg.source.clone(),
+                server: server.clone(),
             })
     }
 

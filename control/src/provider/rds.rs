@@ -730,11 +730,9 @@ impl Rds {
                 .send()
         })
         .await
-        .map_err(|e| {
-            // A create that reached AWS once and timed out may have worked: the next attempt
-            // of the step finds the instance by name.
-            self.fail(e)
-        })?;
+        // A create that reached AWS and timed out may have worked: the next attempt of the
+        // step finds the instance by name.
+        .map_err(|e| self.fail(e))?;
         Ok(())
     }
 

@@ -67,13 +67,7 @@ pub async fn copy_roles_and_database(
             .collect(),
         Err(_) => Default::default(),
     };
-    let existing: std::collections::HashSet<String> = tgt
-        .query("SELECT rolname::text FROM pg_roles", &[])
-        .await
-        .map_err(|e| perr("listing roles", &e))?
-        .iter()
-        .map(|r| r.col(0))
-        .collect::<Result<_>>()?;
+    let existing = role_names(tgt, ctx).await?;
     let mut created = Vec::new();
     let mut passwords = 0;
     for r in &roles {
@@ -123,13 +117,7 @@ pub async fn copy_roles_and_database(
         .iter()
         .map(|r| Ok((r.col(0)?, r.col(1)?)))
         .collect::<Result<_>>()?;
-    let now: std::collections::HashSet<String> = tgt
-        .query("SELECT rolname::text FROM pg_roles", &[])
-        .await
-        .map_err(|e| perr("listing roles", &e))?
-        .iter()
-        .map(|r| r.col(0))
-        .collect::<Result<_>>()?;
+    let now = role_names(tgt, ctx).await?;
     let mut grants = 0;
     for r in src
         .query(members_sql, &[])
@@ -215,4 +203,17 @@ pub async fn source_shape(src: &Client) -> Result<DbShape> {
         ctype: r.col(2)?,
         owner: r.col(3)?,
     })
+}
+
+/// The role names of the server `tgt` is connected to.
+async fn role_names(
+    tgt: &Client,
+    ctx: &(dyn Fn(&str) -> String + Sync),
+) -> Result<std::collections::HashSet<String>> {
+    tgt.query("SELECT rolname::text FROM pg_roles", &[])
+        .await
+        .map_err(|e| crate::logical::pg_error(&ctx("listing roles"), &e))?
+        .iter()
+        .map(|r| r.col(0))
+        .collect()
 }
